@@ -1,0 +1,542 @@
+/*
+ * Channel: see tt_channel.h for the promise.
+ *
+ * Invariants:
+ * - head..tail chunks hold exactly queued_total - written_total unsent bytes;
+ *   a chunk's bytes [off, len) are unsent, [len, cap) are free.
+ * - acks holds one record per queued frame that has a callback, ordered by
+ *   `end`; a record is popped (and its callback run) once written_total
+ *   reaches its end, or failed when the channel ends.
+ * - The poll watches READABLE while reading and WRITABLE only while a write
+ *   hit EAGAIN; the flusher (idle) is active only while a flush is pending.
+ * - The loop is kept alive by the channel while bytes are queued or a
+ *   disconnect is in progress, else only when the owner asked (ref).
+ * - Memory is freed only after both handles' close callbacks.
+ */
+#include "tt_channel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tt_error.h"
+
+/* Frames up to this size are packed into shared chunks. */
+#define TT_CHANNEL_COALESCE_MAX ((size_t)32 << 10)
+#define TT_CHANNEL_CHUNK_SIZE ((size_t)64 << 10)
+/* iovecs per sendmsg(); well under IOV_MAX. */
+#define TT_CHANNEL_MAX_IOV 64
+/* Reads per readable event, so one busy peer cannot starve the loop. */
+#define TT_CHANNEL_MAX_READS 32
+
+enum {
+  CH_CONNECTED = 1u << 0,     /* sends accepted */
+  CH_READING = 1u << 1,       /* poll for READABLE */
+  CH_WRITE_BLOCKED = 1u << 2, /* poll for WRITABLE */
+  CH_DISCONNECTING = 1u << 3, /* local disconnect: flush, then end */
+  CH_ENDED = 1u << 4,         /* on_disconnect has run (or is running) */
+  CH_CLOSING = 1u << 5,       /* tt_channel_close called */
+  CH_REF = 1u << 6,           /* owner wants the loop kept alive */
+  CH_NEED_DRAIN = 1u << 7,    /* send returned 0: emit on_drain when empty */
+  CH_SCHEDULED = 1u << 8      /* flusher active */
+};
+
+struct tt_chunk_s {
+  tt_chunk_t *next;
+  char *data; /* inline after the struct, or an adopted block */
+  size_t off, len, cap;
+  int adopted;
+};
+
+static void channel_end(tt_channel_t *ch, int err, const char *why);
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static uint64_t queued(const tt_channel_t *ch) {
+  return ch->queued_total - ch->written_total;
+}
+
+static void update_poll(tt_channel_t *ch) {
+  int events = 0;
+  if (ch->flags & CH_CLOSING) return;
+  if (ch->flags & CH_READING) events |= UV_READABLE;
+  if (ch->flags & CH_WRITE_BLOCKED) events |= UV_WRITABLE;
+  if (events != ch->poll_events) {
+    ch->poll_events = events;
+    if (events)
+      uv_poll_start(&ch->poll, events, on_poll);
+    else
+      uv_poll_stop(&ch->poll);
+  }
+  /* Alive while data or a disconnect is pending, so nothing queued is lost
+   * because the loop ran out of other work. */
+  if ((ch->flags & CH_REF) || queued(ch) > 0 || (ch->flags & CH_DISCONNECTING))
+    uv_ref((uv_handle_t *)&ch->poll);
+  else
+    uv_unref((uv_handle_t *)&ch->poll);
+}
+
+static void schedule_flush(tt_channel_t *ch);
+
+/* ---- acks ---------------------------------------------------------------- */
+
+static int ack_push(tt_channel_t *ch, tt_channel_send_cb cb, void *arg) {
+  if (ch->acks_len == ch->acks_cap) {
+    size_t ncap = ch->acks_cap ? ch->acks_cap * 2 : 16;
+    tt_send_ack_t *na = malloc(ncap * sizeof *na);
+    if (na == NULL) return UV_ENOMEM;
+    for (size_t i = 0; i < ch->acks_len; i++)
+      na[i] = ch->acks[(ch->acks_head + i) % ch->acks_cap];
+    free(ch->acks);
+    ch->acks = na;
+    ch->acks_cap = ncap;
+    ch->acks_head = 0;
+  }
+  tt_send_ack_t *a = &ch->acks[(ch->acks_head + ch->acks_len) % ch->acks_cap];
+  a->end = ch->queued_total;
+  a->cb = cb;
+  a->arg = arg;
+  ch->acks_len++;
+  return 0;
+}
+
+/* Runs callbacks of frames fully written (status 0) or, with status != 0,
+ * of every pending frame.  A callback may re-enter the channel. */
+static void ack_run(tt_channel_t *ch, int status) {
+  while (ch->acks_len > 0) {
+    tt_send_ack_t a = ch->acks[ch->acks_head];
+    if (status == 0 && a.end > ch->written_total) break;
+    ch->acks_head = (ch->acks_head + 1) % ch->acks_cap;
+    ch->acks_len--;
+    a.cb(a.arg, status);
+  }
+}
+
+/* ---- send queue ------------------------------------------------------------ */
+
+static void queue_free(tt_channel_t *ch) {
+  tt_chunk_t *c = ch->head;
+  while (c != NULL) {
+    tt_chunk_t *next = c->next;
+    if (c->adopted) free(c->data);
+    free(c);
+    c = next;
+  }
+  ch->head = ch->tail = NULL;
+  ch->written_total = ch->queued_total;
+}
+
+static void queue_append(tt_channel_t *ch, tt_chunk_t *c) {
+  c->next = NULL;
+  if (ch->tail)
+    ch->tail->next = c;
+  else
+    ch->head = c;
+  ch->tail = c;
+}
+
+static int check_send(tt_channel_t *ch, size_t len) {
+  if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_CHANNEL_CLOSED;
+  if (len > ch->dec.max_message) return TT_ERR_SERIALIZE;
+  return 0;
+}
+
+static int queued_frame(tt_channel_t *ch, size_t total, tt_channel_send_cb cb,
+                        void *arg) {
+  ch->queued_total += total;
+  ch->stats.messages_sent++;
+  if (cb != NULL && ack_push(ch, cb, arg) != 0) {
+    /* The frame is queued and will go out; only its receipt is lost.  Say
+     * so now rather than never. */
+    cb(arg, UV_ENOMEM);
+  }
+  schedule_flush(ch);
+  if (queued(ch) > ch->high_water) {
+    ch->flags |= CH_NEED_DRAIN;
+    return 0;
+  }
+  return 1;
+}
+
+int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
+                    const void *payload, size_t len, tt_channel_send_cb cb,
+                    void *arg) {
+  size_t total = TT_FRAME_HEADER_SIZE + len;
+  tt_chunk_t *c = ch->tail;
+  int err = check_send(ch, len);
+  if (err != 0) return err;
+
+  if (c == NULL || c->adopted || c->cap - c->len < total) {
+    size_t cap = total > TT_CHANNEL_COALESCE_MAX ? total : TT_CHANNEL_CHUNK_SIZE;
+    c = malloc(sizeof *c + cap);
+    if (c == NULL) return UV_ENOMEM;
+    c->data = (char *)(c + 1);
+    c->off = c->len = 0;
+    c->cap = cap;
+    c->adopted = 0;
+    queue_append(ch, c);
+  }
+  tt_frame_header_pack((unsigned char *)c->data + c->len, kind, 0, id,
+                       (uint32_t)len);
+  if (len > 0) memcpy(c->data + c->len + TT_FRAME_HEADER_SIZE, payload, len);
+  c->len += total;
+  return queued_frame(ch, total, cb, arg);
+}
+
+int tt_channel_send_block(tt_channel_t *ch, unsigned kind, uint32_t id,
+                          char *block, size_t len, tt_channel_send_cb cb,
+                          void *arg) {
+  size_t total = TT_FRAME_HEADER_SIZE + len;
+  tt_chunk_t *c;
+  int err = check_send(ch, len);
+  if (err == 0 && total <= TT_CHANNEL_COALESCE_MAX) {
+    /* Small: packing it beats a separate iovec. */
+    err = tt_channel_send(ch, kind, id, block + TT_FRAME_HEADER_SIZE, len, cb,
+                          arg);
+    free(block);
+    return err;
+  }
+  if (err != 0 || (c = malloc(sizeof *c)) == NULL) {
+    free(block);
+    return err != 0 ? err : UV_ENOMEM;
+  }
+  tt_frame_header_pack((unsigned char *)block, kind, 0, id, (uint32_t)len);
+  c->data = block;
+  c->off = 0;
+  c->len = c->cap = total;
+  c->adopted = 1;
+  queue_append(ch, c);
+  return queued_frame(ch, total, cb, arg);
+}
+
+/* Drops written bytes from the front of the queue.  The last chunk is kept
+ * for reuse when it is an inline one. */
+static void queue_consume(tt_channel_t *ch, size_t n) {
+  while (n > 0) {
+    tt_chunk_t *c = ch->head;
+    size_t left = c->len - c->off;
+    size_t take = n < left ? n : left;
+    c->off += take;
+    n -= take;
+    if (c->off == c->len) {
+      if (c == ch->tail && !c->adopted) {
+        c->off = c->len = 0;
+      } else {
+        ch->head = c->next;
+        if (ch->head == NULL) ch->tail = NULL;
+        if (c->adopted) free(c->data);
+        free(c);
+      }
+    }
+  }
+}
+
+/* One sendmsg() of as much as is queued.  Returns bytes written, 0 when the
+ * socket is full, or a negative error. */
+static ssize_t write_some(tt_channel_t *ch) {
+  struct iovec iov[TT_CHANNEL_MAX_IOV];
+  struct msghdr msg;
+  int n = 0;
+  ssize_t w;
+
+  for (tt_chunk_t *c = ch->head; c != NULL && n < TT_CHANNEL_MAX_IOV;
+       c = c->next) {
+    if (c->len == c->off) continue;
+    iov[n].iov_base = c->data + c->off;
+    iov[n].iov_len = c->len - c->off;
+    n++;
+  }
+  if (n == 0) return 0;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = (size_t)n;
+  do
+    w = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (w < 0 && errno == EINTR);
+  if (w < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+  queue_consume(ch, (size_t)w);
+  ch->written_total += (uint64_t)w;
+  ch->stats.bytes_sent += (uint64_t)w;
+  return w;
+}
+
+/* EPIPE/ECONNRESET mean the peer is gone: a disconnect, not an error. */
+static int write_failed(tt_channel_t *ch, int err) {
+  int quiet = err == UV_EPIPE || err == UV_ECONNRESET;
+  channel_end(ch, quiet ? 0 : err, quiet ? NULL : "write failed");
+  return err;
+}
+
+/* Writes until the queue is empty or the socket is full, then runs the
+ * callbacks, drain and a pending disconnect.  Returns 0 or the error that
+ * ended the channel. */
+static int flush(tt_channel_t *ch) {
+  ssize_t w = 1;
+  while (queued(ch) > 0) {
+    w = write_some(ch);
+    if (w <= 0) break;
+  }
+  if (w < 0) return write_failed(ch, (int)w);
+  if (queued(ch) > 0)
+    ch->flags |= CH_WRITE_BLOCKED;
+  else
+    ch->flags &= ~CH_WRITE_BLOCKED;
+  update_poll(ch);
+  ack_run(ch, 0);
+  if (ch->flags & CH_ENDED) return 0;
+  if (queued(ch) == 0) {
+    if (ch->flags & CH_DISCONNECTING) {
+      channel_end(ch, 0, NULL);
+      return 0;
+    }
+    if (ch->flags & CH_NEED_DRAIN) {
+      ch->flags &= ~CH_NEED_DRAIN;
+      if (ch->on_drain) ch->on_drain(ch);
+    }
+  }
+  return 0;
+}
+
+static void on_flusher(uv_idle_t *h) {
+  tt_channel_t *ch = h->data;
+  ch->flags &= ~CH_SCHEDULED;
+  uv_idle_stop(h);
+  if (!(ch->flags & CH_WRITE_BLOCKED)) flush(ch);
+}
+
+static void schedule_flush(tt_channel_t *ch) {
+  if (ch->flags & (CH_SCHEDULED | CH_WRITE_BLOCKED | CH_CLOSING)) return;
+  ch->flags |= CH_SCHEDULED;
+  uv_idle_start(&ch->flusher, on_flusher);
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
+  tt_channel_t *ch = ctx;
+  ch->stats.messages_received++;
+  ch->on_frame(ch, h, payload);
+  /* The owner may have ended or closed the channel from the callback. */
+  return (ch->flags & CH_READING) ? 0 : 1;
+}
+
+/* Reads what is available (up to a bound).  Returns 1 at EOF or when the
+ * channel ended, 0 when the socket is drained for now. */
+static int read_some(tt_channel_t *ch, int max_reads) {
+  for (int i = 0; i < max_reads && (ch->flags & CH_READING); i++) {
+    char *base;
+    size_t room;
+    ssize_t n;
+    int err = tt_frame_decoder_space(&ch->dec, &base, &room);
+    if (err != 0) {
+      channel_end(ch, err, "out of memory for a frame");
+      return 1;
+    }
+    do
+      n = recv(ch->fd, base, room, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      if (errno == ECONNRESET) {
+        channel_end(ch, 0, NULL);
+      } else {
+        channel_end(ch, -errno, "read failed");
+      }
+      return 1;
+    }
+    if (n == 0) {
+      if (tt_frame_decoder_pending(&ch->dec) > 0)
+        channel_end(ch, TT_ERR_IPC_PROTOCOL, "truncated frame at end of stream");
+      else
+        channel_end(ch, 0, NULL);
+      return 1;
+    }
+    ch->stats.bytes_received += (uint64_t)n;
+    err = tt_frame_decoder_commit(&ch->dec, (size_t)n, deliver, ch);
+    if (err == TT_ERR_IPC_PROTOCOL) {
+      channel_end(ch, err, ch->dec.error);
+      return 1;
+    }
+    if ((size_t)n < room) return 0; /* short read: the socket is empty */
+  }
+  return (ch->flags & CH_READING) ? 0 : 1;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  tt_channel_t *ch = h->data;
+  if (status < 0) {
+    channel_end(ch, status, "poll failed");
+    return;
+  }
+  if ((events & UV_WRITABLE) && (ch->flags & CH_WRITE_BLOCKED)) {
+    ch->flags &= ~CH_WRITE_BLOCKED;
+    if (flush(ch) != 0 || (ch->flags & CH_ENDED)) return;
+  }
+  if (events & UV_READABLE) read_some(ch, TT_CHANNEL_MAX_READS);
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
+                    const tt_channel_options_t *opts) {
+  int err;
+  memset(ch, 0, sizeof *ch);
+  ch->loop = loop;
+  ch->fd = fd;
+  ch->high_water = (opts && opts->high_water) ? opts->high_water
+                                              : TT_CHANNEL_DEFAULT_HIGH_WATER;
+  tt_frame_decoder_init(&ch->dec, opts ? opts->max_message : 0);
+  if ((err = tt__set_flags(fd, 1, 1)) != 0) return err;
+  if ((err = uv_poll_init(loop, &ch->poll, fd)) != 0) return err;
+  uv_idle_init(loop, &ch->flusher); /* cannot fail */
+  ch->poll.data = ch;
+  ch->flusher.data = ch;
+  ch->flags = CH_CONNECTED | CH_READING;
+  ch->poll_events = UV_READABLE;
+  uv_poll_start(&ch->poll, UV_READABLE, on_poll);
+  uv_unref((uv_handle_t *)&ch->poll);
+  return 0;
+}
+
+/* Ends the channel once: stop I/O, fail what is queued, tell the owner. */
+static void channel_end(tt_channel_t *ch, int err, const char *why) {
+  if (ch->flags & CH_ENDED) return;
+  ch->flags |= CH_ENDED;
+  ch->flags &= ~(CH_CONNECTED | CH_READING | CH_WRITE_BLOCKED |
+                 CH_DISCONNECTING | CH_NEED_DRAIN);
+  queue_free(ch);
+  if (!(ch->flags & CH_CLOSING)) {
+    update_poll(ch);
+    if (ch->flags & CH_SCHEDULED) {
+      ch->flags &= ~CH_SCHEDULED;
+      uv_idle_stop(&ch->flusher);
+    }
+  }
+  if (err != 0 && ch->on_error) ch->on_error(ch, err, why);
+  ack_run(ch, TT_ERR_IPC_CHANNEL_CLOSED);
+  if (ch->on_disconnect) ch->on_disconnect(ch);
+}
+
+void tt_channel_fail(tt_channel_t *ch, int err, const char *why) {
+  channel_end(ch, err, why);
+}
+
+int tt_channel_disconnect(tt_channel_t *ch) {
+  if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_DISCONNECTED;
+  ch->flags &= ~(CH_CONNECTED | CH_READING);
+  ch->flags |= CH_DISCONNECTING;
+  update_poll(ch);
+  /* Always asynchronous, like Node: the flush (or an empty queue) ends it. */
+  if (!(ch->flags & CH_WRITE_BLOCKED)) {
+    ch->flags &= ~CH_SCHEDULED;
+    schedule_flush(ch);
+  }
+  return 0;
+}
+
+void tt_channel_finish(tt_channel_t *ch) {
+  /* The peer exited, so everything it wrote is already in our socket:
+   * read until EAGAIN, then there is nothing more to wait for. */
+  while (!(ch->flags & CH_ENDED) && (ch->flags & CH_READING)) {
+    char probe;
+    ssize_t n;
+    if (read_some(ch, TT_CHANNEL_MAX_READS) != 0) break;
+    n = recv(ch->fd, &probe, 1, MSG_DONTWAIT | MSG_PEEK);
+    /* Drained without EOF: a grandchild may still hold the other end, but
+     * only bytes from our peer count, and it is gone. */
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+  }
+  if (!(ch->flags & CH_ENDED)) {
+    if (tt_frame_decoder_pending(&ch->dec) > 0)
+      channel_end(ch, TT_ERR_IPC_PROTOCOL, "truncated frame at end of stream");
+    else
+      channel_end(ch, 0, NULL);
+  }
+}
+
+int tt_channel_flush_sync(tt_channel_t *ch, int timeout_ms) {
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  while (queued(ch) > 0 && !(ch->flags & CH_ENDED)) {
+    ssize_t w = write_some(ch);
+    if (w < 0) return write_failed(ch, (int)w);
+    if (w == 0) {
+      struct pollfd pfd = {.fd = ch->fd, .events = POLLOUT, .revents = 0};
+      int wait = -1;
+      if (timeout_ms >= 0) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        long spent = (t1.tv_sec - t0.tv_sec) * 1000 +
+                     (t1.tv_nsec - t0.tv_nsec) / 1000000;
+        if (spent >= timeout_ms) return UV_ETIMEDOUT;
+        wait = timeout_ms - (int)spent;
+      }
+      if (poll(&pfd, 1, wait) < 0 && errno != EINTR) return -errno;
+    }
+  }
+  if (ch->flags & CH_ENDED) return queued(ch) > 0 ? TT_ERR_IPC_CHANNEL_CLOSED : 0;
+  flush(ch); /* callbacks, drain, pending disconnect */
+  return 0;
+}
+
+void tt_channel_ref(tt_channel_t *ch, int ref) {
+  if (ref)
+    ch->flags |= CH_REF;
+  else
+    ch->flags &= ~CH_REF;
+  if (!(ch->flags & CH_CLOSING)) update_poll(ch);
+}
+
+int tt_channel_is_connected(const tt_channel_t *ch) {
+  return (ch->flags & CH_CONNECTED) != 0;
+}
+
+void tt_channel_stats(const tt_channel_t *ch, tt_channel_stats_t *out) {
+  *out = ch->stats;
+  out->queued_bytes = queued(ch);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  tt_channel_t *ch = h->data;
+  if (--ch->pending_closes > 0) return;
+  close(ch->fd);
+  ch->fd = -1;
+  tt_frame_decoder_free(&ch->dec);
+  free(ch->acks);
+  ch->acks = NULL;
+  if (ch->close_cb) ch->close_cb(ch);
+}
+
+void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb) {
+  if (ch->flags & CH_CLOSING) return;
+  /* Marked first: on_disconnect (run by channel_end) may call us again. */
+  ch->flags |= CH_CLOSING;
+  ch->close_cb = cb;
+  channel_end(ch, 0, NULL);
+  ch->pending_closes = 2;
+  uv_close((uv_handle_t *)&ch->poll, on_handle_closed);
+  uv_close((uv_handle_t *)&ch->flusher, on_handle_closed);
+}
+
+int tt_channel_inherited_fd(int *fd) {
+  const char *s = getenv("TETHER_CHANNEL_FD");
+  char *end;
+  long v;
+  struct stat st;
+  int err;
+  if (s == NULL || *s == '\0') return UV_ENOENT;
+  v = strtol(s, &end, 10);
+  unsetenv("TETHER_CHANNEL_FD");
+  if (*end != '\0' || v < 0 || v > 65535) return UV_EBADF;
+  if (fstat((int)v, &st) != 0) return UV_EBADF;
+  if (!S_ISSOCK(st.st_mode)) return UV_ENOTSOCK;
+  if ((err = tt__set_flags((int)v, 1, 1)) != 0) return err;
+  *fd = (int)v;
+  return 0;
+}

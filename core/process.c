@@ -1,0 +1,398 @@
+/*
+ * Process: see tt_process.h.
+ *
+ * Invariants:
+ * - open_handles counts every handle of ours not yet closed (process
+ *   handle, stdio pipes, channel); on_closed runs when it reaches 0 after
+ *   the exit, and close_cb right after that.
+ * - The process handle is uv_close'd only from the exit callback, or on a
+ *   failed spawn (libuv requires that too).
+ */
+#include "tt_process.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include "internal.h"
+#include "tt_error.h"
+
+extern char **environ;
+
+enum {
+  P_EXITED = 1u << 0,
+  P_CLOSED_EMITTED = 1u << 1,
+  P_CLOSING = 1u << 2,
+  P_HAS_CHANNEL = 1u << 3,
+  P_PIPE0 = 1u << 4 /* P_PIPE0 << i: pipes[i] is open */
+};
+
+/* ---- signals ------------------------------------------------------------ */
+
+#define TT_SIGNAL_MAP(XX)                                                     \
+  XX(SIGHUP) XX(SIGINT) XX(SIGQUIT) XX(SIGILL) XX(SIGTRAP) XX(SIGABRT)        \
+  XX(SIGBUS) XX(SIGFPE) XX(SIGKILL) XX(SIGUSR1) XX(SIGSEGV) XX(SIGUSR2)       \
+  XX(SIGPIPE) XX(SIGALRM) XX(SIGTERM) XX(SIGCHLD) XX(SIGCONT) XX(SIGSTOP)     \
+  XX(SIGTSTP) XX(SIGTTIN) XX(SIGTTOU) XX(SIGURG) XX(SIGXCPU) XX(SIGXFSZ)      \
+  XX(SIGVTALRM) XX(SIGPROF) XX(SIGWINCH) XX(SIGIO) XX(SIGSYS)
+
+int tt_signal_number(const char *name) {
+#define XX(s)                                                                 \
+  if (strcmp(name, #s) == 0 || strcmp(name, #s + 3) == 0) return s;
+  TT_SIGNAL_MAP(XX)
+#undef XX
+  return 0;
+}
+
+const char *tt_signal_name(int signum) {
+  switch (signum) {
+#define XX(s)                                                                 \
+  case s:                                                                     \
+    return #s;
+    TT_SIGNAL_MAP(XX)
+#undef XX
+  default:
+    return NULL;
+  }
+}
+
+/* ---- environment -------------------------------------------------------- */
+
+static size_t env_key_len(const char *kv) {
+  const char *eq = strchr(kv, '=');
+  return eq ? (size_t)(eq - kv) : strlen(kv);
+}
+
+static int env_overridden(const char *kv, char **extra) {
+  size_t n = env_key_len(kv);
+  if (n == strlen("TETHER_CHANNEL_FD") &&
+      strncmp(kv, "TETHER_CHANNEL_FD", n) == 0)
+    return 1;
+  if (n == strlen("TETHER_PARENT_PID") &&
+      strncmp(kv, "TETHER_PARENT_PID", n) == 0)
+    return 1;
+  for (char **e = extra; e && *e; e++)
+    if (env_key_len(*e) == n && strncmp(*e, kv, n) == 0) return 1;
+  return 0;
+}
+
+/* Ours, minus what `extra` replaces, plus `extra` and the channel variables.
+ * The strings are borrowed; only the array is allocated. */
+static char **build_env(char **extra, int channel, char *fdvar, char *ppidvar) {
+  size_t n = 0, k = 0;
+  char **env;
+  for (char **e = environ; *e; e++) n++;
+  for (char **e = extra; e && *e; e++) n++;
+  env = malloc((n + 3) * sizeof *env);
+  if (env == NULL) return NULL;
+  for (char **e = environ; *e; e++)
+    if (!env_overridden(*e, extra)) env[k++] = *e;
+  for (char **e = extra; e && *e; e++) env[k++] = *e;
+  if (channel) {
+    env[k++] = fdvar;
+    env[k++] = ppidvar;
+  }
+  env[k] = NULL;
+  return env;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void maybe_closed(tt_process_t *p) {
+  if (p->open_handles > 0 || !(p->flags & P_EXITED)) return;
+  if (!(p->flags & P_CLOSED_EMITTED)) {
+    p->flags |= P_CLOSED_EMITTED;
+    if (p->on_closed) p->on_closed(p);
+  }
+  if ((p->flags & P_CLOSING) && p->close_cb) {
+    tt_process_event_cb cb = p->close_cb;
+    p->close_cb = NULL;
+    cb(p);
+  }
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  tt_process_t *p = h->data;
+  p->open_handles--;
+  maybe_closed(p);
+}
+
+/* The channel is embedded, so its owner is found without using ch->data
+ * (which belongs to whoever handles the frames). */
+static tt_process_t *channel_owner(tt_channel_t *ch) {
+  return (tt_process_t *)((char *)ch - offsetof(tt_process_t, channel_storage));
+}
+
+static void on_channel_closed(tt_channel_t *ch) {
+  tt_process_t *p = channel_owner(ch);
+  p->open_handles--;
+  maybe_closed(p);
+}
+
+static void on_channel_disconnect(tt_channel_t *ch) {
+  tt_process_t *p = channel_owner(ch);
+  if (p->on_disconnect) p->on_disconnect(p);
+  tt_channel_close(ch, on_channel_closed);
+}
+
+static void close_pipe(tt_process_t *p, int i) {
+  if (!(p->flags & (P_PIPE0 << i))) return;
+  p->flags &= ~(P_PIPE0 << i);
+  uv_close((uv_handle_t *)&p->pipes[i], on_handle_closed);
+}
+
+static void on_exit_cb(uv_process_t *h, int64_t status, int term_signal) {
+  tt_process_t *p = h->data;
+  p->flags |= P_EXITED;
+  p->exit_status = status;
+  p->term_signal = term_signal;
+  /* Everything the child wrote is in the socket now: deliver it first. */
+  if (p->channel) tt_channel_finish(p->channel);
+  if (p->on_exit) p->on_exit(p, status, term_signal);
+  uv_close((uv_handle_t *)&p->proc, on_handle_closed);
+  /* Nobody is left to read our stdin; stdout/stderr close at their EOF
+   * (a grandchild may still be writing to them), or now if closing. */
+  close_pipe(p, 0);
+  if (p->flags & P_CLOSING) close_pipe(p, 1), close_pipe(p, 2);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)h;
+  buf->base = malloc(suggested);
+  buf->len = buf->base ? suggested : 0;
+}
+
+static void on_pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  tt_process_t *p = s->data;
+  int fd = s == (uv_stream_t *)&p->pipes[1] ? 1 : 2;
+  if (n > 0 && p->on_data) p->on_data(p, fd, buf->base, n);
+  free(buf->base);
+  if (n < 0) {
+    if (p->on_data) p->on_data(p, fd, NULL, UV_EOF);
+    close_pipe(p, fd);
+  }
+}
+
+static int open_stdio_file(const char *path, int fd) {
+  int flags = fd == 0 ? O_RDONLY : (O_WRONLY | O_CREAT | O_APPEND);
+  int f = open(path, flags | O_CLOEXEC, 0644);
+  return f < 0 ? -errno : f;
+}
+
+int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
+                     const tt_process_options_t *opts) {
+  uv_process_options_t o;
+  uv_stdio_container_t stdio[4];
+  int sv[2] = {-1, -1};
+  int files[3] = {-1, -1, -1};
+  char fdvar[32], ppidvar[48];
+  char **env = NULL;
+  int err = 0, i;
+
+  memset(p, 0, sizeof *p);
+  p->loop = loop;
+  memset(&o, 0, sizeof o);
+  memset(stdio, 0, sizeof stdio);
+
+  for (i = 0; i < 3; i++) {
+    switch (opts->stdio[i]) {
+    case TT_STDIO_PIPE:
+      uv_pipe_init(loop, &p->pipes[i], 0);
+      p->pipes[i].data = p;
+      p->flags |= P_PIPE0 << i;
+      p->open_handles++;
+      stdio[i].flags = UV_CREATE_PIPE |
+                       (i == 0 ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
+      stdio[i].data.stream = (uv_stream_t *)&p->pipes[i];
+      break;
+    case TT_STDIO_IGNORE:
+      stdio[i].flags = UV_IGNORE;
+      break;
+    case TT_STDIO_FILE:
+      if ((files[i] = open_stdio_file(opts->stdio_path[i], i)) < 0) {
+        err = files[i];
+        goto fail;
+      }
+      stdio[i].flags = UV_INHERIT_FD;
+      stdio[i].data.fd = files[i];
+      break;
+    default:
+      stdio[i].flags = UV_INHERIT_FD;
+      stdio[i].data.fd = i;
+    }
+  }
+  o.stdio_count = 3;
+  if (opts->channel) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      err = -errno;
+      goto fail;
+    }
+    stdio[3].flags = UV_INHERIT_FD;
+    stdio[3].data.fd = sv[1];
+    o.stdio_count = 4;
+    snprintf(fdvar, sizeof fdvar, "TETHER_CHANNEL_FD=%d", TT_CHILD_CHANNEL_FD);
+    snprintf(ppidvar, sizeof ppidvar, "TETHER_PARENT_PID=%d", (int)getpid());
+  }
+  env = build_env(opts->env, opts->channel, fdvar, ppidvar);
+  if (env == NULL) {
+    err = UV_ENOMEM;
+    goto fail;
+  }
+  o.file = opts->file;
+  o.args = opts->args;
+  o.env = env;
+  o.cwd = opts->cwd;
+  o.stdio = stdio;
+  o.exit_cb = on_exit_cb;
+  o.flags = opts->detached ? UV_PROCESS_DETACHED : 0;
+  p->proc.data = p;
+
+  err = uv_spawn(loop, &p->proc, &o);
+  free(env);
+  env = NULL;
+  for (i = 0; i < 3; i++)
+    if (files[i] >= 0) close(files[i]), files[i] = -1;
+  if (err != 0) {
+    /* libuv wants the handle closed even after a failed spawn; it owns no
+     * child, so nothing can be reaped late. */
+    uv_close((uv_handle_t *)&p->proc, on_handle_closed);
+    p->open_handles++;
+    goto fail;
+  }
+  p->pid = p->proc.pid;
+  p->open_handles++; /* the process handle */
+  if (opts->channel) {
+    close(sv[1]);
+    sv[1] = -1;
+    err = tt_channel_init(loop, &p->channel_storage, sv[0],
+                          &opts->channel_options);
+    if (err != 0) {
+      /* The child is running without a usable channel: it sees EOF. */
+      close(sv[0]);
+    } else {
+      p->channel = &p->channel_storage;
+      p->channel->on_disconnect = on_channel_disconnect;
+      p->flags |= P_HAS_CHANNEL;
+      p->open_handles++;
+    }
+    sv[0] = -1;
+    err = 0;
+  }
+  for (i = 1; i < 3; i++)
+    if (p->flags & (P_PIPE0 << i))
+      uv_read_start((uv_stream_t *)&p->pipes[i], on_alloc, on_pipe_read);
+  return 0;
+
+fail:
+  free(env);
+  for (i = 0; i < 3; i++)
+    if (files[i] >= 0) close(files[i]);
+  if (sv[0] >= 0) close(sv[0]);
+  if (sv[1] >= 0) close(sv[1]);
+  for (i = 0; i < 3; i++)
+    close_pipe(p, i);
+  /* Nothing to report, only handles to let close: tt_process_close()
+   * finishes once they have. */
+  p->flags = P_EXITED | P_CLOSED_EMITTED;
+  return err;
+}
+
+int tt_process_kill(tt_process_t *p, int signum) {
+  if (p->flags & P_EXITED) return UV_ESRCH;
+  return uv_process_kill(&p->proc, signum);
+}
+
+int tt_process_has_exited(const tt_process_t *p) {
+  return (p->flags & P_EXITED) != 0;
+}
+
+static void on_stdin_written(uv_write_t *req, int status) {
+  (void)status; /* EPIPE: the child closed stdin; nothing to tell. */
+  free(req);
+}
+
+int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len) {
+  uv_write_t *req;
+  uv_buf_t b;
+  int err;
+  if (!(p->flags & P_PIPE0)) return UV_EPIPE;
+  req = malloc(sizeof *req + len);
+  if (req == NULL) return UV_ENOMEM;
+  memcpy(req + 1, buf, len);
+  b = uv_buf_init((char *)(req + 1), (unsigned)len);
+  err = uv_write(req, (uv_stream_t *)&p->pipes[0], &b, 1, on_stdin_written);
+  if (err != 0) free(req);
+  return err;
+}
+
+int tt_process_stdin_end(tt_process_t *p) {
+  if (!(p->flags & P_PIPE0)) return UV_EPIPE;
+  close_pipe(p, 0);
+  return 0;
+}
+
+void tt_process_close(tt_process_t *p, tt_process_event_cb cb) {
+  if (p->flags & P_CLOSING) return;
+  p->flags |= P_CLOSING;
+  p->close_cb = cb;
+  if (p->flags & P_EXITED) {
+    for (int i = 0; i < 3; i++) close_pipe(p, i);
+    if (p->channel) tt_channel_close(p->channel, on_channel_closed);
+  }
+  maybe_closed(p);
+}
+
+void tt_process_abandon(tt_process_t *p, tt_process_event_cb cb) {
+  if (!(p->flags & P_EXITED)) {
+    p->flags |= P_EXITED | P_CLOSED_EMITTED;
+    uv_close((uv_handle_t *)&p->proc, on_handle_closed);
+  }
+  p->flags &= ~P_CLOSING;
+  tt_process_close(p, cb);
+}
+
+/* ---- parent watch (child side) ------------------------------------------ */
+
+#ifdef __linux__
+static unsigned watch_grace_s = 1;
+
+static void on_parent_death(int sig) {
+  (void)sig;
+  /* The loop should see EOF on the channel and exit by itself; a stuck one
+   * is ended by SIGALRM's default action.  alarm() is async-signal-safe. */
+  signal(SIGALRM, SIG_DFL);
+  alarm(watch_grace_s);
+}
+
+int tt_process_watch_parent(int on, int grace_ms) {
+  int sig = SIGRTMIN + 3;
+  const char *pp = getenv("TETHER_PARENT_PID");
+  if (!on) return prctl(PR_SET_PDEATHSIG, 0) == 0 ? 0 : -errno;
+  watch_grace_s = grace_ms <= 1000 ? 1 : (unsigned)((grace_ms + 999) / 1000);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_parent_death;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(sig, &sa, NULL) != 0) return -errno;
+  if (prctl(PR_SET_PDEATHSIG, sig) != 0) return -errno;
+  /* The parent may have died before prctl: then nobody will signal us. */
+  if (pp != NULL && atoi(pp) != (int)getppid()) raise(sig);
+  return 0;
+}
+#else
+int tt_process_watch_parent(int on, int grace_ms) {
+  (void)on;
+  (void)grace_ms;
+  return 0;
+}
+#endif

@@ -1,0 +1,137 @@
+/*
+ * tether channel: framed messages over one connected AF_UNIX stream socket,
+ * driven by a libuv loop.
+ *
+ * Sending never blocks and never raises SIGPIPE (MSG_NOSIGNAL).  Frames are
+ * queued and written once per loop iteration, before it polls (an idle
+ * handle: unlike a prepare, one re-armed from its own callback keeps the
+ * poll from blocking), so
+ * every frame queued in one iteration goes out in as few sendmsg() calls as
+ * possible; small frames are packed into shared 64 KiB chunks, large ones are
+ * written from their own block.  Partial writes and EAGAIN are handled by
+ * waiting for POLLOUT.
+ *
+ * Receiving reads straight into the frame decoder's buffer and hands out
+ * complete frames in place.  A malformed or oversized frame, an I/O error or
+ * EOF ends the channel: `on_disconnect` runs exactly once, queued sends fail
+ * with TT_ERR_IPC_CHANNEL_CLOSED, and the handles close by themselves;
+ * `close_cb` (from tt_channel_close) then tells the owner it may free.
+ *
+ * Every callback may call any channel function, including close.
+ */
+#ifndef TT_CHANNEL_H
+#define TT_CHANNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "tt_frame.h"
+
+/* send() reports backpressure once more than this is queued (bytes). */
+#define TT_CHANNEL_DEFAULT_HIGH_WATER ((size_t)1 << 20)
+
+typedef struct tt_channel_s tt_channel_t;
+typedef struct tt_chunk_s tt_chunk_t;
+
+typedef void (*tt_channel_frame_cb)(tt_channel_t *ch, const tt_frame_header_t *h,
+                                    const char *payload);
+/* A failure found while reading or writing: TT_ERR_IPC_PROTOCOL (with `why`),
+ * or a system error other than EOF/EPIPE/ECONNRESET.  Disconnect follows. */
+typedef void (*tt_channel_error_cb)(tt_channel_t *ch, int err, const char *why);
+typedef void (*tt_channel_event_cb)(tt_channel_t *ch);
+/* Once per queued frame: 0 when handed to the kernel, else the error. */
+typedef void (*tt_channel_send_cb)(void *arg, int status);
+
+typedef struct {
+  size_t max_message; /* 0: TT_FRAME_DEFAULT_MAX_MESSAGE */
+  size_t high_water;  /* 0: TT_CHANNEL_DEFAULT_HIGH_WATER */
+} tt_channel_options_t;
+
+typedef struct {
+  uint64_t messages_sent; /* frames accepted by send */
+  uint64_t messages_received;
+  uint64_t bytes_sent;     /* bytes handed to the kernel */
+  uint64_t bytes_received; /* bytes read from the kernel */
+  uint64_t queued_bytes;   /* accepted but not yet handed to the kernel */
+} tt_channel_stats_t;
+
+typedef struct {
+  uint64_t end; /* queued_total when the frame's last byte is written */
+  tt_channel_send_cb cb;
+  void *arg;
+} tt_send_ack_t;
+
+struct tt_channel_s {
+  void *data; /* owner's */
+  uv_loop_t *loop;
+  tt_channel_frame_cb on_frame;
+  tt_channel_error_cb on_error;
+  tt_channel_event_cb on_drain;
+  tt_channel_event_cb on_disconnect;
+
+  /* private */
+  int fd;
+  unsigned flags;
+  int poll_events;
+  int pending_closes;
+  size_t high_water;
+  uv_poll_t poll;
+  uv_idle_t flusher;
+  tt_channel_event_cb close_cb;
+  tt_frame_decoder_t dec;
+  tt_chunk_t *head, *tail;
+  uint64_t queued_total, written_total;
+  tt_send_ack_t *acks; /* ring of pending send callbacks */
+  size_t acks_cap, acks_head, acks_len;
+  tt_channel_stats_t stats;
+};
+
+/* Takes ownership of `fd` (a connected stream socket) and starts reading.
+ * On failure the fd is left open and nothing needs closing. */
+int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
+                    const tt_channel_options_t *opts);
+
+/* Queues a frame, copying the payload.  Returns 1 if the backlog is under
+ * the high-water mark, 0 if over (still queued: wait for on_drain), or a
+ * negative error (TT_ERR_IPC_CHANNEL_CLOSED, TT_ERR_SERIALIZE for a payload
+ * over max_message, UV_ENOMEM); then `cb` is not called. */
+int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
+                    const void *payload, size_t len, tt_channel_send_cb cb,
+                    void *arg);
+/* Same, but adopts `block` (malloc'd; TT_FRAME_HEADER_SIZE bytes of room,
+ * then `len` payload bytes): no copy.  The block is freed by the channel,
+ * also when this fails. */
+int tt_channel_send_block(tt_channel_t *ch, unsigned kind, uint32_t id,
+                          char *block, size_t len, tt_channel_send_cb cb,
+                          void *arg);
+
+/* Stops accepting sends and reading; queued frames are still written, then
+ * the channel disconnects.  TT_ERR_IPC_DISCONNECTED if already done. */
+int tt_channel_disconnect(tt_channel_t *ch);
+/* Ends the channel because of what the owner found (e.g. a payload that
+ * does not decode): on_error(err, why), then on_disconnect, as for any
+ * protocol error.  No-op once ended. */
+void tt_channel_fail(tt_channel_t *ch, int err, const char *why);
+/* The peer is known to be gone (its process exited): read what it left in
+ * the socket, deliver it, then disconnect. */
+void tt_channel_finish(tt_channel_t *ch);
+/* Writes the backlog now, blocking up to `timeout_ms` (-1: no limit).
+ * 0 when everything was handed to the kernel. */
+int tt_channel_flush_sync(tt_channel_t *ch, int timeout_ms);
+
+/* Whether the channel alone keeps the loop alive (default: no). */
+void tt_channel_ref(tt_channel_t *ch, int ref);
+int tt_channel_is_connected(const tt_channel_t *ch);
+void tt_channel_stats(const tt_channel_t *ch, tt_channel_stats_t *out);
+
+/* Idempotent.  Disconnects now (dropping the backlog) if still connected;
+ * `cb` runs once every handle is closed: the memory may be freed then. */
+void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb);
+
+/* In a child: the inherited channel fd named by TETHER_CHANNEL_FD, made
+ * non-blocking and close-on-exec, the variable removed from the environment.
+ * UV_ENOENT when there is none, UV_EBADF/UV_ENOTSOCK when it is unusable. */
+int tt_channel_inherited_fd(int *fd);
+
+#endif /* TT_CHANNEL_H */

@@ -1,0 +1,85 @@
+/*
+ * tether frame codec: the native wire format (see PROTOCOL.md).
+ *
+ * A frame is a fixed 12-byte header followed by `len` payload bytes:
+ *
+ *   0  u32 LE  len      payload bytes that follow the header
+ *   4  u8      version  TT_FRAME_VERSION
+ *   5  u8      kind     tt_frame_kind_t
+ *   6  u16 LE  flags    0 for now; receivers ignore unknown bits
+ *   8  u32 LE  id       correlation id (requests/replies), else 0
+ *
+ * The decoder is incremental: it yields exactly the same frames for any split
+ * of the byte stream.  It validates each header as soon as its 12 bytes are
+ * in, and checks `len` against the configured maximum before it allocates
+ * anything for the payload.  It owns its receive buffer so a reader can
+ * recv() straight into it (tt_frame_decoder_space/commit) and complete frames
+ * are handed out in place, without a copy.
+ */
+#ifndef TT_FRAME_H
+#define TT_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TT_FRAME_HEADER_SIZE 12
+#define TT_FRAME_VERSION 1
+/* Default payload limit: 64 MiB.  The wire allows up to 4 GiB - 1. */
+#define TT_FRAME_DEFAULT_MAX_MESSAGE ((size_t)64 << 20)
+
+typedef enum {
+  TT_FRAME_MESSAGE = 1, /* user message */
+  TT_FRAME_REQUEST = 2, /* request expecting a reply with the same id */
+  TT_FRAME_REPLY = 3,   /* successful reply */
+  TT_FRAME_FAULT = 4,   /* failed reply: the handler raised or is missing */
+  TT_FRAME_CONTROL = 5, /* runner <-> parent housekeeping (error reports) */
+  TT__FRAME_KIND_MAX = TT_FRAME_CONTROL
+} tt_frame_kind_t;
+
+typedef struct {
+  uint32_t len;
+  uint8_t version;
+  uint8_t kind;
+  uint16_t flags;
+  uint32_t id;
+} tt_frame_header_t;
+
+/* Writes the 12-byte header for a payload of `len` bytes into `out`. */
+void tt_frame_header_pack(unsigned char *out, unsigned kind, unsigned flags,
+                          uint32_t id, uint32_t len);
+/* Parses and validates a header: 0, or TT_ERR_IPC_PROTOCOL with `*why` set. */
+int tt_frame_header_parse(const unsigned char *in, size_t max_message,
+                          tt_frame_header_t *h, const char **why);
+
+/* Called once per complete frame; `payload` is valid only during the call.
+ * Return 0 to go on, anything else to stop decoding (it is passed back). */
+typedef int (*tt_frame_cb)(void *ctx, const tt_frame_header_t *h,
+                           const char *payload);
+
+typedef struct tt_frame_decoder_s {
+  char *buf;
+  size_t cap;
+  size_t start; /* first unconsumed byte */
+  size_t end;   /* one past the last byte read */
+  size_t max_message;
+  const char *error; /* why the stream was rejected, once it was */
+} tt_frame_decoder_t;
+
+void tt_frame_decoder_init(tt_frame_decoder_t *d, size_t max_message);
+void tt_frame_decoder_free(tt_frame_decoder_t *d);
+
+/* Free space for the next read.  Grows the buffer to hold the whole frame
+ * being received, so a large payload lands in place.  0 or UV_ENOMEM. */
+int tt_frame_decoder_space(tt_frame_decoder_t *d, char **base, size_t *len);
+/* Accounts `n` bytes read into the space and delivers every complete frame.
+ * Returns 0, the callback's non-zero value, or TT_ERR_IPC_PROTOCOL (then
+ * d->error says why and the decoder rejects everything after). */
+int tt_frame_decoder_commit(tt_frame_decoder_t *d, size_t n, tt_frame_cb cb,
+                            void *ctx);
+/* Copying convenience over space/commit, for tests and fuzzers. */
+int tt_frame_decoder_feed(tt_frame_decoder_t *d, const void *data, size_t n,
+                          tt_frame_cb cb, void *ctx);
+/* Bytes of an incomplete frame held back: non-zero at EOF means truncation. */
+size_t tt_frame_decoder_pending(const tt_frame_decoder_t *d);
+
+#endif /* TT_FRAME_H */

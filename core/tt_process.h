@@ -1,0 +1,100 @@
+/*
+ * tether process: spawn a program with an optional channel on fd 3
+ * (TETHER_CHANNEL_FD=3 in its environment) and optional stdio pipes.
+ *
+ * Lifecycle, in this order: channel frames, then `on_disconnect` (once, if
+ * there was a channel), then `on_exit` (the channel is read to EOF first, so
+ * nothing the child sent before exiting is lost), then `on_closed` once the
+ * process handle, the channel and every stdio pipe are closed.  The process
+ * handle is closed only after the exit was reaped: no zombies.  A failed
+ * spawn returns the error and leaves no fd open; as with uv_spawn, the caller
+ * still calls tt_process_close() and frees the memory in its callback.
+ */
+#ifndef TT_PROCESS_H
+#define TT_PROCESS_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "tt_channel.h"
+
+/* fd number of the channel in the child. */
+#define TT_CHILD_CHANNEL_FD 3
+
+typedef enum {
+  TT_STDIO_INHERIT = 0,
+  TT_STDIO_PIPE,
+  TT_STDIO_IGNORE,
+  TT_STDIO_FILE /* stdout/stderr: opened for append; stdin: for reading */
+} tt_stdio_mode_t;
+
+typedef struct {
+  const char *file;  /* program; searched in PATH when it has no slash */
+  char **args;       /* argv, NULL-terminated; args[0] is the program name */
+  char **env;        /* "K=V" added to (or replacing in) ours; NULL-ended */
+  const char *cwd;   /* NULL: ours */
+  tt_stdio_mode_t stdio[3];
+  const char *stdio_path[3]; /* for TT_STDIO_FILE */
+  int detached;              /* new session; not killed with us */
+  int channel;               /* create the channel */
+  tt_channel_options_t channel_options;
+} tt_process_options_t;
+
+typedef struct tt_process_s tt_process_t;
+typedef void (*tt_process_exit_cb)(tt_process_t *p, int64_t exit_status,
+                                   int term_signal);
+typedef void (*tt_process_event_cb)(tt_process_t *p);
+/* Output of a piped stdout (fd 1) or stderr (fd 2); n == UV_EOF at the end. */
+typedef void (*tt_process_data_cb)(tt_process_t *p, int fd, const char *buf,
+                                   ssize_t n);
+
+struct tt_process_s {
+  void *data; /* owner's */
+  /* Set by the owner right after spawn; the channel's on_frame, on_error and
+   * on_drain are set on `channel` directly. */
+  tt_process_exit_cb on_exit;
+  tt_process_event_cb on_disconnect;
+  tt_process_event_cb on_closed;
+  tt_process_data_cb on_data;
+  tt_channel_t *channel; /* NULL without a channel */
+  int pid;
+  int64_t exit_status;
+  int term_signal;
+
+  /* private */
+  unsigned flags;
+  int open_handles;
+  uv_loop_t *loop;
+  uv_process_t proc;
+  uv_pipe_t pipes[3];
+  tt_channel_t channel_storage;
+  tt_process_event_cb close_cb;
+};
+
+int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
+                     const tt_process_options_t *opts);
+/* UV_ESRCH once the exit was seen: a reaped pid is never signalled. */
+int tt_process_kill(tt_process_t *p, int signum);
+/* Piped stdin: queue bytes (copied) / close it. */
+int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len);
+int tt_process_stdin_end(tt_process_t *p);
+int tt_process_has_exited(const tt_process_t *p);
+/* Idempotent.  Does not kill: the memory is released (cb) once the child
+ * has exited and every handle is closed. */
+void tt_process_close(tt_process_t *p, tt_process_event_cb cb);
+
+/* Closes everything now without waiting for the exit: the child is no
+ * longer watched (it is reaped by init once we exit).  Only for tearing the
+ * whole loop down; `cb` as for tt_process_close. */
+void tt_process_abandon(tt_process_t *p, tt_process_event_cb cb);
+
+/* "SIGTERM" <-> 15.  0 / NULL when unknown. */
+int tt_signal_number(const char *name);
+const char *tt_signal_name(int signum);
+
+/* In a child: arrange for the kernel to signal us when the parent dies
+ * (PR_SET_PDEATHSIG), ending the process within `grace_ms` unless the loop
+ * exits first.  on == 0 disarms it.  No-op off Linux. */
+int tt_process_watch_parent(int on, int grace_ms);
+
+#endif /* TT_PROCESS_H */

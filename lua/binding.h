@@ -1,0 +1,100 @@
+/*
+ * Internals shared by the files of the tether.core binding.
+ *
+ * One tt_state_t per lua_State owns the libuv loop.  Every Lua-visible
+ * object is a small userdata box pointing at malloc'd core memory that
+ * starts with a tt_lobj_t, so the state can find and close every live object
+ * when the Lua state closes, and core memory outlives the box until libuv's
+ * close callbacks are done.  While an object is active its box is pinned in
+ * the registry (self_ref); its Lua handler (one function receiving
+ * (event, ...)) is held in handler_ref.  Both refs are released when the
+ * object closes.
+ */
+#ifndef TT_LUA_BINDING_H
+#define TT_LUA_BINDING_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "codec.h"
+#include "tt_channel.h"
+#include "util.h"
+
+#define TT_CHILD_MT "tether.child"
+#define TT_CHANNEL_MT "tether.channel"
+#define TT_TIMER_MT "tether.timer"
+#define TT_SIGNAL_MT "tether.signal"
+
+typedef struct tt_state_s tt_state_t;
+typedef struct tt_lobj_s tt_lobj_t;
+
+/* Core memory is shared by the box and libuv: it is freed by whichever of
+ * the box's __gc and the close callback (tt_lobj_closed) comes last. */
+struct tt_lobj_s {
+  tt_lobj_t *next, *prev; /* in state->objects until closed */
+  tt_state_t *st;
+  int self_ref;    /* pins the box while active */
+  int handler_ref; /* function(event, ...) */
+  unsigned closing : 1, closed : 1, box_gone : 1;
+  /* Starts closing everything now; must end in tt_lobj_closed(). */
+  void (*teardown)(tt_lobj_t *o);
+};
+
+typedef struct {
+  tt_lobj_t *o;
+} tt_box_t;
+
+struct tt_state_s {
+  uv_loop_t loop;
+  lua_State *L;     /* thread that runs callbacks (the caller of run) */
+  int uncaught_ref; /* tether.on("uncaught") handler, or LUA_NOREF */
+  int error_ref;    /* error stashed by a callback, re-raised by run() */
+  int closing;      /* the Lua state is going away: no more callbacks */
+  int running;      /* inside uv_run */
+  int max_depth;    /* codec nesting limit */
+  tt_lobj_t objects; /* list head */
+  tt_wbuf_t wbuf;   /* encoder output, reused */
+};
+
+tt_state_t *tt_state(lua_State *L);
+
+/* Object bookkeeping.  new_box pushes a box of metatable `mt` for `o`
+ * (allocated by the caller with malloc, zeroed), links it into the state,
+ * pins it and takes a ref to the handler at handler_idx (0: none). */
+tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
+                          int handler_idx, void (*teardown)(tt_lobj_t *));
+/* The object in the box at idx, or NULL when it is closing or closed. */
+tt_lobj_t *tt_lobj_check(lua_State *L, int idx, const char *mt);
+/* Drops the pin and the handler: no more events will be delivered. */
+void tt_lobj_release(tt_lobj_t *o);
+/* From the last close callback. */
+void tt_lobj_closed(tt_lobj_t *o);
+/* __gc / __close of every box. */
+int tt_lobj_gc(lua_State *L);
+/* Runs the Lua function below `nargs` arguments protected, with a traceback:
+ * a Lua error goes to the "uncaught" handler, or is stashed and the loop
+ * stopped so run() re-raises it.  Never raises.  0 when the call succeeded.*/
+int tt_call(tt_state_t *st, lua_State *L, int nargs);
+/* Pushes the handler and the event name; returns the lua_State to use, or
+ * NULL when no callback may run (state closing or object released). */
+lua_State *tt_lobj_begin(tt_lobj_t *o, const char *event);
+
+/* Messages: encode the value at `idx` and queue it on `ch` (with optional
+ * send callback function at cb_idx, 0 for none).  Pushes the Lua results
+ * (true/false, or nil+err) and returns their count. */
+int tt_lua_send(lua_State *L, tt_state_t *st, tt_channel_t *ch, int idx,
+                int cb_idx, unsigned kind, uint32_t id);
+/* Channel callbacks that decode and dispatch to an object's handler; the
+ * channel's `data` must point at the tt_lobj_t. */
+void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload);
+void tt_lua_on_channel_error(tt_channel_t *ch, int err, const char *why);
+void tt_lua_on_drain(tt_channel_t *ch);
+int tt_lua_stats(lua_State *L, const tt_channel_t *ch);
+
+void tt_open_child(lua_State *L);
+void tt_open_channel(lua_State *L);
+void tt_open_timer(lua_State *L);
+
+#endif

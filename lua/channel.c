@@ -1,0 +1,149 @@
+/*
+ * tether.channel: the child's end of the channel to its parent (found
+ * through TETHER_CHANNEL_FD).  Unreferenced by default, as in Node: the
+ * facade refs it while the script listens on it (or asked keep_alive).
+ */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "binding.h"
+#include "tt_error.h"
+
+typedef struct {
+  tt_lobj_t o;
+  tt_channel_t ch;
+  int opened;
+} tt_lchannel_t;
+
+static void on_closed(tt_channel_t *ch) { tt_lobj_closed(ch->data); }
+
+static void teardown(tt_lobj_t *o) {
+  tt_lchannel_t *c = (tt_lchannel_t *)o;
+  if (c->opened)
+    tt_channel_close(&c->ch, on_closed);
+  else
+    tt_lobj_closed(o);
+}
+
+static void on_disconnect(tt_channel_t *ch) {
+  tt_lchannel_t *c = (tt_lchannel_t *)ch->data;
+  lua_State *L = tt_lobj_begin(&c->o, "disconnect");
+  if (L != NULL) tt_call(c->o.st, L, 1);
+  c->o.closing = 1;
+  tt_channel_close(ch, on_closed);
+}
+
+/* open_parent(handler[, max_message]) -> channel | nil, err */
+static int l_open_parent(lua_State *L) {
+  tt_channel_options_t opts = {0, 0};
+  tt_lchannel_t *c;
+  int fd, err;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  opts.max_message = (size_t)luaL_optinteger(L, 2, 0);
+  if ((err = tt_channel_inherited_fd(&fd)) != 0) return tt_lua_fail(L, err, NULL);
+  c = calloc(1, sizeof *c);
+  if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
+  tt_lobj_new_box(L, &c->o, TT_CHANNEL_MT, 1, teardown);
+  if ((err = tt_channel_init(&c->o.st->loop, &c->ch, fd, &opts)) != 0) {
+    close(fd);
+    c->o.closing = 1;
+    teardown(&c->o);
+    return tt_lua_fail(L, err, NULL);
+  }
+  c->opened = 1;
+  c->ch.data = &c->o;
+  c->ch.on_frame = tt_lua_on_frame;
+  c->ch.on_error = tt_lua_on_channel_error;
+  c->ch.on_drain = tt_lua_on_drain;
+  c->ch.on_disconnect = on_disconnect;
+  return 1;
+}
+
+static tt_lchannel_t *check(lua_State *L) {
+  return (tt_lchannel_t *)tt_lobj_check(L, 1, TT_CHANNEL_MT);
+}
+
+static int m_send(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  unsigned kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
+  uint32_t id = (uint32_t)luaL_optinteger(L, 5, 0);
+  int cb = lua_isnoneornil(L, 3) ? 0 : 3;
+  luaL_checkany(L, 2);
+  if (cb) luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  return tt_lua_send(L, c->o.st, &c->ch, 2, cb, kind, id);
+}
+
+static int m_disconnect(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  int err = c ? tt_channel_disconnect(&c->ch) : TT_ERR_IPC_DISCONNECTED;
+  if (err != 0) return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_connected(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  lua_pushboolean(L, c != NULL && tt_channel_is_connected(&c->ch));
+  return 1;
+}
+
+static int m_ref(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  if (c != NULL) tt_channel_ref(&c->ch, lua_toboolean(L, 2));
+  return 0;
+}
+
+/* flush([timeout_ms]) -> true | nil, err: blocks until the backlog is with
+ * the kernel (used before the process exits). */
+static int m_flush(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  int err;
+  if (c == NULL) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  err = tt_channel_flush_sync(&c->ch, (int)luaL_optinteger(L, 2, -1));
+  if (err != 0) return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_stats(lua_State *L) {
+  tt_box_t *box = luaL_checkudata(L, 1, TT_CHANNEL_MT);
+  tt_lchannel_t *c = (tt_lchannel_t *)box->o;
+  if (c == NULL) {
+    lua_createtable(L, 0, 5);
+    return 1;
+  }
+  return tt_lua_stats(L, &c->ch);
+}
+
+static int m_tostring(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  lua_pushfstring(L, "tether.channel (%s)",
+                  c && tt_channel_is_connected(&c->ch) ? "connected"
+                                                      : "disconnected");
+  return 1;
+}
+
+void tt_open_channel(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"send", m_send},   {"disconnect", m_disconnect},
+      {"connected", m_connected}, {"ref", m_ref},
+      {"flush", m_flush}, {"stats", m_stats},
+      {NULL, NULL}};
+  luaL_newmetatable(L, TT_CHANNEL_MT);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, tt_lobj_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, tt_lobj_gc);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, m_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_open_parent);
+  lua_setfield(L, -2, "open_parent");
+}

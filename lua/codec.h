@@ -1,0 +1,43 @@
+/*
+ * Native value codec: Lua value <-> bytes (format in PROTOCOL.md; byte-exact
+ * description in doc/codec-format.md).
+ *
+ * Encoding walks the value with raw access only (no metamethods) and writes
+ * into a caller-owned growable buffer, appending at out->len so the caller can
+ * reserve room for a frame header first.  Decoding builds the value with raw
+ * sets only, so it never runs code, and validates every length and count
+ * against the bytes that are actually there before allocating.
+ */
+#ifndef TT_LUA_CODEC_H
+#define TT_LUA_CODEC_H
+
+#include <lua.h>
+#include <stddef.h>
+
+/* Nesting limit used by both ends unless configured otherwise.  The root
+ * table has depth 1; max_depth <= 0 means this default, and values above
+ * 10000 are clamped to 10000 (it bounds the C recursion). */
+#define TT_CODEC_DEFAULT_MAX_DEPTH 2000
+
+/* Output buffer: grown with realloc(); its owner frees `data` with free(). */
+typedef struct {
+  char *data;
+  size_t len;
+  size_t cap;
+} tt_wbuf_t;
+
+/* Encodes the value at `idx`.  Returns 0, or TT_ERR_SERIALIZE with a message
+ * naming the path of the bad value ("msg.items[3]: function") pushed on the
+ * stack; out->len is then back where it was (nothing partial is kept). May
+ * raise only on memory errors; out stays owned by the caller either way. */
+int tt_codec_encode(lua_State *L, int idx, tt_wbuf_t *out, int max_depth);
+
+/* Decodes exactly `n` bytes.  Returns 0 with the value pushed, or
+ * TT_ERR_IPC_PROTOCOL with a message string pushed.  May raise only on memory
+ * errors, so call it from protected code. */
+int tt_codec_decode(lua_State *L, const char *p, size_t n, int max_depth);
+
+/* Registers encode/decode test helpers into the table at the stack top. */
+void tt_codec_open(lua_State *L);
+
+#endif

@@ -1,0 +1,481 @@
+--- tether: Node-style fork(), message channels and process lifecycle for
+-- Lua 5.4, on a C core driven by libuv (tether.core).
+--
+-- This facade owns what is policy rather than mechanism: event emitters,
+-- option parsing, the keep-alive rule of tether.parent, and routing of
+-- asynchronous errors (callback, else "error" event, else stderr).
+local core = require "tether.core"
+
+local tether = {
+  version = core.version,
+  errors = core.errors,
+  core = core,
+}
+
+local KIND_CONTROL = 5
+
+---------------------------------------------------------------------------
+-- errors
+
+local function new_error(code, message)
+  return core.error(code, message)
+end
+tether.error = new_error
+
+local function is_error(v, code)
+  return type(v) == "table" and getmetatable(v) == getmetatable(core.error("X"))
+    and (code == nil or v.code == code)
+end
+tether.is_error = is_error
+
+---------------------------------------------------------------------------
+-- deferred calls (like process.nextTick): run on the next loop iteration
+
+local function defer(fn)
+  core.timer(0, 0, fn)
+end
+tether.defer = defer
+
+---------------------------------------------------------------------------
+-- event emitter mixin
+
+local Emitter = {}
+Emitter.__index = Emitter
+tether.Emitter = Emitter
+
+local function listeners(self, event)
+  local all = rawget(self, "_listeners")
+  if not all then
+    all = {}
+    rawset(self, "_listeners", all)
+  end
+  local list = all[event]
+  if not list then
+    list = {}
+    all[event] = list
+  end
+  return list
+end
+
+function Emitter:on(event, fn)
+  assert(type(event) == "string", "bad argument #1 to 'on' (string expected)")
+  assert(type(fn) == "function", "bad argument #2 to 'on' (function expected)")
+  local list = listeners(self, event)
+  list[#list + 1] = fn
+  if self._listeners_changed then self:_listeners_changed(event) end
+  return self
+end
+
+function Emitter:once(event, fn)
+  assert(type(fn) == "function", "bad argument #2 to 'once' (function expected)")
+  local wrapper
+  wrapper = function(...)
+    self:off(event, wrapper)
+    return fn(...)
+  end
+  rawset(self, "_once_" .. tostring(wrapper), fn)
+  return self:on(event, wrapper)
+end
+
+function Emitter:off(event, fn)
+  local list = listeners(self, event)
+  for i = #list, 1, -1 do
+    local f = list[i]
+    if f == fn or (fn and rawget(self, "_once_" .. tostring(f)) == fn) or fn == nil then
+      rawset(self, "_once_" .. tostring(f), nil)
+      table.remove(list, i)
+      if fn then break end
+    end
+  end
+  if self._listeners_changed then self:_listeners_changed(event) end
+  return self
+end
+
+function Emitter:listener_count(event)
+  local all = rawget(self, "_listeners")
+  local list = all and all[event]
+  return list and #list or 0
+end
+
+function Emitter:emit(event, ...)
+  local all = rawget(self, "_listeners")
+  local list = all and all[event]
+  local n = list and #list or 0
+  if n == 0 then
+    if event == "error" then
+      io.stderr:write("tether: unhandled 'error' event: ", tostring((...)), "\n")
+    end
+    return false
+  end
+  if n == 1 then
+    list[1](...)
+  else
+    -- a copy, so listeners may add or remove listeners while we iterate
+    local copy = table.move(list, 1, n, 1, {})
+    for i = 1, n do copy[i](...) end
+  end
+  return true
+end
+
+local function emitter(obj, class)
+  return setmetatable(obj, class)
+end
+
+local function class()
+  local c = setmetatable({}, { __index = Emitter })
+  c.__index = c
+  return c
+end
+
+-- tether.on("uncaught", fn) and friends: module-level events
+local module_events = setmetatable({}, Emitter)
+function tether.on(event, fn)
+  module_events:on(event, fn)
+  if event == "uncaught" then core.set_uncaught(fn) end
+  return tether
+end
+function tether.off(event, fn)
+  module_events:off(event, fn)
+  if event == "uncaught" then
+    local list = listeners(module_events, "uncaught")
+    core.set_uncaught(list[#list])
+  end
+  return tether
+end
+
+---------------------------------------------------------------------------
+-- loop
+
+local EXIT = {} -- metatable of the sentinel raised by tether.exit in a callback
+
+function tether.run(mode)
+  local ok, more = pcall(core.run, mode)
+  if ok then return more end
+  if getmetatable(more) == EXIT then
+    tether._exit_now(more.code)
+  end
+  error(more, 0)
+end
+
+tether.stop = core.stop
+tether.now = core.now
+tether.hrtime = core.hrtime
+tether.fd = core.fd
+
+function tether.timer(ms, fn)
+  return core.timer(ms, 0, fn)
+end
+
+function tether.every(ms, fn)
+  assert(type(ms) == "number" and ms > 0, "bad argument #1 to 'every' (positive number expected)")
+  return core.timer(ms, ms, fn)
+end
+
+function tether.on_signal(name, fn)
+  return core.signal(name, fn)
+end
+
+---------------------------------------------------------------------------
+-- option parsing
+
+local function check_opt(opts, name, ty)
+  local v = opts[name]
+  if v ~= nil and type(v) ~= ty then
+    error(("bad option '%s' (%s expected, got %s)"):format(name, ty, type(v)), 3)
+  end
+  return v
+end
+
+local function build_env(extra)
+  local env = {}
+  for k, v in pairs(extra) do
+    if type(k) ~= "string" or k:find("=", 1, true) then
+      error("bad option 'env' (keys must be variable names)", 3)
+    end
+    env[#env + 1] = k .. "=" .. tostring(v)
+  end
+  return env
+end
+
+local function spawn_options(opts)
+  local o = {}
+  o.cwd = check_opt(opts, "cwd", "string")
+  o.detached = check_opt(opts, "detached", "boolean")
+  o.max_message = check_opt(opts, "max_message", "number")
+  o.high_water = check_opt(opts, "high_water", "number")
+  local ser = check_opt(opts, "serialization", "string") or "native"
+  if ser ~= "native" then
+    error(("bad option 'serialization' ('%s' is not supported yet)"):format(ser), 2)
+  end
+  if opts.channel ~= nil then o.channel = opts.channel and true or false end
+  local stdio = opts.stdio or "inherit"
+  if type(stdio) == "string" then
+    o.stdin, o.stdout, o.stderr = stdio, stdio, stdio
+    if stdio ~= "inherit" and stdio ~= "pipe" and stdio ~= "ignore" then
+      o.stdin = "ignore" -- a file path: append stdout/stderr, no input
+    end
+  elseif type(stdio) == "table" then
+    o.stdin, o.stdout, o.stderr = stdio.stdin, stdio.stdout, stdio.stderr
+    for _, k in ipairs { "stdin", "stdout", "stderr" } do
+      if o[k] ~= nil and type(o[k]) ~= "string" then
+        error(("bad option 'stdio.%s' (string expected)"):format(k), 2)
+      end
+    end
+  else
+    error("bad option 'stdio' (string or table expected)", 2)
+  end
+  local env = check_opt(opts, "env", "table") or {}
+  local extra = {}
+  for k, v in pairs(env) do extra[k] = v end
+  if o.max_message then extra.TETHER_MAX_MESSAGE = extra.TETHER_MAX_MESSAGE or o.max_message end
+  return o, extra
+end
+
+---------------------------------------------------------------------------
+-- streams (piped stdout/stderr)
+
+local Stream = class()
+
+---------------------------------------------------------------------------
+-- child processes
+
+local Child = class()
+tether.Child = Child
+
+local function control(self, msg)
+  if type(msg) == "table" and msg.type == "error" then
+    local err = new_error(msg.code or "ERR_WORKER_UNCAUGHT", msg.message or "worker failed")
+    err.traceback = msg.traceback
+    self:emit("error", err)
+  end
+end
+
+local function child_handler(self)
+  return function(event, a, b, c)
+    if event == "message" then
+      self:emit("message", a)
+    elseif event == "exit" then
+      self.exit_code, self.signal = a, b
+      self:emit("exit", a, b)
+    elseif event == "close" then
+      self:emit("close", a, b)
+    elseif event == "disconnect" then
+      self.connected = false
+      self:emit("disconnect")
+    elseif event == "stdout" or event == "stderr" then
+      local s = self[event]
+      if a then s:emit("data", a) else s:emit("end") end
+    elseif event == "control" then
+      control(self, a)
+    elseif event == "drain" then
+      self:emit("drain")
+    elseif event == "error" then
+      self:emit("error", a)
+    else
+      self:emit(event, a, b, c)
+    end
+  end
+end
+
+--- tether.spawn(cmd, [args], [opts]) -> child | nil, err
+function tether.spawn(cmd, args, opts)
+  assert(type(cmd) == "string", "bad argument #1 to 'spawn' (string expected)")
+  if args ~= nil and type(args) ~= "table" then
+    error("bad argument #2 to 'spawn' (table expected, got " .. type(args) .. ")", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #3 to 'spawn' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local o, extra = spawn_options(opts or {})
+  o.env = build_env(extra)
+  local argv = {}
+  for i, v in ipairs(args or {}) do argv[i] = tostring(v) end
+  local self = emitter({ connected = false }, Child)
+  local h, err = core.spawn(cmd, argv, o, child_handler(self))
+  if not h then return nil, err end
+  self._h = h
+  self.pid = h:pid()
+  self.connected = h:connected()
+  if o.stdout == "pipe" then self.stdout = emitter({}, Stream) end
+  if o.stderr == "pipe" then self.stderr = emitter({}, Stream) end
+  defer(function() self:emit("spawn") end)
+  return self
+end
+
+local function interpreter()
+  local exe = arg and arg[-1]
+  local i = -1
+  while arg and arg[i - 1] do i = i - 1 end -- the interpreter is the lowest index
+  exe = arg and arg[i] or "lua5.4"
+  return exe
+end
+
+local runner_path
+--- tether.fork(script, [args], [opts]) -> child | nil, err
+function tether.fork(script, args, opts)
+  assert(type(script) == "string", "bad argument #1 to 'fork' (string expected)")
+  if args ~= nil and type(args) ~= "table" then
+    error("bad argument #2 to 'fork' (table expected, got " .. type(args) .. ")", 2)
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("bad argument #3 to 'fork' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  runner_path = runner_path or assert(package.searchpath("tether.runner", package.path),
+    "tether.runner not found in package.path")
+  local lua = check_opt(opts, "lua", "string") or interpreter()
+  local argv = { runner_path, script }
+  for _, v in ipairs(args or {}) do argv[#argv + 1] = tostring(v) end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  local env = {}
+  for k, v in pairs(opts.env or {}) do env[k] = v end
+  -- the child loads the same tether as we do
+  env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path
+  env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath
+  o.env = env
+  o.lua = nil
+  o.channel = true
+  return tether.spawn(lua, argv, o)
+end
+
+function Child:send(msg, cb)
+  if cb ~= nil and type(cb) ~= "function" then
+    error("bad argument #2 to 'send' (function expected)", 2)
+  end
+  local ok, err = self._h:send(msg, cb)
+  if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
+    defer(function()
+      if cb then cb(err) else self:emit("error", err) end
+    end)
+    return false
+  end
+  return ok, err
+end
+
+function Child:_send_kind(msg, kind, id, cb)
+  return self._h:send(msg, cb, kind, id)
+end
+
+function Child:disconnect()
+  local ok, err = self._h:disconnect()
+  if ok then self.connected = false end
+  return ok, err
+end
+
+function Child:kill(sig)
+  return self._h:kill(sig)
+end
+
+function Child:stats()
+  return self._h:stats()
+end
+
+function Child:write(data)
+  return self._h:write(data)
+end
+
+function Child:end_input()
+  return self._h:end_input()
+end
+
+function Child:__tostring()
+  return tostring(self._h)
+end
+
+---------------------------------------------------------------------------
+-- the channel to our parent, in a child
+
+local Parent = class()
+
+local parent_gone -- set by the runner: what to do when the parent goes away
+
+function Parent:_listeners_changed()
+  self:_update_ref()
+end
+
+function Parent:_update_ref()
+  local listening = self._keep_alive or self._serving
+    or self:listener_count("message") > 0 or self:listener_count("disconnect") > 0
+  self._h:ref(listening and true or false)
+end
+
+function Parent:keep_alive(on)
+  self._keep_alive = on and true or false
+  core.watch_parent(not self._keep_alive)
+  self:_update_ref()
+  return self
+end
+
+Parent.send = Child.send
+Parent._send_kind = Child._send_kind
+
+function Parent:disconnect()
+  local ok, err = self._h:disconnect()
+  if ok then
+    self.connected = false
+    self._local_disconnect = true
+  end
+  return ok, err
+end
+
+function Parent:stats()
+  return self._h:stats()
+end
+
+function Parent:flush(timeout)
+  return self._h:flush(timeout)
+end
+
+local function open_parent()
+  if not os.getenv("TETHER_CHANNEL_FD") then return nil end
+  local self = emitter({ connected = true }, Parent)
+  local h = core.open_parent(function(event, a, b, c)
+    if event == "message" then
+      self:emit("message", a)
+    elseif event == "disconnect" then
+      self.connected = false
+      self:emit("disconnect")
+      if not self._local_disconnect and not self._keep_alive then
+        if parent_gone then parent_gone() else tether.exit(0) end
+      end
+    elseif event == "drain" then
+      self:emit("drain")
+    elseif event == "error" then
+      self:emit("error", a)
+    else
+      self:emit(event, a, b, c)
+    end
+  end, tonumber(os.getenv("TETHER_MAX_MESSAGE") or ""))
+  if not h then return nil end
+  self._h = h
+  core.watch_parent(true)
+  return self
+end
+
+tether.parent = open_parent()
+
+---------------------------------------------------------------------------
+-- exit: deliver what was sent, then end the process
+
+function tether._exit_now(code)
+  if tether.parent then tether.parent:flush() end
+  io.stdout:flush()
+  os.exit(code == nil and 0 or code, true)
+end
+
+--- tether.exit([code]): like os.exit, but queued messages are delivered
+-- first.  Inside a callback the loop is unwound first (the stack above the
+-- callback must not resume).
+function tether.exit(code)
+  if code == true then code = 0 elseif code == false then code = 1 end
+  if core.running() then
+    error(setmetatable({ tether_exit = true, code = code, message = "tether.exit" }, EXIT), 0)
+  end
+  tether._exit_now(code)
+end
+
+function tether._set_parent_gone(fn) parent_gone = fn end
+tether._EXIT = EXIT
+
+return tether

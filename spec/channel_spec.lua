@@ -1,0 +1,271 @@
+local tether = require "tether"
+local H = require "helper"
+
+local function echo_child(opts)
+  local c = assert(tether.fork(H.fixture("echo.lua"), nil, opts))
+  return c
+end
+
+describe("channel", function()
+  H.leak_guard(before_each, after_each)
+
+  it("round-trips values of every kind, in order", function()
+    local c = echo_child()
+    local values = {
+      1, -1, math.maxinteger, math.mininteger, 0.5, -0.0, 1 / 0, "", "a\0b", true, false,
+      { 1, 2, 3, x = { y = { z = "deep" } } }, string.rep("z", 100000),
+    }
+    local i = 0
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        for _, v in ipairs(values) do assert.is_true(c:send(v)) end
+        return
+      end
+      i = i + 1
+      assert.same(values[i], m)
+      assert.equals(math.type(values[i]), math.type(m))
+      if i == #values then c:disconnect() end
+    end)
+    H.run()
+    assert.equals(#values, i)
+  end)
+
+  it("carries messages of 1 MiB and 16 MiB intact", function()
+    local c = echo_child()
+    local big = {}
+    for k = 1, 1024 do big[k] = string.char(k % 256) end
+    local mib = string.rep(table.concat(big), 1024)
+    local sizes, n = { mib, string.rep(mib, 16) }, 0
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        for _, s in ipairs(sizes) do c:send(s) end
+        return
+      end
+      n = n + 1
+      assert.equals(#sizes[n], #m)
+      assert.is_true(m == sizes[n])
+      if n == #sizes then c:disconnect() end
+    end)
+    H.run(30)
+    assert.equals(2, n)
+  end)
+
+  it("keeps 20,000 small messages in order and counts them in stats", function()
+    local c = echo_child()
+    local N, got = 20000, 0
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        for k = 1, N do c:send(k) end
+        return
+      end
+      got = got + 1
+      assert.equals(got, m)
+      if got == N then c:disconnect() end
+    end)
+    H.run(30)
+    local s = c:stats()
+    assert.equals(N, s.messages_sent)
+    assert.equals(N + 1, s.messages_received)
+    assert.is_true(s.bytes_sent > N * 12)
+    assert.is_true(s.bytes_received > N * 12)
+    assert.equals(0, s.queued_bytes)
+  end)
+
+  it("returns false above the high-water mark and emits drain when the backlog empties", function()
+    local c = echo_child({ high_water = 64 * 1024 })
+    local saw_false, drained = false, 0
+    c:on("drain", function() drained = drained + 1 end)
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        local s = string.rep("q", 1000)
+        for _ = 1, 200 do
+          if c:send(s) == false then saw_false = true end
+        end
+        assert.is_true(saw_false)
+        assert.is_true(c:stats().queued_bytes > 64 * 1024)
+        c:on("drain", function()
+          assert.equals(0, c:stats().queued_bytes)
+          c:disconnect()
+        end)
+      end
+    end)
+    H.run()
+    assert.equals(1, drained)
+  end)
+
+  it("runs a send callback once, after the message was handed to the kernel", function()
+    local c = echo_child()
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        c:send("x", H.expect(function(err)
+          assert.is_nil(err)
+          c:disconnect()
+        end))
+      end
+    end)
+    H.run()
+  end)
+
+  it("gives ERR_IPC_CHANNEL_CLOSED to the callback, else to 'error', when sending on a closed channel", function()
+    local c = echo_child()
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then c:disconnect() end
+    end)
+    c:on("error", H.expect(function(err)
+      assert.equals("ERR_IPC_CHANNEL_CLOSED", err.code)
+    end))
+    c:on("close", function()
+      assert.is_false(c:send("late", H.expect(function(err)
+        assert.equals("ERR_IPC_CHANNEL_CLOSED", err.code)
+      end)))
+      assert.is_false(c:send("late"))
+    end)
+    H.run()
+  end)
+
+  it("returns nil, ERR_SERIALIZE at once for an unserializable value and sends nothing", function()
+    local c = echo_child()
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        local ok, err = c:send({ items = { 1, 2, print } })
+        assert.is_nil(ok)
+        assert.equals("ERR_SERIALIZE", err.code)
+        assert.equals("msg.items[3]: function", err.message)
+        assert.equals(0, c:stats().queued_bytes)
+        c:send("after")
+      elseif m == "after" then
+        c:disconnect()
+      else
+        error("unexpected message " .. tostring(m))
+      end
+    end)
+    H.run()
+    assert.equals(0, c:stats().messages_sent - 1)
+  end)
+
+  it("fails a second disconnect with ERR_IPC_DISCONNECTED and emits disconnect once", function()
+    local c = echo_child()
+    c:on("disconnect", H.expect())
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        assert.is_true(c:disconnect())
+        assert.is_false(c.connected)
+        local ok, err = c:disconnect()
+        assert.is_nil(ok)
+        assert.equals("ERR_IPC_DISCONNECTED", err.code)
+      end
+    end)
+    H.run()
+  end)
+
+  it("delivers queued messages before a local disconnect closes the channel", function()
+    local c = echo_child()
+    local got = {}
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        c:send({ cmd = "burst", n = 3, size = 10 })
+        return
+      end
+      got[#got + 1] = m.i
+      if #got == 3 then c:disconnect() end
+    end)
+    H.run()
+    assert.same({ 1, 2, 3 }, got)
+  end)
+
+  it("loses nothing when the child exits right after sending (4 MiB, 1000 messages)", function()
+    for _, mode in ipairs { "end", "os_exit", "tether_exit", "timer_exit" } do
+      local c = assert(tether.fork(H.fixture("sender.lua"), { 1000, 4096, mode }))
+      local n = 0
+      c:on("message", function(m)
+        n = n + 1
+        assert.equals(n, m.i)
+        assert.equals(4096, #m.s)
+      end)
+      local code
+      c:on("exit", function(cd) code = cd end)
+      H.run(20)
+      assert.equals(1000, n)
+      assert.equals(({ ["end"] = 0, os_exit = 7, tether_exit = 8, timer_exit = 9 })[mode], code)
+    end
+  end)
+
+  it("rejects a frame over max_message with ERR_IPC_PROTOCOL and keeps running", function()
+    local c = assert(tether.fork(H.script([[
+      local t = require "tether"
+      -- the child's own limit is the parent's (passed down); raise it to send
+      t.parent:send(string.rep("b", 2048))
+    ]]), nil, { max_message = 1024, env = { TETHER_MAX_MESSAGE = "4096" } }))
+    c:on("error", H.expect(function(err)
+      assert.equals("ERR_IPC_PROTOCOL", err.code)
+      assert.matches("max_message", err.message)
+    end))
+    c:on("message", H.expect(nil, 0))
+    c:on("disconnect", H.expect())
+    H.run()
+  end)
+
+  it("refuses to send over its own max_message with ERR_SERIALIZE", function()
+    local c = echo_child({ max_message = 1024 })
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        local ok, err = c:send(string.rep("x", 2000))
+        assert.is_nil(ok)
+        assert.equals("ERR_SERIALIZE", err.code)
+        assert.matches("exceeds max_message", err.message)
+        c:disconnect()
+      end
+    end)
+    H.run()
+  end)
+
+  local function raw_peer(bytes)
+    -- a non-tether program writing raw bytes on the channel (fd 3)
+    return assert(tether.spawn("sh", { "-c", "printf '" .. bytes .. "' >&3; sleep 0.2" }))
+  end
+
+  local bad = {
+    { "garbage header", [[\001\002\003\004\005\006\007\010\011\012\013\014]], "version" },
+    { "unknown kind", [[\001\000\000\000\001\011\000\000\000\000\000\000x]], "kind" },
+    { "4 GiB length", [[\377\377\377\377\001\001\000\000\000\000\000\000]], "max_message" },
+    { "payload that does not decode", [[\001\000\000\000\001\001\000\000\000\000\000\000\010]], "" },
+    { "empty payload", [[\000\000\000\000\001\001\000\000\000\000\000\000]], "" },
+    { "truncated frame then EOF", [[\010\000\000\000\001\001\000\000\000\000\000\000ab]], "truncated" },
+  }
+  for _, case in ipairs(bad) do
+    it("closes only that channel with ERR_IPC_PROTOCOL on " .. case[1], function()
+      local c = raw_peer(case[2])
+      c:on("error", H.expect(function(err)
+        assert.equals("ERR_IPC_PROTOCOL", err.code)
+        assert.matches(case[3], err.message, 1, true)
+      end))
+      c:on("message", H.expect(nil, 0))
+      c:on("disconnect", H.expect())
+      local other = echo_child()
+      other:on("message", function(m)
+        if type(m) == "table" and m.ready then other:send("still here") return end
+        assert.equals("still here", m)
+        other:disconnect()
+      end)
+      H.run()
+      assert.equals(0, other.exit_code)
+    end)
+  end
+
+  it("survives a peer killed with SIGKILL mid-stream", function()
+    local c = echo_child()
+    local n = 0
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        c:send({ cmd = "burst", n = 100000, size = 100 })
+        return
+      end
+      n = n + 1
+      if n == 10 then c:kill("SIGKILL") end
+    end)
+    c:on("disconnect", H.expect())
+    c:on("exit", H.expect(function(_, sig) assert.equals("SIGKILL", sig) end))
+    H.run()
+    assert.is_true(n >= 10)
+  end)
+end)

@@ -1,0 +1,169 @@
+--- Shared test helpers: call counters, a bounded loop runner, fd and zombie
+-- checks.  Every spec file does `local H = require "helper"`.
+local tether = require "tether"
+
+local H = {}
+
+H.LUA = os.getenv("TETHER_LUA") or "lua5.4"
+H.dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
+H.fixtures = H.dir .. "/fixtures"
+
+function H.fixture(name) return H.fixtures .. "/" .. name end
+
+--- expect(fn, n): wraps fn; H.verify() fails unless it ran exactly n times.
+local expectations = {}
+function H.expect(fn, n, name)
+  local e = { n = n or 1, calls = 0, name = name or debug.traceback("expect", 2) }
+  expectations[#expectations + 1] = e
+  return function(...)
+    e.calls = e.calls + 1
+    if fn then return fn(...) end
+  end
+end
+
+function H.verify()
+  local list = expectations
+  expectations = {}
+  for _, e in ipairs(list) do
+    if e.calls ~= e.n then
+      error(("expected %d call(s), got %d: %s"):format(e.n, e.calls, e.name), 2)
+    end
+  end
+end
+
+--- run the loop until it has no work, failing after `secs` seconds.
+function H.run(secs)
+  local timed_out = false
+  local guard = tether.timer(math.floor((secs or 10) * 1000), function()
+    timed_out = true
+    tether.stop()
+  end)
+  guard:unref()
+  tether.run()
+  guard:stop()
+  tether.run("nowait") -- let the guard's close complete
+  assert(not timed_out, "loop still busy after " .. (secs or 10) .. " s")
+end
+
+--- run until pred() is true (checked after every loop iteration).
+function H.run_until(pred, secs)
+  local deadline = tether.hrtime() + math.floor((secs or 10) * 1e9)
+  local tick = tether.every(5, function() end)
+  while not pred() do
+    if tether.hrtime() > deadline then
+      tick:stop()
+      error("condition not met within " .. (secs or 10) .. " s", 2)
+    end
+    tether.run("once")
+  end
+  tick:stop()
+  tether.run("nowait")
+end
+
+function H.sleep(ms)
+  local done = false
+  tether.timer(ms, function() done = true end)
+  H.run_until(function() return done end, ms / 1000 + 5)
+end
+
+local lfs = require "lfs"
+
+--- the set of open fds of this process, as {fd = target}
+function H.fds()
+  local out = {}
+  for name in lfs.dir("/proc/self/fd") do
+    local fd = tonumber(name)
+    if fd then
+      local a = lfs.symlinkattributes("/proc/self/fd/" .. name)
+      out[fd] = a and a.target or "?"
+    end
+  end
+  return out
+end
+
+--- our pid (from /proc/self, which we open ourselves)
+function H.pid()
+  local t = lfs.symlinkattributes("/proc/self")
+  return tonumber(t and t.target)
+end
+
+--- fds opened since `before`; the directory handle of the listing itself
+-- is gone by then
+function H.new_fds(before)
+  local now = H.fds()
+  local extra = {}
+  for fd, target in pairs(now) do
+    if before[fd] == nil and not target:match("^/proc/%d+/fd$") then
+      extra[#extra + 1] = fd .. " -> " .. target
+    end
+  end
+  table.sort(extra)
+  return extra
+end
+
+local function stat_of(p)
+  local f = io.open("/proc/" .. p .. "/stat")
+  if not f then return nil end
+  local s = f:read("l")
+  f:close()
+  if not s then return nil end
+  local state, ppid = s:match("^%d+ %b() (%S) (%d+)")
+  return state, tonumber(ppid)
+end
+
+--- pids of our children that are zombies (read from /proc: no subprocess,
+-- so it works under an LD_PRELOADed sanitizer too)
+function H.zombies()
+  local me, z = H.pid(), {}
+  for name in lfs.dir("/proc") do
+    local p = tonumber(name)
+    if p then
+      local state, ppid = stat_of(p)
+      if state == "Z" and ppid == me then z[#z + 1] = p end
+    end
+  end
+  return z
+end
+
+--- whether process p exists and is not a zombie
+function H.alive(p)
+  local state = stat_of(p)
+  return state ~= nil and state ~= "Z"
+end
+
+--- write a temporary Lua script and return its path
+local tmpdir
+function H.script(src)
+  if not tmpdir then
+    local p = io.popen("mktemp -d /tmp/tether-spec.XXXXXX")
+    tmpdir = p:read("l")
+    p:close()
+  end
+  H._n = (H._n or 0) + 1
+  local path = ("%s/s%d.lua"):format(tmpdir, H._n)
+  local f = assert(io.open(path, "w"))
+  f:write(src)
+  f:close()
+  return path
+end
+
+function H.tmpfile(name)
+  H.script("") -- ensures tmpdir
+  return tmpdir .. "/" .. name
+end
+
+--- a leak check around each test: no new fds, no zombies.  Pass busted's
+-- before_each and after_each (they live in the spec's environment).
+function H.leak_guard(before_each, after_each)
+  local before
+  before_each(function() before = H.fds() end)
+  after_each(function()
+    H.verify()
+    local extra = H.new_fds(before)
+    assert(#extra == 0, "fds leaked: " .. table.concat(extra, ", "))
+    local z = H.zombies()
+    assert(#z == 0, "zombie children: " .. table.concat(z, ", "))
+  end)
+end
+
+return H
