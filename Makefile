@@ -25,7 +25,9 @@ SPECS ?= spec
 LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
           LUA_CPATH="$(CURDIR)/$(1)/?.so;;"
 
-.PHONY: all deps test test-c test-lua test-asan demo bench fuzz clean install-rock
+
+.PHONY: fuzz-deps
+.PHONY: all deps test test-c test-lua test-asan test-asan-lua demo bench fuzz clean install-rock
 
 all: $(BUILD)/tether/core.so
 
@@ -40,25 +42,44 @@ $(ABUILD)/tether/core.so: $(CORE_SRC) $(LUA_SRC) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) $(SAN) -fvisibility=hidden -shared $(CORE_SRC) $(LUA_SRC) $(UV_LIBS) -o $@
 
+# C probes of the value codec for spec/codec_spec.lua
+PROBE_SRC = test/codec_testmod.c lua/codec.c lua/util.c core/error.c
+$(BUILD)/codec_test.so: $(PROBE_SRC) $(HDRS)
+	$(CC) $(BASE) $(CFLAGS) -shared $(PROBE_SRC) $(UV_LIBS) -o $@
+$(ABUILD)/codec_test.so: $(PROBE_SRC) $(HDRS)
+	$(CC) $(BASE) $(SAN) -shared $(PROBE_SRC) $(UV_LIBS) -o $@
+
+C_TESTS = test/check_main.c test/test_frame.c test/test_error.c
 $(BUILD)/run_c_tests: $(CORE_SRC) $(wildcard test/*.c test/*.h) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE) -O1 -g test/check_main.c test/test_frame.c test/test_error.c $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
+	$(CC) $(BASE) -O1 -g $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
+$(ABUILD)/run_c_tests: $(CORE_SRC) $(wildcard test/*.c test/*.h) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(BASE) $(SAN) $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
 
-test: deps test-c test-lua
+# Every suite, with a "N passed, N failed" total at the end.
+test: deps
+	@scripts/test.sh
 
 test-c: $(BUILD)/run_c_tests
 	$(BUILD)/run_c_tests
 
-test-lua: $(BUILD)/tether/core.so
-	$(call LUA_ENV,$(BUILD)) TETHER_LUA=$(LUA) $(BUSTED) $(SPECS)
+BUSTED_OUT ?=
+test-lua: $(BUILD)/tether/core.so $(BUILD)/codec_test.so
+	$(call LUA_ENV,$(BUILD)) TETHER_LUA=$(LUA) $(BUSTED) $(BUSTED_OUT) $(SPECS)
 
+# The specs against an ASan+UBSan build: the sanitizer runtimes are preloaded
+# into lua5.4 (and so into every forked Lua worker).
 ASAN_RT = $(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-file-name=libubsan.so)
-test-asan: deps $(ABUILD)/tether/core.so
+test-asan: deps
+	@scripts/test.sh asan
+
+test-asan-lua: $(ABUILD)/tether/core.so $(ABUILD)/codec_test.so
 	$(call LUA_ENV,$(ABUILD)) TETHER_LUA=$(LUA) LD_PRELOAD="$(ASAN_RT)" \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(BUSTED) $(SPECS)
+	  $(BUSTED) $(BUSTED_OUT) $(SPECS)
 
 demo: deps $(BUILD)/tether/core.so
 	$(call LUA_ENV,$(BUILD)) $(LUA) examples/demo.lua
@@ -66,8 +87,30 @@ demo: deps $(BUILD)/tether/core.so
 bench: deps $(BUILD)/tether/core.so
 	$(call LUA_ENV,$(BUILD)) LUA=$(LUA) sh bench/run.sh
 
+# libFuzzer targets (clang from Debian): each runs FUZZ_SECS seconds from the
+# seed corpus in fuzz/corpus/<name>; new inputs go to build-fuzz/<name>.
+FUZZ_SECS ?= 60
+FUZZ_CC = clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+          -fno-sanitize-recover=undefined -Icore -Ilua $(LUA_INC) $(UV_CFLAGS)
+build-fuzz/fuzz_frame: fuzz/fuzz_frame.c core/frame.c core/error.c $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) fuzz/fuzz_frame.c core/frame.c core/error.c $(UV_LIBS) -o $@
+build-fuzz/fuzz_codec: fuzz/fuzz_codec.c lua/codec.c lua/util.c core/error.c $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) fuzz/fuzz_codec.c lua/codec.c lua/util.c core/error.c -llua5.4 $(UV_LIBS) -o $@
+fuzz-deps:
+	@sh scripts/deps.sh clang libclang-rt-14-dev
+fuzz: fuzz-deps build-fuzz/fuzz_frame build-fuzz/fuzz_codec
+	@for t in frame codec; do \
+	  mkdir -p build-fuzz/$$t; \
+	  echo "== fuzz_$$t for $(FUZZ_SECS) s"; \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECS) -max_len=80000 -print_final_stats=1 \
+	    -artifact_prefix=build-fuzz/ build-fuzz/$$t fuzz/corpus/$$t 2>&1 | \
+	    grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==.*ERROR|SUMMARY)" || exit 1; \
+	done
+
 install-rock:
 	luarocks --lua-version=5.4 make rockspec/tether-scm-1.rockspec
 
 clean:
-	rm -rf $(BUILD) $(ABUILD)
+	rm -rf $(BUILD) $(ABUILD) build-fuzz

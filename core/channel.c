@@ -34,6 +34,9 @@
 #define TT_CHANNEL_CHUNK_SIZE ((size_t)64 << 10)
 /* iovecs per sendmsg(); well under IOV_MAX. */
 #define TT_CHANNEL_MAX_IOV 64
+/* Asked for as SO_SNDBUF; the kernel caps it (net.core.wmem_max), which is
+ * still about twice its default: half the wake-ups for large messages. */
+#define TT_CHANNEL_SNDBUF (4 << 20)
 /* Reads per readable event, so one busy peer cannot starve the loop. */
 #define TT_CHANNEL_MAX_READS 32
 
@@ -51,9 +54,8 @@ enum {
 
 struct tt_chunk_s {
   tt_chunk_t *next;
-  char *data; /* inline after the struct, or an adopted block */
+  char *data; /* right after the struct */
   size_t off, len, cap;
-  int adopted;
 };
 
 static void channel_end(tt_channel_t *ch, int err, const char *why);
@@ -125,7 +127,6 @@ static void queue_free(tt_channel_t *ch) {
   tt_chunk_t *c = ch->head;
   while (c != NULL) {
     tt_chunk_t *next = c->next;
-    if (c->adopted) free(c->data);
     free(c);
     c = next;
   }
@@ -148,9 +149,13 @@ static int check_send(tt_channel_t *ch, size_t len) {
   return 0;
 }
 
-static int queued_frame(tt_channel_t *ch, size_t total, tt_channel_send_cb cb,
-                        void *arg) {
+/* Accounts a frame of `total` bytes of which `done` were already written
+ * directly, registers its callback, and schedules the flush (which also
+ * runs callbacks of frames written directly). */
+static int queued_frame(tt_channel_t *ch, size_t total, size_t done,
+                        tt_channel_send_cb cb, void *arg) {
   ch->queued_total += total;
+  ch->written_total += done;
   ch->stats.messages_sent++;
   if (cb != NULL && ack_push(ch, cb, arg) != 0) {
     /* The frame is queued and will go out; only its receipt is lost.  Say
@@ -165,55 +170,73 @@ static int queued_frame(tt_channel_t *ch, size_t total, tt_channel_send_cb cb,
   return 1;
 }
 
+/* A large frame with nothing queued before it is written at once from the
+ * caller's memory: no copy, no allocation.  Returns the bytes written; the
+ * caller queues the rest.  A failure is left for the flush to meet again,
+ * so the channel ends from the loop, not inside send(). */
+static size_t write_direct(tt_channel_t *ch, const unsigned char *hdr,
+                            const void *payload, size_t len) {
+  struct iovec iov[2];
+  struct msghdr msg;
+  ssize_t w;
+  iov[0].iov_base = (void *)hdr;
+  iov[0].iov_len = TT_FRAME_HEADER_SIZE;
+  iov[1].iov_base = (void *)payload;
+  iov[1].iov_len = len;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 2;
+  do
+    w = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (w < 0 && errno == EINTR);
+  if (w < 0) return 0;
+  ch->stats.bytes_sent += (uint64_t)w;
+  return (size_t)w;
+}
+
 int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
                     const void *payload, size_t len, tt_channel_send_cb cb,
                     void *arg) {
   size_t total = TT_FRAME_HEADER_SIZE + len;
+  size_t done = 0, rest;
+  unsigned char hdr[TT_FRAME_HEADER_SIZE];
   tt_chunk_t *c = ch->tail;
   int err = check_send(ch, len);
   if (err != 0) return err;
 
-  if (c == NULL || c->adopted || c->cap - c->len < total) {
-    size_t cap = total > TT_CHANNEL_COALESCE_MAX ? total : TT_CHANNEL_CHUNK_SIZE;
+  tt_frame_header_pack(hdr, kind, 0, id, (uint32_t)len);
+  if (total > TT_CHANNEL_COALESCE_MAX && queued(ch) == 0 &&
+      !(ch->flags & CH_WRITE_BLOCKED)) {
+    done = (size_t)write_direct(ch, hdr, payload, len);
+    if (done == total) return queued_frame(ch, total, done, cb, arg);
+  }
+  rest = total - done;
+  if (c == NULL || c->cap - c->len < rest) {
+    size_t cap = rest > TT_CHANNEL_COALESCE_MAX ? rest : TT_CHANNEL_CHUNK_SIZE;
     c = malloc(sizeof *c + cap);
-    if (c == NULL) return UV_ENOMEM;
+    if (c == NULL) {
+      if (done == 0) return UV_ENOMEM;
+      /* Part of the frame is on the wire: the stream cannot go on. */
+      channel_end(ch, UV_ENOMEM, "out of memory queueing a frame");
+      return UV_ENOMEM;
+    }
     c->data = (char *)(c + 1);
     c->off = c->len = 0;
     c->cap = cap;
-    c->adopted = 0;
     queue_append(ch, c);
   }
-  tt_frame_header_pack((unsigned char *)c->data + c->len, kind, 0, id,
-                       (uint32_t)len);
-  if (len > 0) memcpy(c->data + c->len + TT_FRAME_HEADER_SIZE, payload, len);
-  c->len += total;
-  return queued_frame(ch, total, cb, arg);
-}
-
-int tt_channel_send_block(tt_channel_t *ch, unsigned kind, uint32_t id,
-                          char *block, size_t len, tt_channel_send_cb cb,
-                          void *arg) {
-  size_t total = TT_FRAME_HEADER_SIZE + len;
-  tt_chunk_t *c;
-  int err = check_send(ch, len);
-  if (err == 0 && total <= TT_CHANNEL_COALESCE_MAX) {
-    /* Small: packing it beats a separate iovec. */
-    err = tt_channel_send(ch, kind, id, block + TT_FRAME_HEADER_SIZE, len, cb,
-                          arg);
-    free(block);
-    return err;
+  /* What was not written yet: the rest of the header, then of the payload. */
+  if (done < TT_FRAME_HEADER_SIZE) {
+    memcpy(c->data + c->len, hdr + done, TT_FRAME_HEADER_SIZE - done);
+    c->len += TT_FRAME_HEADER_SIZE - done;
+    done = TT_FRAME_HEADER_SIZE;
   }
-  if (err != 0 || (c = malloc(sizeof *c)) == NULL) {
-    free(block);
-    return err != 0 ? err : UV_ENOMEM;
+  if (len > done - TT_FRAME_HEADER_SIZE) {
+    size_t off = done - TT_FRAME_HEADER_SIZE;
+    memcpy(c->data + c->len, (const char *)payload + off, len - off);
+    c->len += len - off;
   }
-  tt_frame_header_pack((unsigned char *)block, kind, 0, id, (uint32_t)len);
-  c->data = block;
-  c->off = 0;
-  c->len = c->cap = total;
-  c->adopted = 1;
-  queue_append(ch, c);
-  return queued_frame(ch, total, cb, arg);
+  return queued_frame(ch, total, total - rest, cb, arg);
 }
 
 /* Drops written bytes from the front of the queue.  The last chunk is kept
@@ -226,12 +249,11 @@ static void queue_consume(tt_channel_t *ch, size_t n) {
     c->off += take;
     n -= take;
     if (c->off == c->len) {
-      if (c == ch->tail && !c->adopted) {
+      if (c == ch->tail) {
         c->off = c->len = 0;
       } else {
         ch->head = c->next;
         if (ch->head == NULL) ch->tail = NULL;
-        if (c->adopted) free(c->data);
         free(c);
       }
     }
@@ -394,6 +416,10 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
                                               : TT_CHANNEL_DEFAULT_HIGH_WATER;
   tt_frame_decoder_init(&ch->dec, opts ? opts->max_message : 0);
   if ((err = tt__set_flags(fd, 1, 1)) != 0) return err;
+  {
+    int sndbuf = TT_CHANNEL_SNDBUF;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+  }
   if ((err = uv_poll_init(loop, &ch->poll, fd)) != 0) return err;
   uv_idle_init(loop, &ch->flusher); /* cannot fail */
   ch->poll.data = ch;

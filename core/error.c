@@ -3,7 +3,9 @@
 
 #include <uv.h>
 
-int tt_err_is_own(int err) { return err > TT__ERR_FIRST && err < TT__ERR_LAST; }
+int tt_err_is_own(int err) {
+  return err < TT__ERR_BASE && err >= TT__ERR_BASE - TT__ERR_COUNT;
+}
 
 const char *tt_err_name(int err) {
   switch (err) {

@@ -96,17 +96,23 @@ static void compact(tt_frame_decoder_t *d) {
 int tt_frame_decoder_space(tt_frame_decoder_t *d, char **base, size_t *len) {
   size_t have = d->end - d->start;
   size_t need = TT_FRAME_MIN_READ; /* bytes of free space we want after end */
+  tt_frame_header_t h;
+  const char *why;
   int err;
 
   if (have == 0) {
     d->start = d->end = 0;
     if (d->cap > TT_FRAME_KEEP_CAP) tt_frame_decoder_free(d);
   }
-  if (have >= TT_FRAME_HEADER_SIZE && d->error == NULL) {
-    /* The header was validated on commit, so len <= max_message here. */
-    size_t total = TT_FRAME_HEADER_SIZE +
-                   (size_t)get_u32((unsigned char *)d->buf + d->start);
-    if (total > have && total - have > need) need = total - have;
+  /* A frame is in progress: room for exactly its rest, so a large payload
+   * is read in place and its tail does not cause reallocations.  The header
+   * is validated here too: a callback may have stopped commit() before it
+   * looked at this one. */
+  if (have >= TT_FRAME_HEADER_SIZE && d->error == NULL &&
+      tt_frame_header_parse((unsigned char *)d->buf + d->start, d->max_message,
+                            &h, &why) == 0) {
+    size_t total = TT_FRAME_HEADER_SIZE + (size_t)h.len;
+    if (total > have) need = total - have;
   }
   if (d->cap - d->end < need) {
     compact(d);

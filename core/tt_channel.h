@@ -7,8 +7,9 @@
  * handle: unlike a prepare, one re-armed from its own callback keeps the
  * poll from blocking), so
  * every frame queued in one iteration goes out in as few sendmsg() calls as
- * possible; small frames are packed into shared 64 KiB chunks, large ones are
- * written from their own block.  Partial writes and EAGAIN are handled by
+ * possible; small frames are packed into shared 64 KiB chunks.  A large
+ * frame with nothing queued ahead of it is written at once from the caller's
+ * memory, and only what the socket did not take is copied.  Partial writes and EAGAIN are handled by
  * waiting for POLLOUT.
  *
  * Receiving reads straight into the frame decoder's buffer and hands out
@@ -99,13 +100,6 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
 int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
                     const void *payload, size_t len, tt_channel_send_cb cb,
                     void *arg);
-/* Same, but adopts `block` (malloc'd; TT_FRAME_HEADER_SIZE bytes of room,
- * then `len` payload bytes): no copy.  The block is freed by the channel,
- * also when this fails. */
-int tt_channel_send_block(tt_channel_t *ch, unsigned kind, uint32_t id,
-                          char *block, size_t len, tt_channel_send_cb cb,
-                          void *arg);
-
 /* Stops accepting sends and reading; queued frames are still written, then
  * the channel disconnects.  TT_ERR_IPC_DISCONNECTED if already done. */
 int tt_channel_disconnect(tt_channel_t *ch);

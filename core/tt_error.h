@@ -30,12 +30,19 @@
   XX(ERR_NO_COROUTINE, "must be called inside a coroutine")                   \
   XX(ERR_NO_HANDLER, "peer has no request handler")
 
-typedef enum {
-  TT__ERR_FIRST = TT__ERR_BASE,
-#define XX(name, _) TT_##name,
+enum {
+#define XX(name, _) TT__IDX_##name,
   TT_ERR_MAP(XX)
 #undef XX
-  TT__ERR_LAST
+  TT__ERR_COUNT
+};
+
+/* TT_ERR_IPC_CHANNEL_CLOSED == TT__ERR_BASE - 1, and downwards. */
+typedef enum {
+#define XX(name, _) TT_##name = TT__ERR_BASE - 1 - TT__IDX_##name,
+  TT_ERR_MAP(XX)
+#undef XX
+  TT__ERR_LAST = TT__ERR_BASE - TT__ERR_COUNT /* lowest code */
 } tt_errno_t;
 
 /* "ERR_TIMEOUT", "ENOENT", ...; "UNKNOWN" for codes outside both ranges. */

@@ -3,9 +3,9 @@
  * decode + dispatch on the way in.  Shared by tether.child (parent side) and
  * tether.channel (child side).
  *
- * Encoding goes into the state's reusable buffer with room for the frame
- * header in front; a large payload is handed to the channel as it is (no
- * copy) and the state starts a fresh buffer.  Decoding runs protected: a
+ * Encoding goes into the state's reusable buffer (kept between messages, so
+ * large messages do not churn malloc); the channel copies it or, for a large
+ * frame with nothing queued, writes it straight from there.  Decoding runs protected: a
  * malformed payload fails that channel with ERR_IPC_PROTOCOL and nothing
  * else, and a memory error cannot longjmp across libuv.
  */
@@ -14,9 +14,9 @@
 #include "binding.h"
 #include "tt_error.h"
 
-/* Payloads at least this big are adopted by the channel instead of copied. */
-#define TT_ADOPT_MIN ((size_t)32 << 10)
 #define TT_WBUF_INITIAL ((size_t)4 << 10)
+/* A buffer grown past this for one huge message is given back after it. */
+#define TT_WBUF_KEEP ((size_t)4 << 20)
 
 typedef struct {
   tt_state_t *st;
@@ -72,15 +72,12 @@ int tt_lua_send(lua_State *L, tt_state_t *st, tt_channel_t *ch, int idx,
     lua_pushvalue(L, cb_idx);
     req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  if (len >= TT_ADOPT_MIN) {
-    char *block = wb->data;
+  rc = tt_channel_send(ch, kind, id, wb->data + TT_FRAME_HEADER_SIZE, len,
+                       req ? on_sent : NULL, req);
+  if (wb->cap > TT_WBUF_KEEP) {
+    free(wb->data);
     wb->data = NULL;
     wb->cap = wb->len = 0;
-    rc = tt_channel_send_block(ch, kind, id, block, len,
-                               req ? on_sent : NULL, req);
-  } else {
-    rc = tt_channel_send(ch, kind, id, wb->data + TT_FRAME_HEADER_SIZE, len,
-                         req ? on_sent : NULL, req);
   }
   if (rc < 0) {
     if (req != NULL) {

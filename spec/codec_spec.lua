@@ -1,7 +1,13 @@
 -- The native value codec (lua/codec.c, doc/codec-format.md).
 -- Runs against tether.core when it is built, else the codec_test module.
-local ok, core = pcall(require, "tether.core")
-local codec = ok and core or require "codec_test"
+-- The real module's encode/decode, plus the C probes of the test module
+-- (built next to it by the Makefile) for what Lua cannot see.
+local core = require "tether.core"
+local probes = require "codec_test"
+local codec = setmetatable({}, { __index = function(_, k)
+  if k:sub(1, 1) == "_" then return probes[k] end
+  return core[k]
+end })
 
 local encode, decode = codec.encode, codec.decode
 local pack, unpack = string.pack, string.unpack
@@ -240,7 +246,7 @@ describe("codec", function()
     end)
 
     it("appends after what the buffer already holds", function()
-      if not codec._encode_into then return pending("C probe only") end
+      assert(codec._encode_into, "codec_test probes missing")
       local rc, buf, delta = codec._encode_into("HDR", { 1, "x" })
       assert.are.equal("OK", rc)
       assert.are.equal("HDR" .. encode { 1, "x" }, buf)
@@ -405,7 +411,7 @@ describe("codec", function()
     end
 
     it("reports light userdata", function()
-      if not codec._lightuserdata then return pending("C probe only") end
+      assert(codec._lightuserdata, "codec_test probes missing")
       local lu = codec._lightuserdata()
       assert_err("ERR_SERIALIZE", "msg.p: userdata", encode { p = lu })
       assert_err("ERR_SERIALIZE", "msg[userdata]: userdata used as a key",
@@ -420,7 +426,7 @@ describe("codec", function()
     end)
 
     it("keeps nothing partial and balances the stack", function()
-      if not codec._encode_into then return pending("C probe only") end
+      assert(codec._encode_into, "codec_test probes missing")
       local big = string.rep("z", 100000)
       local rc, buf, delta = codec._encode_into("HDR", { big, big, print })
       assert.are.equal("ERR_SERIALIZE", rc)
@@ -575,7 +581,7 @@ describe("codec", function()
     end)
 
     it("leaves exactly one value on the stack", function()
-      if not codec._decode_probe then return pending("C probe only") end
+      assert(codec._decode_probe, "codec_test probes missing")
       local rc, v, delta = codec._decode_probe(encode { 1, { 2 } })
       assert.are.equal("OK", rc)
       assert.are.same({ 1, { 2 } }, v)

@@ -1,0 +1,89 @@
+--- Table of medians per (case, size, metric, anchor) over the given result
+-- files, each anchor as a ratio to raw-c, and tether's targets checked.
+--   lua5.4 bench/summarize.lua results1.txt [results2.txt ...]
+local ORDER = { "tether", "raw-c", "libuv-c", "node-json", "node-advanced", "luv-lua" }
+local CASES = { "pingpong", "stream", "spawn1", "spawn32" }
+local METRICS = { rt_per_s = "round trips/s", msgs_per_s = "msgs/s", MB_per_s = "MB/s", ms = "ms" }
+
+local vals = {}
+for _, file in ipairs(arg) do
+  for line in io.lines(file) do
+    local a, c, s, m, v = line:match("^anchor=(%S+) case=(%S+) size=(%d+) metric=(%S+) value=(%S+)")
+    if a then
+      local k = table.concat({ c, s, m }, "|")
+      vals[k] = vals[k] or {}
+      vals[k][a] = vals[k][a] or {}
+      table.insert(vals[k][a], tonumber(v))
+    end
+  end
+end
+
+local function median(t)
+  if not t then return nil end
+  table.sort(t)
+  local n = #t
+  return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
+end
+
+local function fmt(v)
+  if not v then return "-" end
+  if v >= 100 then return ("%.0f"):format(v) end
+  if v >= 10 then return ("%.1f"):format(v) end
+  return ("%.2f"):format(v)
+end
+
+local function size_str(n)
+  n = tonumber(n)
+  if n == 0 then return "-" end
+  if n >= 1 << 20 and n % (1 << 20) == 0 then return (n >> 20) .. " MiB" end
+  if n >= 1024 and n % 1024 == 0 then return (n >> 10) .. " KiB" end
+  return n .. " B"
+end
+
+local keys = {}
+for k in pairs(vals) do keys[#keys + 1] = k end
+local function rank(k)
+  local c, s, m = k:match("([^|]+)|([^|]+)|([^|]+)")
+  local ci = 99
+  for i, x in ipairs(CASES) do if x == c then ci = i end end
+  return ci * 1e12 + tonumber(s) * 10 + (m == "MB_per_s" and 1 or 0)
+end
+table.sort(keys, function(a, b) return rank(a) < rank(b) end)
+
+local present = {}
+for _, a in ipairs(ORDER) do
+  for _, k in ipairs(keys) do if vals[k][a] then present[#present + 1] = a break end end
+end
+
+print("| case | size | metric | " .. table.concat(present, " | ") .. " | tether / raw-c |")
+print("|" .. string.rep("---|", #present + 4))
+local ratio = {}
+for _, k in ipairs(keys) do
+  local c, s, m = k:match("([^|]+)|([^|]+)|([^|]+)")
+  local row = { c, size_str(s), METRICS[m] or m }
+  for _, a in ipairs(present) do row[#row + 1] = fmt(median(vals[k][a])) end
+  local t, r = median(vals[k].tether), median(vals[k]["raw-c"])
+  local q = t and r and (m == "ms" and r / t or t / r)
+  ratio[k] = q
+  row[#row + 1] = q and ("%.2f"):format(q) or "-"
+  print("| " .. table.concat(row, " | ") .. " |")
+end
+
+-- the targets of issue #2 (ratios to raw-c; spawn against luv-lua)
+local function r(k) return ratio[k] end
+local spawn_t, spawn_luv = median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"].tether),
+  median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"]["luv-lua"])
+local targets = {
+  { "ping-pong 16 B >= 0.8x raw-c", r("pingpong|16|rt_per_s"), 0.8 },
+  { "stream 16 B >= 1.0x raw-c", r("stream|16|msgs_per_s"), 1.0 },
+  { "stream 64 KiB >= 0.6x raw-c", r("stream|65536|msgs_per_s"), 0.6 },
+  { "ping-pong 1 MiB >= 0.6x raw-c", r("pingpong|1048576|rt_per_s"), 0.6 },
+  { "spawn of one worker <= 1.2x luv-lua", spawn_t and spawn_luv and spawn_luv / spawn_t, 1 / 1.2 },
+}
+print()
+for _, t in ipairs(targets) do
+  local v = t[2]
+  local shown = v and ("%.2f"):format(v) or "-"
+  if t[1]:match("^spawn") and v then shown = ("%.2fx luv-lua"):format(1 / v) end
+  print(("- %s: %s %s"):format(t[1], shown, v == nil and "(not measured)" or (v >= t[3] and "PASS" or "MISS")))
+end

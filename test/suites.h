@@ -1,0 +1,10 @@
+/* Check suites aggregated by test/check_main.c (test/run_c_tests). */
+#ifndef TT_TEST_SUITES_H
+#define TT_TEST_SUITES_H
+
+#include <check.h>
+
+Suite *frame_suite(void);
+Suite *error_suite(void);
+
+#endif /* TT_TEST_SUITES_H */
