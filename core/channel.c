@@ -191,6 +191,7 @@ static size_t write_direct(tt_channel_t *ch, const unsigned char *hdr,
   while (w < 0 && errno == EINTR);
   if (w < 0) return 0;
   ch->stats.bytes_sent += (uint64_t)w;
+  ch->stats.writes++;
   return (size_t)w;
 }
 
@@ -286,6 +287,7 @@ static ssize_t write_some(tt_channel_t *ch) {
   queue_consume(ch, (size_t)w);
   ch->written_total += (uint64_t)w;
   ch->stats.bytes_sent += (uint64_t)w;
+  ch->stats.writes++;
   return w;
 }
 

@@ -55,6 +55,7 @@ typedef struct {
   uint64_t bytes_sent;     /* bytes handed to the kernel */
   uint64_t bytes_received; /* bytes read from the kernel */
   uint64_t queued_bytes;   /* accepted but not yet handed to the kernel */
+  uint64_t writes;         /* sendmsg() calls that wrote something */
 } tt_channel_stats_t;
 
 typedef struct {

@@ -181,6 +181,7 @@ int tt_lua_stats(lua_State *L, const tt_channel_t *ch) {
   F(bytes_sent)
   F(bytes_received)
   F(queued_bytes)
+  F(writes)
 #undef F
   return 1;
 }

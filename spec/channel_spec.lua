@@ -71,6 +71,39 @@ describe("channel", function()
     assert.equals(0, s.queued_bytes)
   end)
 
+  it("coalesces the frames queued in one loop iteration into few writes", function()
+    local c = echo_child()
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        local before = c:stats().writes
+        for k = 1, 1000 do c:send(k) end
+        c:send("done", function()
+          local writes = c:stats().writes - before
+          -- 1001 frames of ~14 bytes fit in one 64 KiB chunk: one sendmsg
+          assert.is_true(writes >= 1 and writes <= 2, "writes: " .. writes)
+          c:disconnect()
+        end)
+      end
+    end)
+    H.run()
+  end)
+
+  it("turns EPIPE into a disconnect (no SIGPIPE) when the peer closed its end", function()
+    -- the child closes the channel at once and lingers; we block in a
+    -- callback meanwhile, so the write meets the closed socket before the
+    -- loop has seen the EOF
+    local c = assert(tether.spawn("sh", { "-c", "exec 3>&-; sleep 1" }))
+    c:on("disconnect", H.expect())
+    c:on("spawn", function()
+      os.execute("sleep 0.4")
+      c:send(string.rep("p", 100000), H.expect(function(err)
+        assert.equals("ERR_IPC_CHANNEL_CLOSED", err.code)
+      end))
+    end)
+    c:on("exit", H.expect(function(code) assert.equals(0, code) end))
+    H.run()
+  end)
+
   it("returns false above the high-water mark and emits drain when the backlog empties", function()
     local c = echo_child({ high_water = 64 * 1024 })
     local saw_false, drained = false, 0

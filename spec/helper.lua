@@ -138,6 +138,7 @@ function H.script(src)
     local p = io.popen("mktemp -d /tmp/tether-spec.XXXXXX")
     tmpdir = p:read("l")
     p:close()
+    os.execute("chmod 755 " .. tmpdir) -- readable by a test that drops root
   end
   H._n = (H._n or 0) + 1
   local path = ("%s/s%d.lua"):format(tmpdir, H._n)

@@ -243,6 +243,34 @@ describe("tether.spawn", function()
     assert.equals(c.pid, tonumber(out:match("%d+")))
   end)
 
+  it("returns EAGAIN when the process limit is reached", function()
+    local inner = H.script([[
+      local tether = require "tether"
+      local c, err = tether.spawn("true")
+      io.write(c and "ok" or err.code, "\n")
+      tether.run()
+    ]])
+    -- RLIMIT_NPROC does not bind root: run the script as nobody then
+    local prefix = ""
+    local p = io.popen("id -u")
+    local root = p:read("l") == "0"
+    p:close()
+    local module = package.searchpath("tether.core", package.cpath)
+    if root then
+      prefix = "setpriv --reuid=65534 --regid=65534 --clear-groups "
+      assert(os.execute(prefix .. "test -r " .. module .. " -a -r " .. inner),
+        "nobody cannot read the build tree: run the specs from a world-readable checkout")
+    end
+    local c = assert(tether.spawn("sh", { "-c", prefix .. "prlimit --nproc=1 " .. H.LUA .. " " .. inner },
+      { stdio = { stdout = "pipe" }, channel = false,
+        -- LeakSanitizer needs a thread at exit, which the limit forbids
+        env = { LUA_PATH = package.path, LUA_CPATH = package.cpath, ASAN_OPTIONS = "detect_leaks=0" } }))
+    local out = ""
+    c.stdout:on("data", function(d) out = out .. d end)
+    H.run()
+    assert.equals("EAGAIN\n", out)
+  end)
+
   it("returns EMFILE when out of fds, leaks nothing, and works again after", function()
     local inner = H.script([[
       local tether = require "tether"
