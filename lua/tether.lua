@@ -66,6 +66,9 @@ function Emitter:on(event, fn)
   return self
 end
 
+-- once-wrappers -> the function they wrap, so off(event, fn) finds them
+local once_of = setmetatable({}, { __mode = "k" })
+
 function Emitter:once(event, fn)
   assert(type(fn) == "function", "bad argument #2 to 'once' (function expected)")
   local wrapper
@@ -73,16 +76,17 @@ function Emitter:once(event, fn)
     self:off(event, wrapper)
     return fn(...)
   end
-  rawset(self, "_once_" .. tostring(wrapper), fn)
+  once_of[wrapper] = fn
   return self:on(event, wrapper)
 end
 
+--- off(event, fn) removes one listener fn (or the once-listener for fn);
+-- off(event) removes them all.
 function Emitter:off(event, fn)
   local list = listeners(self, event)
   for i = #list, 1, -1 do
     local f = list[i]
-    if f == fn or (fn and rawget(self, "_once_" .. tostring(f)) == fn) or fn == nil then
-      rawset(self, "_once_" .. tostring(f), nil)
+    if fn == nil or f == fn or once_of[f] == fn then
       table.remove(list, i)
       if fn then break end
     end

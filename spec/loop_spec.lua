@@ -108,6 +108,50 @@ describe("loop", function()
     H.run()
   end)
 
+  it("emits to listeners in order; once runs once; off removes one or all", function()
+    local e = setmetatable({}, tether.Emitter)
+    local seen = {}
+    local a = function(x) seen[#seen + 1] = "a" .. x end
+    local b = function(x) seen[#seen + 1] = "b" .. x end
+    e:on("ev", a)
+    e:once("ev", b)
+    e:emit("ev", 1)
+    e:emit("ev", 2)
+    assert.same({ "a1", "b1", "a2" }, seen)
+    e:once("ev", b)
+    e:off("ev", b) -- removes the once-listener registered for b
+    e:emit("ev", 3)
+    assert.same({ "a1", "b1", "a2", "a3" }, seen)
+    e:on("ev", b)
+    e:off("ev")
+    assert.equals(0, e:listener_count("ev"))
+    assert.is_false(e:emit("ev", 4))
+  end)
+
+  it("lets a listener remove itself or add others while an event is emitted", function()
+    local e = setmetatable({}, tether.Emitter)
+    local calls = 0
+    local function self_removing() calls = calls + 1; e:off("x", self_removing) end
+    e:on("x", self_removing)
+    e:on("x", function() e:on("x", function() calls = calls + 100 end) end)
+    e:emit("x")
+    assert.equals(1, calls) -- the listener added during emit waits for the next one
+    e:emit("x")
+    assert.equals(101, calls)
+  end)
+
+  it("writes an 'error' event nobody listens to on stderr", function()
+    local c = assert(tether.spawn(H.LUA, { "-e", [[
+      local t = require "tether"
+      setmetatable({}, t.Emitter):emit("error", t.error("ERR_CLOSED", "nobody listened"))
+    ]] }, { stdio = { stderr = "pipe" }, channel = false,
+            env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } }))
+    local err = ""
+    c.stderr:on("data", function(d) err = err .. d end)
+    H.run()
+    assert.matches("unhandled 'error' event: ERR_CLOSED: nobody listened", err, 1, true)
+  end)
+
   it("has no tether.parent in a process without a channel", function()
     assert.is_nil(tether.parent)
   end)
