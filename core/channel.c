@@ -170,29 +170,36 @@ static int queued_frame(tt_channel_t *ch, size_t total, size_t done,
   return 1;
 }
 
+/* One sendmsg(): bytes written, 0 when the socket is full, or -errno. */
+static ssize_t send_iov(tt_channel_t *ch, struct iovec *iov, int n) {
+  struct msghdr msg;
+  ssize_t w;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = (size_t)n;
+  do
+    w = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (w < 0 && errno == EINTR);
+  if (w < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+  ch->stats.bytes_sent += (uint64_t)w;
+  ch->stats.writes++;
+  return w;
+}
+
 /* A large frame with nothing queued before it is written at once from the
  * caller's memory: no copy, no allocation.  Returns the bytes written; the
  * caller queues the rest.  A failure is left for the flush to meet again,
  * so the channel ends from the loop, not inside send(). */
 static size_t write_direct(tt_channel_t *ch, const unsigned char *hdr,
-                            const void *payload, size_t len) {
+                           const void *payload, size_t len) {
   struct iovec iov[2];
-  struct msghdr msg;
   ssize_t w;
   iov[0].iov_base = (void *)hdr;
   iov[0].iov_len = TT_FRAME_HEADER_SIZE;
   iov[1].iov_base = (void *)payload;
   iov[1].iov_len = len;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = iov;
-  msg.msg_iovlen = 2;
-  do
-    w = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-  while (w < 0 && errno == EINTR);
-  if (w < 0) return 0;
-  ch->stats.bytes_sent += (uint64_t)w;
-  ch->stats.writes++;
-  return (size_t)w;
+  w = send_iov(ch, iov, 2);
+  return w > 0 ? (size_t)w : 0;
 }
 
 int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
@@ -241,7 +248,8 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
 }
 
 /* Drops written bytes from the front of the queue.  The last chunk is kept
- * for reuse when it is an inline one. */
+ * for reuse when it has the standard size (a large frame's own chunk is
+ * not, so one big message does not pin its memory). */
 static void queue_consume(tt_channel_t *ch, size_t n) {
   while (n > 0) {
     tt_chunk_t *c = ch->head;
@@ -250,7 +258,7 @@ static void queue_consume(tt_channel_t *ch, size_t n) {
     c->off += take;
     n -= take;
     if (c->off == c->len) {
-      if (c == ch->tail) {
+      if (c == ch->tail && c->cap == TT_CHANNEL_CHUNK_SIZE) {
         c->off = c->len = 0;
       } else {
         ch->head = c->next;
@@ -265,7 +273,6 @@ static void queue_consume(tt_channel_t *ch, size_t n) {
  * socket is full, or a negative error. */
 static ssize_t write_some(tt_channel_t *ch) {
   struct iovec iov[TT_CHANNEL_MAX_IOV];
-  struct msghdr msg;
   int n = 0;
   ssize_t w;
 
@@ -277,17 +284,11 @@ static ssize_t write_some(tt_channel_t *ch) {
     n++;
   }
   if (n == 0) return 0;
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = iov;
-  msg.msg_iovlen = (size_t)n;
-  do
-    w = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-  while (w < 0 && errno == EINTR);
-  if (w < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
-  queue_consume(ch, (size_t)w);
-  ch->written_total += (uint64_t)w;
-  ch->stats.bytes_sent += (uint64_t)w;
-  ch->stats.writes++;
+  w = send_iov(ch, iov, n);
+  if (w > 0) {
+    queue_consume(ch, (size_t)w);
+    ch->written_total += (uint64_t)w;
+  }
   return w;
 }
 
@@ -396,7 +397,19 @@ static int read_some(tt_channel_t *ch, int max_reads) {
 static void on_poll(uv_poll_t *h, int status, int events) {
   tt_channel_t *ch = h->data;
   if (status < 0) {
-    channel_end(ch, status, "poll failed");
+    /* libuv reports EPOLLERR as UV_EBADF: a socket error, usually the peer
+     * closing with our data unread.  Deliver what is readable; recv() or
+     * SO_ERROR then tell what happened. */
+    int soerr = 0;
+    socklen_t n = sizeof soerr;
+    ch->poll_events = 0; /* libuv stopped the handle */
+    if ((ch->flags & CH_READING) && read_some(ch, TT_CHANNEL_MAX_READS) != 0)
+      return;
+    if (getsockopt(ch->fd, SOL_SOCKET, SO_ERROR, &soerr, &n) != 0) soerr = errno;
+    if (soerr == 0 || soerr == ECONNRESET || soerr == EPIPE)
+      channel_end(ch, 0, NULL);
+    else
+      channel_end(ch, -soerr, "socket error");
     return;
   }
   if ((events & UV_WRITABLE) && (ch->flags & CH_WRITE_BLOCKED)) {

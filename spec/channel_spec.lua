@@ -104,6 +104,16 @@ describe("channel", function()
     H.run()
   end)
 
+  it("reports a peer that exits with our data unread as a disconnect, not an error", function()
+    for _ = 1, 5 do
+      local c = assert(tether.spawn("sh", { "-c", "sleep 0.1" })) -- holds fd 3, never reads
+      c:send(string.rep("u", 100000))
+      c:on("error", H.expect(nil, 0))
+      c:on("disconnect", H.expect())
+      H.run()
+    end
+  end)
+
   it("returns false above the high-water mark and emits drain when the backlog empties", function()
     local c = echo_child({ high_water = 64 * 1024 })
     local saw_false, drained = false, 0
