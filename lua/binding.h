@@ -68,6 +68,10 @@ tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
 tt_lobj_t *tt_lobj_check(lua_State *L, int idx, const char *mt);
 /* Drops the pin and the handler: no more events will be delivered. */
 void tt_lobj_release(tt_lobj_t *o);
+/* Creates metatable `mt` for boxes: methods, __gc/__close (tt_lobj_gc) and
+ * __tostring. */
+void tt_lobj_class(lua_State *L, const char *mt, const luaL_Reg *methods,
+                   lua_CFunction tostring);
 /* From the last close callback. */
 void tt_lobj_closed(tt_lobj_t *o);
 /* __gc / __close of every box. */
@@ -80,11 +84,10 @@ int tt_call(tt_state_t *st, lua_State *L, int nargs);
  * NULL when no callback may run (state closing or object released). */
 lua_State *tt_lobj_begin(tt_lobj_t *o, const char *event);
 
-/* Messages: encode the value at `idx` and queue it on `ch` (with optional
- * send callback function at cb_idx, 0 for none).  Pushes the Lua results
- * (true/false, or nil+err) and returns their count. */
-int tt_lua_send(lua_State *L, tt_state_t *st, tt_channel_t *ch, int idx,
-                int cb_idx, unsigned kind, uint32_t id);
+/* The send method of channels and children: obj:send(value, [cb], [kind],
+ * [id]).  `o` NULL means the object is closed; `ch` NULL that it has no
+ * channel.  Returns true/false (backpressure) or nil, err. */
+int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch);
 /* Channel callbacks that decode and dispatch to an object's handler; the
  * channel's `data` must point at the tt_lobj_t. */
 void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,

@@ -65,14 +65,7 @@ static tt_lchannel_t *check(lua_State *L) {
 
 static int m_send(lua_State *L) {
   tt_lchannel_t *c = check(L);
-  unsigned kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
-  uint32_t id = (uint32_t)luaL_optinteger(L, 5, 0);
-  int cb = lua_isnoneornil(L, 3) ? 0 : 3;
-  luaL_checkany(L, 2);
-  if (cb) luaL_checktype(L, 3, LUA_TFUNCTION);
-  luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
-  if (c == NULL) return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  return tt_lua_send(L, c->o.st, &c->ch, 2, cb, kind, id);
+  return tt_lua_send_method(L, c ? &c->o : NULL, c ? &c->ch : NULL);
 }
 
 static int m_disconnect(lua_State *L) {
@@ -134,16 +127,7 @@ void tt_open_channel(lua_State *L) {
       {"connected", m_connected}, {"ref", m_ref},
       {"flush", m_flush}, {"stats", m_stats},
       {NULL, NULL}};
-  luaL_newmetatable(L, TT_CHANNEL_MT);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, tt_lobj_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, tt_lobj_gc);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, m_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
+  tt_lobj_class(L, TT_CHANNEL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_open_parent);
   lua_setfield(L, -2, "open_parent");
 }

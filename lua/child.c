@@ -201,16 +201,7 @@ static tt_channel_t *live_channel(tt_lchild_t *c) {
 
 static int m_send(lua_State *L) {
   tt_lchild_t *c = check(L);
-  tt_channel_t *ch = live_channel(c);
-  unsigned kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
-  uint32_t id = (uint32_t)luaL_optinteger(L, 5, 0);
-  int cb = lua_isnoneornil(L, 3) ? 0 : 3;
-  luaL_checkany(L, 2);
-  if (cb) luaL_checktype(L, 3, LUA_TFUNCTION);
-  luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
-  if (c == NULL) return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  if (ch == NULL) return tt_lua_fail(L, TT_ERR_NO_CHANNEL, NULL);
-  return tt_lua_send(L, c->o.st, ch, 2, cb, kind, id);
+  return tt_lua_send_method(L, c ? &c->o : NULL, live_channel(c));
 }
 
 static int m_disconnect(lua_State *L) {
@@ -304,14 +295,7 @@ void tt_open_child(lua_State *L) {
       {"stats", m_stats},         {"pid", m_pid},
       {"write", m_write},         {"end_input", m_end},
       {NULL, NULL}};
-  luaL_newmetatable(L, TT_CHILD_MT);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, tt_lobj_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, m_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
+  tt_lobj_class(L, TT_CHILD_MT, methods, m_tostring);
   lua_pushcfunction(L, l_spawn);
   lua_setfield(L, -2, "spawn");
 }

@@ -41,8 +41,8 @@ static void on_sent(void *arg, int status) {
   tt_call(st, L, 1);
 }
 
-int tt_lua_send(lua_State *L, tt_state_t *st, tt_channel_t *ch, int idx,
-                int cb_idx, unsigned kind, uint32_t id) {
+static int send_value(lua_State *L, tt_state_t *st, tt_channel_t *ch,
+                      int idx, int cb_idx, unsigned kind, uint32_t id) {
   tt_wbuf_t *wb = &st->wbuf;
   tt_send_req_t *req = NULL;
   size_t len;
@@ -88,6 +88,18 @@ int tt_lua_send(lua_State *L, tt_state_t *st, tt_channel_t *ch, int idx,
   }
   lua_pushboolean(L, rc == 1);
   return 1;
+}
+
+int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
+  unsigned kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
+  uint32_t id = (uint32_t)luaL_optinteger(L, 5, 0);
+  int cb = lua_isnoneornil(L, 3) ? 0 : 3;
+  luaL_checkany(L, 2);
+  if (cb) luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
+  if (o == NULL) return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  if (ch == NULL) return tt_lua_fail(L, TT_ERR_NO_CHANNEL, NULL);
+  return send_value(L, o->st, ch, 2, cb, kind, id);
 }
 
 /* decode(payload, len) -> true, value | false, message */

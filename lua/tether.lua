@@ -367,21 +367,13 @@ function Child:disconnect()
   return ok, err
 end
 
-function Child:kill(sig)
-  return self._h:kill(sig)
+-- methods that are the core handle's own
+local function delegate(class, names)
+  for _, name in ipairs(names) do
+    class[name] = function(self, ...) return self._h[name](self._h, ...) end
+  end
 end
-
-function Child:stats()
-  return self._h:stats()
-end
-
-function Child:write(data)
-  return self._h:write(data)
-end
-
-function Child:end_input()
-  return self._h:end_input()
-end
+delegate(Child, { "kill", "stats", "write", "end_input" })
 
 function Child:__tostring()
   return tostring(self._h)
@@ -423,13 +415,7 @@ function Parent:disconnect()
   return ok, err
 end
 
-function Parent:stats()
-  return self._h:stats()
-end
-
-function Parent:flush(timeout)
-  return self._h:flush(timeout)
-end
+delegate(Parent, { "stats", "flush" })
 
 local function open_parent()
   if not os.getenv("TETHER_CHANNEL_FD") then return nil end

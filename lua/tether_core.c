@@ -98,6 +98,21 @@ int tt_lobj_gc(lua_State *L) {
   return 0;
 }
 
+void tt_lobj_class(lua_State *L, const char *mt, const luaL_Reg *methods,
+                   lua_CFunction tostring) {
+  luaL_newmetatable(L, mt);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, tt_lobj_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, tt_lobj_gc);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+}
+
 lua_State *tt_lobj_begin(tt_lobj_t *o, const char *event) {
   lua_State *L = o->st->L;
   if (o->st->closing || o->handler_ref == LUA_NOREF) return NULL;

@@ -129,16 +129,7 @@ static void new_class(lua_State *L, const char *mt, lua_CFunction stopf,
                               {"unref", unreff},
                               {"active", activef},
                               {NULL, NULL}};
-  luaL_newmetatable(L, mt);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, tt_lobj_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, tt_lobj_gc);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
+  tt_lobj_class(L, mt, methods, tostring);
 }
 
 void tt_open_timer(lua_State *L) {
