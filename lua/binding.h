@@ -19,6 +19,7 @@
 
 #include "codec.h"
 #include "tt_channel.h"
+#include "tt_rpc.h"
 #include "util.h"
 
 #define TT_CHILD_MT "tether.child"
@@ -37,6 +38,7 @@ struct tt_lobj_s {
   int self_ref;    /* pins the box while active */
   int handler_ref; /* function(event, ...) */
   unsigned closing : 1, closed : 1, box_gone : 1;
+  tt_rpc_t *rpc; /* requests/replies on the object's channel, if any */
   /* Starts closing everything now; must end in tt_lobj_closed(). */
   void (*teardown)(tt_lobj_t *o);
 };
@@ -94,7 +96,12 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload);
 void tt_lua_on_channel_error(tt_channel_t *ch, int err, const char *why);
 void tt_lua_on_drain(tt_channel_t *ch);
-int tt_lua_stats(lua_State *L, const tt_channel_t *ch);
+int tt_lua_stats(lua_State *L, const tt_channel_t *ch, const tt_rpc_t *rpc);
+/* obj:call(value, timeout_ms, retries, backoff_table, fn): fn(err, reply)
+ * runs once.  Returns true or nil, err (then fn never runs). */
+int tt_lua_call_method(lua_State *L, tt_lobj_t *o);
+/* obj:answer(id, value, is_fault) -> true | nil, err */
+int tt_lua_answer_method(lua_State *L, tt_lobj_t *o);
 
 void tt_open_child(lua_State *L);
 void tt_open_channel(lua_State *L);

@@ -12,10 +12,16 @@
 typedef struct {
   tt_lobj_t o;
   tt_channel_t ch;
+  tt_rpc_t rpc;
   int opened;
 } tt_lchannel_t;
 
-static void on_closed(tt_channel_t *ch) { tt_lobj_closed(ch->data); }
+static void on_rpc_closed(tt_rpc_t *rpc) { tt_lobj_closed(rpc->data); }
+
+static void on_closed(tt_channel_t *ch) {
+  tt_lchannel_t *c = (tt_lchannel_t *)ch->data;
+  tt_rpc_close(&c->rpc, on_rpc_closed);
+}
 
 static void teardown(tt_lobj_t *o) {
   tt_lchannel_t *c = (tt_lchannel_t *)o;
@@ -27,7 +33,9 @@ static void teardown(tt_lobj_t *o) {
 
 static void on_disconnect(tt_channel_t *ch) {
   tt_lchannel_t *c = (tt_lchannel_t *)ch->data;
-  lua_State *L = tt_lobj_begin(&c->o, "disconnect");
+  lua_State *L;
+  tt_rpc_fail_all(&c->rpc, TT_ERR_IPC_CHANNEL_CLOSED);
+  L = tt_lobj_begin(&c->o, "disconnect");
   if (L != NULL) tt_call(c->o.st, L, 1);
   c->o.closing = 1;
   tt_channel_close(ch, on_closed);
@@ -56,6 +64,9 @@ static int l_open_parent(lua_State *L) {
   c->ch.on_error = tt_lua_on_channel_error;
   c->ch.on_drain = tt_lua_on_drain;
   c->ch.on_disconnect = on_disconnect;
+  tt_rpc_init(&c->o.st->loop, &c->rpc, &c->ch);
+  c->rpc.data = &c->o;
+  c->o.rpc = &c->rpc;
   return 1;
 }
 
@@ -110,7 +121,17 @@ static int m_stats(lua_State *L) {
     lua_createtable(L, 0, 5);
     return 1;
   }
-  return tt_lua_stats(L, &c->ch);
+  return tt_lua_stats(L, &c->ch, &c->rpc);
+}
+
+static int m_call(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  return tt_lua_call_method(L, c ? &c->o : NULL);
+}
+
+static int m_answer(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  return tt_lua_answer_method(L, c ? &c->o : NULL);
 }
 
 static int m_tostring(lua_State *L) {
@@ -126,6 +147,7 @@ void tt_open_channel(lua_State *L) {
       {"send", m_send},   {"disconnect", m_disconnect},
       {"connected", m_connected}, {"ref", m_ref},
       {"flush", m_flush}, {"stats", m_stats},
+      {"call", m_call},   {"answer", m_answer},
       {NULL, NULL}};
   tt_lobj_class(L, TT_CHANNEL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_open_parent);

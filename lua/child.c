@@ -16,13 +16,23 @@
 typedef struct {
   tt_lobj_t o;
   tt_process_t p;
+  tt_rpc_t rpc;
 } tt_lchild_t;
 
 static tt_lchild_t *of(tt_process_t *p) {
   return (tt_lchild_t *)((char *)p - offsetof(tt_lchild_t, p));
 }
 
-static void on_process_closed(tt_process_t *p) { tt_lobj_closed(&of(p)->o); }
+static void on_rpc_closed(tt_rpc_t *rpc) { tt_lobj_closed(rpc->data); }
+
+/* The process is done with; its calls' timers may still be closing. */
+static void on_process_closed(tt_process_t *p) {
+  tt_lchild_t *c = of(p);
+  if (c->o.rpc != NULL)
+    tt_rpc_close(c->o.rpc, on_rpc_closed);
+  else
+    tt_lobj_closed(&c->o);
+}
 
 static void teardown(tt_lobj_t *o) {
   tt_process_abandon(&((tt_lchild_t *)o)->p, on_process_closed);
@@ -52,7 +62,10 @@ static void on_exit_cb(tt_process_t *p, int64_t status, int sig) {
 }
 
 static void on_disconnect(tt_process_t *p) {
-  lua_State *L = tt_lobj_begin(&of(p)->o, "disconnect");
+  lua_State *L;
+  if (of(p)->o.rpc != NULL)
+    tt_rpc_fail_all(of(p)->o.rpc, TT_ERR_IPC_CHANNEL_CLOSED);
+  L = tt_lobj_begin(&of(p)->o, "disconnect");
   if (L != NULL) tt_call(of(p)->o.st, L, 1);
 }
 
@@ -184,6 +197,9 @@ static int l_spawn(lua_State *L) {
     c->p.channel->on_frame = tt_lua_on_frame;
     c->p.channel->on_error = tt_lua_on_channel_error;
     c->p.channel->on_drain = tt_lua_on_drain;
+    tt_rpc_init(&c->o.st->loop, &c->rpc, c->p.channel);
+    c->rpc.data = &c->o;
+    c->o.rpc = &c->rpc;
   }
   return 1;
 }
@@ -248,7 +264,17 @@ static int m_stats(lua_State *L) {
     lua_createtable(L, 0, 5);
     return 1;
   }
-  return tt_lua_stats(L, ch);
+  return tt_lua_stats(L, ch, c->o.rpc);
+}
+
+static int m_call(lua_State *L) {
+  tt_lchild_t *c = check(L);
+  return tt_lua_call_method(L, c ? &c->o : NULL);
+}
+
+static int m_answer(lua_State *L) {
+  tt_lchild_t *c = check(L);
+  return tt_lua_answer_method(L, c ? &c->o : NULL);
 }
 
 static int m_pid(lua_State *L) {
@@ -294,6 +320,7 @@ void tt_open_child(lua_State *L) {
       {"connected", m_connected}, {"kill", m_kill},
       {"stats", m_stats},         {"pid", m_pid},
       {"write", m_write},         {"end_input", m_end},
+      {"call", m_call},           {"answer", m_answer},
       {NULL, NULL}};
   tt_lobj_class(L, TT_CHILD_MT, methods, m_tostring);
   lua_pushcfunction(L, l_spawn);

@@ -10,6 +10,7 @@
  * else, and a memory error cannot longjmp across libuv.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "binding.h"
 #include "tt_error.h"
@@ -41,13 +42,10 @@ static void on_sent(void *arg, int status) {
   tt_call(st, L, 1);
 }
 
-static int send_value(lua_State *L, tt_state_t *st, tt_channel_t *ch,
-                      int idx, int cb_idx, unsigned kind, uint32_t id) {
+/* Encodes the value at idx into the state's buffer, after room for a frame
+ * header.  0, or the count of Lua results (nil, err) already pushed. */
+static int encode_into(lua_State *L, tt_state_t *st, int idx) {
   tt_wbuf_t *wb = &st->wbuf;
-  tt_send_req_t *req = NULL;
-  size_t len;
-  int rc;
-
   if (wb->cap < TT_WBUF_INITIAL) {
     char *nb = realloc(wb->data, TT_WBUF_INITIAL);
     if (nb == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
@@ -57,14 +55,35 @@ static int send_value(lua_State *L, tt_state_t *st, tt_channel_t *ch,
   wb->len = TT_FRAME_HEADER_SIZE;
   if (tt_codec_encode(L, idx, wb, st->max_depth) != 0)
     return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
-  len = wb->len - TT_FRAME_HEADER_SIZE;
+  return 0;
+}
+
+static void shrink_wbuf(tt_state_t *st) {
+  tt_wbuf_t *wb = &st->wbuf;
+  if (wb->cap > TT_WBUF_KEEP) {
+    free(wb->data);
+    wb->data = NULL;
+    wb->cap = wb->len = 0;
+  }
+}
+
+static int fail_too_big(lua_State *L, tt_channel_t *ch, tt_state_t *st) {
+  lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
+                  (lua_Integer)(st->wbuf.len - TT_FRAME_HEADER_SIZE),
+                  (lua_Integer)ch->dec.max_message);
+  return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
+}
+
+static int send_value(lua_State *L, tt_state_t *st, tt_channel_t *ch,
+                      int idx, int cb_idx, unsigned kind, uint32_t id) {
+  tt_send_req_t *req = NULL;
+  int rc;
+
+  if ((rc = encode_into(L, st, idx)) != 0) return rc;
   if (!tt_channel_is_connected(ch))
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  if (len > ch->dec.max_message) {
-    lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
-                    (lua_Integer)len, (lua_Integer)ch->dec.max_message);
-    return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
-  }
+  if (st->wbuf.len - TT_FRAME_HEADER_SIZE > ch->dec.max_message)
+    return fail_too_big(L, ch, st);
   if (cb_idx != 0) {
     req = malloc(sizeof *req);
     if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
@@ -72,13 +91,10 @@ static int send_value(lua_State *L, tt_state_t *st, tt_channel_t *ch,
     lua_pushvalue(L, cb_idx);
     req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  rc = tt_channel_send(ch, kind, id, wb->data + TT_FRAME_HEADER_SIZE, len,
+  rc = tt_channel_send(ch, kind, id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                       st->wbuf.len - TT_FRAME_HEADER_SIZE,
                        req ? on_sent : NULL, req);
-  if (wb->cap > TT_WBUF_KEEP) {
-    free(wb->data);
-    wb->data = NULL;
-    wb->cap = wb->len = 0;
-  }
+  shrink_wbuf(st);
   if (rc < 0) {
     if (req != NULL) {
       luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
@@ -136,8 +152,10 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
   tt_lobj_t *o = ch->data;
   tt_state_t *st = o->st;
-  lua_State *L = tt_lobj_begin(o, event_of(h->kind));
+  lua_State *L;
   int top;
+  if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
+  L = tt_lobj_begin(o, event_of(h->kind));
   if (L == NULL) return;
   top = lua_gettop(L);
   lua_pushcfunction(L, decode_protected);
@@ -181,10 +199,15 @@ void tt_lua_on_drain(tt_channel_t *ch) {
   tt_call(o->st, L, 1);
 }
 
-int tt_lua_stats(lua_State *L, const tt_channel_t *ch) {
+int tt_lua_stats(lua_State *L, const tt_channel_t *ch, const tt_rpc_t *rpc) {
   tt_channel_stats_t s;
+  tt_rpc_stats_t r;
   tt_channel_stats(ch, &s);
-  lua_createtable(L, 0, 5);
+  if (rpc != NULL)
+    tt_rpc_stats(rpc, &r);
+  else
+    memset(&r, 0, sizeof r);
+  lua_createtable(L, 0, 14);
 #define F(name)                                                               \
   lua_pushinteger(L, (lua_Integer)s.name);                                    \
   lua_setfield(L, -2, #name);
@@ -195,5 +218,172 @@ int tt_lua_stats(lua_State *L, const tt_channel_t *ch) {
   F(queued_bytes)
   F(writes)
 #undef F
+#define F(name, field)                                                        \
+  lua_pushinteger(L, (lua_Integer)r.field);                                   \
+  lua_setfield(L, -2, name);
+  F("calls", calls)
+  F("replies", replies)
+  F("faults", faults)
+  F("timeouts", timeouts)
+  F("retries", retries)
+  F("calls_closed", closed)
+  F("late_replies", late_replies)
+  F("calls_in_flight", in_flight)
+#undef F
+  return 1;
+}
+
+/* ---- request/response -------------------------------------------------- */
+
+typedef struct {
+  tt_state_t *st;
+  tt_channel_t *ch;
+  int ref; /* the Lua function(err, reply) */
+} tt_call_req_t;
+
+/* decode(payload, len, depth) -> true, value | false, message (protected) */
+static int decode_protected(lua_State *L);
+
+static void on_call_done(void *arg, int status, unsigned kind,
+                         const char *payload, size_t len) {
+  tt_call_req_t *req = arg;
+  tt_state_t *st = req->st;
+  lua_State *L = st->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
+  if (st->closing) {
+    free(req);
+    lua_settop(L, top);
+    return;
+  }
+  if (status != 0) {
+    tt_lua_push_error(L, status, NULL);
+    free(req);
+    tt_call(st, L, 1);
+    return;
+  }
+  lua_pushcfunction(L, decode_protected);
+  lua_pushlightuserdata(L, (void *)payload);
+  lua_pushinteger(L, (lua_Integer)len);
+  lua_pushinteger(L, st->max_depth);
+  if (lua_pcall(L, 3, 2, 0) != LUA_OK || !lua_toboolean(L, -2)) {
+    /* A reply that does not decode: the peer is broken. */
+    const char *why = lua_tostring(L, -1);
+    tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, why);
+    lua_replace(L, top + 2); /* over the flag */
+    lua_settop(L, top + 2);  /* fn, err */
+    tt_channel_fail(req->ch, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
+    free(req);
+    tt_call(st, L, 1);
+    return;
+  }
+  lua_remove(L, -2); /* the flag: fn, value */
+  free(req);
+  if (kind == TT_FRAME_FAULT) {
+    /* {code=, message=} from the peer: our error object, same fields */
+    const char *code = NULL, *msg = NULL;
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "code");
+      lua_getfield(L, -2, "message");
+      lua_getfield(L, -3, "traceback");
+      code = lua_tostring(L, -3);
+      msg = lua_tostring(L, -2);
+    }
+    tt_lua_push_error(L, TT_ERR_TASK_FAILED, msg ? msg : "request failed");
+    if (code != NULL) {
+      lua_pushvalue(L, -4);
+      lua_setfield(L, -2, "code");
+    }
+    if (msg != NULL) {
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "traceback");
+    }
+    lua_replace(L, top + 2); /* fn, err, ... */
+    lua_settop(L, top + 2);
+    tt_call(st, L, 1);
+    return;
+  }
+  lua_pushnil(L);
+  lua_insert(L, -2); /* fn, nil, value */
+  tt_call(st, L, 2);
+}
+
+static double opt_number(lua_State *L, int t, const char *k, double def) {
+  double v;
+  lua_getfield(L, t, k);
+  v = luaL_optnumber(L, -1, def);
+  lua_pop(L, 1);
+  return v;
+}
+
+int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
+  tt_call_options_t opts;
+  tt_call_req_t *req;
+  tt_state_t *st;
+  lua_Number timeout = luaL_optnumber(L, 3, 0);
+  lua_Integer retries = luaL_optinteger(L, 4, 0);
+  int err;
+  luaL_checkany(L, 2);
+  luaL_checktype(L, 6, LUA_TFUNCTION);
+  luaL_argcheck(L, timeout >= 0, 3, "negative timeout");
+  luaL_argcheck(L, retries >= 0 && retries < 1000000, 4, "bad retries");
+  tt_backoff_init(&opts.backoff);
+  if (lua_istable(L, 5)) {
+    opts.backoff.initial_ms = opt_number(L, 5, "initial", 100);
+    opts.backoff.max_ms = opt_number(L, 5, "max", 10000);
+    opts.backoff.factor = opt_number(L, 5, "factor", 2);
+    opts.backoff.jitter_ms =
+        opt_number(L, 5, "jitter", opts.backoff.initial_ms / 4);
+  }
+  opts.timeout_ms = (uint64_t)(timeout + 0.5);
+  if (timeout > 0 && opts.timeout_ms == 0) opts.timeout_ms = 1;
+  opts.retries = (unsigned)retries;
+  if (opts.retries > 0 && opts.timeout_ms == 0)
+    return luaL_argerror(L, 4, "retries need a timeout");
+  if (tt_backoff_check(&opts.backoff) != 0)
+    return luaL_argerror(L, 5, "bad backoff (initial <= max, factor >= 1)");
+  if (o == NULL || o->rpc == NULL)
+    return tt_lua_fail(L, o == NULL ? TT_ERR_IPC_CHANNEL_CLOSED
+                                    : TT_ERR_NO_CHANNEL, NULL);
+  st = o->st;
+  if ((err = encode_into(L, st, 2)) != 0) return err;
+  req = malloc(sizeof *req);
+  if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
+  req->st = st;
+  req->ch = o->rpc->ch;
+  err = tt_rpc_call(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                    st->wbuf.len - TT_FRAME_HEADER_SIZE, &opts, on_call_done,
+                    req);
+  shrink_wbuf(st);
+  if (err != 0) {
+    free(req);
+    if (err == TT_ERR_SERIALIZE) return fail_too_big(L, o->rpc->ch, st);
+    return tt_lua_fail(L, err, NULL);
+  }
+  lua_pushvalue(L, 6);
+  req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
+  lua_Integer id = luaL_checkinteger(L, 2);
+  int fault = lua_toboolean(L, 4);
+  tt_state_t *st;
+  int err;
+  luaL_checkany(L, 3);
+  luaL_argcheck(L, id > 0 && id <= (lua_Integer)UINT32_MAX, 2, "bad id");
+  if (o == NULL || o->rpc == NULL)
+    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  st = o->st;
+  if ((err = encode_into(L, st, 3)) != 0) return err;
+  err = tt_rpc_answer(o->rpc, (uint32_t)id,
+                      fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
+                      st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                      st->wbuf.len - TT_FRAME_HEADER_SIZE);
+  shrink_wbuf(st);
+  if (err != 0) return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
   return 1;
 }

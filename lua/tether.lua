@@ -165,6 +165,7 @@ tether.stop = core.stop
 tether.now = core.now
 tether.hrtime = core.hrtime
 tether.fd = core.fd
+tether.timeout = core.timeout
 
 function tether.timer(ms, fn)
   return core.timer(ms, 0, fn)
@@ -177,6 +178,82 @@ end
 
 function tether.on_signal(name, fn)
   return core.signal(name, fn)
+end
+
+---------------------------------------------------------------------------
+-- coroutines: tether.go runs a function as a coroutine that may suspend in
+-- tether.sleep, call and the like; only those coroutines may (a coroutine
+-- of the user's own would be resumed by the wrong party).
+
+local tasks = setmetatable({}, { __mode = "k" }) -- coroutines made by go
+
+local function task_done(co, ok, ...)
+  if ok then return end
+  local err = ...
+  -- tether.exit() inside a task unwinds on through the resumer
+  if getmetatable(err) == EXIT then error(err, 0) end
+  local tb = debug.traceback(co, tostring(err))
+  if core.running() then
+    core.uncaught(err, tb) -- the uncaught handler, else run() re-raises it
+  else
+    error(type(err) == "string" and tb or err, 0)
+  end
+end
+
+--- resume a tether coroutine with values (from a callback)
+local function resume(co, ...)
+  return task_done(co, coroutine.resume(co, ...))
+end
+tether._resume = resume
+
+--- tether.go(fn, ...): run fn(...) as a coroutine now, until it first
+-- suspends.  Returns the coroutine.
+function tether.go(fn, ...)
+  assert(type(fn) == "function", "bad argument #1 to 'go' (function expected)")
+  local co = coroutine.create(fn)
+  tasks[co] = true
+  resume(co, ...)
+  return co
+end
+
+--- The running tether coroutine, or nil.
+local function current_task()
+  local co, main = coroutine.running()
+  if main or not tasks[co] then return nil end
+  return co
+end
+tether.in_task = function() return current_task() ~= nil end
+
+local function no_coroutine(what)
+  return nil, new_error("ERR_NO_COROUTINE", what .. " must be called inside tether.go (or given a callback)")
+end
+
+--- tether.await(function(done) ... end): suspends the running tether
+-- coroutine until `done(...)` is called, and returns what it was given.
+-- Turns any callback API into a blocking call inside tether.go.
+function tether.await(start)
+  local co = current_task()
+  if not co then return no_coroutine("tether.await") end
+  local state, early = "starting", nil -- starting -> waiting -> done
+  start(function(...)
+    if state == "done" then return end -- only the first call counts
+    if state == "starting" then
+      state, early = "done", table.pack(...)
+      return
+    end
+    state = "done"
+    resume(co, ...)
+  end)
+  if state == "done" then return table.unpack(early, 1, early.n) end
+  state = "waiting"
+  return coroutine.yield()
+end
+
+--- tether.sleep(ms): suspends the running tether coroutine.
+function tether.sleep(ms)
+  assert(type(ms) == "number" and ms >= 0, "bad argument #1 to 'sleep' (non-negative number expected)")
+  if not current_task() then return no_coroutine("tether.sleep") end
+  return tether.await(function(done) core.timer(math.floor(ms), 0, function() done(true) end) end)
 end
 
 ---------------------------------------------------------------------------
@@ -254,6 +331,8 @@ local function control(self, msg)
   end
 end
 
+local serve_request -- below, with call and handle
+
 local function child_handler(self)
   return function(event, a, b, c)
     if event == "message" then
@@ -271,6 +350,8 @@ local function child_handler(self)
       if a then s:emit("data", a) else s:emit("end") end
     elseif event == "control" then
       control(self, a)
+    elseif event == "request" then
+      serve_request(self, a, b)
     elseif event == "drain" then
       self:emit("drain")
     elseif event == "error" then
@@ -357,6 +438,75 @@ function Child:send(msg, cb)
   return ok, err
 end
 
+--- child:call(msg, [opts], [cb]): request/response.  In a tether
+-- coroutine returns reply or nil, err; otherwise cb(err, reply).
+local function call(self, msg, opts, cb)
+  if type(opts) == "function" then opts, cb = nil, opts end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("bad argument #2 to 'call' (table expected)", 3) end
+  if cb ~= nil and type(cb) ~= "function" then error("bad argument #3 to 'call' (function expected)", 3) end
+  local timeout, retries, backoff = opts.timeout, opts.retries, opts.backoff
+  if cb then
+    local ok, err = self._h:call(msg, timeout, retries, backoff, cb)
+    if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
+      defer(function() cb(err) end)
+      return true
+    end
+    return ok, err
+  end
+  if not current_task() then return no_coroutine("call") end
+  local result = table.pack(tether.await(function(done)
+    local ok, err = self._h:call(msg, timeout, retries, backoff, function(e, reply)
+      done(e == nil, e or reply)
+    end)
+    if ok == nil then done(false, err) end
+  end))
+  if result[1] then return result[2] end
+  return nil, result[2]
+end
+
+--- child:handle(fn): answer the peer's calls with fn(request) (may yield;
+-- raising gives the caller ERR_TASK_FAILED).  fn == nil stops handling.
+local function handle(self, fn)
+  if fn ~= nil and type(fn) ~= "function" then error("bad argument #1 to 'handle' (function expected)", 3) end
+  self._handler = fn
+  if self._listeners_changed then self:_listeners_changed() end
+  return self
+end
+
+local function answer_error(self, id, code, message, traceback)
+  self._h:answer(id, { code = code, message = message, traceback = traceback }, true)
+end
+
+local function handler_error(e)
+  if type(e) == "table" and e.code and e.message then
+    return { message = tostring(e), traceback = debug.traceback(nil, 2) }
+  end
+  return { message = tostring(e), traceback = debug.traceback(tostring(e), 2) }
+end
+
+function serve_request(self, msg, id)
+  local fn = self._handler
+  if not fn then
+    answer_error(self, id, "ERR_NO_HANDLER", "the peer has no request handler (handle(fn) was not called)")
+    return
+  end
+  tether.go(function()
+    local ok, result = xpcall(fn, handler_error, msg)
+    if not ok then
+      answer_error(self, id, "ERR_TASK_FAILED", result.message, result.traceback)
+      return
+    end
+    local sent, err = self._h:answer(id, result)
+    if sent == nil and err.code == "ERR_SERIALIZE" then
+      answer_error(self, id, "ERR_TASK_FAILED", "reply cannot be sent: " .. err.message)
+    end
+  end)
+end
+
+Child.call = call
+Child.handle = handle
+
 function Child:_send_kind(msg, kind, id, cb)
   return self._h:send(msg, cb, kind, id)
 end
@@ -391,7 +541,7 @@ function Parent:_listeners_changed()
 end
 
 function Parent:_update_ref()
-  local listening = self._keep_alive or self._serving
+  local listening = self._keep_alive or self._serving or self._handler
     or self:listener_count("message") > 0 or self:listener_count("disconnect") > 0
   self._h:ref(listening and true or false)
 end
@@ -405,6 +555,8 @@ end
 
 Parent.send = Child.send
 Parent._send_kind = Child._send_kind
+Parent.call = call
+Parent.handle = handle
 
 function Parent:disconnect()
   local ok, err = self._h:disconnect()
@@ -429,6 +581,8 @@ local function open_parent()
       if not self._local_disconnect and not self._keep_alive then
         if parent_gone then parent_gone() else tether.exit(0) end
       end
+    elseif event == "request" then
+      serve_request(self, a, b)
     elseif event == "drain" then
       self:emit("drain")
     elseif event == "error" then

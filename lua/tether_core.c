@@ -178,6 +178,21 @@ static void route_error(tt_state_t *st, lua_State *L) {
   uv_stop(&st->loop);
 }
 
+/* uncaught(err, traceback): the uncaught-error rule for errors found in
+ * Lua (a failed tether.go coroutine). */
+static int l_uncaught(lua_State *L) {
+  tt_state_t *st = tt_state(L);
+  luaL_checkany(L, 1);
+  lua_settop(L, 2);
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, 2);
+  route_error(st, L);
+  return 0;
+}
+
 int tt_call(tt_state_t *st, lua_State *L, int nargs) {
   int base = lua_gettop(L) - nargs; /* the function */
   int rc;
@@ -237,6 +252,13 @@ static int l_update_time(lua_State *L) {
 
 static int l_hrtime(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)uv_hrtime());
+  return 1;
+}
+
+/* ms until the loop has timers due (-1: none, 0: work pending now): what an
+ * embedding loop should wait at most before calling run("nowait"). */
+static int l_timeout(lua_State *L) {
+  lua_pushinteger(L, uv_backend_timeout(&tt_state(L)->loop));
   return 1;
 }
 
@@ -342,6 +364,8 @@ static const luaL_Reg funcs[] = {
     {"hrtime", l_hrtime},
     {"fd", l_fd},
     {"running", l_running},
+    {"timeout", l_timeout},
+    {"uncaught", l_uncaught},
     {"set_uncaught", l_set_uncaught},
     {"error", l_error},
     {"signal_number", l_signal_number},

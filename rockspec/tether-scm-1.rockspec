@@ -24,7 +24,8 @@ build = {
   modules = {
     ["tether.core"] = {
       sources = {
-        "core/channel.c", "core/error.c", "core/fd.c", "core/frame.c", "core/process.c",
+        "core/backoff.c", "core/channel.c", "core/error.c", "core/fd.c", "core/frame.c",
+        "core/process.c", "core/rpc.c",
         "lua/channel.c", "lua/child.c", "lua/codec.c", "lua/message.c",
         "lua/tether_core.c", "lua/timer.c", "lua/util.c",
       },

@@ -23,6 +23,7 @@ int main(void) {
   int failed;
 
   srunner_add_suite(sr, error_suite());
+  srunner_add_suite(sr, backoff_suite());
   srunner_run_all(sr, CK_ENV); /* CK_VERBOSITY, defaulting to CK_NORMAL */
   failed = srunner_ntests_failed(sr);
   srunner_free(sr);

@@ -6,5 +6,6 @@
 
 Suite *frame_suite(void);
 Suite *error_suite(void);
+Suite *backoff_suite(void);
 
 #endif /* TT_TEST_SUITES_H */

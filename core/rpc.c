@@ -1,0 +1,260 @@
+/*
+ * Request/response: see tt_rpc.h.
+ *
+ * Invariants:
+ * - Every live call is on the `calls` list; an attempt waiting for its
+ *   reply is also in slots[id & mask] (at most half the slots are used, and
+ *   ids only grow, so a stale id can never match a newer attempt).
+ * - A call ends once: finish() unlinks it before running its callback; its
+ *   memory goes after its timer's close callback (or at once without one).
+ */
+#include "tt_rpc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tt_error.h"
+#include "tt_frame.h"
+
+#define TT_RPC_MIN_SLOTS 64u
+
+struct tt_call_s {
+  tt_rpc_t *rpc;
+  tt_call_t *next, *prev; /* live calls */
+  uint32_t id;            /* current attempt; 0 while waiting to retry */
+  unsigned attempt;       /* 1 for the first send */
+  tt_call_options_t opts;
+  tt_rpc_cb cb;
+  void *arg;
+  char *payload; /* kept for re-sends only */
+  size_t len;
+  int has_timer;
+  uv_timer_t timer;
+};
+
+/* ---- id slots ---------------------------------------------------------- */
+
+static int grow(tt_rpc_t *rpc) {
+  uint32_t ncap = rpc->slots ? (rpc->mask + 1) * 2 : TT_RPC_MIN_SLOTS;
+  tt_call_t **ns = calloc(ncap, sizeof *ns);
+  if (ns == NULL) return UV_ENOMEM;
+  if (rpc->slots != NULL) {
+    for (uint32_t i = 0; i <= rpc->mask; i++) {
+      tt_call_t *c = rpc->slots[i];
+      /* Distinct under the old mask means distinct under the new one. */
+      if (c != NULL) ns[c->id & (ncap - 1)] = c;
+    }
+    free(rpc->slots);
+  }
+  rpc->slots = ns;
+  rpc->mask = ncap - 1;
+  return 0;
+}
+
+static int take_id(tt_rpc_t *rpc, tt_call_t *c) {
+  int err;
+  if ((rpc->slots == NULL || rpc->stats.in_flight * 2 >= (uint64_t)rpc->mask) &&
+      (err = grow(rpc)) != 0)
+    return err;
+  for (;;) {
+    uint32_t id = rpc->next_id++;
+    if (id == 0) continue; /* 0 means "no id" on the wire */
+    if (rpc->slots[id & rpc->mask] == NULL) {
+      rpc->slots[id & rpc->mask] = c;
+      c->id = id;
+      return 0;
+    }
+  }
+}
+
+static void drop_id(tt_rpc_t *rpc, tt_call_t *c) {
+  if (c->id != 0 && rpc->slots[c->id & rpc->mask] == c)
+    rpc->slots[c->id & rpc->mask] = NULL;
+  c->id = 0;
+}
+
+/* ---- lifecycle of a call ------------------------------------------------- */
+
+static void on_timer_closed(uv_handle_t *h) {
+  tt_call_t *c = h->data;
+  tt_rpc_t *rpc = c->rpc;
+  free(c->payload);
+  free(c);
+  if (--rpc->pending_timers == 0 && rpc->closing && rpc->close_cb) {
+    tt_rpc_close_cb cb = rpc->close_cb;
+    rpc->close_cb = NULL;
+    free(rpc->slots);
+    rpc->slots = NULL;
+    cb(rpc);
+  }
+}
+
+static void finish(tt_call_t *c, int status, unsigned kind,
+                   const char *payload, size_t len) {
+  tt_rpc_t *rpc = c->rpc;
+  drop_id(rpc, c);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    rpc->calls = c->next;
+  if (c->next) c->next->prev = c->prev;
+  rpc->stats.in_flight--;
+  if (status == 0)
+    kind == TT_FRAME_REPLY ? rpc->stats.replies++ : rpc->stats.faults++;
+  else if (status == TT_ERR_TIMEOUT)
+    rpc->stats.timeouts++;
+  else
+    rpc->stats.closed++;
+  if (c->has_timer) {
+    uv_timer_stop(&c->timer);
+    rpc->pending_timers++;
+    uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+  }
+  c->cb(c->arg, status, kind, payload, len);
+  if (!c->has_timer) {
+    free(c->payload);
+    free(c);
+  }
+}
+
+static int send_attempt(tt_call_t *c, const void *payload);
+static void on_timer(uv_timer_t *t);
+
+static void on_retry(uv_timer_t *t) {
+  tt_call_t *c = t->data;
+  int err = send_attempt(c, c->payload);
+  if (err != 0)
+    finish(c, err == UV_ENOMEM ? UV_ENOMEM : TT_ERR_IPC_CHANNEL_CLOSED, 0,
+           NULL, 0);
+}
+
+static void on_timer(uv_timer_t *t) {
+  tt_call_t *c = t->data;
+  tt_rpc_t *rpc = c->rpc;
+  if (c->attempt > c->opts.retries) {
+    finish(c, TT_ERR_TIMEOUT, 0, NULL, 0);
+    return;
+  }
+  /* A reply to this attempt from now on is late: it has no slot. */
+  drop_id(rpc, c);
+  rpc->stats.retries++;
+  uv_timer_start(&c->timer, on_retry,
+                 tt_backoff_delay(&c->opts.backoff, c->attempt, &rpc->seed), 0);
+}
+
+static int send_attempt(tt_call_t *c, const void *payload) {
+  tt_rpc_t *rpc = c->rpc;
+  int err = take_id(rpc, c);
+  if (err != 0) return err;
+  err = tt_channel_send(rpc->ch, TT_FRAME_REQUEST, c->id, payload, c->len,
+                        NULL, NULL);
+  if (err < 0) {
+    drop_id(rpc, c);
+    return err;
+  }
+  c->attempt++;
+  if (c->has_timer) uv_timer_start(&c->timer, on_timer, c->opts.timeout_ms, 0);
+  return 0;
+}
+
+/* ---- public ---------------------------------------------------------------- */
+
+int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch) {
+  memset(rpc, 0, sizeof *rpc);
+  rpc->loop = loop;
+  rpc->ch = ch;
+  rpc->next_id = 1;
+  rpc->seed = uv_hrtime() ^ (uint64_t)(uintptr_t)rpc;
+  return 0;
+}
+
+int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
+                const tt_call_options_t *opts, tt_rpc_cb cb, void *arg) {
+  tt_call_t *c;
+  int err;
+  if (rpc->closing || !tt_channel_is_connected(rpc->ch))
+    return TT_ERR_IPC_CHANNEL_CLOSED;
+  if (opts->retries > 0 &&
+      (opts->timeout_ms == 0 || tt_backoff_check(&opts->backoff) != 0))
+    return UV_EINVAL;
+  c = calloc(1, sizeof *c);
+  if (c == NULL) return UV_ENOMEM;
+  c->rpc = rpc;
+  c->opts = *opts;
+  c->cb = cb;
+  c->arg = arg;
+  c->len = len;
+  if (opts->retries > 0) {
+    c->payload = malloc(len ? len : 1);
+    if (c->payload == NULL) {
+      free(c);
+      return UV_ENOMEM;
+    }
+    memcpy(c->payload, payload, len);
+  }
+  if (opts->timeout_ms > 0) {
+    uv_timer_init(rpc->loop, &c->timer);
+    c->timer.data = c;
+    c->has_timer = 1;
+  }
+  if ((err = send_attempt(c, payload)) != 0) {
+    if (c->has_timer) {
+      rpc->pending_timers++;
+      uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    } else {
+      free(c->payload);
+      free(c);
+    }
+    return err;
+  }
+  c->next = rpc->calls;
+  if (c->next) c->next->prev = c;
+  rpc->calls = c;
+  rpc->stats.calls++;
+  rpc->stats.in_flight++;
+  return 0;
+}
+
+int tt_rpc_dispatch(tt_rpc_t *rpc, const tt_frame_header_t *h,
+                    const char *payload) {
+  tt_call_t *c;
+  if (h->kind != TT_FRAME_REPLY && h->kind != TT_FRAME_FAULT) return 0;
+  c = rpc->slots ? rpc->slots[h->id & rpc->mask] : NULL;
+  if (c == NULL || c->id != h->id || h->id == 0) {
+    rpc->stats.late_replies++;
+    return 1;
+  }
+  finish(c, 0, h->kind, payload, h->len);
+  return 1;
+}
+
+int tt_rpc_answer(tt_rpc_t *rpc, uint32_t id, unsigned kind,
+                  const void *payload, size_t len) {
+  if (kind != TT_FRAME_REPLY && kind != TT_FRAME_FAULT) return UV_EINVAL;
+  return tt_channel_send(rpc->ch, kind, id, payload, len, NULL, NULL) < 0
+             ? TT_ERR_IPC_CHANNEL_CLOSED
+             : 0;
+}
+
+void tt_rpc_fail_all(tt_rpc_t *rpc, int err) {
+  /* finish() may start new calls from callbacks; those fail at once since
+   * the channel is gone, so this loop ends. */
+  while (rpc->calls != NULL) finish(rpc->calls, err, 0, NULL, 0);
+}
+
+void tt_rpc_close(tt_rpc_t *rpc, tt_rpc_close_cb cb) {
+  if (rpc->closing) return;
+  rpc->closing = 1;
+  tt_rpc_fail_all(rpc, TT_ERR_IPC_CHANNEL_CLOSED);
+  rpc->close_cb = cb;
+  if (rpc->pending_timers == 0) {
+    free(rpc->slots);
+    rpc->slots = NULL;
+    rpc->close_cb = NULL;
+    if (cb) cb(rpc);
+  }
+}
+
+void tt_rpc_stats(const tt_rpc_t *rpc, tt_rpc_stats_t *out) {
+  *out = rpc->stats;
+}

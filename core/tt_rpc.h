@@ -1,0 +1,91 @@
+/*
+ * tether request/response over a channel.
+ *
+ * A call sends a REQUEST frame whose header carries a fresh correlation id
+ * (never in the payload) and ends exactly once: with the REPLY or FAULT
+ * frame carrying that id, with TT_ERR_TIMEOUT, or with
+ * TT_ERR_IPC_CHANNEL_CLOSED when the channel ends.  A reply that comes
+ * after its call ended (a late reply to a timed-out attempt) is dropped and
+ * counted, never given to another call: every attempt has its own id, and
+ * ids increase monotonically (they wrap only after 2^32 calls).
+ *
+ * Retries: a call with `retries` > 0 is re-sent, under a new id, after a
+ * timeout, waiting the backoff policy's delay first (timers owned here).
+ * Only timeouts are retried: the caller declares the request idempotent by
+ * asking for retries.  Payloads are opaque bytes.
+ */
+#ifndef TT_RPC_H
+#define TT_RPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "tt_backoff.h"
+#include "tt_channel.h"
+
+typedef struct tt_rpc_s tt_rpc_t;
+typedef struct tt_call_s tt_call_t;
+
+/* status 0: the peer answered; `kind` is TT_FRAME_REPLY or TT_FRAME_FAULT
+ * and the payload is valid during the call.  Otherwise status is
+ * TT_ERR_TIMEOUT, TT_ERR_IPC_CHANNEL_CLOSED or UV_ENOMEM, without payload. */
+typedef void (*tt_rpc_cb)(void *arg, int status, unsigned kind,
+                          const char *payload, size_t len);
+typedef void (*tt_rpc_close_cb)(tt_rpc_t *rpc);
+
+typedef struct {
+  uint64_t timeout_ms; /* per attempt; 0: no timeout */
+  unsigned retries;    /* re-sends after a timeout; needs timeout_ms */
+  tt_backoff_t backoff;
+} tt_call_options_t;
+
+typedef struct {
+  uint64_t calls;        /* calls started */
+  uint64_t replies;      /* ended with a REPLY */
+  uint64_t faults;       /* ended with a FAULT */
+  uint64_t timeouts;     /* ended with TT_ERR_TIMEOUT */
+  uint64_t retries;      /* attempts re-sent */
+  uint64_t closed;       /* ended by the channel closing */
+  uint64_t late_replies; /* replies for no live attempt, dropped */
+  uint64_t in_flight;
+} tt_rpc_stats_t;
+
+struct tt_rpc_s {
+  void *data; /* owner's */
+  /* private */
+  uv_loop_t *loop;
+  tt_channel_t *ch;
+  tt_call_t *calls;  /* every live call */
+  tt_call_t **slots; /* slots[id & mask]: the live attempt with that id */
+  uint32_t mask;
+  uint32_t next_id;
+  uint64_t seed;
+  int closing;
+  unsigned pending_timers;
+  tt_rpc_close_cb close_cb;
+  tt_rpc_stats_t stats;
+};
+
+int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch);
+/* Starts a call.  0 (then `cb` runs exactly once, never from inside this
+ * function), or an error (TT_ERR_IPC_CHANNEL_CLOSED, TT_ERR_SERIALIZE for a
+ * payload over max_message, UV_EINVAL for bad options, UV_ENOMEM) and `cb`
+ * is not called. */
+int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
+                const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
+/* Feeds an incoming frame: returns 1 when it was a REPLY or FAULT (consumed,
+ * delivered or counted late), 0 for any other kind. */
+int tt_rpc_dispatch(tt_rpc_t *rpc, const tt_frame_header_t *h,
+                    const char *payload);
+/* Answers request `id` with a REPLY or FAULT frame. */
+int tt_rpc_answer(tt_rpc_t *rpc, uint32_t id, unsigned kind,
+                  const void *payload, size_t len);
+/* Ends every pending call with `err` (e.g. when the channel ended). */
+void tt_rpc_fail_all(tt_rpc_t *rpc, int err);
+/* Fails what is pending with TT_ERR_IPC_CHANNEL_CLOSED; `cb` once every
+ * timer is closed.  Idempotent. */
+void tt_rpc_close(tt_rpc_t *rpc, tt_rpc_close_cb cb);
+void tt_rpc_stats(const tt_rpc_t *rpc, tt_rpc_stats_t *out);
+
+#endif /* TT_RPC_H */
