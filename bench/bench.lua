@@ -12,7 +12,7 @@ local tether = require "tether"
 
 local SECS = tonumber(os.getenv("ANCHOR_SECS") or "") or 1.5
 local WARM = tonumber(os.getenv("ANCHOR_WARM") or "") or 0.2
-local CASES = os.getenv("BENCH_CASES") or "pingpong stream spawn"
+local CASES = os.getenv("BENCH_CASES") or "pingpong stream call spawn"
 local ANCHOR = os.getenv("BENCH_NAME") or "tether"
 local SCRIPT = debug.getinfo(1, "S").source:sub(2)
 
@@ -42,6 +42,7 @@ if arg[1] == "child" then
       expect, count, bytes, errs = 0, 0, 0, 0
     end
   end)
+  parent:handle(function(m) return m end)
   parent:send({ [0] = "R", tonumber(require("lfs").symlinkattributes("/proc/self").target) })
   return
 end
@@ -143,6 +144,45 @@ local function stream(kid, size, secs)
   return n, el
 end
 
+-- serial request/response: one call in flight
+local function call_serial(kid, size, secs)
+  local msg = { [0] = "C", 0, string.rep("c", size - 5) }
+  local n, t0 = 0, now()
+  local t
+  repeat
+    n = n + 1
+    msg[1] = n
+    local r, err = kid:call(msg)
+    if not r or r[1] ~= n or #r[2] ~= #msg[2] then fail("call reply mismatch: " .. tostring(err)) end
+    t = now()
+  until t - t0 >= secs
+  return n, t - t0
+end
+
+-- pipelined: `depth` calls kept in flight
+local function call_pipelined(kid, size, secs, depth)
+  local data = string.rep("c", size - 5)
+  local co = main()
+  local issued, done, t0, stop = 0, 0, now(), false
+  local function issue()
+    issued = issued + 1
+    local i = issued
+    kid:call({ [0] = "C", i, data }, function(err, r)
+      if err or r[1] ~= i then fail("pipelined reply mismatch: " .. tostring(err)) end
+      done = done + 1
+      if not stop and now() - t0 < secs then
+        issue()
+      else
+        stop = true
+        if done == issued then coroutine.resume(co) end
+      end
+    end)
+  end
+  for _ = 1, depth do issue() end
+  wait()
+  return done, now() - t0
+end
+
 local function median(t)
   table.sort(t)
   return t[#t // 2 + 1]
@@ -177,14 +217,13 @@ end
 
 local function has(case) return (" " .. CASES .. " "):find(" " .. case .. " ", 1, true) end
 
-local co = coroutine.create(function()
+local function main_task()
   local kid = spawn_kid("child")
   local r = recv(kid)
   if r[0] ~= "R" or r[1] ~= kid.pid then fail("bad ready message") end
   if has("pingpong") then
-    for _, size in ipairs(os.getenv("PP_SIZES") and load("return {" .. os.getenv("PP_SIZES") .. "}")() or { 16, 1024, 65536, 1048576 }) do
-      if os.getenv("GC_BEFORE") then collectgarbage("collect") end
-      pingpong(kid, size, WARM)
+    for _, size in ipairs { 16, 1024, 65536, 1048576 } do
+        pingpong(kid, size, WARM)
       local n, el = pingpong(kid, size, SECS)
       report("pingpong", size, "rt_per_s", n / el)
       io.stderr:write(("# %s pingpong size=%d n=%d secs=%.3f verified\n"):format(ANCHOR, size, n, el))
@@ -199,16 +238,24 @@ local co = coroutine.create(function()
       io.stderr:write(("# %s stream size=%d n=%d secs=%.3f verified\n"):format(ANCHOR, size, n, el))
     end
   end
+  if has("call") then
+    call_serial(kid, 16, WARM)
+    local n, el = call_serial(kid, 16, SECS)
+    report("call", 16, "rt_per_s", n / el)
+    io.stderr:write(("# %s call size=16 n=%d secs=%.3f verified\n"):format(ANCHOR, n, el))
+    call_pipelined(kid, 16, WARM, 1000)
+    n, el = call_pipelined(kid, 16, SECS, 1000)
+    report("call-pipelined", 16, "rt_per_s", n / el)
+    io.stderr:write(("# %s call-pipelined(1000) size=16 n=%d secs=%.3f verified\n"):format(ANCHOR, n, el))
+  end
   kid:disconnect()
   if has("spawn") then
     report("spawn1", 0, "ms", spawn_test(1, 7))
     report("spawn32", 0, "ms", spawn_test(32, 5))
   end
-end)
+end
 
-tether.timer(0, function()
-  local ok, err = coroutine.resume(co)
-  if not ok then error(err, 0) end
-end)
+local co
+tether.timer(0, function() co = tether.go(main_task) end)
 tether.run()
 if coroutine.status(co) ~= "dead" then fail("benchmark did not finish") end

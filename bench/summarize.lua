@@ -2,7 +2,7 @@
 -- files, each anchor as a ratio to raw-c, and tether's targets checked.
 --   lua5.4 bench/summarize.lua results1.txt [results2.txt ...]
 local ORDER = { "tether", "raw-c", "libuv-c", "node-json", "node-advanced", "luv-lua" }
-local CASES = { "pingpong", "stream", "spawn1", "spawn32" }
+local CASES = { "pingpong", "call", "call-pipelined", "stream", "spawn1", "spawn32" }
 local METRICS = { rt_per_s = "round trips/s", msgs_per_s = "msgs/s", MB_per_s = "MB/s", ms = "ms" }
 
 local vals = {}
@@ -63,13 +63,18 @@ for _, k in ipairs(keys) do
   local row = { c, size_str(s), METRICS[m] or m }
   for _, a in ipairs(present) do row[#row + 1] = fmt(median(vals[k][a])) end
   local t, r = median(vals[k].tether), median(vals[k]["raw-c"])
+  -- a call is a round trip: compared with raw-c's ping-pong of the same size
+  if c == "call" or c == "call-pipelined" then
+    local pp = vals["pingpong|" .. s .. "|rt_per_s"]
+    r = pp and median(pp["raw-c"])
+  end
   local q = t and r and (m == "ms" and r / t or t / r)
   ratio[k] = q
   row[#row + 1] = q and ("%.2f"):format(q) or "-"
   print("| " .. table.concat(row, " | ") .. " |")
 end
 
--- the targets of issue #2 (ratios to raw-c; spawn against luv-lua)
+-- the targets of issues #2 and #3 (ratios to raw-c; spawn against luv-lua)
 local function r(k) return ratio[k] end
 local spawn_t, spawn_luv = median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"].tether),
   median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"]["luv-lua"])
@@ -78,6 +83,9 @@ local targets = {
   { "stream 16 B >= 1.0x raw-c", r("stream|16|msgs_per_s"), 1.0 },
   { "stream 64 KiB >= 0.6x raw-c", r("stream|65536|msgs_per_s"), 0.6 },
   { "ping-pong 1 MiB >= 0.6x raw-c", r("pingpong|1048576|rt_per_s"), 0.6 },
+  { "call 16 B >= 0.7x raw-c ping-pong", r("call|16|rt_per_s"), 0.7 },
+  { "pipelined calls (1000 in flight) >= 3x serial calls",
+    r("call-pipelined|16|rt_per_s") and r("call|16|rt_per_s") and r("call-pipelined|16|rt_per_s") / r("call|16|rt_per_s"), 3 },
   { "spawn of one worker <= 1.2x luv-lua", spawn_t and spawn_luv and spawn_luv / spawn_t, 1 / 1.2 },
 }
 print()

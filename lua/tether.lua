@@ -454,15 +454,16 @@ local function call(self, msg, opts, cb)
     end
     return ok, err
   end
-  if not current_task() then return no_coroutine("call") end
-  local result = table.pack(tether.await(function(done)
-    local ok, err = self._h:call(msg, timeout, retries, backoff, function(e, reply)
-      done(e == nil, e or reply)
-    end)
-    if ok == nil then done(false, err) end
-  end))
-  if result[1] then return result[2] end
-  return nil, result[2]
+  local co = current_task()
+  if not co then return no_coroutine("call") end
+  -- the core never runs this callback from inside call(): yield is safe
+  local ok, err = self._h:call(msg, timeout, retries, backoff, function(e, reply)
+    resume(co, e, reply)
+  end)
+  if ok == nil then return nil, err end
+  local e, reply = coroutine.yield()
+  if e then return nil, e end
+  return reply
 end
 
 --- child:handle(fn): answer the peer's calls with fn(request) (may yield;
@@ -485,23 +486,44 @@ local function handler_error(e)
   return { message = tostring(e), traceback = debug.traceback(tostring(e), 2) }
 end
 
-function serve_request(self, msg, id)
+local function serve_one(self, msg, id)
   local fn = self._handler
   if not fn then
     answer_error(self, id, "ERR_NO_HANDLER", "the peer has no request handler (handle(fn) was not called)")
     return
   end
-  tether.go(function()
-    local ok, result = xpcall(fn, handler_error, msg)
-    if not ok then
-      answer_error(self, id, "ERR_TASK_FAILED", result.message, result.traceback)
-      return
-    end
-    local sent, err = self._h:answer(id, result)
-    if sent == nil and err.code == "ERR_SERIALIZE" then
-      answer_error(self, id, "ERR_TASK_FAILED", "reply cannot be sent: " .. err.message)
-    end
-  end)
+  local ok, result = xpcall(fn, handler_error, msg)
+  if not ok then
+    answer_error(self, id, "ERR_TASK_FAILED", result.message, result.traceback)
+    return
+  end
+  local sent, err = self._h:answer(id, result)
+  if sent == nil and err.code == "ERR_SERIALIZE" then
+    answer_error(self, id, "ERR_TASK_FAILED", "reply cannot be sent: " .. err.message)
+  end
+end
+
+-- Handler coroutines are reused: one that finished a request waits in
+-- `idle_servers` for the next, so a request costs no coroutine creation.
+local idle_servers = {}
+
+local function server_loop(self, msg, id)
+  local me = coroutine.running()
+  while true do
+    serve_one(self, msg, id)
+    self, msg, id = nil, nil, nil
+    idle_servers[#idle_servers + 1] = me
+    self, msg, id = coroutine.yield()
+  end
+end
+
+function serve_request(self, msg, id)
+  local co = table.remove(idle_servers)
+  if co then
+    resume(co, self, msg, id)
+  else
+    tether.go(server_loop, self, msg, id)
+  end
 end
 
 Child.call = call
