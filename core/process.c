@@ -374,8 +374,14 @@ static void on_parent_death(int sig) {
 }
 
 int tt_process_watch_parent(int on, int grace_ms) {
+  /* Read once and removed, so our own children never see it. */
+  static int parent_pid = -1;
   int sig = SIGRTMIN + 3;
-  const char *pp = getenv("TETHER_PARENT_PID");
+  if (parent_pid == -1) {
+    const char *pp = getenv("TETHER_PARENT_PID");
+    parent_pid = pp ? atoi(pp) : 0;
+    unsetenv("TETHER_PARENT_PID");
+  }
   if (!on) return prctl(PR_SET_PDEATHSIG, 0) == 0 ? 0 : -errno;
   watch_grace_s = grace_ms <= 1000 ? 1 : (unsigned)((grace_ms + 999) / 1000);
   struct sigaction sa;
@@ -386,7 +392,7 @@ int tt_process_watch_parent(int on, int grace_ms) {
   if (sigaction(sig, &sa, NULL) != 0) return -errno;
   if (prctl(PR_SET_PDEATHSIG, sig) != 0) return -errno;
   /* The parent may have died before prctl: then nobody will signal us. */
-  if (pp != NULL && atoi(pp) != (int)getppid()) raise(sig);
+  if (parent_pid > 0 && parent_pid != (int)getppid()) raise(sig);
   return 0;
 }
 #else

@@ -47,7 +47,14 @@ static int l_open_parent(lua_State *L) {
   tt_lchannel_t *c;
   int fd, err;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  opts.max_message = (size_t)luaL_optinteger(L, 2, 0);
+  if (lua_isnoneornil(L, 2)) {
+    /* The parent's limit, passed down; not passed on to our children. */
+    const char *m = getenv("TETHER_MAX_MESSAGE");
+    opts.max_message = m ? (size_t)strtoull(m, NULL, 10) : 0;
+    unsetenv("TETHER_MAX_MESSAGE");
+  } else {
+    opts.max_message = (size_t)luaL_checkinteger(L, 2);
+  }
   if ((err = tt_channel_inherited_fd(&fd)) != 0) return tt_lua_fail(L, err, NULL);
   c = calloc(1, sizeof *c);
   if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);

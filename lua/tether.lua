@@ -612,7 +612,7 @@ local function open_parent()
     else
       self:emit(event, a, b, c)
     end
-  end, tonumber(os.getenv("TETHER_MAX_MESSAGE") or ""))
+  end)
   if not h then return nil end
   self._h = h
   core.watch_parent(true)

@@ -4,6 +4,12 @@ local tether = require "tether"
 
 local H = {}
 
+-- TETHER_GC=aggressive: collect continuously, so a missing anchor or a
+-- use-after-free in the binding shows up (the runner does the same).
+if os.getenv("TETHER_GC") == "aggressive" then collectgarbage("incremental", 0, 100) end
+-- TETHER_SLOW: the specs run under valgrind; timeouts are stretched.
+H.slow = os.getenv("TETHER_SLOW") ~= nil
+
 H.LUA = os.getenv("TETHER_LUA") or "lua5.4"
 H.dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")
 H.fixtures = H.dir .. "/fixtures"
@@ -33,6 +39,7 @@ end
 
 --- run the loop until it has no work, failing after `secs` seconds.
 function H.run(secs)
+  secs = (secs or 10) * (H.slow and 10 or 1)
   local timed_out = false
   local guard = tether.timer(math.floor((secs or 10) * 1000), function()
     timed_out = true

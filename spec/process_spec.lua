@@ -110,17 +110,21 @@ describe("tether.fork", function()
     for _, m in ipairs(answers) do assert.equals(1, m.sockets) end
   end)
 
-  it("passes env additions and cwd, and removes TETHER_CHANNEL_FD from the child's env", function()
+  it("passes env additions and cwd, and scrubs tether's variables from the child's env", function()
     local out = H.tmpfile("cwd.txt")
     local c = assert(tether.fork(H.script([[
       local t = require "tether"
       local p = io.popen("pwd"); local cwd = p:read("l"); p:close()
-      t.parent:send({ foo = os.getenv("FOO"), cwd = cwd, fd = os.getenv("TETHER_CHANNEL_FD") or false })
-    ]]), nil, { env = { FOO = "bar baz" }, cwd = "/tmp" }))
+      local leaked = {}
+      for _, k in ipairs { "TETHER_CHANNEL_FD", "TETHER_PARENT_PID", "TETHER_MAX_MESSAGE" } do
+        if os.getenv(k) then leaked[#leaked + 1] = k end
+      end
+      t.parent:send({ foo = os.getenv("FOO"), cwd = cwd, leaked = leaked })
+    ]]), nil, { env = { FOO = "bar baz" }, cwd = "/tmp", max_message = 1 << 20 }))
     c:on("message", H.expect(function(m)
       assert.equals("bar baz", m.foo)
       assert.equals("/tmp", m.cwd)
-      assert.is_false(m.fd)
+      assert.same({}, m.leaked) -- grandchildren must not see our channel
     end))
     H.run()
     assert.is_string(out)

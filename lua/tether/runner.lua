@@ -5,6 +5,9 @@
 -- error later as ERR_WORKER_UNCAUGHT; both exit with code 1.  Messages
 -- queued before any exit (end of script, os.exit, tether.exit) are
 -- delivered first.
+-- a debugging knob shared with the specs: garbage collection all the time
+if os.getenv("TETHER_GC") == "aggressive" then collectgarbage("incremental", 0, 100) end
+
 local tether = require "tether"
 local core = tether.core
 local parent = tether.parent
