@@ -12,8 +12,11 @@ void tt_backoff_init(tt_backoff_t *b) {
 }
 
 int tt_backoff_check(const tt_backoff_t *b) {
+  /* Finite and below ~285 million years, so the delay fits in a uint64. */
+  const double limit = 9e15;
   if (!(b->initial_ms >= 0) || !(b->max_ms >= b->initial_ms) ||
-      !(b->factor >= 1) || !(b->jitter_ms >= 0) || isinf(b->max_ms))
+      !(b->factor >= 1) || !(b->jitter_ms >= 0) || !(b->max_ms < limit) ||
+      !(b->jitter_ms < limit) || !isfinite(b->factor))
     return UV_EINVAL;
   return 0;
 }

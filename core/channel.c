@@ -18,8 +18,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -49,7 +51,8 @@ enum {
   CH_CLOSING = 1u << 5,       /* tt_channel_close called */
   CH_REF = 1u << 6,           /* owner wants the loop kept alive */
   CH_NEED_DRAIN = 1u << 7,    /* send returned 0: emit on_drain when empty */
-  CH_SCHEDULED = 1u << 8      /* flusher active */
+  CH_SCHEDULED = 1u << 8,     /* flusher active */
+  CH_BROKEN = 1u << 9         /* a frame was cut short: end from the loop */
 };
 
 struct tt_chunk_s {
@@ -109,16 +112,24 @@ static int ack_push(tt_channel_t *ch, tt_channel_send_cb cb, void *arg) {
   return 0;
 }
 
-/* Runs callbacks of frames fully written (status 0) or, with status != 0,
- * of every pending frame.  A callback may re-enter the channel. */
-static void ack_run(tt_channel_t *ch, int status) {
+/* Pops the records of frames fully written (status 0: counted as sent,
+ * callback told 0) or, with status != 0, of every pending frame (callback
+ * told the error).  Returns how many of those had no callback.  A callback
+ * may re-enter the channel. */
+static size_t ack_run(tt_channel_t *ch, int status) {
+  size_t silent = 0;
   while (ch->acks_len > 0) {
     tt_send_ack_t a = ch->acks[ch->acks_head];
     if (status == 0 && a.end > ch->written_total) break;
     ch->acks_head = (ch->acks_head + 1) % ch->acks_cap;
     ch->acks_len--;
-    a.cb(a.arg, status);
+    if (status == 0) ch->stats.messages_sent++;
+    if (a.cb != NULL)
+      a.cb(a.arg, status);
+    else
+      silent++;
   }
+  return silent;
 }
 
 /* ---- send queue ------------------------------------------------------------ */
@@ -156,8 +167,9 @@ static int queued_frame(tt_channel_t *ch, size_t total, size_t done,
                         tt_channel_send_cb cb, void *arg) {
   ch->queued_total += total;
   ch->written_total += done;
-  ch->stats.messages_sent++;
-  if (cb != NULL && ack_push(ch, cb, arg) != 0) {
+  /* One record per frame, callback or not: it counts the frame as sent
+   * once written, or as lost if the channel ends first. */
+  if (ack_push(ch, cb, arg) != 0 && cb != NULL) {
     /* The frame is queued and will go out; only its receipt is lost.  Say
      * so now rather than never. */
     cb(arg, UV_ENOMEM);
@@ -224,8 +236,12 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
     c = malloc(sizeof *c + cap);
     if (c == NULL) {
       if (done == 0) return UV_ENOMEM;
-      /* Part of the frame is on the wire: the stream cannot go on. */
-      channel_end(ch, UV_ENOMEM, "out of memory queueing a frame");
+      /* Part of the frame is on the wire: the stream cannot go on.  It
+       * ends from the loop (the flusher), never inside send(). */
+      ch->flags &= ~CH_CONNECTED;
+      ch->flags |= CH_BROKEN;
+      ch->flags &= ~CH_SCHEDULED;
+      schedule_flush(ch);
       return UV_ENOMEM;
     }
     c->data = (char *)(c + 1);
@@ -333,6 +349,10 @@ static void on_flusher(uv_idle_t *h) {
   tt_channel_t *ch = h->data;
   ch->flags &= ~CH_SCHEDULED;
   uv_idle_stop(h);
+  if (ch->flags & CH_BROKEN) {
+    channel_end(ch, UV_ENOMEM, "out of memory queueing a frame");
+    return;
+  }
   if (!(ch->flags & CH_WRITE_BLOCKED)) flush(ch);
 }
 
@@ -429,7 +449,10 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
   ch->fd = fd;
   ch->high_water = (opts && opts->high_water) ? opts->high_water
                                               : TT_CHANNEL_DEFAULT_HIGH_WATER;
-  tt_frame_decoder_init(&ch->dec, opts ? opts->max_message : 0);
+  /* The wire carries 32-bit lengths. */
+  tt_frame_decoder_init(&ch->dec, opts && opts->max_message < UINT32_MAX
+                                      ? opts->max_message
+                                      : (opts ? UINT32_MAX : 0));
   if ((err = tt__set_flags(fd, 1, 1)) != 0) return err;
   {
     int sndbuf = TT_CHANNEL_SNDBUF;
@@ -452,7 +475,6 @@ static void channel_end(tt_channel_t *ch, int err, const char *why) {
   ch->flags |= CH_ENDED;
   ch->flags &= ~(CH_CONNECTED | CH_READING | CH_WRITE_BLOCKED |
                  CH_DISCONNECTING | CH_NEED_DRAIN);
-  queue_free(ch);
   if (!(ch->flags & CH_CLOSING)) {
     update_poll(ch);
     if (ch->flags & CH_SCHEDULED) {
@@ -461,7 +483,21 @@ static void channel_end(tt_channel_t *ch, int err, const char *why) {
     }
   }
   if (err != 0 && ch->on_error) ch->on_error(ch, err, why);
-  ack_run(ch, TT_ERR_IPC_CHANNEL_CLOSED);
+  {
+    /* Frames already with the kernel succeeded; the rest are lost, and
+     * nothing is lost silently: those without a callback are reported as
+     * one error. */
+    size_t lost;
+    char msg[96];
+    ack_run(ch, 0);
+    queue_free(ch);
+    lost = ack_run(ch, TT_ERR_IPC_CHANNEL_CLOSED);
+    if (lost > 0 && ch->on_error) {
+      snprintf(msg, sizeof msg, "%zu queued message%s not delivered: the channel closed",
+               lost, lost == 1 ? " was" : "s were");
+      ch->on_error(ch, TT_ERR_IPC_CHANNEL_CLOSED, msg);
+    }
+  }
   if (ch->on_disconnect) ch->on_disconnect(ch);
 }
 
@@ -485,14 +521,15 @@ int tt_channel_disconnect(tt_channel_t *ch) {
 void tt_channel_finish(tt_channel_t *ch) {
   /* The peer exited, so everything it wrote is already in our socket:
    * read until EAGAIN, then there is nothing more to wait for. */
-  while (!(ch->flags & CH_ENDED) && (ch->flags & CH_READING)) {
-    char probe;
-    ssize_t n;
+  /* Only what is in the socket now came from our peer: a grandchild that
+   * inherited its end could go on writing, and is not read. */
+  int avail = 0;
+  uint64_t goal;
+  if (ioctl(ch->fd, FIONREAD, &avail) != 0) avail = 0;
+  goal = ch->stats.bytes_received + (uint64_t)avail;
+  while (!(ch->flags & CH_ENDED) && (ch->flags & CH_READING) &&
+         ch->stats.bytes_received < goal) {
     if (read_some(ch, TT_CHANNEL_MAX_READS) != 0) break;
-    n = recv(ch->fd, &probe, 1, MSG_DONTWAIT | MSG_PEEK);
-    /* Drained without EOF: a grandchild may still hold the other end, but
-     * only bytes from our peer count, and it is gone. */
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
   }
   if (!(ch->flags & CH_ENDED)) {
     if (tt_frame_decoder_pending(&ch->dec) > 0)

@@ -362,6 +362,23 @@ void tt_process_abandon(tt_process_t *p, tt_process_event_cb cb) {
 
 /* ---- parent watch (child side) ------------------------------------------ */
 
+/* Our parent's pid as tether passed it down; read once and removed from the
+ * environment, so our own children never see it.  0 when not a tether
+ * child. */
+static int parent_pid(void) {
+  static int pid = -1;
+  if (pid == -1) {
+    const char *pp = getenv("TETHER_PARENT_PID");
+    pid = pp ? atoi(pp) : 0;
+    unsetenv("TETHER_PARENT_PID");
+  }
+  return pid;
+}
+
+int tt_process_parent_alive(void) {
+  return parent_pid() > 0 && parent_pid() == (int)getppid();
+}
+
 #ifdef __linux__
 static unsigned watch_grace_s = 1;
 
@@ -374,14 +391,8 @@ static void on_parent_death(int sig) {
 }
 
 int tt_process_watch_parent(int on, int grace_ms) {
-  /* Read once and removed, so our own children never see it. */
-  static int parent_pid = -1;
   int sig = SIGRTMIN + 3;
-  if (parent_pid == -1) {
-    const char *pp = getenv("TETHER_PARENT_PID");
-    parent_pid = pp ? atoi(pp) : 0;
-    unsetenv("TETHER_PARENT_PID");
-  }
+  int pp = parent_pid();
   if (!on) return prctl(PR_SET_PDEATHSIG, 0) == 0 ? 0 : -errno;
   watch_grace_s = grace_ms <= 1000 ? 1 : (unsigned)((grace_ms + 999) / 1000);
   struct sigaction sa;
@@ -392,7 +403,7 @@ int tt_process_watch_parent(int on, int grace_ms) {
   if (sigaction(sig, &sa, NULL) != 0) return -errno;
   if (prctl(PR_SET_PDEATHSIG, sig) != 0) return -errno;
   /* The parent may have died before prctl: then nobody will signal us. */
-  if (parent_pid > 0 && parent_pid != (int)getppid()) raise(sig);
+  if (pp > 0 && pp != (int)getppid()) raise(sig);
   return 0;
 }
 #else

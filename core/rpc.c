@@ -29,6 +29,7 @@ struct tt_call_s {
   char *payload; /* kept for re-sends only */
   size_t len;
   int has_timer;
+  int done; /* finish() ran: nothing may touch the call but its timer close */
   uv_timer_t timer;
 };
 
@@ -80,18 +81,20 @@ static void on_timer_closed(uv_handle_t *h) {
   tt_rpc_t *rpc = c->rpc;
   free(c->payload);
   free(c);
-  if (--rpc->pending_timers == 0 && rpc->closing && rpc->close_cb) {
+  if (--rpc->pending_timers == 0 && rpc->closing) {
     tt_rpc_close_cb cb = rpc->close_cb;
     rpc->close_cb = NULL;
     free(rpc->slots);
     rpc->slots = NULL;
-    cb(rpc);
+    if (cb) cb(rpc);
   }
 }
 
 static void finish(tt_call_t *c, int status, unsigned kind,
                    const char *payload, size_t len) {
   tt_rpc_t *rpc = c->rpc;
+  if (c->done) return;
+  c->done = 1;
   drop_id(rpc, c);
   if (c->prev)
     c->prev->next = c->next;
@@ -122,7 +125,9 @@ static void on_timer(uv_timer_t *t);
 
 static void on_retry(uv_timer_t *t) {
   tt_call_t *c = t->data;
-  int err = send_attempt(c, c->payload);
+  int err;
+  if (c->done) return;
+  err = send_attempt(c, c->payload);
   if (err != 0)
     finish(c, err == UV_ENOMEM ? UV_ENOMEM : TT_ERR_IPC_CHANNEL_CLOSED, 0,
            NULL, 0);
@@ -231,9 +236,8 @@ int tt_rpc_dispatch(tt_rpc_t *rpc, const tt_frame_header_t *h,
 int tt_rpc_answer(tt_rpc_t *rpc, uint32_t id, unsigned kind,
                   const void *payload, size_t len) {
   if (kind != TT_FRAME_REPLY && kind != TT_FRAME_FAULT) return UV_EINVAL;
-  return tt_channel_send(rpc->ch, kind, id, payload, len, NULL, NULL) < 0
-             ? TT_ERR_IPC_CHANNEL_CLOSED
-             : 0;
+  int err = tt_channel_send(rpc->ch, kind, id, payload, len, NULL, NULL);
+  return err < 0 ? err : 0;
 }
 
 void tt_rpc_fail_all(tt_rpc_t *rpc, int err) {
@@ -247,6 +251,8 @@ void tt_rpc_close(tt_rpc_t *rpc, tt_rpc_close_cb cb) {
   rpc->closing = 1;
   tt_rpc_fail_all(rpc, TT_ERR_IPC_CHANNEL_CLOSED);
   rpc->close_cb = cb;
+  /* Without timers left it is done now; else the last timer's close
+   * callback finishes (on_timer_closed). */
   if (rpc->pending_timers == 0) {
     free(rpc->slots);
     rpc->slots = NULL;

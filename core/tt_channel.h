@@ -15,8 +15,9 @@
  * Receiving reads straight into the frame decoder's buffer and hands out
  * complete frames in place.  A malformed or oversized frame, an I/O error or
  * EOF ends the channel: `on_disconnect` runs exactly once, queued sends fail
- * with TT_ERR_IPC_CHANNEL_CLOSED, and the handles close by themselves;
- * `close_cb` (from tt_channel_close) then tells the owner it may free.
+ * with TT_ERR_IPC_CHANNEL_CLOSED (those sent without a callback are
+ * reported together through on_error), and I/O stops; the owner then calls
+ * tt_channel_close(), whose callback tells it the memory may be freed.
  *
  * Every callback may call any channel function, including close.
  */
@@ -50,7 +51,7 @@ typedef struct {
 } tt_channel_options_t;
 
 typedef struct {
-  uint64_t messages_sent; /* frames accepted by send */
+  uint64_t messages_sent; /* frames handed to the kernel */
   uint64_t messages_received;
   uint64_t bytes_sent;     /* bytes handed to the kernel */
   uint64_t bytes_received; /* bytes read from the kernel */

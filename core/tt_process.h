@@ -97,4 +97,8 @@ const char *tt_signal_name(int signum);
  * exits first.  on == 0 disarms it.  No-op off Linux. */
 int tt_process_watch_parent(int on, int grace_ms);
 
+/* In a child: whether the parent that started us is still our parent (it
+ * has not died).  0 when we were not started by tether. */
+int tt_process_parent_alive(void);
+
 #endif /* TT_PROCESS_H */

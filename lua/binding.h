@@ -37,7 +37,9 @@ struct tt_lobj_s {
   tt_state_t *st;
   int self_ref;    /* pins the box while active */
   int handler_ref; /* function(event, ...) */
-  unsigned closing : 1, closed : 1, box_gone : 1;
+  /* collected: the box's __gc ran, so no Lua callback may run any more;
+   * box_gone: after that, the memory is ours to free. */
+  unsigned closing : 1, closed : 1, collected : 1, box_gone : 1;
   tt_rpc_t *rpc; /* requests/replies on the object's channel, if any */
   /* Starts closing everything now; must end in tt_lobj_closed(). */
   void (*teardown)(tt_lobj_t *o);

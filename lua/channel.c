@@ -25,6 +25,10 @@ static void on_closed(tt_channel_t *ch) {
 
 static void teardown(tt_lobj_t *o) {
   tt_lchannel_t *c = (tt_lchannel_t *)o;
+  /* The process is ending (or the state closing): what the script sent is
+   * delivered first, as os.exit and tether.exit promise. */
+  if (c->opened && tt_channel_is_connected(&c->ch))
+    tt_channel_flush_sync(&c->ch, -1);
   if (c->opened)
     tt_channel_close(&c->ch, on_closed);
   else
@@ -124,11 +128,7 @@ static int m_flush(lua_State *L) {
 static int m_stats(lua_State *L) {
   tt_box_t *box = luaL_checkudata(L, 1, TT_CHANNEL_MT);
   tt_lchannel_t *c = (tt_lchannel_t *)box->o;
-  if (c == NULL) {
-    lua_createtable(L, 0, 5);
-    return 1;
-  }
-  return tt_lua_stats(L, &c->ch, &c->rpc);
+  return tt_lua_stats(L, c ? &c->ch : NULL, c ? &c->rpc : NULL);
 }
 
 static int m_call(lua_State *L) {

@@ -34,8 +34,14 @@ static void on_process_closed(tt_process_t *p) {
     tt_lobj_closed(&c->o);
 }
 
+/* While the state lives, the process handle is kept until the exit is
+ * reaped (no zombie); when the state closes, nobody will reap it: let go. */
 static void teardown(tt_lobj_t *o) {
-  tt_process_abandon(&((tt_lchild_t *)o)->p, on_process_closed);
+  tt_lchild_t *c = (tt_lchild_t *)o;
+  if (o->st->closing)
+    tt_process_abandon(&c->p, on_process_closed);
+  else
+    tt_process_close(&c->p, on_process_closed);
 }
 
 static void push_status(lua_State *L, tt_process_t *p) {
@@ -260,11 +266,7 @@ static int m_stats(lua_State *L) {
   tt_box_t *box = luaL_checkudata(L, 1, TT_CHILD_MT);
   tt_lchild_t *c = (tt_lchild_t *)box->o;
   tt_channel_t *ch = c ? c->p.channel : NULL;
-  if (ch == NULL) {
-    lua_createtable(L, 0, 5);
-    return 1;
-  }
-  return tt_lua_stats(L, ch, c->o.rpc);
+  return tt_lua_stats(L, ch, c ? c->o.rpc : NULL);
 }
 
 static int m_call(lua_State *L) {

@@ -20,18 +20,23 @@
 #define TT_WBUF_KEEP ((size_t)4 << 20)
 
 typedef struct {
-  tt_state_t *st;
+  tt_lobj_t *o;
   int ref;
 } tt_send_req_t;
 
+/* No Lua runs for an object being collected (or a state being closed):
+ * its callbacks can only be dropped. */
+static int gone(const tt_lobj_t *o) { return o->st->closing || o->collected; }
+
 static void on_sent(void *arg, int status) {
   tt_send_req_t *req = arg;
-  tt_state_t *st = req->st;
+  tt_lobj_t *o = req->o;
+  tt_state_t *st = o->st;
   lua_State *L = st->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
   free(req);
-  if (st->closing) {
+  if (gone(o)) {
     lua_pop(L, 1);
     return;
   }
@@ -74,8 +79,9 @@ static int fail_too_big(lua_State *L, tt_channel_t *ch, tt_state_t *st) {
   return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
 }
 
-static int send_value(lua_State *L, tt_state_t *st, tt_channel_t *ch,
+static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
                       int idx, int cb_idx, unsigned kind, uint32_t id) {
+  tt_state_t *st = o->st;
   tt_send_req_t *req = NULL;
   int rc;
 
@@ -87,7 +93,7 @@ static int send_value(lua_State *L, tt_state_t *st, tt_channel_t *ch,
   if (cb_idx != 0) {
     req = malloc(sizeof *req);
     if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
-    req->st = st;
+    req->o = o;
     lua_pushvalue(L, cb_idx);
     req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
@@ -115,7 +121,7 @@ int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
   luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
   if (o == NULL) return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   if (ch == NULL) return tt_lua_fail(L, TT_ERR_NO_CHANNEL, NULL);
-  return send_value(L, o->st, ch, 2, cb, kind, id);
+  return send_value(L, o, ch, 2, cb, kind, id);
 }
 
 /* decode(payload, len) -> true, value | false, message */
@@ -202,7 +208,10 @@ void tt_lua_on_drain(tt_channel_t *ch) {
 int tt_lua_stats(lua_State *L, const tt_channel_t *ch, const tt_rpc_t *rpc) {
   tt_channel_stats_t s;
   tt_rpc_stats_t r;
-  tt_channel_stats(ch, &s);
+  if (ch != NULL)
+    tt_channel_stats(ch, &s);
+  else
+    memset(&s, 0, sizeof s);
   if (rpc != NULL)
     tt_rpc_stats(rpc, &r);
   else
@@ -236,7 +245,7 @@ int tt_lua_stats(lua_State *L, const tt_channel_t *ch, const tt_rpc_t *rpc) {
 /* ---- request/response -------------------------------------------------- */
 
 typedef struct {
-  tt_state_t *st;
+  tt_lobj_t *o;
   tt_channel_t *ch;
   int ref; /* the Lua function(err, reply) */
 } tt_call_req_t;
@@ -247,12 +256,12 @@ static int decode_protected(lua_State *L);
 static void on_call_done(void *arg, int status, unsigned kind,
                          const char *payload, size_t len) {
   tt_call_req_t *req = arg;
-  tt_state_t *st = req->st;
+  tt_state_t *st = req->o->st;
   lua_State *L = st->L;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
-  if (st->closing) {
+  if (gone(req->o)) {
     free(req);
     lua_settop(L, top);
     return;
@@ -326,7 +335,7 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
   int err;
   luaL_checkany(L, 2);
   luaL_checktype(L, 6, LUA_TFUNCTION);
-  luaL_argcheck(L, timeout >= 0, 3, "negative timeout");
+  luaL_argcheck(L, timeout >= 0 && timeout < 9e15, 3, "timeout out of range");
   luaL_argcheck(L, retries >= 0 && retries < 1000000, 4, "bad retries");
   tt_backoff_init(&opts.backoff);
   if (lua_istable(L, 5)) {
@@ -348,9 +357,11 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
                                     : TT_ERR_NO_CHANNEL, NULL);
   st = o->st;
   if ((err = encode_into(L, st, 2)) != 0) return err;
+  if (st->wbuf.len - TT_FRAME_HEADER_SIZE > o->rpc->ch->dec.max_message)
+    return fail_too_big(L, o->rpc->ch, st);
   req = malloc(sizeof *req);
   if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
-  req->st = st;
+  req->o = o;
   req->ch = o->rpc->ch;
   err = tt_rpc_call(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
                     st->wbuf.len - TT_FRAME_HEADER_SIZE, &opts, on_call_done,
@@ -358,7 +369,6 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
   shrink_wbuf(st);
   if (err != 0) {
     free(req);
-    if (err == TT_ERR_SERIALIZE) return fail_too_big(L, o->rpc->ch, st);
     return tt_lua_fail(L, err, NULL);
   }
   lua_pushvalue(L, 6);

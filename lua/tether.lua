@@ -133,17 +133,30 @@ end
 
 -- tether.on("uncaught", fn) and friends: module-level events
 local module_events = setmetatable({}, Emitter)
+local function dispatch_uncaught(err, tb)
+  local list = rawget(module_events, "_listeners").uncaught
+  for _, f in ipairs(table.move(list, 1, #list, 1, {})) do f(err, tb) end
+end
+
+local function update_uncaught()
+  core.set_uncaught(module_events:listener_count("uncaught") > 0 and dispatch_uncaught or nil)
+end
+
 function tether.on(event, fn)
   module_events:on(event, fn)
-  if event == "uncaught" then core.set_uncaught(fn) end
+  update_uncaught()
   return tether
 end
+
+function tether.once(event, fn)
+  module_events:once(event, fn)
+  update_uncaught()
+  return tether
+end
+
 function tether.off(event, fn)
   module_events:off(event, fn)
-  if event == "uncaught" then
-    local list = listeners(module_events, "uncaught")
-    core.set_uncaught(list[#list])
-  end
+  update_uncaught()
   return tether
 end
 
@@ -168,11 +181,13 @@ tether.fd = core.fd
 tether.timeout = core.timeout
 
 function tether.timer(ms, fn)
-  return core.timer(ms, 0, fn)
+  assert(type(ms) == "number" and ms >= 0, "bad argument #1 to 'timer' (non-negative number expected)")
+  return core.timer(math.floor(ms), 0, fn)
 end
 
 function tether.every(ms, fn)
-  assert(type(ms) == "number" and ms > 0, "bad argument #1 to 'every' (positive number expected)")
+  assert(type(ms) == "number" and ms >= 1, "bad argument #1 to 'every' (number >= 1 expected)")
+  ms = math.floor(ms)
   return core.timer(ms, ms, fn)
 end
 
@@ -374,7 +389,12 @@ function tether.spawn(cmd, args, opts)
   local o, extra = spawn_options(opts or {})
   o.env = build_env(extra)
   local argv = {}
-  for i, v in ipairs(args or {}) do argv[i] = tostring(v) end
+  for i, v in ipairs(args or {}) do
+    if type(v) ~= "string" and type(v) ~= "number" then
+      error(("bad argument #2 to 'spawn' (args[%d] is a %s, string expected)"):format(i, type(v)), 2)
+    end
+    argv[i] = tostring(v)
+  end
   local self = emitter({ connected = false }, Child)
   local h, err = core.spawn(cmd, argv, o, child_handler(self))
   if not h then return nil, err end
@@ -410,14 +430,19 @@ function tether.fork(script, args, opts)
     "tether.runner not found in package.path")
   local lua = check_opt(opts, "lua", "string") or interpreter()
   local argv = { runner_path, script }
-  for _, v in ipairs(args or {}) do argv[#argv + 1] = tostring(v) end
+  for i, v in ipairs(args or {}) do
+    if type(v) ~= "string" and type(v) ~= "number" then
+      error(("bad argument #2 to 'fork' (args[%d] is a %s, string expected)"):format(i, type(v)), 2)
+    end
+    argv[#argv + 1] = tostring(v)
+  end
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
   local env = {}
-  for k, v in pairs(opts.env or {}) do env[k] = v end
-  -- the child loads the same tether as we do
-  env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path
-  env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath
+  for k, v in pairs(check_opt(opts, "env", "table") or {}) do env[k] = v end
+  -- the child loads the same tether as we do, unless told otherwise
+  if env.LUA_PATH == nil then env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path end
+  if env.LUA_CPATH == nil then env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath end
   o.env = env
   o.lua = nil
   o.channel = true
@@ -440,6 +465,13 @@ end
 
 --- child:call(msg, [opts], [cb]): request/response.  In a tether
 -- coroutine returns reply or nil, err; otherwise cb(err, reply).
+local function calls_in_flight(self, delta)
+  if self._update_ref then -- the parent channel: a pending call is work
+    self._calls = (self._calls or 0) + delta
+    self:_update_ref()
+  end
+end
+
 local function call(self, msg, opts, cb)
   if type(opts) == "function" then opts, cb = nil, opts end
   opts = opts or {}
@@ -447,20 +479,26 @@ local function call(self, msg, opts, cb)
   if cb ~= nil and type(cb) ~= "function" then error("bad argument #3 to 'call' (function expected)", 3) end
   local timeout, retries, backoff = opts.timeout, opts.retries, opts.backoff
   if cb then
-    local ok, err = self._h:call(msg, timeout, retries, backoff, cb)
+    local ok, err = self._h:call(msg, timeout, retries, backoff, function(e, reply)
+      calls_in_flight(self, -1)
+      cb(e, reply)
+    end)
     if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
       defer(function() cb(err) end)
-      return true
+      return false
     end
+    if ok then calls_in_flight(self, 1) end
     return ok, err
   end
   local co = current_task()
   if not co then return no_coroutine("call") end
   -- the core never runs this callback from inside call(): yield is safe
   local ok, err = self._h:call(msg, timeout, retries, backoff, function(e, reply)
+    calls_in_flight(self, -1)
     resume(co, e, reply)
   end)
   if ok == nil then return nil, err end
+  calls_in_flight(self, 1)
   local e, reply = coroutine.yield()
   if e then return nil, e end
   return reply
@@ -480,6 +518,7 @@ local function answer_error(self, id, code, message, traceback)
 end
 
 local function handler_error(e)
+  if getmetatable(e) == EXIT then return e end -- tether.exit(): not a failure
   if type(e) == "table" and e.code and e.message then
     return { message = tostring(e), traceback = debug.traceback(nil, 2) }
   end
@@ -494,6 +533,7 @@ local function serve_one(self, msg, id)
   end
   local ok, result = xpcall(fn, handler_error, msg)
   if not ok then
+    if getmetatable(result) == EXIT then error(result, 0) end
     answer_error(self, id, "ERR_TASK_FAILED", result.message, result.traceback)
     return
   end
@@ -556,14 +596,13 @@ end
 
 local Parent = class()
 
-local parent_gone -- set by the runner: what to do when the parent goes away
-
 function Parent:_listeners_changed()
   self:_update_ref()
 end
 
 function Parent:_update_ref()
   local listening = self._keep_alive or self._serving or self._handler
+    or (self._calls or 0) > 0
     or self:listener_count("message") > 0 or self:listener_count("disconnect") > 0
   self._h:ref(listening and true or false)
 end
@@ -601,7 +640,15 @@ local function open_parent()
       self.connected = false
       self:emit("disconnect")
       if not self._local_disconnect and not self._keep_alive then
-        if parent_gone then parent_gone() else tether.exit(0) end
+        -- The parent went away: we go too.  A parent that only
+        -- disconnected lets us finish our work, as in Node; the EOF may
+        -- come a moment before the kernel reparents us, so look again.
+        if not core.parent_alive() then tether.exit(0) end
+        local again
+        again = core.timer(50, 50, function()
+          if not core.parent_alive() then tether.exit(0) end
+        end)
+        again:unref()
       end
     elseif event == "request" then
       serve_request(self, a, b)
@@ -616,6 +663,13 @@ local function open_parent()
   if not h then return nil end
   self._h = h
   core.watch_parent(true)
+  -- os.exit delivers what was sent first, as tether.exit does
+  local real_exit = os.exit
+  os.exit = function(code, close)
+    if core.running() then return tether.exit(code) end
+    self._h:flush()
+    return real_exit(code, close)
+  end
   return self
 end
 
@@ -641,7 +695,6 @@ function tether.exit(code)
   tether._exit_now(code)
 end
 
-function tether._set_parent_gone(fn) parent_gone = fn end
 tether._EXIT = EXIT
 
 return tether

@@ -85,7 +85,7 @@ int tt_lobj_gc(lua_State *L) {
   tt_lobj_t *o = box ? box->o : NULL;
   if (o == NULL) return 0;
   box->o = NULL;
-  o->box_gone = 1;
+  o->collected = 1;
   if (!o->closing) {
     /* Nobody can observe events of a collected object: drop the handler
      * before closing, so closing cannot call back into Lua (this also runs
@@ -94,6 +94,9 @@ int tt_lobj_gc(lua_State *L) {
     o->closing = 1;
     o->teardown(o);
   }
+  /* Set only now: a teardown that completes at once must not free `o`
+   * under us (tt_lobj_closed frees when the box is gone). */
+  o->box_gone = 1;
   if (o->closed) free(o);
   return 0;
 }
@@ -229,7 +232,17 @@ static int l_run(lua_State *L) {
       lua_rawgeti(L, -2, 2); /* the traceback starts with the message */
       return lua_error(L);
     }
-    return lua_error(L); /* an error object: raised as it was */
+    /* An error object is raised as it was, with the traceback added. */
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushliteral(L, "traceback");
+      if (lua_rawget(L, -2) == LUA_TNIL) {
+        lua_pushliteral(L, "traceback");
+        lua_rawgeti(L, -4, 2);
+        lua_rawset(L, -4);
+      }
+      lua_pop(L, 1);
+    }
+    return lua_error(L);
   }
   lua_pushboolean(L, more != 0);
   return 1;
@@ -314,6 +327,11 @@ static int l_watch_parent(lua_State *L) {
   return 1;
 }
 
+static int l_parent_alive(lua_State *L) {
+  lua_pushboolean(L, tt_process_parent_alive());
+  return 1;
+}
+
 static int l_set_max_depth(lua_State *L) {
   tt_state_t *st = tt_state(L);
   lua_Integer d = luaL_checkinteger(L, 1);
@@ -342,10 +360,10 @@ static int state_gc(lua_State *L) {
     o->prev->next = o->next;
     o->next->prev = o->prev;
     o->next = o->prev = o;
-    if (!o->closing) {
-      o->closing = 1;
-      o->teardown(o);
-    }
+    /* Also when already closing: a child waiting for its exit is let go
+     * now (teardowns are idempotent). */
+    o->closing = 1;
+    o->teardown(o);
   }
   uv_walk(&st->loop, close_stray, NULL);
   while (uv_run(&st->loop, UV_RUN_DEFAULT) != 0) {
@@ -371,6 +389,7 @@ static const luaL_Reg funcs[] = {
     {"signal_number", l_signal_number},
     {"signal_name", l_signal_name},
     {"watch_parent", l_watch_parent},
+    {"parent_alive", l_parent_alive},
     {"set_max_depth", l_set_max_depth},
     {NULL, NULL}};
 

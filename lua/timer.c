@@ -23,7 +23,7 @@ static void on_closed(uv_handle_t *h) { tt_lobj_closed(h->data); }
 
 static void teardown(tt_lobj_t *o) {
   tt_ltimer_t *t = (tt_ltimer_t *)o;
-  uv_close(&t->h.handle, on_closed);
+  if (!uv_is_closing(&t->h.handle)) uv_close(&t->h.handle, on_closed);
 }
 
 static void fire(tt_ltimer_t *t, int arg) {

@@ -30,25 +30,18 @@ local function fail(code, message, traceback)
   os.exit(1, true)
 end
 
--- os.exit flushes the channel first, as tether.exit does.
-local real_exit = os.exit
-os.exit = function(code, close)
-  if core.running() then return tether.exit(code) end
-  if parent then parent:flush() end
-  return real_exit(code, close)
-end
-
 local script = arg[1]
 if not script then fail("ERR_WORKER_INIT", "no script given to the runner") end
 local n = #arg
 local args = table.move(arg, 2, n, 1, {})
+-- as under `lua5.4 script args`: arg[0] is the script, arg[-1] the
+-- interpreter
 local newarg = table.move(arg, 2, n, 1, {})
 newarg[0] = script
-for i = -1, -10, -1 do
+for i = -1, -20, -1 do
   if arg[i] == nil then break end
-  newarg[i - 1] = arg[i]
+  newarg[i] = arg[i]
 end
-newarg[-1] = arg[0]
 arg = newarg
 
 local chunk, lerr = loadfile(script)
@@ -69,7 +62,7 @@ end
 
 local ok2, e2 = pcall(tether.run)
 if not ok2 then
-  local msg, tb = tostring(e2), nil
+  local msg, tb = tostring(e2), type(e2) == "table" and e2.traceback or nil
   local nl = msg:find("\nstack traceback:", 1, true)
   if nl then msg, tb = msg:sub(1, nl - 1), msg:sub(nl + 1) end
   fail("ERR_WORKER_UNCAUGHT", msg, tb)
