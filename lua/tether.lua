@@ -644,9 +644,11 @@ local function open_parent()
         -- disconnected lets us finish our work, as in Node; the EOF may
         -- come a moment before the kernel reparents us, so look again.
         if not core.parent_alive() then tether.exit(0) end
-        local again
+        local checks, again = 0, nil
         again = core.timer(50, 50, function()
+          checks = checks + 1
           if not core.parent_alive() then tether.exit(0) end
+          if checks >= 20 then again:stop() end -- a live parent: settled
         end)
         again:unref()
       end
