@@ -12,7 +12,8 @@ local tether = {
   core = core,
 }
 
-local KIND_CONTROL = 5
+-- frame kind of runner housekeeping (PROTOCOL.md)
+tether._KIND_CONTROL = 5
 
 ---------------------------------------------------------------------------
 -- errors
@@ -22,8 +23,9 @@ local function new_error(code, message)
 end
 tether.error = new_error
 
+local ERROR_MT = getmetatable(core.error("X"))
 local function is_error(v, code)
-  return type(v) == "table" and getmetatable(v) == getmetatable(core.error("X"))
+  return type(v) == "table" and getmetatable(v) == ERROR_MT
     and (code == nil or v.code == code)
 end
 tether.is_error = is_error
@@ -407,12 +409,12 @@ function tether.spawn(cmd, args, opts)
   return self
 end
 
+-- the interpreter running us: the lowest index of `arg`, as lua.c sets it
 local function interpreter()
-  local exe = arg and arg[-1]
+  if not arg or not arg[-1] then return "lua5.4" end
   local i = -1
-  while arg and arg[i - 1] do i = i - 1 end -- the interpreter is the lowest index
-  exe = arg and arg[i] or "lua5.4"
-  return exe
+  while arg[i - 1] do i = i - 1 end
+  return arg[i]
 end
 
 local runner_path

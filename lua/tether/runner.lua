@@ -15,7 +15,7 @@ local parent = tether.parent
 local function report(code, message, traceback)
   if parent and parent.connected then
     local ok = parent:_send_kind({ type = "error", code = code, message = message,
-      traceback = traceback }, 5)
+      traceback = traceback }, tether._KIND_CONTROL)
     if ok ~= nil then
       parent:flush(5000)
       return
