@@ -1,10 +1,13 @@
 #!/bin/sh
 # make bench: tether's cases and the shared anchors (raw-c, libuv-c, node,
 # luv-lua) in one invocation, pinned to one core by default, then a table of
-# ratios to raw-c.  Results are kept in bench/results/.
+# ratios to raw-c; then the supervisor bench (bench/supervisor_bench.lua,
+# pinned the same way) and its table.  Results are kept in bench/results/.
 #   BENCH_CPUS=0      core list for taskset ("" to not pin)
 #   ANCHORS=DIR       the anchors (default ../shared/anchors)
 #   ANCHOR_SECS, ANCHOR_WARM, ANCHOR_ONLY: passed through
+#   SUP_BENCH=0       skip the supervisor bench
+#   SUP_INSTANCES, SUP_IDLE_SECS, SUP_STORM_SECS, SUP_CASES: passed through
 set -u
 cd "$(dirname "$0")/.."
 CPUS=${BENCH_CPUS-0}
@@ -14,6 +17,11 @@ mkdir -p bench/results
 out=bench/results/$(date -u +%Y%m%dT%H%M%SZ).txt
 PIN=""
 [ -n "$CPUS" ] && PIN="taskset -c $CPUS"
+# the supervisor bench's 500 workers hold one channel fd each in the parent
+nofile=$(ulimit -n)
+if [ "$nofile" != unlimited ] && [ "$nofile" -lt 4096 ]; then
+  ulimit -n 4096 2>/dev/null || ulimit -n "$(ulimit -H -n)" 2>/dev/null || true
+fi
 
 {
   echo "# tether bench: $(date -u +%Y-%m-%dT%H:%M:%SZ) host=$(uname -srm) cpus=$(nproc) pinned=${CPUS:-no} load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
@@ -22,6 +30,12 @@ PIN=""
     ANCHOR_CPUS=$CPUS sh "$ANCHORS/run.sh" || echo "# anchors reported a failure"
   else
     echo "# anchors not found in $ANCHORS"
+  fi
+  if [ "${SUP_BENCH:-1}" != 0 ]; then
+    echo "# supervisor bench: ulimit -n $(ulimit -n)"
+    BENCH_PINNED=${CPUS:-no} $PIN $LUA bench/supervisor_bench.lua || echo "# supervisor bench FAILED rc=$?"
+    left=$(pgrep -f 'sup_[i]dle_worker|sup_[c]rash_worker' | tr '\n' ' ')
+    [ -n "$left" ] && echo "# supervisor bench left processes behind: $left"
   fi
 } | tee "$out"
 echo

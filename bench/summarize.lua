@@ -1,15 +1,28 @@
 --- Table of medians per (case, size, metric, anchor) over the given result
--- files, each anchor as a ratio to raw-c, and tether's targets checked.
+-- files, each anchor as a ratio to raw-c, and tether's targets checked;
+-- then the supervisor bench's medians ("RESULT name value" lines) and its
+-- checks ("CHECK name PASS|FAIL ...").
 --   lua5.4 bench/summarize.lua results1.txt [results2.txt ...]
 local ORDER = { "tether", "raw-c", "libuv-c", "node-json", "node-advanced", "luv-lua" }
 local CASES = { "pingpong", "call", "call-pipelined", "stream", "spawn1", "spawn32" }
 local METRICS = { rt_per_s = "round trips/s", msgs_per_s = "msgs/s", MB_per_s = "MB/s", ms = "ms" }
 
 local vals = {}
+local sup, sup_order, checks, check_order = {}, {}, {}, {}
 for _, file in ipairs(arg) do
   for line in io.lines(file) do
     local a, c, s, m, v = line:match("^anchor=(%S+) case=(%S+) size=(%d+) metric=(%S+) value=(%S+)")
-    if a then
+    local rname, rval = line:match("^RESULT (%S+) (%S+)")
+    local cname, cres = line:match("^CHECK (%S+) (%u+)")
+    if rname and tonumber(rval) then
+      if not sup[rname] then sup[rname], sup_order[#sup_order + 1] = {}, rname end
+      table.insert(sup[rname], tonumber(rval))
+    elseif cname then
+      if not checks[cname] then
+        checks[cname], check_order[#check_order + 1] = { PASS = 0, FAIL = 0 }, cname
+      end
+      checks[cname][cres] = (checks[cname][cres] or 0) + 1
+    elseif a then
       local k = table.concat({ c, s, m }, "|")
       vals[k] = vals[k] or {}
       vals[k][a] = vals[k][a] or {}
@@ -55,43 +68,78 @@ for _, a in ipairs(ORDER) do
   for _, k in ipairs(keys) do if vals[k][a] then present[#present + 1] = a break end end
 end
 
-print("| case | size | metric | " .. table.concat(present, " | ") .. " | tether / raw-c |")
-print("|" .. string.rep("---|", #present + 4))
-local ratio = {}
-for _, k in ipairs(keys) do
-  local c, s, m = k:match("([^|]+)|([^|]+)|([^|]+)")
-  local row = { c, size_str(s), METRICS[m] or m }
-  for _, a in ipairs(present) do row[#row + 1] = fmt(median(vals[k][a])) end
-  local t, r = median(vals[k].tether), median(vals[k]["raw-c"])
-  -- a call is a round trip: compared with raw-c's ping-pong of the same size
-  if c == "call" or c == "call-pipelined" then
-    local pp = vals["pingpong|" .. s .. "|rt_per_s"]
-    r = pp and median(pp["raw-c"])
+-- the table of the anchors and the targets (skipped for a file with only
+-- the supervisor bench)
+local function anchors_table()
+  print("| case | size | metric | " .. table.concat(present, " | ") .. " | tether / raw-c |")
+  print("|" .. string.rep("---|", #present + 4))
+  local ratio = {}
+  for _, k in ipairs(keys) do
+    local c, s, m = k:match("([^|]+)|([^|]+)|([^|]+)")
+    local row = { c, size_str(s), METRICS[m] or m }
+    for _, a in ipairs(present) do row[#row + 1] = fmt(median(vals[k][a])) end
+    local t, r = median(vals[k].tether), median(vals[k]["raw-c"])
+    -- a call is a round trip: compared with raw-c's ping-pong of the same size
+    if c == "call" or c == "call-pipelined" then
+      local pp = vals["pingpong|" .. s .. "|rt_per_s"]
+      r = pp and median(pp["raw-c"])
+    end
+    local q = t and r and (m == "ms" and r / t or t / r)
+    ratio[k] = q
+    row[#row + 1] = q and ("%.2f"):format(q) or "-"
+    print("| " .. table.concat(row, " | ") .. " |")
   end
-  local q = t and r and (m == "ms" and r / t or t / r)
-  ratio[k] = q
-  row[#row + 1] = q and ("%.2f"):format(q) or "-"
-  print("| " .. table.concat(row, " | ") .. " |")
+
+  -- the targets of issues #2 and #3 (ratios to raw-c; spawn against luv-lua)
+  local function r(k) return ratio[k] end
+  local spawn_t, spawn_luv = median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"].tether),
+    median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"]["luv-lua"])
+  local targets = {
+    { "ping-pong 16 B >= 0.8x raw-c", r("pingpong|16|rt_per_s"), 0.8 },
+    { "stream 16 B >= 1.0x raw-c", r("stream|16|msgs_per_s"), 1.0 },
+    { "stream 64 KiB >= 0.6x raw-c", r("stream|65536|msgs_per_s"), 0.6 },
+    { "ping-pong 1 MiB >= 0.6x raw-c", r("pingpong|1048576|rt_per_s"), 0.6 },
+    { "call 16 B >= 0.7x raw-c ping-pong", r("call|16|rt_per_s"), 0.7 },
+    { "pipelined calls (1000 in flight) >= 3x serial calls",
+      r("call-pipelined|16|rt_per_s") and r("call|16|rt_per_s") and r("call-pipelined|16|rt_per_s") / r("call|16|rt_per_s"), 3 },
+    { "spawn of one worker <= 1.2x luv-lua", spawn_t and spawn_luv and spawn_luv / spawn_t, 1 / 1.2 },
+  }
+  print()
+  for _, t in ipairs(targets) do
+    local v = t[2]
+    local shown = v and ("%.2f"):format(v) or "-"
+    if t[1]:match("^spawn") and v then shown = ("%.2fx luv-lua"):format(1 / v) end
+    print(("- %s: %s %s"):format(t[1], shown, v == nil and "(not measured)" or (v >= t[3] and "PASS" or "MISS")))
+  end
+end
+if #keys > 0 then anchors_table() end
+
+---------------------------------------------------------------------------
+-- the supervisor bench
+
+local SUP_UNITS = { ms = "ms", kib = "KiB", mib = "MiB", pct = "% of a core",
+  per_s = "/s", worker = "per worker" }
+
+local function sup_unit(name)
+  if name:match("_per_s$") then return SUP_UNITS.per_s end
+  return SUP_UNITS[name:match("_(%a+)$")] or ""
 end
 
--- the targets of issues #2 and #3 (ratios to raw-c; spawn against luv-lua)
-local function r(k) return ratio[k] end
-local spawn_t, spawn_luv = median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"].tether),
-  median(vals["spawn1|0|ms"] and vals["spawn1|0|ms"]["luv-lua"])
-local targets = {
-  { "ping-pong 16 B >= 0.8x raw-c", r("pingpong|16|rt_per_s"), 0.8 },
-  { "stream 16 B >= 1.0x raw-c", r("stream|16|msgs_per_s"), 1.0 },
-  { "stream 64 KiB >= 0.6x raw-c", r("stream|65536|msgs_per_s"), 0.6 },
-  { "ping-pong 1 MiB >= 0.6x raw-c", r("pingpong|1048576|rt_per_s"), 0.6 },
-  { "call 16 B >= 0.7x raw-c ping-pong", r("call|16|rt_per_s"), 0.7 },
-  { "pipelined calls (1000 in flight) >= 3x serial calls",
-    r("call-pipelined|16|rt_per_s") and r("call|16|rt_per_s") and r("call-pipelined|16|rt_per_s") / r("call|16|rt_per_s"), 3 },
-  { "spawn of one worker <= 1.2x luv-lua", spawn_t and spawn_luv and spawn_luv / spawn_t, 1 / 1.2 },
-}
-print()
-for _, t in ipairs(targets) do
-  local v = t[2]
-  local shown = v and ("%.2f"):format(v) or "-"
-  if t[1]:match("^spawn") and v then shown = ("%.2fx luv-lua"):format(1 / v) end
-  print(("- %s: %s %s"):format(t[1], shown, v == nil and "(not measured)" or (v >= t[3] and "PASS" or "MISS")))
+if #sup_order > 0 then
+  print()
+  print("| supervisor metric | unit | median | min | max | runs |")
+  print("|---|---|---|---|---|---|")
+  for _, name in ipairs(sup_order) do
+    local t = sup[name]
+    local lo, hi = math.min(table.unpack(t)), math.max(table.unpack(t))
+    print(("| %s | %s | %s | %s | %s | %d |"):format(name, sup_unit(name), fmt(median(t)),
+      fmt(lo), fmt(hi), #t))
+  end
+end
+if #check_order > 0 then
+  print()
+  for _, name in ipairs(check_order) do
+    local c = checks[name]
+    print(("- %s: %s (%d PASS, %d FAIL)"):format(name, c.FAIL == 0 and "PASS" or "FAIL", c.PASS, c.FAIL))
+  end
 end

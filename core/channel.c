@@ -92,7 +92,8 @@ static void schedule_flush(tt_channel_t *ch);
 
 /* ---- acks ---------------------------------------------------------------- */
 
-static int ack_push(tt_channel_t *ch, tt_channel_send_cb cb, void *arg) {
+static int ack_push(tt_channel_t *ch, tt_channel_send_cb cb, void *arg,
+                    int heartbeat) {
   if (ch->acks_len == ch->acks_cap) {
     size_t ncap = ch->acks_cap ? ch->acks_cap * 2 : 16;
     tt_send_ack_t *na = malloc(ncap * sizeof *na);
@@ -108,6 +109,7 @@ static int ack_push(tt_channel_t *ch, tt_channel_send_cb cb, void *arg) {
   a->end = ch->queued_total;
   a->cb = cb;
   a->arg = arg;
+  a->heartbeat = heartbeat;
   ch->acks_len++;
   return 0;
 }
@@ -123,10 +125,12 @@ static size_t ack_run(tt_channel_t *ch, int status) {
     if (status == 0 && a.end > ch->written_total) break;
     ch->acks_head = (ch->acks_head + 1) % ch->acks_cap;
     ch->acks_len--;
-    if (status == 0) ch->stats.messages_sent++;
+    /* heartbeat frames are the channel's own business: not counted as
+     * messages, not reported when lost */
+    if (status == 0 && !a.heartbeat) ch->stats.messages_sent++;
     if (a.cb != NULL)
       a.cb(a.arg, status);
-    else
+    else if (!a.heartbeat)
       silent++;
   }
   return silent;
@@ -163,13 +167,13 @@ static int check_send(tt_channel_t *ch, size_t len) {
 /* Accounts a frame of `total` bytes of which `done` were already written
  * directly, registers its callback, and schedules the flush (which also
  * runs callbacks of frames written directly). */
-static int queued_frame(tt_channel_t *ch, size_t total, size_t done,
-                        tt_channel_send_cb cb, void *arg) {
+static int queued_frame(tt_channel_t *ch, unsigned kind, size_t total,
+                        size_t done, tt_channel_send_cb cb, void *arg) {
   ch->queued_total += total;
   ch->written_total += done;
   /* One record per frame, callback or not: it counts the frame as sent
    * once written, or as lost if the channel ends first. */
-  if (ack_push(ch, cb, arg) != 0 && cb != NULL) {
+  if (ack_push(ch, cb, arg, kind >= TT_FRAME_PING) != 0 && cb != NULL) {
     /* The frame is queued and will go out; only its receipt is lost.  Say
      * so now rather than never. */
     cb(arg, UV_ENOMEM);
@@ -228,7 +232,7 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
   if (total > TT_CHANNEL_COALESCE_MAX && queued(ch) == 0 &&
       !(ch->flags & CH_WRITE_BLOCKED)) {
     done = (size_t)write_direct(ch, hdr, payload, len);
-    if (done == total) return queued_frame(ch, total, done, cb, arg);
+    if (done == total) return queued_frame(ch, kind, total, done, cb, arg);
   }
   rest = total - done;
   if (c == NULL || c->cap - c->len < rest) {
@@ -260,7 +264,7 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
     memcpy(c->data + c->len, (const char *)payload + off, len - off);
     c->len += len - off;
   }
-  return queued_frame(ch, total, total - rest, cb, arg);
+  return queued_frame(ch, kind, total, total - rest, cb, arg);
 }
 
 /* Drops written bytes from the front of the queue.  The last chunk is kept
@@ -366,7 +370,7 @@ static void schedule_flush(tt_channel_t *ch) {
 
 static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
   tt_channel_t *ch = ctx;
-  ch->stats.messages_received++;
+  if (h->kind < TT_FRAME_PING) ch->stats.messages_received++;
   ch->on_frame(ch, h, payload);
   /* The owner may have ended or closed the channel from the callback. */
   return (ch->flags & CH_READING) ? 0 : 1;

@@ -51,8 +51,8 @@ typedef struct {
 } tt_channel_options_t;
 
 typedef struct {
-  uint64_t messages_sent; /* frames handed to the kernel */
-  uint64_t messages_received;
+  uint64_t messages_sent; /* frames handed to the kernel (not heartbeats) */
+  uint64_t messages_received; /* frames received (not heartbeats) */
   uint64_t bytes_sent;     /* bytes handed to the kernel */
   uint64_t bytes_received; /* bytes read from the kernel */
   uint64_t queued_bytes;   /* accepted but not yet handed to the kernel */
@@ -63,6 +63,7 @@ typedef struct {
   uint64_t end; /* queued_total when the frame's last byte is written */
   tt_channel_send_cb cb;
   void *arg;
+  int heartbeat; /* PING/PONG: not a message */
 } tt_send_ack_t;
 
 struct tt_channel_s {

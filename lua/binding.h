@@ -26,6 +26,7 @@
 #define TT_CHANNEL_MT "tether.channel"
 #define TT_TIMER_MT "tether.timer"
 #define TT_SIGNAL_MT "tether.signal"
+#define TT_SUPERVISOR_MT "tether.supervisor"
 
 typedef struct tt_state_s tt_state_t;
 typedef struct tt_lobj_s tt_lobj_t;
@@ -56,6 +57,7 @@ struct tt_state_s {
   int error_ref;    /* error stashed by a callback, re-raised by run() */
   int closing;      /* the Lua state is going away: no more callbacks */
   int running;      /* inside uv_run */
+  int exiting;      /* tether.exit() was called from a callback */
   int max_depth;    /* codec nesting limit */
   tt_lobj_t objects; /* list head */
   tt_wbuf_t wbuf;   /* encoder output, reused */
@@ -105,7 +107,27 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o);
 /* obj:answer(id, value, is_fault) -> true | nil, err */
 int tt_lua_answer_method(lua_State *L, tt_lobj_t *o);
 
+/* A send's Lua callback (registry ref), run by tt_lua_on_sent. */
+typedef struct {
+  tt_lobj_t *o;
+  int ref;
+} tt_send_req_t;
+void tt_lua_on_sent(void *arg, int status);
+/* Encodes the value at idx into st->wbuf after room for a frame header:
+ * 0, or the count of results (nil, err) pushed.  tt_lua_encode_done()
+ * after the bytes were used. */
+int tt_lua_encode(lua_State *L, tt_state_t *st, int idx);
+void tt_lua_encode_done(tt_state_t *st);
+/* Pushes the decoded value and returns 1; or pushes why it failed and
+ * returns 0 (malformed) or -1 (out of memory).  Never raises. */
+int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n);
+/* Answers a heartbeat PING with a PONG carrying our Lua heap size; 1 when
+ * the frame was a PING or PONG (then it is consumed). */
+int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
+                       lua_State *L);
+
 void tt_open_child(lua_State *L);
+void tt_open_supervisor(lua_State *L);
 void tt_open_channel(lua_State *L);
 void tt_open_timer(lua_State *L);
 

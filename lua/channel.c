@@ -110,6 +110,18 @@ static int m_ref(lua_State *L) {
   return 0;
 }
 
+/* ready(): tells a supervising parent that the script's main chunk ran (a
+ * PONG with id 0, carrying our heap size).  A plain parent ignores it. */
+static int m_ready(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  tt_frame_header_t h = {0, TT_FRAME_VERSION, TT_FRAME_PING, 0, 0};
+  if (c == NULL || !tt_channel_is_connected(&c->ch))
+    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  tt_lua_answer_ping(&c->ch, &h, L); /* the answer to an implied PING 0 */
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* flush([timeout_ms]) -> true | nil, err: blocks until the backlog is with
  * the kernel (used before the process exits). */
 static int m_flush(lua_State *L) {
@@ -155,7 +167,7 @@ void tt_open_channel(lua_State *L) {
       {"connected", m_connected}, {"ref", m_ref},
       {"flush", m_flush}, {"stats", m_stats},
       {"call", m_call},   {"answer", m_answer},
-      {NULL, NULL}};
+      {"ready", m_ready}, {NULL, NULL}};
   tt_lobj_class(L, TT_CHANNEL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_open_parent);
   lua_setfield(L, -2, "open_parent");

@@ -19,16 +19,11 @@
 /* A buffer grown past this for one huge message is given back after it. */
 #define TT_WBUF_KEEP ((size_t)4 << 20)
 
-typedef struct {
-  tt_lobj_t *o;
-  int ref;
-} tt_send_req_t;
-
 /* No Lua runs for an object being collected (or a state being closed):
  * its callbacks can only be dropped. */
 static int gone(const tt_lobj_t *o) { return o->st->closing || o->collected; }
 
-static void on_sent(void *arg, int status) {
+void tt_lua_on_sent(void *arg, int status) {
   tt_send_req_t *req = arg;
   tt_lobj_t *o = req->o;
   tt_state_t *st = o->st;
@@ -49,7 +44,7 @@ static void on_sent(void *arg, int status) {
 
 /* Encodes the value at idx into the state's buffer, after room for a frame
  * header.  0, or the count of Lua results (nil, err) already pushed. */
-static int encode_into(lua_State *L, tt_state_t *st, int idx) {
+int tt_lua_encode(lua_State *L, tt_state_t *st, int idx) {
   tt_wbuf_t *wb = &st->wbuf;
   if (wb->cap < TT_WBUF_INITIAL) {
     char *nb = realloc(wb->data, TT_WBUF_INITIAL);
@@ -63,7 +58,7 @@ static int encode_into(lua_State *L, tt_state_t *st, int idx) {
   return 0;
 }
 
-static void shrink_wbuf(tt_state_t *st) {
+void tt_lua_encode_done(tt_state_t *st) {
   tt_wbuf_t *wb = &st->wbuf;
   if (wb->cap > TT_WBUF_KEEP) {
     free(wb->data);
@@ -85,7 +80,7 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
   tt_send_req_t *req = NULL;
   int rc;
 
-  if ((rc = encode_into(L, st, idx)) != 0) return rc;
+  if ((rc = tt_lua_encode(L, st, idx)) != 0) return rc;
   if (!tt_channel_is_connected(ch))
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   if (st->wbuf.len - TT_FRAME_HEADER_SIZE > ch->dec.max_message)
@@ -99,8 +94,8 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
   }
   rc = tt_channel_send(ch, kind, id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
                        st->wbuf.len - TT_FRAME_HEADER_SIZE,
-                       req ? on_sent : NULL, req);
-  shrink_wbuf(st);
+                       req ? tt_lua_on_sent : NULL, req);
+  tt_lua_encode_done(st);
   if (rc < 0) {
     if (req != NULL) {
       luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
@@ -154,12 +149,45 @@ static const char *event_of(unsigned kind) {
   }
 }
 
+int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n) {
+  int ok;
+  lua_pushcfunction(L, decode_protected);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_pushinteger(L, st->max_depth);
+  if ((ok = lua_pcall(L, 3, 2, 0)) != LUA_OK) {
+    /* Out of memory, or an error raised from a hook (lua.c's SIGINT) */
+    if (ok == LUA_ERRMEM || lua_type(L, -1) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "out of memory decoding a message");
+    }
+    return -1;
+  }
+  ok = lua_toboolean(L, -2);
+  lua_remove(L, -2);
+  return ok;
+}
+
+int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
+                       lua_State *L) {
+  if (h->kind == TT_FRAME_PING) {
+    uint64_t heap = (uint64_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024u +
+                    (uint64_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(heap >> (8 * i));
+    tt_channel_send(ch, TT_FRAME_PONG, h->id, b, sizeof b, NULL, NULL);
+    return 1;
+  }
+  return h->kind == TT_FRAME_PONG;
+}
+
 void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
   tt_lobj_t *o = ch->data;
   tt_state_t *st = o->st;
   lua_State *L;
   int top;
+  if (tt_lua_answer_ping(ch, h, st->L)) return;
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
   L = tt_lobj_begin(o, event_of(h->kind));
   if (L == NULL) return;
@@ -356,7 +384,7 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
     return tt_lua_fail(L, o == NULL ? TT_ERR_IPC_CHANNEL_CLOSED
                                     : TT_ERR_NO_CHANNEL, NULL);
   st = o->st;
-  if ((err = encode_into(L, st, 2)) != 0) return err;
+  if ((err = tt_lua_encode(L, st, 2)) != 0) return err;
   if (st->wbuf.len - TT_FRAME_HEADER_SIZE > o->rpc->ch->dec.max_message)
     return fail_too_big(L, o->rpc->ch, st);
   req = malloc(sizeof *req);
@@ -366,7 +394,7 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
   err = tt_rpc_call(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
                     st->wbuf.len - TT_FRAME_HEADER_SIZE, &opts, on_call_done,
                     req);
-  shrink_wbuf(st);
+  tt_lua_encode_done(st);
   if (err != 0) {
     free(req);
     return tt_lua_fail(L, err, NULL);
@@ -387,12 +415,12 @@ int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
   if (o == NULL || o->rpc == NULL)
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = o->st;
-  if ((err = encode_into(L, st, 3)) != 0) return err;
+  if ((err = tt_lua_encode(L, st, 3)) != 0) return err;
   err = tt_rpc_answer(o->rpc, (uint32_t)id,
                       fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
                       st->wbuf.data + TT_FRAME_HEADER_SIZE,
                       st->wbuf.len - TT_FRAME_HEADER_SIZE);
-  shrink_wbuf(st);
+  tt_lua_encode_done(st);
   if (err != 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);
   return 1;

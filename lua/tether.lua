@@ -451,6 +451,24 @@ function tether.fork(script, args, opts)
   return tether.spawn(lua, argv, o)
 end
 
+---------------------------------------------------------------------------
+-- supervisors (lua/tether/supervisor.lua) and what they share with fork
+
+tether._internal = {
+  interpreter = interpreter,
+  build_env = function(extra) return build_env(extra) end,
+  runner_path = function()
+    runner_path = runner_path or assert(package.searchpath("tether.runner", package.path),
+      "tether.runner not found in package.path")
+    return runner_path
+  end,
+}
+
+--- tether.supervise(spec) -> sup | nil, err
+function tether.supervise(spec)
+  return require("tether.supervisor").new(spec)
+end
+
 function Child:send(msg, cb)
   if cb ~= nil and type(cb) ~= "function" then
     error("bad argument #2 to 'send' (function expected)", 2)

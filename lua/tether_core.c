@@ -118,7 +118,8 @@ void tt_lobj_class(lua_State *L, const char *mt, const luaL_Reg *methods,
 
 lua_State *tt_lobj_begin(tt_lobj_t *o, const char *event) {
   lua_State *L = o->st->L;
-  if (o->st->closing || o->handler_ref == LUA_NOREF) return NULL;
+  if (o->st->closing || o->st->exiting || o->handler_ref == LUA_NOREF)
+    return NULL;
   luaL_checkstack(L, 8, "tether callback");
   lua_rawgeti(L, LUA_REGISTRYINDEX, o->handler_ref);
   if (event != NULL) lua_pushstring(L, event);
@@ -174,6 +175,9 @@ static void route_error(tt_state_t *st, lua_State *L) {
     lua_replace(L, base - 1);
     lua_pop(L, 1);
   }
+  /* After tether.exit()/os.exit() in a callback, nothing more of this
+   * iteration runs (e.g. the next message of the same read). */
+  if (is_exit_request(L)) st->exiting = 1;
   if (st->error_ref == LUA_NOREF)
     st->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   else
@@ -440,6 +444,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_codec_open(L);
   tt_open_timer(L);
   tt_open_child(L);
+  tt_open_supervisor(L);
   tt_open_channel(L);
   return 1;
 }

@@ -60,6 +60,9 @@ if not ok then
   fail("ERR_WORKER_INIT", e.message, e.traceback)
 end
 
+-- the main chunk ran: a supervising parent now counts us as running
+if parent and parent.connected then parent._h:ready() end
+
 local ok2, e2 = pcall(tether.run)
 if not ok2 then
   local msg, tb = tostring(e2), type(e2) == "table" and e2.traceback or nil

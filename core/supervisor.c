@@ -1,0 +1,1090 @@
+/*
+ * Supervisor: see tt_supervisor.h.
+ *
+ * Invariants:
+ * - A slot has at most one `cur` worker and, during a reload, one `next`
+ *   candidate; a worker replaced by a reload is `retiring` until it exits.
+ *   Every incarnation is counted in s->live from spawn until its memory is
+ *   freed, and in s->alive until its exit was seen.
+ * - An incarnation owns one timer, used by whichever watchdog its state
+ *   needs: start timeout (STARTING), heartbeat (RUNNING), shutdown
+ *   escalation (STOPPING).
+ * - A message is in its slot's queue, or in a worker's channel (then the
+ *   channel calls back exactly once), never both.  Every message's callback
+ *   runs exactly once.
+ * - s->handles counts the supervisor's own uv handles not yet closed; the
+ *   close callback runs when it and s->live are both 0.
+ */
+#include "tt_supervisor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tt_error.h"
+
+enum {
+  S_STARTED = 1u << 0,   /* first spawns done */
+  S_STOPPING = 1u << 1,  /* nothing new starts */
+  S_GAVE_UP = 1u << 2,
+  S_STOPPED = 1u << 3,   /* on_stopped delivered */
+  S_CLOSING = 1u << 4,
+  S_CLOSED_CB = 1u << 5
+};
+
+enum {
+  I_READY = 1u << 0,     /* reached RUNNING once */
+  I_EXITED = 1u << 1,
+  I_PING_OUT = 1u << 2,
+  I_SENT_KILL = 1u << 3,
+  I_ABANDONED = 1u << 4
+};
+
+/* A partial output line, waiting for its newline. */
+typedef struct {
+  char *buf;
+  size_t len, cap;
+} tt_line_t;
+
+/* Lines longer than this are written in pieces rather than held. */
+#define TT_LOG_MAX_LINE ((size_t)64 << 10)
+
+struct tt_incarnation_s {
+  tt_process_t p;
+  tt_supervisor_t *s;
+  tt_slot_t *slot;
+  tt_worker_state_t state;
+  tt_exit_reason_t stop_reason; /* NONE unless we stop it */
+  unsigned flags;
+  int phase; /* while stopping: 1 message sent, 2 SIGTERM sent, 3 SIGKILL */
+  uint32_t ping_id;
+  uint64_t started_at;
+  int64_t lua_heap;
+  uv_timer_t timer;
+  tt_line_t lines[3];
+};
+
+struct tt_slot_s {
+  tt_supervisor_t *s;
+  unsigned id;
+  tt_incarnation_t *cur, *next, *retiring;
+  unsigned restarts;
+  unsigned failures; /* since the last healthy run: the backoff attempt */
+  int restart_pending;
+  int dead; /* will never run again */
+  tt_exit_reason_t restart_reason;
+  uv_timer_t timer;
+  tt_sup_msg_t *q_head, *q_tail, *requeue_pos;
+  size_t queued;
+  uint64_t rss;
+  tt_exit_reason_t last_reason;
+  int64_t last_status;
+  int last_signal;
+  char prefix[24];
+  size_t prefix_len;
+};
+
+struct tt_sup_msg_s {
+  tt_sup_msg_t *next, *prev;
+  tt_slot_t *slot;
+  unsigned kind;
+  uint32_t frame_id;
+  size_t len;
+  uint64_t deadline; /* loop time; 0: none */
+  tt_channel_send_cb cb;
+  void *arg;
+  int timer_init;
+  uv_timer_t timer;
+  char payload[];
+};
+
+static const char *const reason_names[] = {
+#define XX(_, s) s,
+    TT_EXIT_REASON_MAP(XX)
+#undef XX
+};
+
+const char *tt_exit_reason_name(tt_exit_reason_t r) {
+  return (unsigned)r < TT__EXIT_COUNT ? reason_names[r] : "unknown";
+}
+
+const char *tt_worker_state_name(tt_worker_state_t st) {
+  static const char *const names[] = {"starting", "running", "stopping",
+                                      "down"};
+  return (unsigned)st <= TT_WORKER_DOWN ? names[st] : "unknown";
+}
+
+void tt_supervisor_options_init(tt_supervisor_options_t *o) {
+  memset(o, 0, sizeof *o);
+  o->instances = 1;
+  o->restart = TT_RESTART_ALWAYS;
+  o->max_restarts = 10;
+  o->within_ms = 60000;
+  tt_backoff_init(&o->backoff);
+  o->min_uptime_ms = 1000;
+  o->memory_interval_ms = 1000;
+  o->shutdown_timeout_ms = 5000;
+  o->kill_timeout_ms = 3000;
+}
+
+static void spawn_worker(tt_slot_t *slot, int as_next);
+static void stop_worker(tt_incarnation_t *w, tt_exit_reason_t why, int polite);
+static void check_stopped(tt_supervisor_t *s);
+static void maybe_closed(tt_supervisor_t *s);
+static void reload_step(tt_supervisor_t *s);
+static void reload_done(tt_supervisor_t *s, int status);
+
+static uint64_t now(tt_supervisor_t *s) { return uv_now(s->loop); }
+
+/* ---- handles ------------------------------------------------------------ */
+
+static void on_handle_closed(uv_handle_t *h) {
+  tt_supervisor_t *s = h->data;
+  s->pending_closes--;
+  maybe_closed(s);
+}
+
+static void close_handle(tt_supervisor_t *s, uv_handle_t *h) {
+  if (uv_is_closing(h)) return;
+  h->data = s;
+  s->pending_closes++;
+  uv_close(h, on_handle_closed);
+}
+
+static void maybe_closed(tt_supervisor_t *s) {
+  if (!(s->flags & S_CLOSING) || (s->flags & S_CLOSED_CB)) return;
+  if (s->live > 0 || s->pending_closes > 0 || !(s->flags & S_STOPPED))
+    return;
+  s->flags |= S_CLOSED_CB;
+  free(s->slots);
+  s->slots = NULL;
+  free(s->env);
+  s->env = NULL;
+  free(s->shutdown_message);
+  s->shutdown_message = NULL;
+  free(s->restart_times);
+  s->restart_times = NULL;
+  for (int i = 0; i < 3; i++)
+    if (s->log_fd[i] >= 0) close(s->log_fd[i]), s->log_fd[i] = -1;
+  if (s->close_cb) s->close_cb(s);
+}
+
+/* ---- message queue ------------------------------------------------------ */
+
+static void msg_unlink(tt_sup_msg_t *m) {
+  tt_slot_t *slot = m->slot;
+  if (slot->requeue_pos == m) slot->requeue_pos = m->prev;
+  if (m->prev) m->prev->next = m->next;
+  else slot->q_head = m->next;
+  if (m->next) m->next->prev = m->prev;
+  else slot->q_tail = m->prev;
+  m->next = m->prev = NULL;
+  slot->queued--;
+}
+
+/* Inserts after `after` (NULL: at the head). */
+static void msg_link_after(tt_slot_t *slot, tt_sup_msg_t *m,
+                           tt_sup_msg_t *after) {
+  m->prev = after;
+  m->next = after ? after->next : slot->q_head;
+  if (m->next) m->next->prev = m;
+  else slot->q_tail = m;
+  if (after) after->next = m;
+  else slot->q_head = m;
+  slot->queued++;
+}
+
+static void on_msg_timer_closed(uv_handle_t *h) {
+  tt_sup_msg_t *m = h->data;
+  tt_supervisor_t *s = m->slot->s;
+  free(m);
+  s->pending_closes--;
+  maybe_closed(s);
+}
+
+static void msg_free(tt_sup_msg_t *m) {
+  if (m->timer_init) {
+    m->timer.data = m;
+    m->slot->s->pending_closes++;
+    uv_close((uv_handle_t *)&m->timer, on_msg_timer_closed);
+  } else {
+    free(m);
+  }
+}
+
+/* Runs the callback once and frees the message (already unlinked). */
+static void msg_done(tt_sup_msg_t *m, int status) {
+  tt_channel_send_cb cb = m->cb;
+  void *arg = m->arg;
+  if (m->timer_init) uv_timer_stop(&m->timer);
+  msg_free(m);
+  if (cb) cb(arg, status);
+}
+
+static void on_msg_timeout(uv_timer_t *t) {
+  tt_sup_msg_t *m = t->data;
+  msg_unlink(m);
+  msg_done(m, TT_ERR_TIMEOUT);
+}
+
+/* Waits in the queue, with its deadline armed. */
+static void msg_park(tt_sup_msg_t *m) {
+  uint64_t t = now(m->slot->s);
+  if (m->deadline == 0) return;
+  if (!m->timer_init) {
+    uv_timer_init(m->slot->s->loop, &m->timer);
+    m->timer_init = 1;
+  }
+  m->timer.data = m;
+  uv_timer_start(&m->timer, on_msg_timeout,
+                 m->deadline > t ? m->deadline - t : 0, 0);
+}
+
+static void fail_queue(tt_slot_t *slot, int err) {
+  tt_sup_msg_t *m;
+  while ((m = slot->q_head) != NULL) {
+    msg_unlink(m);
+    msg_done(m, err);
+  }
+}
+
+static void on_msg_sent(void *arg, int status) {
+  tt_sup_msg_t *m = arg;
+  tt_slot_t *slot = m->slot;
+  tt_supervisor_t *s = slot->s;
+  if (status == 0) {
+    msg_done(m, 0);
+    return;
+  }
+  /* The worker went away before the kernel took it: it goes back to the
+   * queue, in order, for the next incarnation. */
+  if ((s->flags & S_STOPPING) || slot->dead) {
+    msg_done(m, TT_ERR_CLOSED);
+    return;
+  }
+  if (m->deadline != 0 && m->deadline <= now(s)) {
+    msg_done(m, TT_ERR_TIMEOUT);
+    return;
+  }
+  msg_link_after(slot, m, slot->requeue_pos);
+  slot->requeue_pos = m;
+  msg_park(m);
+}
+
+static int msg_deliver(tt_incarnation_t *w, tt_sup_msg_t *m) {
+  int rc;
+  if (w == NULL || w->state != TT_WORKER_RUNNING || w->p.channel == NULL)
+    return TT_ERR_IPC_CHANNEL_CLOSED;
+  rc = tt_channel_send(w->p.channel, m->kind, m->frame_id, m->payload,
+                       m->len, on_msg_sent, m);
+  return rc < 0 ? rc : 0;
+}
+
+static void flush_queue(tt_slot_t *slot) {
+  tt_sup_msg_t *m;
+  while ((m = slot->q_head) != NULL) {
+    msg_unlink(m);
+    if (m->timer_init) uv_timer_stop(&m->timer);
+    if (msg_deliver(slot->cur, m) != 0) {
+      msg_link_after(slot, m, NULL);
+      msg_park(m);
+      return;
+    }
+  }
+}
+
+int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
+                       uint32_t frame_id, const void *payload, size_t len,
+                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
+  tt_slot_t *slot;
+  tt_sup_msg_t *m;
+  if (id < 1 || id > s->opts.instances) return UV_EINVAL;
+  slot = &s->slots[id - 1];
+  if ((s->flags & S_STOPPING) || slot->dead) return TT_ERR_CLOSED;
+  if (slot->queued >= s->opts.queue_limit) return TT_ERR_QUEUE_FULL;
+  m = malloc(sizeof *m + len);
+  if (m == NULL) return UV_ENOMEM;
+  memset(m, 0, sizeof *m);
+  m->slot = slot;
+  m->kind = kind;
+  m->frame_id = frame_id;
+  m->len = len;
+  m->cb = cb;
+  m->arg = arg;
+  m->deadline = timeout_ms ? now(s) + timeout_ms : 0;
+  if (len) memcpy(m->payload, payload, len);
+  if (slot->q_head == NULL && msg_deliver(slot->cur, m) == 0) return 0;
+  msg_link_after(slot, m, slot->q_tail);
+  msg_park(m);
+  return 0;
+}
+
+/* ---- logs --------------------------------------------------------------- */
+
+static int open_log(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  return fd < 0 ? -errno : fd;
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t k = write(fd, p, n);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    p += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+static int line_append(tt_line_t *l, const char *p, size_t n) {
+  if (l->len + n > l->cap) {
+    size_t cap = l->cap ? l->cap : 256;
+    char *nb;
+    while (cap < l->len + n) cap *= 2;
+    if ((nb = realloc(l->buf, cap)) == NULL) return UV_ENOMEM;
+    l->buf = nb;
+    l->cap = cap;
+  }
+  memcpy(l->buf + l->len, p, n);
+  l->len += n;
+  return 0;
+}
+
+/* Each complete line goes out as prefix + line in one write, so lines of
+ * different workers never interleave within a line. */
+static void log_output(tt_incarnation_t *w, int fd, const char *buf,
+                       ssize_t n) {
+  tt_supervisor_t *s = w->s;
+  tt_slot_t *slot = w->slot;
+  tt_line_t *l = &w->lines[fd];
+  tt_line_t out = {NULL, 0, 0};
+  int err = 0;
+  if (n > 0) {
+    const char *p = buf, *end = buf + n;
+    while (p < end && err == 0) {
+      const char *nl = memchr(p, '\n', (size_t)(end - p));
+      size_t k = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
+      err = line_append(l, p, k);
+      p += k;
+      if (err == 0 && (nl || l->len >= TT_LOG_MAX_LINE)) {
+        if (!nl) err = line_append(l, "\n", 1);
+        if (err == 0) err = line_append(&out, slot->prefix, slot->prefix_len);
+        if (err == 0) err = line_append(&out, l->buf, l->len);
+        l->len = 0;
+      }
+    }
+  } else if (l->len > 0) { /* EOF: the last line had no newline */
+    err = line_append(&out, slot->prefix, slot->prefix_len);
+    if (err == 0) err = line_append(&out, l->buf, l->len);
+    if (err == 0) err = line_append(&out, "\n", 1);
+    l->len = 0;
+  }
+  if (err == 0 && out.len > 0 && s->log_fd[fd] >= 0)
+    err = write_all(s->log_fd[fd], out.buf, out.len);
+  free(out.buf);
+  if (n <= 0) {
+    free(l->buf);
+    memset(l, 0, sizeof *l);
+  }
+  if (err != 0 && s->on_error)
+    s->on_error(s, slot->id, err, fd == 1 ? "writing the stdout log"
+                                          : "writing the stderr log");
+}
+
+int tt_supervisor_reopen_logs(tt_supervisor_t *s) {
+  int first_err = 0;
+  for (int i = 1; i < 3; i++) {
+    int fd;
+    if (s->opts.log_path[i] == NULL) continue;
+    fd = open_log(s->opts.log_path[i]);
+    if (fd < 0) {
+      if (first_err == 0) first_err = fd;
+      continue; /* keep writing to the old file */
+    }
+    if (s->log_fd[i] >= 0) close(s->log_fd[i]);
+    s->log_fd[i] = fd;
+  }
+  return first_err;
+}
+
+/* ---- memory ------------------------------------------------------------- */
+
+/* Resident set size of `pid` in bytes, 0 when unknown. */
+static uint64_t rss_of(int pid) {
+  char path[64], buf[128];
+  unsigned long long size, resident;
+  ssize_t n;
+  int fd;
+  snprintf(path, sizeof path, "/proc/%d/statm", pid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return 0;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  if (sscanf(buf, "%llu %llu", &size, &resident) != 2) return 0;
+  return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void check_memory(tt_incarnation_t *w) {
+  uint64_t rss;
+  if (w == NULL || (w->flags & I_EXITED) || w->state == TT_WORKER_STOPPING)
+    return;
+  rss = rss_of(w->p.pid);
+  if (w == w->slot->cur) w->slot->rss = rss;
+  if (rss > w->s->opts.max_memory) stop_worker(w, TT_EXIT_MEMORY, 1);
+}
+
+static void on_memory_timer(uv_timer_t *t) {
+  tt_supervisor_t *s = t->data;
+  for (unsigned i = 0; i < s->opts.instances; i++) {
+    check_memory(s->slots[i].cur);
+    check_memory(s->slots[i].next);
+  }
+}
+
+/* ---- watchdogs and escalation ------------------------------------------- */
+
+static void send_ping(tt_incarnation_t *w);
+
+static void on_worker_timer(uv_timer_t *t) {
+  tt_incarnation_t *w = t->data;
+  tt_supervisor_t *s = w->s;
+  switch (w->state) {
+  case TT_WORKER_STARTING: /* start_timeout */
+    stop_worker(w, TT_EXIT_UNRESPONSIVE, 0);
+    break;
+  case TT_WORKER_RUNNING:
+    if (w->flags & I_PING_OUT)
+      stop_worker(w, TT_EXIT_UNRESPONSIVE, 0);
+    else
+      send_ping(w);
+    break;
+  case TT_WORKER_STOPPING:
+    if (w->phase < 2) {
+      w->phase = 2;
+      tt_process_kill(&w->p, SIGTERM);
+      tt_process_kill(&w->p, SIGCONT);
+      uv_timer_start(&w->timer, on_worker_timer, s->opts.kill_timeout_ms, 0);
+    } else if (w->phase == 2) {
+      w->phase = 3;
+      w->flags |= I_SENT_KILL;
+      tt_process_kill(&w->p, SIGKILL);
+    }
+    break;
+  default:
+    break;
+  }
+}
+
+static void send_ping(tt_incarnation_t *w) {
+  tt_supervisor_t *s = w->s;
+  if (w->p.channel == NULL) return;
+  if (++w->ping_id == 0) w->ping_id = 1; /* id 0 is the ready frame */
+  if (tt_channel_send(w->p.channel, TT_FRAME_PING, w->ping_id, NULL, 0, NULL,
+                      NULL) < 0)
+    return; /* the channel is gone: the exit follows */
+  w->flags |= I_PING_OUT;
+  uv_timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_timeout_ms, 0);
+}
+
+/* polite: begin with the shutdown message, if there is one. */
+static void stop_worker(tt_incarnation_t *w, tt_exit_reason_t why,
+                        int polite) {
+  tt_supervisor_t *s = w->s;
+  if (w->state == TT_WORKER_STOPPING || (w->flags & I_EXITED)) return;
+  w->state = TT_WORKER_STOPPING;
+  w->stop_reason = why;
+  w->flags &= ~I_PING_OUT;
+  uv_timer_stop(&w->timer);
+  if (polite && s->shutdown_message != NULL && w->p.channel != NULL &&
+      tt_channel_is_connected(w->p.channel) &&
+      tt_channel_send(w->p.channel, TT_FRAME_MESSAGE, 0, s->shutdown_message,
+                      s->opts.shutdown_message_len, NULL, NULL) >= 0) {
+    w->phase = 1;
+    uv_timer_start(&w->timer, on_worker_timer, s->opts.shutdown_timeout_ms,
+                   0);
+  } else {
+    w->phase = 1;
+    on_worker_timer(&w->timer); /* straight to SIGTERM */
+  }
+}
+
+static void became_running(tt_incarnation_t *w) {
+  tt_supervisor_t *s = w->s;
+  tt_slot_t *slot = w->slot;
+  w->state = TT_WORKER_RUNNING;
+  w->flags |= I_READY;
+  uv_timer_stop(&w->timer);
+  if (s->opts.heartbeat_interval_ms > 0)
+    uv_timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_interval_ms,
+                   0);
+  if (w == slot->next) { /* a reload's new worker: retire the old one */
+    tt_incarnation_t *old = slot->cur;
+    slot->cur = w;
+    slot->next = NULL;
+    slot->retiring = old;
+    if (old != NULL) stop_worker(old, TT_EXIT_RELOAD, 1);
+  }
+  if (w == slot->cur) flush_queue(slot);
+  if (s->on_start) s->on_start(s, slot->id);
+  if (slot->retiring == NULL && s->reload_next == slot->id) {
+    s->reload_next++;
+    reload_step(s);
+  }
+}
+
+/* ---- frames ------------------------------------------------------------- */
+
+static uint64_t le64(const char *p) {
+  const unsigned char *u = (const unsigned char *)p;
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = (v << 8) | u[i];
+  return v;
+}
+
+static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload) {
+  tt_incarnation_t *w = ch->data;
+  tt_supervisor_t *s = w->s;
+  if (h->kind == TT_FRAME_PONG) {
+    if (h->len == 8) w->lua_heap = (int64_t)le64(payload);
+    if (h->id == 0) {
+      if (w->state == TT_WORKER_STARTING) became_running(w);
+    } else if (h->id == w->ping_id && (w->flags & I_PING_OUT) &&
+               w->state == TT_WORKER_RUNNING) {
+      w->flags &= ~I_PING_OUT;
+      uv_timer_start(&w->timer, on_worker_timer,
+                     s->opts.heartbeat_interval_ms, 0);
+    }
+    return;
+  }
+  if (h->kind == TT_FRAME_PING) return; /* workers do not ping us */
+  if (s->on_frame) s->on_frame(s, w->slot->id, ch, h, payload);
+}
+
+static void on_channel_error(tt_channel_t *ch, int err, const char *why) {
+  tt_incarnation_t *w = ch->data;
+  if (w->s->on_error) w->s->on_error(w->s, w->slot->id, err, why);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void on_worker_freed(uv_handle_t *h) {
+  tt_incarnation_t *w = h->data;
+  tt_supervisor_t *s = w->s;
+  for (int i = 0; i < 3; i++) free(w->lines[i].buf);
+  free(w);
+  s->live--;
+  maybe_closed(s);
+}
+
+static void on_process_closed(tt_process_t *p) {
+  tt_incarnation_t *w = p->data;
+  w->timer.data = w;
+  uv_close((uv_handle_t *)&w->timer, on_worker_freed);
+}
+
+static int restart_allowed(tt_supervisor_t *s) {
+  uint64_t t = now(s);
+  unsigned max = s->opts.max_restarts;
+  if (max == 0) return 0;
+  if (s->restart_count == max &&
+      t - s->restart_times[s->restart_head] < s->opts.within_ms)
+    return 0;
+  s->restart_times[s->restart_head] = t;
+  s->restart_head = (s->restart_head + 1) % max;
+  if (s->restart_count < max) s->restart_count++;
+  return 1;
+}
+
+static void give_up(tt_supervisor_t *s, const char *why) {
+  if (s->flags & (S_GAVE_UP | S_STOPPING)) return;
+  s->flags |= S_GAVE_UP;
+  if (s->on_give_up) s->on_give_up(s, why);
+  tt_supervisor_stop(s);
+}
+
+static void on_restart_timer(uv_timer_t *t) {
+  tt_slot_t *slot = t->data;
+  slot->restart_pending = 0;
+  if (slot->s->flags & S_STOPPING) return;
+  spawn_worker(slot, 0);
+}
+
+static void slot_down(tt_slot_t *slot) {
+  slot->dead = 1;
+  fail_queue(slot, TT_ERR_CLOSED);
+}
+
+/* The slot's current worker is gone (exited or never spawned). */
+static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
+                       tt_exit_reason_t r) {
+  tt_supervisor_t *s = slot->s;
+  int restart;
+  uint64_t delay = 0;
+  slot->cur = NULL;
+  slot->requeue_pos = NULL;
+  if (slot->next != NULL) {
+    /* It died while a reload was starting its successor: that one takes
+     * its place (and finishes the reload's step once it is running). */
+    slot->cur = slot->next;
+    slot->next = NULL;
+    return;
+  }
+  if ((w->flags & I_READY) && now(s) - w->started_at >= s->opts.min_uptime_ms)
+    slot->failures = 0;
+  if (s->flags & S_STOPPING) {
+    check_stopped(s);
+    return;
+  }
+  switch (r) {
+  case TT_EXIT_EXIT:
+    restart = s->opts.restart == TT_RESTART_ALWAYS;
+    break;
+  case TT_EXIT_STOP:
+    restart = 0;
+    break;
+  case TT_EXIT_RELOAD: /* tt_supervisor_restart(): at once, not counted */
+    restart = 1;
+    break;
+  default:
+    restart = s->opts.restart != TT_RESTART_NEVER;
+  }
+  if (!restart) {
+    slot_down(slot);
+    check_stopped(s);
+    return;
+  }
+  if (r != TT_EXIT_RELOAD) {
+    if (!restart_allowed(s)) {
+      char why[128];
+      snprintf(why, sizeof why,
+               "more than %u restarts within %llu ms (worker %u: %s)",
+               s->opts.max_restarts, (unsigned long long)s->opts.within_ms,
+               slot->id, tt_exit_reason_name(r));
+      slot_down(slot);
+      give_up(s, why);
+      return;
+    }
+    delay = tt_backoff_delay(&s->opts.backoff, ++slot->failures, &s->seed);
+  }
+  slot->restart_reason = r;
+  slot->restart_pending = 1;
+  uv_timer_start(&slot->timer, on_restart_timer, delay, 0);
+}
+
+static tt_exit_reason_t classify(tt_incarnation_t *w) {
+  if (w->stop_reason != TT_EXIT_NONE) return w->stop_reason;
+  if (w->p.term_signal == SIGKILL && !(w->flags & I_SENT_KILL))
+    return TT_EXIT_KILLED;
+  if (w->p.term_signal != 0) return TT_EXIT_SIGNAL;
+  return w->p.exit_status == 0 ? TT_EXIT_EXIT : TT_EXIT_CRASH;
+}
+
+static void worker_gone(tt_incarnation_t *w, tt_exit_reason_t r) {
+  tt_slot_t *slot = w->slot;
+  tt_supervisor_t *s = w->s;
+  w->state = TT_WORKER_DOWN;
+  s->alive--;
+  if (w == slot->next) { /* a reload's new worker never got ready */
+    slot->next = NULL;
+    reload_done(s, TT_ERR_WORKER_INIT);
+    check_stopped(s);
+  } else if (w == slot->retiring) {
+    slot->retiring = NULL;
+    if (s->reload_next == slot->id) {
+      s->reload_next++;
+      reload_step(s);
+    }
+    check_stopped(s);
+  } else if (w == slot->cur) {
+    after_exit(slot, w, r);
+  } else {
+    check_stopped(s);
+  }
+}
+
+static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
+  tt_incarnation_t *w = p->data;
+  tt_slot_t *slot = w->slot;
+  tt_supervisor_t *s = w->s;
+  tt_exit_reason_t r = classify(w);
+  w->flags |= I_EXITED;
+  uv_timer_stop(&w->timer);
+  slot->last_reason = r;
+  slot->last_status = status;
+  slot->last_signal = sig;
+  tt_process_close(p, on_process_closed);
+  if (s->on_exit) s->on_exit(s, slot->id, status, sig, r);
+  worker_gone(w, r);
+}
+
+static void on_worker_data(tt_process_t *p, int fd, const char *buf,
+                           ssize_t n) {
+  tt_incarnation_t *w = p->data;
+  if (fd == 1 || fd == 2) log_output(w, fd, buf, n);
+}
+
+static void spawn_worker(tt_slot_t *slot, int as_next) {
+  tt_supervisor_t *s = slot->s;
+  tt_process_options_t po = s->opts.process;
+  tt_incarnation_t *w;
+  char idvar[40];
+  int err;
+
+  w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    err = UV_ENOMEM;
+    goto failed;
+  }
+  w->s = s;
+  w->slot = slot;
+  w->lua_heap = -1;
+  w->started_at = now(s);
+  snprintf(idvar, sizeof idvar, "TETHER_WORKER_ID=%u", slot->id);
+  s->env[s->env_len] = idvar;
+  s->env[s->env_len + 1] = NULL;
+  po.env = s->env;
+  for (int i = 1; i < 3; i++)
+    if (s->log_fd[i] >= 0) po.stdio[i] = TT_STDIO_PIPE;
+  err = tt_process_spawn(s->loop, &w->p, &po);
+  s->env[s->env_len] = NULL;
+  uv_timer_init(s->loop, &w->timer);
+  w->timer.data = w;
+  w->p.data = w;
+  s->live++;
+  if (err != 0) {
+    tt_process_close(&w->p, on_process_closed);
+    goto failed;
+  }
+  s->alive++;
+  w->p.on_exit = on_worker_exit;
+  w->p.on_data = on_worker_data;
+  if (w->p.channel != NULL) {
+    w->p.channel->data = w;
+    w->p.channel->on_frame = on_frame;
+    w->p.channel->on_error = on_channel_error;
+  }
+  if (as_next)
+    slot->next = w;
+  else
+    slot->cur = w;
+  slot->requeue_pos = NULL;
+  if (slot->restart_reason != TT_EXIT_NONE || as_next) {
+    slot->restarts++;
+    if (s->on_restart)
+      s->on_restart(s, slot->id,
+                    as_next ? TT_EXIT_RELOAD : slot->restart_reason,
+                    w->p.pid);
+    slot->restart_reason = TT_EXIT_NONE;
+  }
+  if (w->state == TT_WORKER_STOPPING || (w->flags & I_EXITED)) return;
+  if (s->opts.wait_ready && w->p.channel != NULL) {
+    w->state = TT_WORKER_STARTING;
+    if (s->opts.start_timeout_ms > 0)
+      uv_timer_start(&w->timer, on_worker_timer, s->opts.start_timeout_ms, 0);
+  } else {
+    became_running(w);
+  }
+  return;
+
+failed:
+  if (s->on_error) s->on_error(s, slot->id, err, "spawn");
+  if (as_next) {
+    reload_done(s, err);
+    return;
+  }
+  slot->last_reason = TT_EXIT_SPAWN;
+  slot->last_status = err;
+  slot->last_signal = 0;
+  if (w != NULL) {
+    /* counted as a worker that ran and ended at once */
+    w->state = TT_WORKER_DOWN;
+    after_exit(slot, w, TT_EXIT_SPAWN);
+  } else {
+    tt_incarnation_t none;
+    memset(&none, 0, sizeof none);
+    none.s = s;
+    none.slot = slot;
+    after_exit(slot, &none, TT_EXIT_SPAWN);
+  }
+}
+
+static void on_start_timer(uv_timer_t *t) {
+  tt_supervisor_t *s = t->data;
+  s->flags |= S_STARTED;
+  for (unsigned i = 0; i < s->opts.instances && !(s->flags & S_STOPPING); i++)
+    spawn_worker(&s->slots[i], 0);
+  check_stopped(s);
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+static void reload_done(tt_supervisor_t *s, int status) {
+  if (s->reload_next == 0) return;
+  s->reload_next = 0;
+  if (s->on_reload) s->on_reload(s, status);
+}
+
+static void reload_step(tt_supervisor_t *s) {
+  while (s->reload_next != 0 && s->reload_next <= s->opts.instances) {
+    tt_slot_t *slot = &s->slots[s->reload_next - 1];
+    if (slot->cur != NULL && slot->cur->state == TT_WORKER_RUNNING &&
+        slot->next == NULL) {
+      spawn_worker(slot, 1); /* continues from became_running/worker_gone */
+      return;
+    }
+    /* down, restarting or starting: it comes up with the new code anyway */
+    s->reload_next++;
+  }
+  reload_done(s, 0);
+}
+
+int tt_supervisor_reload(tt_supervisor_t *s) {
+  if (s->flags & S_STOPPING) return TT_ERR_CLOSED;
+  if (s->reload_next != 0) return UV_EBUSY;
+  s->reload_next = 1;
+  reload_step(s);
+  return 0;
+}
+
+int tt_supervisor_restart(tt_supervisor_t *s, unsigned id) {
+  tt_slot_t *slot;
+  if (id < 1 || id > s->opts.instances) return UV_EINVAL;
+  if (s->flags & S_STOPPING) return TT_ERR_CLOSED;
+  slot = &s->slots[id - 1];
+  if (slot->cur == NULL || slot->cur->state == TT_WORKER_STOPPING)
+    return UV_ESRCH;
+  stop_worker(slot->cur, TT_EXIT_RELOAD, 1);
+  return 0;
+}
+
+/* ---- stop --------------------------------------------------------------- */
+
+static void check_stopped(tt_supervisor_t *s) {
+  if (s->flags & S_STOPPED) return;
+  if (!(s->flags & S_STARTED) && !(s->flags & S_STOPPING)) return;
+  if (s->alive > 0) return;
+  for (unsigned i = 0; i < s->opts.instances; i++)
+    if (s->slots[i].restart_pending) return;
+  s->flags |= S_STOPPING | S_STOPPED;
+  reload_done(s, TT_ERR_CLOSED);
+  for (unsigned i = 0; i < s->opts.instances; i++) slot_down(&s->slots[i]);
+  uv_timer_stop(&s->memory_timer);
+  uv_timer_stop(&s->start_timer);
+  if (s->on_stopped) s->on_stopped(s);
+  maybe_closed(s);
+}
+
+void tt_supervisor_stop(tt_supervisor_t *s) {
+  if (s->flags & S_STOPPING) return;
+  s->flags |= S_STOPPING;
+  uv_timer_stop(&s->start_timer);
+  uv_timer_stop(&s->memory_timer);
+  reload_done(s, TT_ERR_CLOSED);
+  for (unsigned i = 0; i < s->opts.instances; i++) {
+    tt_slot_t *slot = &s->slots[i];
+    uv_timer_stop(&slot->timer);
+    slot->restart_pending = 0;
+    slot_down(slot);
+    if (slot->next) stop_worker(slot->next, TT_EXIT_STOP, 1);
+    if (slot->cur) stop_worker(slot->cur, TT_EXIT_STOP, 1);
+    if (slot->retiring) stop_worker(slot->retiring, TT_EXIT_STOP, 1);
+  }
+  check_stopped(s);
+}
+
+int tt_supervisor_is_stopped(const tt_supervisor_t *s) {
+  return (s->flags & S_STOPPED) != 0;
+}
+
+static void abandon_worker(tt_incarnation_t *w) {
+  if (w == NULL || (w->flags & (I_EXITED | I_ABANDONED))) return;
+  w->flags |= I_ABANDONED | I_EXITED;
+  uv_timer_stop(&w->timer);
+  tt_process_kill(&w->p, SIGTERM);
+  tt_process_kill(&w->p, SIGCONT);
+  w->s->alive--;
+  tt_process_abandon(&w->p, on_process_closed);
+}
+
+void tt_supervisor_close(tt_supervisor_t *s, int abandon,
+                         void (*cb)(tt_supervisor_t *s)) {
+  if (s->flags & S_CLOSING) return;
+  s->flags |= S_CLOSING;
+  s->close_cb = cb;
+  s->on_start = NULL;
+  s->on_exit = NULL;
+  s->on_restart = NULL;
+  s->on_give_up = NULL;
+  s->on_frame = NULL;
+  s->on_error = NULL;
+  s->on_reload = NULL;
+  s->on_stopped = NULL;
+  /* Closing first keeps the memory until these handles are closed, however
+   * synchronously the stop below completes. */
+  close_handle(s, (uv_handle_t *)&s->memory_timer);
+  close_handle(s, (uv_handle_t *)&s->start_timer);
+  for (unsigned i = 0; i < s->opts.instances; i++)
+    close_handle(s, (uv_handle_t *)&s->slots[i].timer);
+  tt_supervisor_stop(s);
+  if (abandon) {
+    for (unsigned i = 0; i < s->opts.instances; i++) {
+      abandon_worker(s->slots[i].next);
+      abandon_worker(s->slots[i].cur);
+      abandon_worker(s->slots[i].retiring);
+    }
+    check_stopped(s);
+  }
+  maybe_closed(s);
+}
+
+/* ---- queries ------------------------------------------------------------ */
+
+int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum) {
+  tt_slot_t *slot;
+  if (id < 1 || id > s->opts.instances) return UV_EINVAL;
+  slot = &s->slots[id - 1];
+  if (slot->cur == NULL) return UV_ESRCH;
+  if (signum == SIGKILL) slot->cur->flags |= I_SENT_KILL; /* not the OOM killer */
+  return tt_process_kill(&slot->cur->p, signum);
+}
+
+tt_channel_t *tt_supervisor_channel(tt_supervisor_t *s, unsigned id) {
+  tt_slot_t *slot;
+  if (id < 1 || id > s->opts.instances) return NULL;
+  slot = &s->slots[id - 1];
+  if (slot->cur == NULL || slot->cur->state != TT_WORKER_RUNNING) return NULL;
+  return slot->cur->p.channel;
+}
+
+int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
+  tt_slot_t *slot;
+  tt_incarnation_t *w;
+  if (id < 1 || id > s->opts.instances || s->slots == NULL) return UV_EINVAL;
+  slot = &s->slots[id - 1];
+  w = slot->cur;
+  memset(o, 0, sizeof *o);
+  o->restarts = slot->restarts;
+  o->queued = slot->queued;
+  o->last_reason = slot->last_reason;
+  o->last_status = slot->last_status;
+  o->last_signal = slot->last_signal;
+  o->lua_heap = -1;
+  if (w == NULL || (w->flags & I_EXITED)) {
+    o->state = (slot->restart_pending || !(s->flags & S_STARTED)) &&
+                       !(s->flags & S_STOPPING)
+                   ? TT_WORKER_STARTING
+                   : TT_WORKER_DOWN;
+    return 0;
+  }
+  o->pid = w->p.pid;
+  o->state = w->state;
+  o->uptime_ms = now(s) - w->started_at;
+  o->rss = rss_of(w->p.pid);
+  slot->rss = o->rss;
+  o->lua_heap = w->lua_heap;
+  return 0;
+}
+
+/* ---- start -------------------------------------------------------------- */
+
+int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
+                        const tt_supervisor_options_t *opts) {
+  size_t n = 0;
+  int err;
+  void *data = s->data;
+  tt_supervisor_t z;
+
+  memset(&z, 0, sizeof z);
+  z.data = data;
+  z.on_start = s->on_start;
+  z.on_exit = s->on_exit;
+  z.on_restart = s->on_restart;
+  z.on_give_up = s->on_give_up;
+  z.on_frame = s->on_frame;
+  z.on_error = s->on_error;
+  z.on_reload = s->on_reload;
+  z.on_stopped = s->on_stopped;
+  *s = z;
+  s->loop = loop;
+  s->opts = *opts;
+  s->log_fd[0] = s->log_fd[1] = s->log_fd[2] = -1;
+  if (opts->instances < 1 || opts->instances > 100000) return UV_EINVAL;
+  if ((err = tt_backoff_check(&opts->backoff)) != 0) return err;
+  if (opts->heartbeat_interval_ms > 0 && opts->heartbeat_timeout_ms == 0)
+    s->opts.heartbeat_timeout_ms = opts->heartbeat_interval_ms;
+  if (s->opts.memory_interval_ms == 0) s->opts.memory_interval_ms = 1000;
+  if (s->opts.queue_limit == 0) s->opts.queue_limit = 1024;
+  s->opts.process.env = NULL;
+  s->seed = (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)s << 16);
+
+  for (char **e = opts->process.env; e && *e; e++) n++;
+  s->env_len = n;
+  s->env = calloc(n + 2, sizeof *s->env);
+  s->slots = calloc(opts->instances, sizeof *s->slots);
+  if (opts->max_restarts > 0)
+    s->restart_times = calloc(opts->max_restarts, sizeof *s->restart_times);
+  if (opts->shutdown_message != NULL) {
+    s->shutdown_message = malloc(opts->shutdown_message_len + 1);
+    if (s->shutdown_message != NULL)
+      memcpy(s->shutdown_message, opts->shutdown_message,
+             opts->shutdown_message_len);
+  }
+  if (s->env == NULL || s->slots == NULL ||
+      (opts->max_restarts > 0 && s->restart_times == NULL) ||
+      (opts->shutdown_message != NULL && s->shutdown_message == NULL)) {
+    err = UV_ENOMEM;
+    goto fail;
+  }
+  /* the strings stay the caller's: they must outlive the supervisor */
+  for (size_t i = 0; i < n; i++) s->env[i] = opts->process.env[i];
+  for (int i = 1; i < 3; i++) {
+    if (opts->log_path[i] == NULL) continue;
+    if ((s->log_fd[i] = open_log(opts->log_path[i])) < 0) {
+      err = s->log_fd[i];
+      s->log_fd[i] = -1;
+      goto fail;
+    }
+  }
+  for (unsigned i = 0; i < opts->instances; i++) {
+    tt_slot_t *slot = &s->slots[i];
+    slot->s = s;
+    slot->id = i + 1;
+    slot->prefix_len = (size_t)snprintf(slot->prefix, sizeof slot->prefix,
+                                        "[%u] ", slot->id);
+    uv_timer_init(loop, &slot->timer);
+    slot->timer.data = slot;
+  }
+  uv_timer_init(loop, &s->memory_timer);
+  s->memory_timer.data = s;
+  uv_timer_init(loop, &s->start_timer);
+  s->start_timer.data = s;
+  uv_timer_start(&s->start_timer, on_start_timer, 0, 0);
+  if (opts->max_memory > 0) {
+    uv_timer_start(&s->memory_timer, on_memory_timer,
+                   s->opts.memory_interval_ms, s->opts.memory_interval_ms);
+    uv_unref((uv_handle_t *)&s->memory_timer);
+  }
+  return 0;
+
+fail:
+  for (int i = 0; i < 3; i++)
+    if (s->log_fd[i] >= 0) close(s->log_fd[i]);
+  free(s->env);
+  free(s->slots);
+  free(s->restart_times);
+  free(s->shutdown_message);
+  s->env = NULL;
+  s->slots = NULL;
+  s->restart_times = NULL;
+  s->shutdown_message = NULL;
+  return err;
+}

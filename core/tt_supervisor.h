@@ -1,0 +1,204 @@
+/*
+ * tether supervisor: keeps `instances` workers running, each in a numbered
+ * slot (ids 1..instances, stable across restarts).
+ *
+ * A slot's worker goes STARTING -> RUNNING -> STOPPING -> DOWN.  A worker is
+ * RUNNING once it spawned, or, with `wait_ready`, once its runner sent the
+ * ready frame (PONG id 0, see PROTOCOL.md).  When a worker exits on its own,
+ * the restart policy decides; restarts wait an exponential backoff (reset
+ * once a worker ran `min_uptime_ms`) and are counted in a sliding window:
+ * more than `max_restarts` within `within_ms` and the supervisor gives up
+ * (on_give_up), stops every worker and restarts nothing more.
+ *
+ * Stopping a worker escalates: the shutdown message (if any), `timeout_ms`
+ * to exit, SIGTERM + SIGCONT (a stopped process must be able to die),
+ * `kill_timeout_ms`, SIGKILL.  A reaped pid is never signalled.
+ *
+ * Optional watchdogs: RSS from /proc/<pid>/statm every `memory_interval_ms`
+ * (over `max_memory` -> graceful restart, reason MEMORY); heartbeat PINGs
+ * answered by the worker's binding (no answer within `heartbeat_timeout_ms`
+ * -> killed and restarted, reason UNRESPONSIVE); `start_timeout_ms` for a
+ * worker that never gets ready.
+ *
+ * tt_supervisor_send() queues messages per slot (bounded) while its worker
+ * is not running and hands them to the next incarnation; a message still in
+ * a dying worker's channel queue goes back to the slot's queue.  Every
+ * message's callback runs exactly once: 0 once the kernel took it,
+ * TT_ERR_TIMEOUT, or TT_ERR_CLOSED when the slot will never run again.
+ *
+ * Worker output can be logged: each line of stdout/stderr appended to a
+ * file (O_APPEND|O_CLOEXEC) with the prefix "[id] ".
+ */
+#ifndef TT_SUPERVISOR_H
+#define TT_SUPERVISOR_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "tt_backoff.h"
+#include "tt_process.h"
+
+typedef enum {
+  TT_RESTART_ALWAYS = 0, /* any exit we did not ask for */
+  TT_RESTART_ON_FAILURE, /* non-zero exit, signal, watchdog */
+  TT_RESTART_NEVER
+} tt_restart_t;
+
+typedef enum {
+  TT_WORKER_STARTING = 0,
+  TT_WORKER_RUNNING,
+  TT_WORKER_STOPPING,
+  TT_WORKER_DOWN
+} tt_worker_state_t;
+
+/* Why a worker ended.  The first group is found from the exit status, the
+ * second is what the supervisor stopped it for. */
+#define TT_EXIT_REASON_MAP(XX)                                                \
+  XX(NONE, "none")                                                            \
+  XX(EXIT, "exit")       /* exit code 0 */                                    \
+  XX(CRASH, "crash")     /* non-zero exit code */                             \
+  XX(SIGNAL, "signal")   /* killed by a signal */                             \
+  XX(KILLED, "killed")   /* SIGKILL tether did not send: the OOM killer? */   \
+  XX(SPAWN, "spawn")     /* could not be started */                           \
+  XX(MEMORY, "memory")   /* RSS over max_memory */                            \
+  XX(UNRESPONSIVE, "unresponsive") /* heartbeat or start timeout */           \
+  XX(RELOAD, "reload")   /* replaced by a rolling reload */                   \
+  XX(STOP, "stop")       /* the supervisor stopped it */
+
+typedef enum {
+#define XX(name, _) TT_EXIT_##name,
+  TT_EXIT_REASON_MAP(XX)
+#undef XX
+  TT__EXIT_COUNT
+} tt_exit_reason_t;
+
+const char *tt_exit_reason_name(tt_exit_reason_t r);
+const char *tt_worker_state_name(tt_worker_state_t s);
+
+typedef struct {
+  /* Template for every worker; TETHER_WORKER_ID=<id> is added to env.
+   * stdio entries 1 and 2 are ignored for fds that have a log_path. */
+  tt_process_options_t process;
+  unsigned instances; /* >= 1 */
+  tt_restart_t restart;
+  unsigned max_restarts; /* in any window of within_ms */
+  uint64_t within_ms;
+  tt_backoff_t backoff;
+  uint64_t min_uptime_ms;
+  uint64_t max_memory;         /* bytes of RSS; 0: no limit */
+  uint64_t memory_interval_ms; /* 0: 1000 */
+  uint64_t heartbeat_interval_ms; /* 0: no heartbeat */
+  uint64_t heartbeat_timeout_ms;
+  uint64_t start_timeout_ms; /* 0: wait for ready without limit */
+  int wait_ready;            /* RUNNING only after the ready frame */
+  const char *shutdown_message; /* MESSAGE payload, copied; NULL: none */
+  size_t shutdown_message_len;
+  uint64_t shutdown_timeout_ms; /* wait after the message */
+  uint64_t kill_timeout_ms;     /* wait after SIGTERM */
+  const char *log_path[3];      /* [1] stdout, [2] stderr; NULL: no log */
+  size_t queue_limit;           /* queued messages per slot; 0: 1024 */
+} tt_supervisor_options_t;
+
+/* Fills `o` with the defaults: 1 instance, ALWAYS, 10 restarts in 60 s,
+ * default backoff, min_uptime 1000 ms, memory checks every 1000 ms,
+ * shutdown 5000 ms + 3000 ms. */
+void tt_supervisor_options_init(tt_supervisor_options_t *o);
+
+typedef struct tt_supervisor_s tt_supervisor_t;
+typedef struct tt_incarnation_s tt_incarnation_t;
+typedef struct tt_slot_s tt_slot_t;
+typedef struct tt_sup_msg_s tt_sup_msg_t;
+
+typedef struct {
+  int pid;                 /* 0 when down */
+  tt_worker_state_t state;
+  unsigned restarts;       /* total, this slot */
+  uint64_t uptime_ms;      /* of the current worker, while it runs */
+  uint64_t rss;            /* bytes, last measured; 0: unknown */
+  int64_t lua_heap;        /* bytes, last heartbeat; -1: unknown */
+  size_t queued;           /* messages waiting for the worker */
+  tt_exit_reason_t last_reason; /* NONE before the first exit */
+  int64_t last_status;
+  int last_signal;
+} tt_worker_info_t;
+
+struct tt_supervisor_s {
+  void *data; /* owner's */
+  /* Owner callbacks; any may be NULL.  `id` is the slot (1-based). */
+  void (*on_start)(tt_supervisor_t *s, unsigned id);       /* RUNNING */
+  void (*on_exit)(tt_supervisor_t *s, unsigned id, int64_t status, int sig,
+                  tt_exit_reason_t reason);
+  /* A replacement worker `pid` was spawned for slot `id`. */
+  void (*on_restart)(tt_supervisor_t *s, unsigned id, tt_exit_reason_t why,
+                     int pid);
+  void (*on_give_up)(tt_supervisor_t *s, const char *why);
+  /* Every frame from a worker except heartbeat frames. */
+  void (*on_frame)(tt_supervisor_t *s, unsigned id, tt_channel_t *ch,
+                   const tt_frame_header_t *h, const char *payload);
+  /* Spawn failures, channel errors, log write errors. */
+  void (*on_error)(tt_supervisor_t *s, unsigned id, int err, const char *why);
+  void (*on_reload)(tt_supervisor_t *s, int status);
+  /* Every worker is down and none will start again. */
+  void (*on_stopped)(tt_supervisor_t *s);
+
+  /* private */
+  uv_loop_t *loop;
+  tt_supervisor_options_t opts;
+  char *shutdown_message;
+  char **env; /* template env + room for TETHER_WORKER_ID */
+  size_t env_len;
+  tt_slot_t *slots;
+  unsigned flags;
+  int log_fd[3];
+  uv_timer_t memory_timer;
+  uv_timer_t start_timer; /* first spawns, on the next loop iteration */
+  uint64_t *restart_times; /* ring of the last max_restarts restarts */
+  unsigned restart_head, restart_count;
+  unsigned reload_next; /* slot being reloaded (1-based), 0 when idle */
+  uint64_t seed;
+  int live;  /* incarnations not yet freed */
+  int alive; /* incarnations not yet exited */
+  int pending_closes;
+  void (*close_cb)(tt_supervisor_t *s);
+};
+
+/* Copies what it needs from `opts` and starts the workers on the next loop
+ * iteration.  On failure nothing needs closing. */
+int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
+                        const tt_supervisor_options_t *opts);
+
+/* Graceful stop of every worker; nothing restarts; on_stopped follows.
+ * Idempotent. */
+void tt_supervisor_stop(tt_supervisor_t *s);
+/* Rolling restart: for each slot in turn, a new worker is started and
+ * once it is RUNNING the old one is stopped.  on_reload(0) when every slot
+ * is done, or the error (a new worker failed to start: the old one keeps
+ * running; TT_ERR_CLOSED when stopped meanwhile).  UV_EBUSY while one runs,
+ * TT_ERR_CLOSED after stop. */
+int tt_supervisor_reload(tt_supervisor_t *s);
+/* Restarts one worker gracefully (reason STOP is not used: RELOAD). */
+int tt_supervisor_restart(tt_supervisor_t *s, unsigned id);
+
+/* Queues a frame for slot `id`.  0, or TT_ERR_QUEUE_FULL, TT_ERR_CLOSED,
+ * UV_EINVAL (bad id), UV_ENOMEM; then `cb` is not called.  timeout_ms 0:
+ * no limit. */
+int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
+                       uint32_t frame_id, const void *payload, size_t len,
+                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);
+
+/* Sends a signal to slot `id`'s current worker. */
+int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);
+/* The current worker's channel (NULL when down), e.g. for request ids. */
+tt_channel_t *tt_supervisor_channel(tt_supervisor_t *s, unsigned id);
+int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *out);
+/* Re-opens the log files (after logrotate moved them). */
+int tt_supervisor_reopen_logs(tt_supervisor_t *s);
+int tt_supervisor_is_stopped(const tt_supervisor_t *s);
+
+/* Frees everything once stopped: `cb` runs when the memory may be freed.
+ * Before on_stopped it stops first.  With `abandon`, workers are not waited
+ * for (the whole loop is being torn down; they are SIGTERMed). */
+void tt_supervisor_close(tt_supervisor_t *s, int abandon,
+                         void (*cb)(tt_supervisor_t *s));
+
+#endif /* TT_SUPERVISOR_H */

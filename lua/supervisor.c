@@ -1,0 +1,558 @@
+/*
+ * tether.supervisor: the core supervisor (core/tt_supervisor.h) seen from
+ * Lua.  The facade (tether.lua) validates the spec and turns handler calls
+ * into events; this file converts options, decodes worker messages and
+ * exposes the operations.
+ *
+ * The box is pinned from start until the supervisor has stopped and closed
+ * (after the "stopped" event), so a running supervisor is never collected.
+ * The option table the facade built is referenced for as long: the core
+ * keeps pointers to its strings (argv, env, cwd, log paths).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "binding.h"
+#include "tt_error.h"
+#include "tt_supervisor.h"
+
+typedef struct {
+  tt_lobj_t o;
+  tt_supervisor_t s;
+  char **argv;
+  char **env;
+  int opts_ref;
+} tt_lsup_t;
+
+static tt_lsup_t *of(tt_supervisor_t *s) { return s->data; }
+
+static void on_sup_closed(tt_supervisor_t *s) {
+  tt_lsup_t *c = of(s);
+  lua_State *L = tt_lobj_begin(&c->o, "close");
+  if (L != NULL) tt_call(c->o.st, L, 1);
+  L = c->o.st->L;
+  free(c->argv);
+  free(c->env);
+  c->argv = c->env = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, c->opts_ref);
+  c->opts_ref = LUA_NOREF;
+  tt_lobj_closed(&c->o);
+}
+
+static void teardown(tt_lobj_t *o) {
+  tt_lsup_t *c = (tt_lsup_t *)o;
+  tt_supervisor_close(&c->s, o->st->closing, on_sup_closed);
+}
+
+/* ---- events ------------------------------------------------------------- */
+
+static void push_pid(lua_State *L, tt_supervisor_t *s, unsigned id) {
+  tt_worker_info_t info;
+  if (tt_supervisor_info(s, id, &info) == 0 && info.pid != 0)
+    lua_pushinteger(L, info.pid);
+  else
+    lua_pushnil(L);
+}
+
+static void on_start(tt_supervisor_t *s, unsigned id) {
+  lua_State *L = tt_lobj_begin(&of(s)->o, "start");
+  if (L == NULL) return;
+  lua_pushinteger(L, id);
+  push_pid(L, s, id);
+  tt_call(of(s)->o.st, L, 3);
+}
+
+static void push_signal(lua_State *L, int sig) {
+  const char *name = tt_signal_name(sig);
+  if (sig == 0)
+    lua_pushnil(L);
+  else if (name != NULL)
+    lua_pushstring(L, name);
+  else
+    lua_pushinteger(L, sig);
+}
+
+static void on_exit_cb(tt_supervisor_t *s, unsigned id, int64_t status,
+                       int sig, tt_exit_reason_t reason) {
+  lua_State *L = tt_lobj_begin(&of(s)->o, "exit");
+  if (L == NULL) return;
+  lua_pushinteger(L, id);
+  if (sig != 0)
+    lua_pushnil(L);
+  else
+    lua_pushinteger(L, (lua_Integer)status);
+  push_signal(L, sig);
+  lua_pushstring(L, tt_exit_reason_name(reason));
+  tt_call(of(s)->o.st, L, 5);
+}
+
+static void on_restart(tt_supervisor_t *s, unsigned id, tt_exit_reason_t r,
+                       int pid) {
+  lua_State *L = tt_lobj_begin(&of(s)->o, "restart");
+  if (L == NULL) return;
+  lua_pushinteger(L, id);
+  lua_pushstring(L, tt_exit_reason_name(r));
+  lua_pushinteger(L, pid);
+  tt_call(of(s)->o.st, L, 4);
+}
+
+static void on_give_up(tt_supervisor_t *s, const char *why) {
+  lua_State *L = tt_lobj_begin(&of(s)->o, "give_up");
+  if (L == NULL) return;
+  lua_pushstring(L, why);
+  tt_call(of(s)->o.st, L, 2);
+}
+
+static void on_frame(tt_supervisor_t *s, unsigned id, tt_channel_t *ch,
+                     const tt_frame_header_t *h, const char *payload) {
+  tt_lsup_t *c = of(s);
+  const char *event;
+  lua_State *L;
+  int rc;
+  switch (h->kind) {
+  case TT_FRAME_MESSAGE:
+    event = "message";
+    break;
+  case TT_FRAME_REQUEST:
+    event = "request";
+    break;
+  case TT_FRAME_CONTROL:
+    event = "control";
+    break;
+  default:
+    return; /* replies: we make no calls to supervised workers */
+  }
+  if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
+  lua_pushinteger(L, id);
+  rc = tt_lua_decode(L, c->o.st, payload, h->len);
+  if (rc != 1) {
+    char why[256];
+    snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
+    lua_pop(L, 3);
+    tt_channel_fail(ch, rc == 0 ? TT_ERR_IPC_PROTOCOL : UV_ENOMEM, why);
+    return;
+  }
+  if (h->kind == TT_FRAME_REQUEST) {
+    lua_pushinteger(L, (lua_Integer)h->id);
+    tt_call(c->o.st, L, 4);
+  } else {
+    tt_call(c->o.st, L, 3);
+  }
+}
+
+static void on_error(tt_supervisor_t *s, unsigned id, int err,
+                     const char *why) {
+  lua_State *L = tt_lobj_begin(&of(s)->o, "error");
+  if (L == NULL) return;
+  lua_pushinteger(L, id);
+  tt_lua_push_error(L, err, why);
+  tt_call(of(s)->o.st, L, 3);
+}
+
+static void on_reload(tt_supervisor_t *s, int status) {
+  lua_State *L = tt_lobj_begin(&of(s)->o, "reload");
+  if (L == NULL) return;
+  if (status == 0)
+    lua_pushnil(L);
+  else
+    tt_lua_push_error(L, status, NULL);
+  tt_call(of(s)->o.st, L, 2);
+}
+
+static void on_stopped(tt_supervisor_t *s) {
+  tt_lsup_t *c = of(s);
+  lua_State *L = tt_lobj_begin(&c->o, "stopped");
+  if (L != NULL) tt_call(c->o.st, L, 1);
+  if (!c->o.closing) {
+    c->o.closing = 1;
+    tt_supervisor_close(&c->s, 0, on_sup_closed);
+  }
+}
+
+/* ---- start -------------------------------------------------------------- */
+
+static double num_field(lua_State *L, int t, const char *k, double def) {
+  double v;
+  int isnum;
+  lua_getfield(L, t, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return def;
+  }
+  v = lua_tonumberx(L, -1, &isnum);
+  if (!isnum || !(v >= 0) || v > 9e15)
+    luaL_error(L, "%s: expected a non-negative number", k);
+  lua_pop(L, 1);
+  return v;
+}
+
+static uint64_t ms_field(lua_State *L, int t, const char *k, uint64_t def) {
+  return (uint64_t)(num_field(L, t, k, (double)def) + 0.5);
+}
+
+static const char *str_field(lua_State *L, int t, const char *k) {
+  const char *s;
+  lua_getfield(L, t, k);
+  s = lua_tostring(L, -1); /* still referenced by the table */
+  lua_pop(L, 1);
+  return s;
+}
+
+static char **string_array(lua_State *L, int t, const char *k, int first,
+                           const char *zeroth) {
+  lua_Integer n, i;
+  char **a;
+  lua_getfield(L, t, k);
+  n = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : 0;
+  a = calloc((size_t)(n + 2), sizeof *a);
+  if (a == NULL) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (first) a[0] = (char *)zeroth;
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    a[first + i - 1] = (char *)lua_tostring(L, -1);
+    lua_pop(L, 1);
+    if (a[first + i - 1] == NULL) {
+      free(a);
+      lua_pop(L, 1);
+      luaL_error(L, "%s[%d]: expected a string", k, (int)i);
+    }
+  }
+  lua_pop(L, 1);
+  return a;
+}
+
+static tt_stdio_mode_t stdio_field(lua_State *L, int t, const char *k) {
+  const char *s = str_field(L, t, k);
+  if (s == NULL || strcmp(s, "inherit") == 0) return TT_STDIO_INHERIT;
+  if (strcmp(s, "ignore") == 0) return TT_STDIO_IGNORE;
+  return luaL_error(L, "%s: expected \"inherit\" or \"ignore\"", k), 0;
+}
+
+/* supervise(opts, handler) -> sup | nil, err.  `opts` is the facade's
+ * private table: file, args, env ("K=V" array), cwd, stdout_mode,
+ * stderr_mode, stdout_log, stderr_log, instances, restart, max_restarts,
+ * within_ms, backoff {initial,max,factor,jitter}, min_uptime,
+ * max_memory, memory_interval, heartbeat_interval, heartbeat_timeout,
+ * start_timeout, wait_ready, shutdown_message (any value; field
+ * has_shutdown_message), shutdown_timeout, kill_timeout, queue_limit,
+ * max_message. */
+static int l_supervise(lua_State *L) {
+  tt_supervisor_options_t so;
+  tt_state_t *st = tt_state(L);
+  tt_lsup_t *c;
+  const char *restart;
+  int err, encoded = 0;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  tt_supervisor_options_init(&so);
+  so.process.file = luaL_checkstring(L, (lua_getfield(L, 1, "file"), -1));
+  lua_pop(L, 1);
+  so.process.cwd = str_field(L, 1, "cwd");
+  so.process.channel = 1;
+  /* Own session: a terminal's Ctrl-C reaches the supervisor only, which
+   * ends workers by its shutdown protocol (they still die with it: the
+   * runner's parent-death watch). */
+  lua_getfield(L, 1, "detached");
+  so.process.detached = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  so.process.stdio[0] = stdio_field(L, 1, "stdin_mode");
+  so.process.stdio[1] = stdio_field(L, 1, "stdout_mode");
+  so.process.stdio[2] = stdio_field(L, 1, "stderr_mode");
+  so.process.channel_options.max_message =
+      (size_t)num_field(L, 1, "max_message", 0);
+  so.log_path[1] = str_field(L, 1, "stdout_log");
+  so.log_path[2] = str_field(L, 1, "stderr_log");
+  so.instances = (unsigned)num_field(L, 1, "instances", 1);
+  restart = str_field(L, 1, "restart");
+  if (restart == NULL || strcmp(restart, "always") == 0)
+    so.restart = TT_RESTART_ALWAYS;
+  else if (strcmp(restart, "on-failure") == 0)
+    so.restart = TT_RESTART_ON_FAILURE;
+  else if (strcmp(restart, "never") == 0)
+    so.restart = TT_RESTART_NEVER;
+  else
+    return luaL_error(L, "restart: expected \"always\", \"on-failure\" or "
+                         "\"never\"");
+  so.max_restarts = (unsigned)num_field(L, 1, "max_restarts", so.max_restarts);
+  so.within_ms = ms_field(L, 1, "within_ms", so.within_ms);
+  lua_getfield(L, 1, "backoff");
+  if (lua_istable(L, -1)) {
+    int b = lua_gettop(L);
+    so.backoff.initial_ms = num_field(L, b, "initial", so.backoff.initial_ms);
+    so.backoff.max_ms = num_field(L, b, "max", so.backoff.max_ms);
+    so.backoff.factor = num_field(L, b, "factor", so.backoff.factor);
+    so.backoff.jitter_ms =
+        num_field(L, b, "jitter", so.backoff.initial_ms / 4);
+  }
+  lua_pop(L, 1);
+  if (tt_backoff_check(&so.backoff) != 0)
+    return luaL_error(L, "backoff: need initial <= max and factor >= 1");
+  so.min_uptime_ms = ms_field(L, 1, "min_uptime", so.min_uptime_ms);
+  so.max_memory = (uint64_t)num_field(L, 1, "max_memory", 0);
+  so.memory_interval_ms =
+      ms_field(L, 1, "memory_interval", so.memory_interval_ms);
+  so.heartbeat_interval_ms = ms_field(L, 1, "heartbeat_interval", 0);
+  so.heartbeat_timeout_ms = ms_field(L, 1, "heartbeat_timeout", 0);
+  so.start_timeout_ms = ms_field(L, 1, "start_timeout", 0);
+  so.shutdown_timeout_ms =
+      ms_field(L, 1, "shutdown_timeout", so.shutdown_timeout_ms);
+  so.kill_timeout_ms = ms_field(L, 1, "kill_timeout", so.kill_timeout_ms);
+  so.queue_limit = (size_t)num_field(L, 1, "queue_limit", 0);
+  lua_getfield(L, 1, "wait_ready");
+  so.wait_ready = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+
+  c = calloc(1, sizeof *c);
+  if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
+  c->opts_ref = LUA_NOREF;
+  c->argv = string_array(L, 1, "args", 1, so.process.file);
+  c->env = string_array(L, 1, "env", 0, NULL);
+  if (c->argv == NULL || c->env == NULL) {
+    free(c->argv);
+    free(c->env);
+    free(c);
+    return tt_lua_fail(L, UV_ENOMEM, NULL);
+  }
+  so.process.args = c->argv;
+  so.process.env = c->env;
+
+  lua_getfield(L, 1, "has_shutdown_message");
+  if (lua_toboolean(L, -1)) {
+    lua_getfield(L, 1, "shutdown_message");
+    if ((err = tt_lua_encode(L, st, lua_gettop(L))) != 0) {
+      free(c->argv);
+      free(c->env);
+      free(c);
+      return err;
+    }
+    so.shutdown_message = st->wbuf.data + TT_FRAME_HEADER_SIZE;
+    so.shutdown_message_len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
+    encoded = 1;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+
+  c->s.data = c;
+  c->s.on_start = on_start;
+  c->s.on_exit = on_exit_cb;
+  c->s.on_restart = on_restart;
+  c->s.on_give_up = on_give_up;
+  c->s.on_frame = on_frame;
+  c->s.on_error = on_error;
+  c->s.on_reload = on_reload;
+  c->s.on_stopped = on_stopped;
+  err = tt_supervisor_start(&st->loop, &c->s, &so); /* copies the message */
+  if (encoded) tt_lua_encode_done(st);
+  if (err != 0) {
+    free(c->argv);
+    free(c->env);
+    free(c);
+    return tt_lua_fail(L, err, NULL);
+  }
+  tt_lobj_new_box(L, &c->o, TT_SUPERVISOR_MT, 2, teardown);
+  lua_pushvalue(L, 1);
+  c->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+/* ---- methods ------------------------------------------------------------ */
+
+static tt_lsup_t *check(lua_State *L) {
+  return (tt_lsup_t *)tt_lobj_check(L, 1, TT_SUPERVISOR_MT);
+}
+
+static unsigned check_id(lua_State *L, int idx) {
+  lua_Integer id = luaL_checkinteger(L, idx);
+  luaL_argcheck(L, id >= 1 && id <= UINT32_MAX, idx, "bad worker id");
+  return (unsigned)id;
+}
+
+/* send(id, value, timeout_ms, cb, [kind, frame_id]) -> true | nil, err */
+static int m_send(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  unsigned id = check_id(L, 2);
+  lua_Number timeout = luaL_optnumber(L, 4, 0);
+  unsigned kind = (unsigned)luaL_optinteger(L, 6, TT_FRAME_MESSAGE);
+  uint32_t fid = (uint32_t)luaL_optinteger(L, 7, 0);
+  tt_send_req_t *req = NULL;
+  tt_state_t *st;
+  size_t len, max;
+  int err;
+  luaL_checkany(L, 3);
+  luaL_argcheck(L, timeout >= 0 && timeout < 9e15, 4, "timeout out of range");
+  if (!lua_isnoneornil(L, 5)) luaL_checktype(L, 5, LUA_TFUNCTION);
+  luaL_argcheck(L, kind >= 1 && kind <= TT_FRAME_CONTROL, 6, "bad kind");
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  st = c->o.st;
+  if ((err = tt_lua_encode(L, st, 3)) != 0) return err;
+  len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
+  max = c->s.opts.process.channel_options.max_message;
+  if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;
+  if (len > max) {
+    tt_lua_encode_done(st);
+    lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
+                    (lua_Integer)len, (lua_Integer)max);
+    return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
+  }
+  if (!lua_isnoneornil(L, 5)) {
+    if ((req = malloc(sizeof *req)) == NULL) {
+      tt_lua_encode_done(st);
+      return tt_lua_fail(L, UV_ENOMEM, NULL);
+    }
+    req->o = &c->o;
+    lua_pushvalue(L, 5);
+    req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  err = tt_supervisor_send(&c->s, id, kind, fid,
+                           st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
+                           (uint64_t)(timeout + 0.5),
+                           req ? tt_lua_on_sent : NULL, req);
+  tt_lua_encode_done(st);
+  if (err != 0) {
+    if (req != NULL) {
+      luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
+      free(req);
+    }
+    return tt_lua_fail(L, err, NULL);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* answer(id, frame_id, value, is_fault): the reply to a worker's request,
+ * on its current channel. */
+static int m_answer(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  unsigned id = check_id(L, 2);
+  lua_Integer fid = luaL_checkinteger(L, 3);
+  int fault = lua_toboolean(L, 5);
+  tt_channel_t *ch;
+  tt_state_t *st;
+  int err;
+  luaL_checkany(L, 4);
+  if (c == NULL || (ch = tt_supervisor_channel(&c->s, id)) == NULL)
+    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  st = c->o.st;
+  if ((err = tt_lua_encode(L, st, 4)) != 0) return err;
+  err = tt_channel_send(ch, fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
+                        (uint32_t)fid, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                        st->wbuf.len - TT_FRAME_HEADER_SIZE, NULL, NULL);
+  tt_lua_encode_done(st);
+  if (err < 0) return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_kill(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  unsigned id = check_id(L, 2);
+  const char *name = luaL_optstring(L, 3, "SIGTERM");
+  int sig = tt_signal_number(name), err;
+  if (sig == 0) return luaL_argerror(L, 3, "unknown signal name");
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  if ((err = tt_supervisor_kill(&c->s, id, sig)) != 0)
+    return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* info(id) -> {pid, state, restarts, uptime, rss, lua_heap, queued,
+ * last_reason, last_code, last_signal} | nil, err */
+static int m_info(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  unsigned id = check_id(L, 2);
+  tt_worker_info_t in;
+  int err;
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  if ((err = tt_supervisor_info(&c->s, id, &in)) != 0)
+    return tt_lua_fail(L, err, NULL);
+  lua_createtable(L, 0, 10);
+  if (in.pid != 0) {
+    lua_pushinteger(L, in.pid);
+    lua_setfield(L, -2, "pid");
+    lua_pushinteger(L, (lua_Integer)in.uptime_ms);
+    lua_setfield(L, -2, "uptime");
+  }
+  lua_pushstring(L, tt_worker_state_name(in.state));
+  lua_setfield(L, -2, "state");
+  lua_pushinteger(L, in.restarts);
+  lua_setfield(L, -2, "restarts");
+  if (in.rss > 0) {
+    lua_pushinteger(L, (lua_Integer)in.rss);
+    lua_setfield(L, -2, "rss");
+  }
+  if (in.lua_heap >= 0) {
+    lua_pushinteger(L, (lua_Integer)in.lua_heap);
+    lua_setfield(L, -2, "lua_heap");
+  }
+  lua_pushinteger(L, (lua_Integer)in.queued);
+  lua_setfield(L, -2, "queued");
+  if (in.last_reason != TT_EXIT_NONE) {
+    lua_pushstring(L, tt_exit_reason_name(in.last_reason));
+    lua_setfield(L, -2, "last_reason");
+    if (in.last_signal != 0) {
+      push_signal(L, in.last_signal);
+      lua_setfield(L, -2, "last_signal");
+    } else {
+      lua_pushinteger(L, (lua_Integer)in.last_status);
+      lua_setfield(L, -2, "last_code");
+    }
+  }
+  return 1;
+}
+
+static int result(lua_State *L, int err) {
+  if (err != 0) return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_reload(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  return result(L, c ? tt_supervisor_reload(&c->s) : TT_ERR_CLOSED);
+}
+
+static int m_restart(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  unsigned id = check_id(L, 2);
+  return result(L, c ? tt_supervisor_restart(&c->s, id) : TT_ERR_CLOSED);
+}
+
+static int m_stop(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  if (c != NULL) tt_supervisor_stop(&c->s);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_reopen_logs(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  return result(L, c ? tt_supervisor_reopen_logs(&c->s) : TT_ERR_CLOSED);
+}
+
+static int m_tostring(lua_State *L) {
+  tt_box_t *box = luaL_checkudata(L, 1, TT_SUPERVISOR_MT);
+  tt_lsup_t *c = (tt_lsup_t *)box->o;
+  if (c == NULL || c->o.closing)
+    lua_pushliteral(L, "tether.supervisor (stopped)");
+  else
+    lua_pushfstring(L, "tether.supervisor (%d workers)",
+                    (int)c->s.opts.instances);
+  return 1;
+}
+
+void tt_open_supervisor(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"send", m_send},       {"answer", m_answer},
+      {"kill", m_kill},       {"info", m_info},
+      {"reload", m_reload},   {"restart", m_restart},
+      {"stop", m_stop},       {"reopen_logs", m_reopen_logs},
+      {NULL, NULL}};
+  tt_lobj_class(L, TT_SUPERVISOR_MT, methods, m_tostring);
+  lua_pushcfunction(L, l_supervise);
+  lua_setfield(L, -2, "supervise");
+}
