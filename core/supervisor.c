@@ -721,9 +721,14 @@ static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
   slot->last_reason = r;
   slot->last_status = status;
   slot->last_signal = sig;
-  tt_process_close(p, on_process_closed);
   if (s->on_exit) s->on_exit(s, slot->id, status, sig, r);
   worker_gone(w, r);
+}
+
+/* Output still in the pipes after the exit is logged before the pipes
+ * close: only now is the worker done with. */
+static void on_worker_closed(tt_process_t *p) {
+  tt_process_close(p, on_process_closed);
 }
 
 static void on_worker_data(tt_process_t *p, int fd, const char *buf,
@@ -767,6 +772,7 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   s->alive++;
   w->p.on_exit = on_worker_exit;
   w->p.on_data = on_worker_data;
+  w->p.on_closed = on_worker_closed;
   if (w->p.channel != NULL) {
     w->p.channel->data = w;
     w->p.channel->on_frame = on_frame;
