@@ -2,8 +2,10 @@
  * Supervisor: see tt_supervisor.h.
  *
  * Invariants:
- * - A slot has at most one `cur` worker and, during a reload, one `next`
- *   candidate; a worker replaced by a reload is `retiring` until it exits.
+ * - A slot has at most one `cur` worker and, during a reload or replace, one
+ *   `next` candidate.  Every incarnation that has not exited is also on the
+ *   supervisor's `all` list (replaced ones included), which stop, abandon
+ *   and the memory check walk.
  *   Every incarnation is counted in s->live from spawn until its memory is
  *   freed, and in s->alive until its exit was seen.
  * - An incarnation owns one timer, used by whichever watchdog its state
@@ -41,7 +43,9 @@ enum {
   I_EXITED = 1u << 1,
   I_PING_OUT = 1u << 2,
   I_SENT_KILL = 1u << 3,
-  I_ABANDONED = 1u << 4
+  I_ABANDONED = 1u << 4,
+  I_RELOAD_OLD = 1u << 5, /* replaced by a reload step: its exit moves on */
+  I_RETIRING = 1u << 6    /* replaced, kept running until the owner stops it */
 };
 
 /* A partial output line, waiting for its newline. */
@@ -56,6 +60,8 @@ typedef struct {
 struct tt_incarnation_s {
   tt_process_t p;
   tt_supervisor_t *s;
+  tt_incarnation_t *all_next, *all_prev;
+  uint64_t serial;
   tt_slot_t *slot;
   tt_worker_state_t state;
   tt_exit_reason_t stop_reason; /* NONE unless we stop it */
@@ -71,7 +77,8 @@ struct tt_incarnation_s {
 struct tt_slot_s {
   tt_supervisor_t *s;
   unsigned id;
-  tt_incarnation_t *cur, *next, *retiring;
+  tt_incarnation_t *cur, *next;
+  int keep_old; /* the pending `next` replaces without stopping `cur` */
   unsigned restarts;
   unsigned failures; /* since the last healthy run: the backoff attempt */
   int restart_pending;
@@ -139,6 +146,28 @@ static void reload_step(tt_supervisor_t *s);
 static void reload_done(tt_supervisor_t *s, int status);
 
 static uint64_t now(tt_supervisor_t *s) { return uv_now(s->loop); }
+
+static void all_add(tt_supervisor_t *s, tt_incarnation_t *w) {
+  w->all_prev = NULL;
+  w->all_next = s->all;
+  if (s->all) s->all->all_prev = w;
+  s->all = w;
+  s->alive++;
+}
+
+static void all_remove(tt_supervisor_t *s, tt_incarnation_t *w) {
+  if (w->all_prev) w->all_prev->all_next = w->all_next;
+  else s->all = w->all_next;
+  if (w->all_next) w->all_next->all_prev = w->all_prev;
+  w->all_next = w->all_prev = NULL;
+  s->alive--;
+}
+
+static tt_incarnation_t *find_serial(tt_supervisor_t *s, uint64_t serial) {
+  for (tt_incarnation_t *w = s->all; w != NULL; w = w->all_next)
+    if (w->serial == serial) return w;
+  return NULL;
+}
 
 /* ---- handles ------------------------------------------------------------ */
 
@@ -443,9 +472,10 @@ static void check_memory(tt_incarnation_t *w) {
 
 static void on_memory_timer(uv_timer_t *t) {
   tt_supervisor_t *s = t->data;
-  for (unsigned i = 0; i < s->opts.instances; i++) {
-    check_memory(s->slots[i].cur);
-    check_memory(s->slots[i].next);
+  tt_incarnation_t *w = s->all, *next;
+  for (; w != NULL; w = next) {
+    next = w->all_next; /* a stop may end it synchronously (spawn failed) */
+    check_memory(w);
   }
 }
 
@@ -525,19 +555,25 @@ static void became_running(tt_incarnation_t *w) {
   if (s->opts.heartbeat_interval_ms > 0)
     uv_timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_interval_ms,
                    0);
-  if (w == slot->next) { /* a reload's new worker: retire the old one */
+  if (w == slot->next) { /* a replacement: the old one goes */
     tt_incarnation_t *old = slot->cur;
     slot->cur = w;
     slot->next = NULL;
-    slot->retiring = old;
-    if (old != NULL) stop_worker(old, TT_EXIT_RELOAD, 1);
+    if (old != NULL && slot->keep_old) {
+      old->flags |= I_RETIRING;
+      old = NULL;
+    } else if (old != NULL) {
+      old->flags |= I_RELOAD_OLD;
+      stop_worker(old, TT_EXIT_RELOAD, 1);
+      if (old->flags & I_EXITED) old = NULL;
+    }
+    if (old == NULL && s->reload_next == slot->id) {
+      s->reload_next++;
+      reload_step(s);
+    }
   }
   if (w == slot->cur) flush_queue(slot);
-  if (s->on_start) s->on_start(s, slot->id);
-  if (slot->retiring == NULL && s->reload_next == slot->id) {
-    s->reload_next++;
-    reload_step(s);
-  }
+  if (s->on_start) s->on_start(s, slot->id, w->serial);
 }
 
 /* ---- frames ------------------------------------------------------------- */
@@ -566,7 +602,7 @@ static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
     return;
   }
   if (h->kind == TT_FRAME_PING) return; /* workers do not ping us */
-  if (s->on_frame) s->on_frame(s, w->slot->id, ch, h, payload);
+  if (s->on_frame) s->on_frame(s, w->slot->id, w->serial, ch, h, payload);
 }
 
 static void on_channel_error(tt_channel_t *ch, int err, const char *why) {
@@ -662,7 +698,8 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
     check_stopped(s);
     return;
   }
-  if (r != TT_EXIT_RELOAD) {
+  if (r != TT_EXIT_RELOAD &&
+      !(s->opts.count_start_failures_only && (w->flags & I_READY))) {
     if (!restart_allowed(s)) {
       char why[128];
       snprintf(why, sizeof why,
@@ -692,13 +729,11 @@ static void worker_gone(tt_incarnation_t *w, tt_exit_reason_t r) {
   tt_slot_t *slot = w->slot;
   tt_supervisor_t *s = w->s;
   w->state = TT_WORKER_DOWN;
-  s->alive--;
   if (w == slot->next) { /* a reload's new worker never got ready */
     slot->next = NULL;
     reload_done(s, TT_ERR_WORKER_INIT);
     check_stopped(s);
-  } else if (w == slot->retiring) {
-    slot->retiring = NULL;
+  } else if (w->flags & I_RELOAD_OLD) {
     if (s->reload_next == slot->id) {
       s->reload_next++;
       reload_step(s);
@@ -717,11 +752,12 @@ static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
   tt_supervisor_t *s = w->s;
   tt_exit_reason_t r = classify(w);
   w->flags |= I_EXITED;
+  all_remove(s, w);
   uv_timer_stop(&w->timer);
   slot->last_reason = r;
   slot->last_status = status;
   slot->last_signal = sig;
-  if (s->on_exit) s->on_exit(s, slot->id, status, sig, r);
+  if (s->on_exit) s->on_exit(s, slot->id, w->serial, status, sig, r);
   worker_gone(w, r);
 }
 
@@ -769,7 +805,8 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
     tt_process_close(&w->p, on_process_closed);
     goto failed;
   }
-  s->alive++;
+  w->serial = ++s->serial;
+  all_add(s, w);
   w->p.on_exit = on_worker_exit;
   w->p.on_data = on_worker_data;
   w->p.on_closed = on_worker_closed;
@@ -778,16 +815,20 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
     w->p.channel->on_frame = on_frame;
     w->p.channel->on_error = on_channel_error;
   }
-  if (as_next)
+  if (as_next) {
     slot->next = w;
-  else
+  } else {
     slot->cur = w;
+    slot->keep_old = 0;
+  }
   slot->requeue_pos = NULL;
   if (slot->restart_reason != TT_EXIT_NONE || as_next) {
     slot->restarts++;
     if (s->on_restart)
       s->on_restart(s, slot->id,
-                    as_next ? TT_EXIT_RELOAD : slot->restart_reason,
+                    as_next ? (slot->keep_old ? TT_EXIT_RETIRED
+                                              : TT_EXIT_RELOAD)
+                            : slot->restart_reason,
                     w->p.pid);
     slot->restart_reason = TT_EXIT_NONE;
   }
@@ -804,7 +845,8 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
 failed:
   if (s->on_error) s->on_error(s, slot->id, err, "spawn");
   if (as_next) {
-    reload_done(s, err);
+    if (s->reload_next == slot->id) reload_done(s, err);
+    else if (s->on_error) s->on_error(s, slot->id, err, "replacement");
     return;
   }
   slot->last_reason = TT_EXIT_SPAWN;
@@ -844,6 +886,7 @@ static void reload_step(tt_supervisor_t *s) {
     tt_slot_t *slot = &s->slots[s->reload_next - 1];
     if (slot->cur != NULL && slot->cur->state == TT_WORKER_RUNNING &&
         slot->next == NULL) {
+      slot->keep_old = 0;
       spawn_worker(slot, 1); /* continues from became_running/worker_gone */
       return;
     }
@@ -900,9 +943,10 @@ void tt_supervisor_stop(tt_supervisor_t *s) {
     uv_timer_stop(&slot->timer);
     slot->restart_pending = 0;
     slot_down(slot);
-    if (slot->next) stop_worker(slot->next, TT_EXIT_STOP, 1);
-    if (slot->cur) stop_worker(slot->cur, TT_EXIT_STOP, 1);
-    if (slot->retiring) stop_worker(slot->retiring, TT_EXIT_STOP, 1);
+  }
+  for (tt_incarnation_t *w = s->all, *next; w != NULL; w = next) {
+    next = w->all_next;
+    stop_worker(w, TT_EXIT_STOP, 1);
   }
   check_stopped(s);
 }
@@ -913,11 +957,11 @@ int tt_supervisor_is_stopped(const tt_supervisor_t *s) {
 
 static void abandon_worker(tt_incarnation_t *w) {
   if (w == NULL || (w->flags & (I_EXITED | I_ABANDONED))) return;
-  w->flags |= I_ABANDONED | I_EXITED;
   uv_timer_stop(&w->timer);
   tt_process_kill(&w->p, SIGTERM);
   tt_process_kill(&w->p, SIGCONT);
-  w->s->alive--;
+  w->flags |= I_ABANDONED | I_EXITED;
+  all_remove(w->s, w);
   tt_process_abandon(&w->p, on_process_closed);
 }
 
@@ -942,14 +986,50 @@ void tt_supervisor_close(tt_supervisor_t *s, int abandon,
     close_handle(s, (uv_handle_t *)&s->slots[i].timer);
   tt_supervisor_stop(s);
   if (abandon) {
-    for (unsigned i = 0; i < s->opts.instances; i++) {
-      abandon_worker(s->slots[i].next);
-      abandon_worker(s->slots[i].cur);
-      abandon_worker(s->slots[i].retiring);
-    }
+    while (s->all != NULL) abandon_worker(s->all);
     check_stopped(s);
   }
   maybe_closed(s);
+}
+
+int tt_supervisor_replace(tt_supervisor_t *s, unsigned id, int keep_old) {
+  tt_slot_t *slot;
+  if (id < 1 || id > s->opts.instances) return UV_EINVAL;
+  if (s->flags & S_STOPPING) return TT_ERR_CLOSED;
+  slot = &s->slots[id - 1];
+  if (slot->next != NULL || s->reload_next == id) return UV_EBUSY;
+  if (slot->cur == NULL || slot->cur->state != TT_WORKER_RUNNING)
+    return UV_ESRCH;
+  slot->keep_old = keep_old;
+  spawn_worker(slot, 1);
+  return 0;
+}
+
+int tt_supervisor_stop_worker(tt_supervisor_t *s, uint64_t serial,
+                              tt_exit_reason_t why, int polite) {
+  tt_incarnation_t *w = find_serial(s, serial);
+  if (w == NULL) return UV_ESRCH;
+  stop_worker(w, why, polite);
+  return 0;
+}
+
+int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,
+                              int signum) {
+  tt_incarnation_t *w = find_serial(s, serial);
+  if (w == NULL) return UV_ESRCH;
+  if (signum == SIGKILL) w->flags |= I_SENT_KILL;
+  return tt_process_kill(&w->p, signum);
+}
+
+tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
+                                           uint64_t serial) {
+  tt_incarnation_t *w = find_serial(s, serial);
+  return w && w->state == TT_WORKER_RUNNING ? w->p.channel : NULL;
+}
+
+uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial) {
+  tt_incarnation_t *w = find_serial(s, serial);
+  return w ? rss_of(w->p.pid) : 0;
 }
 
 /* ---- queries ------------------------------------------------------------ */

@@ -63,7 +63,9 @@ typedef enum {
   XX(MEMORY, "memory")   /* RSS over max_memory */                            \
   XX(UNRESPONSIVE, "unresponsive") /* heartbeat or start timeout */           \
   XX(RELOAD, "reload")   /* replaced by a rolling reload */                   \
-  XX(STOP, "stop")       /* the supervisor stopped it */
+  XX(STOP, "stop")       /* the supervisor stopped it */                      \
+  XX(RETIRED, "retired") /* replaced after its work (pools: recycling) */     \
+  XX(TIMEOUT, "timeout") /* stopped by its owner: a task took too long */
 
 typedef enum {
 #define XX(name, _) TT_EXIT_##name,
@@ -97,6 +99,10 @@ typedef struct {
   uint64_t kill_timeout_ms;     /* wait after SIGTERM */
   const char *log_path[3];      /* [1] stdout, [2] stderr; NULL: no log */
   size_t queue_limit;           /* queued messages per slot; 0: 1024 */
+  /* Count toward max_restarts (and back off) only workers that exit
+   * before they were ready; one that was ready is replaced at once (pools:
+   * a worker killed while working is not a failing start). */
+  int count_start_failures_only;
 } tt_supervisor_options_t;
 
 /* Fills `o` with the defaults: 1 instance, ALWAYS, 10 restarts in 60 s,
@@ -125,16 +131,19 @@ typedef struct {
 struct tt_supervisor_s {
   void *data; /* owner's */
   /* Owner callbacks; any may be NULL.  `id` is the slot (1-based). */
-  void (*on_start)(tt_supervisor_t *s, unsigned id);       /* RUNNING */
-  void (*on_exit)(tt_supervisor_t *s, unsigned id, int64_t status, int sig,
-                  tt_exit_reason_t reason);
+  /* `serial` names one incarnation (one process) of slot `id`; serials
+   * are never reused. */
+  void (*on_start)(tt_supervisor_t *s, unsigned id, uint64_t serial);
+  void (*on_exit)(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                  int64_t status, int sig, tt_exit_reason_t reason);
   /* A replacement worker `pid` was spawned for slot `id`. */
   void (*on_restart)(tt_supervisor_t *s, unsigned id, tt_exit_reason_t why,
                      int pid);
   void (*on_give_up)(tt_supervisor_t *s, const char *why);
   /* Every frame from a worker except heartbeat frames. */
-  void (*on_frame)(tt_supervisor_t *s, unsigned id, tt_channel_t *ch,
-                   const tt_frame_header_t *h, const char *payload);
+  void (*on_frame)(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                   tt_channel_t *ch, const tt_frame_header_t *h,
+                   const char *payload);
   /* Spawn failures, channel errors, log write errors. */
   void (*on_error)(tt_supervisor_t *s, unsigned id, int err, const char *why);
   void (*on_reload)(tt_supervisor_t *s, int status);
@@ -148,6 +157,8 @@ struct tt_supervisor_s {
   char **env; /* template env + room for TETHER_WORKER_ID */
   size_t env_len;
   tt_slot_t *slots;
+  tt_incarnation_t *all; /* every incarnation not yet exited */
+  uint64_t serial;       /* last one given */
   unsigned flags;
   int log_fd[3];
   uv_timer_t memory_timer;
@@ -185,6 +196,22 @@ int tt_supervisor_restart(tt_supervisor_t *s, unsigned id);
 int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
                        uint32_t frame_id, const void *payload, size_t len,
                        uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);
+
+/* Starts a replacement for slot `id`'s running worker; once it is ready it
+ * becomes the slot's worker and the old one is stopped (reason RELOAD), or
+ * with keep_old left running, no longer the slot's, until the owner stops
+ * it (tt_supervisor_stop_worker).  UV_EBUSY while one is pending, UV_ESRCH
+ * when the slot has no running worker. */
+int tt_supervisor_replace(tt_supervisor_t *s, unsigned id, int keep_old);
+/* Per incarnation: stop (escalating as configured), signal, its channel
+ * while RUNNING, its RSS in bytes (0: unknown).  UV_ESRCH once exited. */
+int tt_supervisor_stop_worker(tt_supervisor_t *s, uint64_t serial,
+                              tt_exit_reason_t why, int polite);
+int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,
+                              int signum);
+tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
+                                           uint64_t serial);
+uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial);
 
 /* Sends a signal to slot `id`'s current worker. */
 int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);

@@ -54,7 +54,8 @@ static void push_pid(lua_State *L, tt_supervisor_t *s, unsigned id) {
     lua_pushnil(L);
 }
 
-static void on_start(tt_supervisor_t *s, unsigned id) {
+static void on_start(tt_supervisor_t *s, unsigned id, uint64_t serial) {
+  (void)serial;
   lua_State *L = tt_lobj_begin(&of(s)->o, "start");
   if (L == NULL) return;
   lua_pushinteger(L, id);
@@ -72,8 +73,9 @@ static void push_signal(lua_State *L, int sig) {
     lua_pushinteger(L, sig);
 }
 
-static void on_exit_cb(tt_supervisor_t *s, unsigned id, int64_t status,
-                       int sig, tt_exit_reason_t reason) {
+static void on_exit_cb(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                       int64_t status, int sig, tt_exit_reason_t reason) {
+  (void)serial;
   lua_State *L = tt_lobj_begin(&of(s)->o, "exit");
   if (L == NULL) return;
   lua_pushinteger(L, id);
@@ -103,8 +105,9 @@ static void on_give_up(tt_supervisor_t *s, const char *why) {
   tt_call(of(s)->o.st, L, 2);
 }
 
-static void on_frame(tt_supervisor_t *s, unsigned id, tt_channel_t *ch,
-                     const tt_frame_header_t *h, const char *payload) {
+static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                     tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload) {
   tt_lsup_t *c = of(s);
   const char *event;
   lua_State *L;
@@ -122,6 +125,7 @@ static void on_frame(tt_supervisor_t *s, unsigned id, tt_channel_t *ch,
   default:
     return; /* replies: we make no calls to supervised workers */
   }
+  (void)serial;
   if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
   lua_pushinteger(L, id);
   rc = tt_lua_decode(L, c->o.st, payload, h->len);
