@@ -3,9 +3,9 @@
  *
  * Invariants:
  * - A slot has at most one `cur` worker and, during a reload or replace, one
- *   `next` candidate.  Every incarnation that has not exited is also on the
- *   supervisor's `all` list (replaced ones included), which stop, abandon
- *   and the memory check walk.
+ *   `next` candidate.  Every incarnation is on the supervisor's `all` list
+ *   from its spawn until its memory is freed (replaced and exited ones
+ *   included), which stop, abandon and the memory check walk.
  *   Every incarnation is counted in s->live from spawn until its memory is
  *   freed, and in s->alive until its exit was seen.
  * - An incarnation owns one timer, used by whichever watchdog its state
@@ -35,7 +35,8 @@ enum {
   S_GAVE_UP = 1u << 2,
   S_STOPPED = 1u << 3,   /* on_stopped delivered */
   S_CLOSING = 1u << 4,
-  S_CLOSED_CB = 1u << 5
+  S_CLOSED_CB = 1u << 5,
+  S_ABANDONED = 1u << 6
 };
 
 enum {
@@ -45,8 +46,14 @@ enum {
   I_SENT_KILL = 1u << 3,
   I_ABANDONED = 1u << 4,
   I_RELOAD_OLD = 1u << 5, /* replaced by a reload step: its exit moves on */
-  I_RETIRING = 1u << 6    /* replaced, kept running until the owner stops it */
+  I_RETIRING = 1u << 6,   /* replaced, kept running until the owner stops it */
+  I_PCLOSE = 1u << 7,     /* tt_process_close() was called */
+  I_PROMOTED = 1u << 8    /* a replacement that took over while starting */
 };
+
+/* After an exit, output still in the pipes is logged for at most this
+ * long: a grandchild holding the pipe must not keep us waiting. */
+#define TT_DRAIN_MS 500
 
 /* A partial output line, waiting for its newline. */
 typedef struct {
@@ -66,6 +73,7 @@ struct tt_incarnation_s {
   tt_worker_state_t state;
   tt_exit_reason_t stop_reason; /* NONE unless we stop it */
   unsigned flags;
+  int parts; /* of process and timer, not yet closed */
   int phase; /* while stopping: 1 message sent, 2 SIGTERM sent, 3 SIGKILL */
   uint32_t ping_id;
   uint64_t started_at;
@@ -82,6 +90,7 @@ struct tt_slot_s {
   unsigned restarts;
   unsigned failures; /* since the last healthy run: the backoff attempt */
   int restart_pending;
+  int restart_counted; /* the pending restart counts toward max_restarts */
   int dead; /* will never run again */
   tt_exit_reason_t restart_reason;
   uv_timer_t timer;
@@ -139,6 +148,7 @@ void tt_supervisor_options_init(tt_supervisor_options_t *o) {
 }
 
 static void spawn_worker(tt_slot_t *slot, int as_next);
+static void flush_queue(tt_slot_t *slot);
 static void stop_worker(tt_incarnation_t *w, tt_exit_reason_t why, int polite);
 static void check_stopped(tt_supervisor_t *s);
 static void maybe_closed(tt_supervisor_t *s);
@@ -152,7 +162,6 @@ static void all_add(tt_supervisor_t *s, tt_incarnation_t *w) {
   w->all_next = s->all;
   if (s->all) s->all->all_prev = w;
   s->all = w;
-  s->alive++;
 }
 
 static void all_remove(tt_supervisor_t *s, tt_incarnation_t *w) {
@@ -160,7 +169,6 @@ static void all_remove(tt_supervisor_t *s, tt_incarnation_t *w) {
   else s->all = w->all_next;
   if (w->all_next) w->all_next->all_prev = w->all_prev;
   w->all_next = w->all_prev = NULL;
-  s->alive--;
 }
 
 static tt_incarnation_t *find_serial(tt_supervisor_t *s, uint64_t serial) {
@@ -285,8 +293,8 @@ static void on_msg_sent(void *arg, int status) {
   tt_sup_msg_t *m = arg;
   tt_slot_t *slot = m->slot;
   tt_supervisor_t *s = slot->s;
-  if (status == 0) {
-    msg_done(m, 0);
+  if (status != TT_ERR_IPC_CHANNEL_CLOSED) { /* delivered, or UV_ENOMEM */
+    msg_done(m, status);
     return;
   }
   /* The worker went away before the kernel took it: it goes back to the
@@ -302,6 +310,12 @@ static void on_msg_sent(void *arg, int status) {
   msg_link_after(slot, m, slot->requeue_pos);
   slot->requeue_pos = m;
   msg_park(m);
+  /* From a replaced worker, while the slot's current one runs: on to it
+   * (a dying current worker's channel refuses, and the queue waits). */
+  if (slot->cur != NULL && slot->cur->state == TT_WORKER_RUNNING &&
+      slot->cur->p.channel != NULL &&
+      tt_channel_is_connected(slot->cur->p.channel))
+    flush_queue(slot);
 }
 
 static int msg_deliver(tt_incarnation_t *w, tt_sup_msg_t *m) {
@@ -346,6 +360,7 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
   m->arg = arg;
   m->deadline = timeout_ms ? now(s) + timeout_ms : 0;
   if (len) memcpy(m->payload, payload, len);
+  if (slot->q_head != NULL) flush_queue(slot); /* what may go, goes first */
   if (slot->q_head == NULL && msg_deliver(slot->cur, m) == 0) return 0;
   msg_link_after(slot, m, slot->q_tail);
   msg_park(m);
@@ -515,11 +530,12 @@ static void on_worker_timer(uv_timer_t *t) {
 
 static void send_ping(tt_incarnation_t *w) {
   tt_supervisor_t *s = w->s;
-  if (w->p.channel == NULL) return;
   if (++w->ping_id == 0) w->ping_id = 1; /* id 0 is the ready frame */
-  if (tt_channel_send(w->p.channel, TT_FRAME_PING, w->ping_id, NULL, 0, NULL,
-                      NULL) < 0)
-    return; /* the channel is gone: the exit follows */
+  /* A channel that is gone counts as a missing answer: a worker that closed
+   * it but runs on is not exempt from the watch. */
+  if (w->p.channel != NULL)
+    tt_channel_send(w->p.channel, TT_FRAME_PING, w->ping_id, NULL, 0, NULL,
+                    NULL);
   w->flags |= I_PING_OUT;
   uv_timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_timeout_ms, 0);
 }
@@ -571,6 +587,10 @@ static void became_running(tt_incarnation_t *w) {
       s->reload_next++;
       reload_step(s);
     }
+  } else if ((w->flags & I_PROMOTED) && s->reload_next == slot->id) {
+    /* the reload's new worker, up after the old one died meanwhile */
+    s->reload_next++;
+    reload_step(s);
   }
   if (w == slot->cur) flush_queue(slot);
   if (s->on_start) s->on_start(s, slot->id, w->serial);
@@ -607,24 +627,43 @@ static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
 
 static void on_channel_error(tt_channel_t *ch, int err, const char *why) {
   tt_incarnation_t *w = ch->data;
+  /* Frames lost with a dying worker: ours (pings, the shutdown message)
+   * do not matter, and the owner's have callbacks that tell. */
+  if (err == TT_ERR_IPC_CHANNEL_CLOSED) return;
   if (w->s->on_error) w->s->on_error(w->s, w->slot->id, err, why);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-static void on_worker_freed(uv_handle_t *h) {
-  tt_incarnation_t *w = h->data;
+/* An incarnation is freed once its process and its timer are closed. */
+static void part_closed(tt_incarnation_t *w) {
   tt_supervisor_t *s = w->s;
+  if (--w->parts > 0) return;
+  all_remove(s, w);
   for (int i = 0; i < 3; i++) free(w->lines[i].buf);
   free(w);
   s->live--;
   maybe_closed(s);
 }
 
+static void on_timer_closed(uv_handle_t *h) { part_closed(h->data); }
+
+static void close_timer(tt_incarnation_t *w) {
+  if (uv_is_closing((uv_handle_t *)&w->timer)) return;
+  w->timer.data = w;
+  uv_close((uv_handle_t *)&w->timer, on_timer_closed);
+}
+
 static void on_process_closed(tt_process_t *p) {
   tt_incarnation_t *w = p->data;
-  w->timer.data = w;
-  uv_close((uv_handle_t *)&w->timer, on_worker_freed);
+  close_timer(w);
+  part_closed(w);
+}
+
+static void close_process(tt_incarnation_t *w) {
+  if (w->flags & I_PCLOSE) return;
+  w->flags |= I_PCLOSE;
+  tt_process_close(&w->p, on_process_closed);
 }
 
 static int restart_allowed(tt_supervisor_t *s) {
@@ -647,10 +686,28 @@ static void give_up(tt_supervisor_t *s, const char *why) {
   tt_supervisor_stop(s);
 }
 
+static void give_up(tt_supervisor_t *s, const char *why);
+static void slot_down(tt_slot_t *slot);
+
+/* The intensity window is charged here, when a restart happens, not when
+ * it is scheduled: a give-up must not cancel restarts it already counted
+ * (several workers crashing at once would give up with none done). */
 static void on_restart_timer(uv_timer_t *t) {
   tt_slot_t *slot = t->data;
+  tt_supervisor_t *s = slot->s;
   slot->restart_pending = 0;
-  if (slot->s->flags & S_STOPPING) return;
+  if (s->flags & S_STOPPING) return;
+  if (slot->restart_counted && !restart_allowed(s)) {
+    char why[128];
+    snprintf(why, sizeof why,
+             "more than %u restarts within %llu ms (worker %u: %s)",
+             s->opts.max_restarts, (unsigned long long)s->opts.within_ms,
+             slot->id, tt_exit_reason_name(slot->restart_reason));
+    slot->restart_reason = TT_EXIT_NONE;
+    slot_down(slot);
+    give_up(s, why);
+    return;
+  }
   spawn_worker(slot, 0);
 }
 
@@ -672,6 +729,7 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
      * its place (and finishes the reload's step once it is running). */
     slot->cur = slot->next;
     slot->next = NULL;
+    slot->cur->flags |= I_PROMOTED;
     return;
   }
   if ((w->flags & I_READY) && now(s) - w->started_at >= s->opts.min_uptime_ms)
@@ -698,20 +756,11 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
     check_stopped(s);
     return;
   }
-  if (r != TT_EXIT_RELOAD &&
-      !(s->opts.count_start_failures_only && (w->flags & I_READY))) {
-    if (!restart_allowed(s)) {
-      char why[128];
-      snprintf(why, sizeof why,
-               "more than %u restarts within %llu ms (worker %u: %s)",
-               s->opts.max_restarts, (unsigned long long)s->opts.within_ms,
-               slot->id, tt_exit_reason_name(r));
-      slot_down(slot);
-      give_up(s, why);
-      return;
-    }
+  slot->restart_counted =
+      r != TT_EXIT_RELOAD &&
+      !(s->opts.count_start_failures_only && (w->flags & I_READY));
+  if (slot->restart_counted)
     delay = tt_backoff_delay(&s->opts.backoff, ++slot->failures, &s->seed);
-  }
   slot->restart_reason = r;
   slot->restart_pending = 1;
   uv_timer_start(&slot->timer, on_restart_timer, delay, 0);
@@ -746,14 +795,17 @@ static void worker_gone(tt_incarnation_t *w, tt_exit_reason_t r) {
   }
 }
 
+static void on_drain_timer(uv_timer_t *t) { close_process(t->data); }
+
 static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
   tt_incarnation_t *w = p->data;
   tt_slot_t *slot = w->slot;
   tt_supervisor_t *s = w->s;
   tt_exit_reason_t r = classify(w);
   w->flags |= I_EXITED;
-  all_remove(s, w);
+  s->alive--;
   uv_timer_stop(&w->timer);
+  uv_timer_start(&w->timer, on_drain_timer, TT_DRAIN_MS, 0);
   slot->last_reason = r;
   slot->last_status = status;
   slot->last_signal = sig;
@@ -762,10 +814,8 @@ static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
 }
 
 /* Output still in the pipes after the exit is logged before the pipes
- * close: only now is the worker done with. */
-static void on_worker_closed(tt_process_t *p) {
-  tt_process_close(p, on_process_closed);
-}
+ * close (or TT_DRAIN_MS passed): only then is the worker done with. */
+static void on_worker_closed(tt_process_t *p) { close_process(p->data); }
 
 static void on_worker_data(tt_process_t *p, int fd, const char *buf,
                            ssize_t n) {
@@ -788,6 +838,7 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   w->s = s;
   w->slot = slot;
   w->lua_heap = -1;
+  uv_update_time(s->loop); /* spawns take time: start timeouts count from now */
   w->started_at = now(s);
   snprintf(idvar, sizeof idvar, "TETHER_WORKER_ID=%u", slot->id);
   s->env[s->env_len] = idvar;
@@ -800,13 +851,16 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   uv_timer_init(s->loop, &w->timer);
   w->timer.data = w;
   w->p.data = w;
+  w->parts = 2;
+  w->serial = ++s->serial;
   s->live++;
+  all_add(s, w);
   if (err != 0) {
-    tt_process_close(&w->p, on_process_closed);
+    w->flags |= I_EXITED;
+    close_process(w);
     goto failed;
   }
-  w->serial = ++s->serial;
-  all_add(s, w);
+  s->alive++;
   w->p.on_exit = on_worker_exit;
   w->p.on_data = on_worker_data;
   w->p.on_closed = on_worker_closed;
@@ -846,7 +900,6 @@ failed:
   if (s->on_error) s->on_error(s, slot->id, err, "spawn");
   if (as_next) {
     if (s->reload_next == slot->id) reload_done(s, err);
-    else if (s->on_error) s->on_error(s, slot->id, err, "replacement");
     return;
   }
   slot->last_reason = TT_EXIT_SPAWN;
@@ -865,11 +918,22 @@ failed:
   }
 }
 
+/* A few spawns per loop iteration: a fork+exec takes milliseconds, and
+ * hundreds at once would keep the loop (signals, messages, timers of the
+ * workers already up) waiting for seconds. */
+#define TT_SPAWNS_PER_TICK 8
+
 static void on_start_timer(uv_timer_t *t) {
   tt_supervisor_t *s = t->data;
+  unsigned n = 0;
   s->flags |= S_STARTED;
-  for (unsigned i = 0; i < s->opts.instances && !(s->flags & S_STOPPING); i++)
-    spawn_worker(&s->slots[i], 0);
+  while (s->start_next < s->opts.instances && n++ < TT_SPAWNS_PER_TICK &&
+         !(s->flags & S_STOPPING))
+    spawn_worker(&s->slots[s->start_next++], 0);
+  if (s->start_next < s->opts.instances && !(s->flags & S_STOPPING))
+    uv_timer_start(&s->start_timer, on_start_timer, 0, 0);
+  else
+    s->start_next = s->opts.instances;
   check_stopped(s);
 }
 
@@ -921,6 +985,7 @@ static void check_stopped(tt_supervisor_t *s) {
   if (s->flags & S_STOPPED) return;
   if (!(s->flags & S_STARTED) && !(s->flags & S_STOPPING)) return;
   if (s->alive > 0) return;
+  if (s->start_next < s->opts.instances && !(s->flags & S_STOPPING)) return;
   for (unsigned i = 0; i < s->opts.instances; i++)
     if (s->slots[i].restart_pending) return;
   s->flags |= S_STOPPING | S_STOPPED;
@@ -955,19 +1020,44 @@ int tt_supervisor_is_stopped(const tt_supervisor_t *s) {
   return (s->flags & S_STOPPED) != 0;
 }
 
+/* The loop is going away: close everything of `w` now (whatever is still
+ * open when the binding walks the loop would be closed without our
+ * callbacks).  A live worker gets SIGTERM: nobody will reap it, but it must
+ * not run on. */
 static void abandon_worker(tt_incarnation_t *w) {
-  if (w == NULL || (w->flags & (I_EXITED | I_ABANDONED))) return;
+  if (w->flags & I_ABANDONED) return;
+  w->flags |= I_ABANDONED;
   uv_timer_stop(&w->timer);
-  tt_process_kill(&w->p, SIGTERM);
-  tt_process_kill(&w->p, SIGCONT);
-  w->flags |= I_ABANDONED | I_EXITED;
-  all_remove(w->s, w);
-  tt_process_abandon(&w->p, on_process_closed);
+  close_timer(w);
+  if (!(w->flags & I_EXITED)) {
+    tt_process_kill(&w->p, SIGTERM);
+    tt_process_kill(&w->p, SIGCONT);
+    w->flags |= I_EXITED;
+    w->s->alive--;
+  }
+  if (!(w->flags & I_PCLOSE)) {
+    w->flags |= I_PCLOSE;
+    tt_process_abandon(&w->p, on_process_closed);
+  }
+}
+
+static void abandon_all(tt_supervisor_t *s) {
+  if (s->flags & S_ABANDONED) return;
+  s->flags |= S_ABANDONED;
+  for (tt_incarnation_t *w = s->all, *next; w != NULL; w = next) {
+    next = w->all_next;
+    abandon_worker(w);
+  }
+  check_stopped(s);
+  maybe_closed(s);
 }
 
 void tt_supervisor_close(tt_supervisor_t *s, int abandon,
                          void (*cb)(tt_supervisor_t *s)) {
-  if (s->flags & S_CLOSING) return;
+  if (s->flags & S_CLOSING) { /* a graceful close may turn into abandon */
+    if (abandon) abandon_all(s);
+    return;
+  }
   s->flags |= S_CLOSING;
   s->close_cb = cb;
   s->on_start = NULL;
@@ -985,10 +1075,7 @@ void tt_supervisor_close(tt_supervisor_t *s, int abandon,
   for (unsigned i = 0; i < s->opts.instances; i++)
     close_handle(s, (uv_handle_t *)&s->slots[i].timer);
   tt_supervisor_stop(s);
-  if (abandon) {
-    while (s->all != NULL) abandon_worker(s->all);
-    check_stopped(s);
-  }
+  if (abandon) abandon_all(s);
   maybe_closed(s);
 }
 
@@ -1024,7 +1111,12 @@ int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,
 tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
                                            uint64_t serial) {
   tt_incarnation_t *w = find_serial(s, serial);
-  return w && w->state == TT_WORKER_RUNNING ? w->p.channel : NULL;
+  return w && !(w->flags & I_EXITED) ? w->p.channel : NULL;
+}
+
+int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial) {
+  tt_incarnation_t *w = find_serial(s, serial);
+  return w ? w->p.pid : 0;
 }
 
 uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial) {
@@ -1065,7 +1157,7 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   o->last_signal = slot->last_signal;
   o->lua_heap = -1;
   if (w == NULL || (w->flags & I_EXITED)) {
-    o->state = (slot->restart_pending || !(s->flags & S_STARTED)) &&
+    o->state = (slot->restart_pending || slot->id > s->start_next) &&
                        !(s->flags & S_STOPPING)
                    ? TT_WORKER_STARTING
                    : TT_WORKER_DOWN;

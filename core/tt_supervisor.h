@@ -77,7 +77,7 @@ typedef enum {
 const char *tt_exit_reason_name(tt_exit_reason_t r);
 const char *tt_worker_state_name(tt_worker_state_t s);
 
-typedef struct {
+typedef struct tt_supervisor_options_s {
   /* Template for every worker; TETHER_WORKER_ID=<id> is added to env.
    * stdio entries 1 and 2 are ignored for fds that have a log_path. */
   tt_process_options_t process;
@@ -166,6 +166,7 @@ struct tt_supervisor_s {
   uint64_t *restart_times; /* ring of the last max_restarts restarts */
   unsigned restart_head, restart_count;
   unsigned reload_next; /* slot being reloaded (1-based), 0 when idle */
+  unsigned start_next;  /* first spawns done so far */
   uint64_t seed;
   int live;  /* incarnations not yet freed */
   int alive; /* incarnations not yet exited */
@@ -204,7 +205,8 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
  * when the slot has no running worker. */
 int tt_supervisor_replace(tt_supervisor_t *s, unsigned id, int keep_old);
 /* Per incarnation: stop (escalating as configured), signal, its channel
- * while RUNNING, its RSS in bytes (0: unknown).  UV_ESRCH once exited. */
+ * until it exited, its pid, its RSS in bytes (0: unknown).  UV_ESRCH once
+ * it is gone. */
 int tt_supervisor_stop_worker(tt_supervisor_t *s, uint64_t serial,
                               tt_exit_reason_t why, int polite);
 int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,
@@ -212,6 +214,7 @@ int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,
 tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
                                            uint64_t serial);
 uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial);
+int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial);
 
 /* Sends a signal to slot `id`'s current worker. */
 int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);

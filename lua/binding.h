@@ -27,6 +27,7 @@
 #define TT_TIMER_MT "tether.timer"
 #define TT_SIGNAL_MT "tether.signal"
 #define TT_SUPERVISOR_MT "tether.supervisor"
+#define TT_POOL_MT "tether.pool"
 
 typedef struct tt_state_s tt_state_t;
 typedef struct tt_lobj_s tt_lobj_t;
@@ -126,7 +127,21 @@ int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n);
 int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
                        lua_State *L);
 
+/* Worker options from the facade's table at idx (see lua/supervisor.c):
+ * 0, or the count of results (nil, err) pushed.  On success *argv and
+ * *env are malloc'd (the caller frees them once the workers are gone) and,
+ * when *encoded, the shutdown message sits in the state's encode buffer:
+ * call tt_lua_encode_done() once the core copied it. */
+struct tt_supervisor_options_s;
+int tt_lua_worker_options(lua_State *L, int idx,
+                          struct tt_supervisor_options_s *so, char ***argv,
+                          char ***env, int *encoded);
+/* Pushes the error object for a FAULT payload value at the top (replacing
+ * it): ERR_TASK_FAILED with the peer's message, code and traceback. */
+void tt_lua_fault_error(lua_State *L);
+
 void tt_open_child(lua_State *L);
+void tt_open_pool(lua_State *L);
 void tt_open_supervisor(lua_State *L);
 void tt_open_channel(lua_State *L);
 void tt_open_timer(lua_State *L);

@@ -318,32 +318,39 @@ static void on_call_done(void *arg, int status, unsigned kind,
   lua_remove(L, -2); /* the flag: fn, value */
   free(req);
   if (kind == TT_FRAME_FAULT) {
-    /* {code=, message=} from the peer: our error object, same fields */
-    const char *code = NULL, *msg = NULL;
-    if (lua_istable(L, -1)) {
-      lua_getfield(L, -1, "code");
-      lua_getfield(L, -2, "message");
-      lua_getfield(L, -3, "traceback");
-      code = lua_tostring(L, -3);
-      msg = lua_tostring(L, -2);
-    }
-    tt_lua_push_error(L, TT_ERR_TASK_FAILED, msg ? msg : "request failed");
-    if (code != NULL) {
-      lua_pushvalue(L, -4);
-      lua_setfield(L, -2, "code");
-    }
-    if (msg != NULL) {
-      lua_pushvalue(L, -2);
-      lua_setfield(L, -2, "traceback");
-    }
-    lua_replace(L, top + 2); /* fn, err, ... */
-    lua_settop(L, top + 2);
+    tt_lua_fault_error(L); /* fn, err */
     tt_call(st, L, 1);
     return;
   }
   lua_pushnil(L);
   lua_insert(L, -2); /* fn, nil, value */
   tt_call(st, L, 2);
+}
+
+void tt_lua_fault_error(lua_State *L) {
+  int v = lua_gettop(L);
+  const char *code = NULL, *msg = NULL;
+  /* {code=, message=, traceback=} from the peer: our error object */
+  if (lua_istable(L, v)) {
+    lua_getfield(L, v, "code");
+    lua_getfield(L, v, "message");
+    lua_getfield(L, v, "traceback");
+    code = lua_tostring(L, v + 1);
+    msg = lua_tostring(L, v + 2);
+  } else {
+    lua_settop(L, v + 3);
+  }
+  tt_lua_push_error(L, TT_ERR_TASK_FAILED, msg ? msg : "request failed");
+  if (code != NULL) {
+    lua_pushvalue(L, v + 1);
+    lua_setfield(L, -2, "code");
+  }
+  if (!lua_isnil(L, v + 3)) {
+    lua_pushvalue(L, v + 3);
+    lua_setfield(L, -2, "traceback");
+  }
+  lua_replace(L, v);
+  lua_settop(L, v);
 }
 
 static double opt_number(lua_State *L, int t, const char *k, double def) {

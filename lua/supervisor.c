@@ -75,7 +75,6 @@ static void push_signal(lua_State *L, int sig) {
 
 static void on_exit_cb(tt_supervisor_t *s, unsigned id, uint64_t serial,
                        int64_t status, int sig, tt_exit_reason_t reason) {
-  (void)serial;
   lua_State *L = tt_lobj_begin(&of(s)->o, "exit");
   if (L == NULL) return;
   lua_pushinteger(L, id);
@@ -85,7 +84,8 @@ static void on_exit_cb(tt_supervisor_t *s, unsigned id, uint64_t serial,
     lua_pushinteger(L, (lua_Integer)status);
   push_signal(L, sig);
   lua_pushstring(L, tt_exit_reason_name(reason));
-  tt_call(of(s)->o.st, L, 5);
+  lua_pushinteger(L, tt_supervisor_worker_pid(s, serial));
+  tt_call(of(s)->o.st, L, 6);
 }
 
 static void on_restart(tt_supervisor_t *s, unsigned id, tt_exit_reason_t r,
@@ -125,20 +125,20 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
   default:
     return; /* replies: we make no calls to supervised workers */
   }
-  (void)serial;
   if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
   lua_pushinteger(L, id);
   rc = tt_lua_decode(L, c->o.st, payload, h->len);
   if (rc != 1) {
     char why[256];
     snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
-    lua_pop(L, 3);
+    lua_pop(L, 4); /* handler, event, id, why */
     tt_channel_fail(ch, rc == 0 ? TT_ERR_IPC_PROTOCOL : UV_ENOMEM, why);
     return;
   }
   if (h->kind == TT_FRAME_REQUEST) {
     lua_pushinteger(L, (lua_Integer)h->id);
-    tt_call(c->o.st, L, 4);
+    lua_pushinteger(L, (lua_Integer)serial); /* answered on its channel */
+    tt_call(c->o.st, L, 5);
   } else {
     tt_call(c->o.st, L, 3);
   }
@@ -243,102 +243,126 @@ static tt_stdio_mode_t stdio_field(lua_State *L, int t, const char *k) {
  * start_timeout, wait_ready, shutdown_message (any value; field
  * has_shutdown_message), shutdown_timeout, kill_timeout, queue_limit,
  * max_message. */
+int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
+                          char ***argv, char ***env, int *encoded) {
+  tt_state_t *st = tt_state(L);
+  const char *restart;
+  int err;
+
+  *argv = *env = NULL;
+  *encoded = 0;
+  tt_supervisor_options_init(so);
+  lua_getfield(L, idx, "file");
+  so->process.file = luaL_checkstring(L, -1);
+  lua_pop(L, 1);
+  so->process.cwd = str_field(L, idx, "cwd");
+  so->process.channel = 1;
+  /* Own session: a terminal's Ctrl-C reaches the supervisor only, which
+   * ends workers by its shutdown protocol (they still die with it: the
+   * runner's parent-death watch). */
+  lua_getfield(L, idx, "detached");
+  so->process.detached = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  so->process.stdio[0] = stdio_field(L, idx, "stdin_mode");
+  so->process.stdio[1] = stdio_field(L, idx, "stdout_mode");
+  so->process.stdio[2] = stdio_field(L, idx, "stderr_mode");
+  so->process.channel_options.max_message =
+      (size_t)num_field(L, idx, "max_message", 0);
+  so->log_path[1] = str_field(L, idx, "stdout_log");
+  so->log_path[2] = str_field(L, idx, "stderr_log");
+  so->instances = (unsigned)num_field(L, idx, "instances", 1);
+  restart = str_field(L, idx, "restart");
+  if (restart == NULL || strcmp(restart, "always") == 0)
+    so->restart = TT_RESTART_ALWAYS;
+  else if (strcmp(restart, "on-failure") == 0)
+    so->restart = TT_RESTART_ON_FAILURE;
+  else if (strcmp(restart, "never") == 0)
+    so->restart = TT_RESTART_NEVER;
+  else
+    return luaL_error(L, "restart: expected \"always\", \"on-failure\" or "
+                         "\"never\"");
+  so->max_restarts =
+      (unsigned)num_field(L, idx, "max_restarts", so->max_restarts);
+  so->within_ms = ms_field(L, idx, "within_ms", so->within_ms);
+  lua_getfield(L, idx, "backoff");
+  if (lua_istable(L, -1)) {
+    int b = lua_gettop(L);
+    so->backoff.initial_ms =
+        num_field(L, b, "initial", so->backoff.initial_ms);
+    so->backoff.max_ms = num_field(L, b, "max", so->backoff.max_ms);
+    so->backoff.factor = num_field(L, b, "factor", so->backoff.factor);
+    so->backoff.jitter_ms =
+        num_field(L, b, "jitter", so->backoff.initial_ms / 4);
+  }
+  lua_pop(L, 1);
+  if (tt_backoff_check(&so->backoff) != 0)
+    return luaL_error(L, "backoff: need initial <= max and factor >= 1");
+  so->min_uptime_ms = ms_field(L, idx, "min_uptime", so->min_uptime_ms);
+  so->max_memory = (uint64_t)num_field(L, idx, "max_memory", 0);
+  so->memory_interval_ms =
+      ms_field(L, idx, "memory_interval", so->memory_interval_ms);
+  so->heartbeat_interval_ms = ms_field(L, idx, "heartbeat_interval", 0);
+  so->heartbeat_timeout_ms = ms_field(L, idx, "heartbeat_timeout", 0);
+  so->start_timeout_ms = ms_field(L, idx, "start_timeout", 0);
+  so->shutdown_timeout_ms =
+      ms_field(L, idx, "shutdown_timeout", so->shutdown_timeout_ms);
+  so->kill_timeout_ms =
+      ms_field(L, idx, "kill_timeout", so->kill_timeout_ms);
+  so->queue_limit = (size_t)num_field(L, idx, "queue_limit", 0);
+  lua_getfield(L, idx, "wait_ready");
+  so->wait_ready = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+
+  *argv = string_array(L, idx, "args", 1, so->process.file);
+  *env = string_array(L, idx, "env", 0, NULL);
+  if (*argv == NULL || *env == NULL) {
+    free(*argv);
+    free(*env);
+    *argv = *env = NULL;
+    return tt_lua_fail(L, UV_ENOMEM, NULL);
+  }
+  so->process.args = *argv;
+  so->process.env = *env;
+
+  lua_getfield(L, idx, "has_shutdown_message");
+  if (lua_toboolean(L, -1)) {
+    lua_getfield(L, idx, "shutdown_message");
+    if ((err = tt_lua_encode(L, st, lua_gettop(L))) != 0) {
+      free(*argv);
+      free(*env);
+      *argv = *env = NULL;
+      return err;
+    }
+    so->shutdown_message = st->wbuf.data + TT_FRAME_HEADER_SIZE;
+    so->shutdown_message_len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
+    *encoded = 1;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
 static int l_supervise(lua_State *L) {
   tt_supervisor_options_t so;
   tt_state_t *st = tt_state(L);
   tt_lsup_t *c;
-  const char *restart;
-  int err, encoded = 0;
+  char **argv, **env;
+  int err, encoded;
 
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  tt_supervisor_options_init(&so);
-  so.process.file = luaL_checkstring(L, (lua_getfield(L, 1, "file"), -1));
-  lua_pop(L, 1);
-  so.process.cwd = str_field(L, 1, "cwd");
-  so.process.channel = 1;
-  /* Own session: a terminal's Ctrl-C reaches the supervisor only, which
-   * ends workers by its shutdown protocol (they still die with it: the
-   * runner's parent-death watch). */
-  lua_getfield(L, 1, "detached");
-  so.process.detached = lua_isnil(L, -1) || lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  so.process.stdio[0] = stdio_field(L, 1, "stdin_mode");
-  so.process.stdio[1] = stdio_field(L, 1, "stdout_mode");
-  so.process.stdio[2] = stdio_field(L, 1, "stderr_mode");
-  so.process.channel_options.max_message =
-      (size_t)num_field(L, 1, "max_message", 0);
-  so.log_path[1] = str_field(L, 1, "stdout_log");
-  so.log_path[2] = str_field(L, 1, "stderr_log");
-  so.instances = (unsigned)num_field(L, 1, "instances", 1);
-  restart = str_field(L, 1, "restart");
-  if (restart == NULL || strcmp(restart, "always") == 0)
-    so.restart = TT_RESTART_ALWAYS;
-  else if (strcmp(restart, "on-failure") == 0)
-    so.restart = TT_RESTART_ON_FAILURE;
-  else if (strcmp(restart, "never") == 0)
-    so.restart = TT_RESTART_NEVER;
-  else
-    return luaL_error(L, "restart: expected \"always\", \"on-failure\" or "
-                         "\"never\"");
-  so.max_restarts = (unsigned)num_field(L, 1, "max_restarts", so.max_restarts);
-  so.within_ms = ms_field(L, 1, "within_ms", so.within_ms);
-  lua_getfield(L, 1, "backoff");
-  if (lua_istable(L, -1)) {
-    int b = lua_gettop(L);
-    so.backoff.initial_ms = num_field(L, b, "initial", so.backoff.initial_ms);
-    so.backoff.max_ms = num_field(L, b, "max", so.backoff.max_ms);
-    so.backoff.factor = num_field(L, b, "factor", so.backoff.factor);
-    so.backoff.jitter_ms =
-        num_field(L, b, "jitter", so.backoff.initial_ms / 4);
-  }
-  lua_pop(L, 1);
-  if (tt_backoff_check(&so.backoff) != 0)
-    return luaL_error(L, "backoff: need initial <= max and factor >= 1");
-  so.min_uptime_ms = ms_field(L, 1, "min_uptime", so.min_uptime_ms);
-  so.max_memory = (uint64_t)num_field(L, 1, "max_memory", 0);
-  so.memory_interval_ms =
-      ms_field(L, 1, "memory_interval", so.memory_interval_ms);
-  so.heartbeat_interval_ms = ms_field(L, 1, "heartbeat_interval", 0);
-  so.heartbeat_timeout_ms = ms_field(L, 1, "heartbeat_timeout", 0);
-  so.start_timeout_ms = ms_field(L, 1, "start_timeout", 0);
-  so.shutdown_timeout_ms =
-      ms_field(L, 1, "shutdown_timeout", so.shutdown_timeout_ms);
-  so.kill_timeout_ms = ms_field(L, 1, "kill_timeout", so.kill_timeout_ms);
-  so.queue_limit = (size_t)num_field(L, 1, "queue_limit", 0);
-  lua_getfield(L, 1, "wait_ready");
-  so.wait_ready = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-
+  if ((err = tt_lua_worker_options(L, 1, &so, &argv, &env, &encoded)) != 0)
+    return err;
   c = calloc(1, sizeof *c);
-  if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
-  c->opts_ref = LUA_NOREF;
-  c->argv = string_array(L, 1, "args", 1, so.process.file);
-  c->env = string_array(L, 1, "env", 0, NULL);
-  if (c->argv == NULL || c->env == NULL) {
-    free(c->argv);
-    free(c->env);
-    free(c);
+  if (c == NULL) {
+    if (encoded) tt_lua_encode_done(st);
+    free(argv);
+    free(env);
     return tt_lua_fail(L, UV_ENOMEM, NULL);
   }
-  so.process.args = c->argv;
-  so.process.env = c->env;
-
-  lua_getfield(L, 1, "has_shutdown_message");
-  if (lua_toboolean(L, -1)) {
-    lua_getfield(L, 1, "shutdown_message");
-    if ((err = tt_lua_encode(L, st, lua_gettop(L))) != 0) {
-      free(c->argv);
-      free(c->env);
-      free(c);
-      return err;
-    }
-    so.shutdown_message = st->wbuf.data + TT_FRAME_HEADER_SIZE;
-    so.shutdown_message_len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
-    encoded = 1;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
+  c->opts_ref = LUA_NOREF;
+  c->argv = argv;
+  c->env = env;
 
   c->s.data = c;
   c->s.on_start = on_start;
@@ -427,18 +451,19 @@ static int m_send(lua_State *L) {
   return 1;
 }
 
-/* answer(id, frame_id, value, is_fault): the reply to a worker's request,
- * on its current channel. */
+/* answer(serial, frame_id, value, is_fault): the reply to a request, on
+ * the channel of the very process that asked. */
 static int m_answer(lua_State *L) {
   tt_lsup_t *c = check(L);
-  unsigned id = check_id(L, 2);
+  lua_Integer serial = luaL_checkinteger(L, 2);
   lua_Integer fid = luaL_checkinteger(L, 3);
   int fault = lua_toboolean(L, 5);
   tt_channel_t *ch;
   tt_state_t *st;
   int err;
   luaL_checkany(L, 4);
-  if (c == NULL || (ch = tt_supervisor_channel(&c->s, id)) == NULL)
+  if (c == NULL ||
+      (ch = tt_supervisor_worker_channel(&c->s, (uint64_t)serial)) == NULL)
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = c->o.st;
   if ((err = tt_lua_encode(L, st, 4)) != 0) return err;

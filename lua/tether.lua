@@ -469,6 +469,21 @@ function tether.supervise(spec)
   return require("tether.supervisor").new(spec)
 end
 
+--- tether.pool(spec) -> pool | nil, err
+function tether.pool(spec)
+  return require("tether.pool").new(spec)
+end
+
+--- tether.serve(fn), in a pool's worker: fn(task) returns the task's
+-- result (it may yield; raising fails the task with ERR_TASK_FAILED).
+function tether.serve(fn)
+  if type(fn) ~= "function" then error("bad argument #1 to 'serve' (function expected)", 2) end
+  if not tether.parent then
+    error("tether.serve: no parent channel (start this script with tether.pool or tether.fork)", 2)
+  end
+  return tether.parent:handle(fn)
+end
+
 function Child:send(msg, cb)
   if cb ~= nil and type(cb) ~= "function" then
     error("bad argument #2 to 'send' (function expected)", 2)

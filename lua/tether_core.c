@@ -378,7 +378,14 @@ static int state_gc(lua_State *L) {
   return 0;
 }
 
+/* parallelism() -> how many CPUs we may use (the default pool size) */
+static int l_parallelism(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_available_parallelism());
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
+    {"parallelism", l_parallelism},
     {"run", l_run},
     {"stop", l_stop},
     {"now", l_now},
@@ -445,6 +452,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_open_timer(L);
   tt_open_child(L);
   tt_open_supervisor(L);
+  tt_open_pool(L);
   tt_open_channel(L);
   return 1;
 }

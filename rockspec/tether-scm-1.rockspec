@@ -25,9 +25,9 @@ build = {
     ["tether.core"] = {
       sources = {
         "core/backoff.c", "core/channel.c", "core/error.c", "core/fd.c", "core/frame.c",
-        "core/process.c", "core/rpc.c", "core/supervisor.c",
+        "core/pool.c", "core/process.c", "core/rpc.c", "core/supervisor.c",
         "lua/channel.c", "lua/child.c", "lua/codec.c", "lua/message.c",
-        "lua/supervisor.c", "lua/tether_core.c", "lua/timer.c", "lua/util.c",
+        "lua/pool.c", "lua/supervisor.c", "lua/tether_core.c", "lua/timer.c", "lua/util.c",
       },
       defines = { "_GNU_SOURCE" },
       incdirs = { "core", "lua", "$(LIBUV_INCDIR)" },
@@ -37,5 +37,6 @@ build = {
     tether = "lua/tether.lua",
     ["tether.runner"] = "lua/tether/runner.lua",
     ["tether.supervisor"] = "lua/tether/supervisor.lua",
+    ["tether.pool"] = "lua/tether/pool.lua",
   },
 }

@@ -333,7 +333,7 @@ describe("tether.supervise", function()
       shutdown = { message = "exit0", timeout = 1000 } }))
     local live, min_live, old = {}, math.huge, {}
     local count, restart_pid = 0, {}
-    sup:on("restart", function(w) restart_pid[w.id] = w.pid end)
+    sup:on("restart", function(w, reason, pid) restart_pid[w.id] = pid end)
     sup:on("start", function(w)
       live[w.pid] = true
       count = count + 1

@@ -72,17 +72,15 @@ function Worker:__tostring()
   return ("tether.worker %d (pid %s)"):format(self.id, tostring(self.pid))
 end
 
-function M.new(spec)
+--- The core's option table for workers (shared with tether.pool).
+function M.options(spec, what)
   local internal = tether._internal
-  if type(spec) ~= "table" then
-    error("bad argument #1 to 'supervise' (table expected, got " .. type(spec) .. ")", 3)
-  end
   local o = {}
   local script = opt(spec, "script", "string")
   local cmd = opt(spec, "cmd", "string")
   local args = opt(spec, "args", "table") or {}
   if (script == nil) == (cmd == nil) then
-    error("bad argument #1 to 'supervise' (exactly one of 'script' and 'cmd' expected)", 3)
+    error(("bad argument #1 to '%s' (exactly one of 'script' and 'cmd' expected)"):format(what), 4)
   end
   local env = {}
   for k, v in pairs(opt(spec, "env", "table") or {}) do env[k] = v end
@@ -161,6 +159,15 @@ function M.new(spec)
     o.kill_timeout = nonneg(spec, "shutdown.kill_timeout", shutdown.kill_timeout)
   end
   o.queue_limit = nonneg(spec, "queue_limit")
+  return o
+end
+
+function M.new(spec)
+  if type(spec) ~= "table" then
+    error("bad argument #1 to 'supervise' (table expected, got " .. type(spec) .. ")", 3)
+  end
+  local o = M.options(spec, "supervise")
+  local instances = o.instances
   local handle_signals = spec.handle_signals
   if handle_signals ~= nil and type(handle_signals) ~= "boolean" then
     bad("handle_signals", "boolean expected")
@@ -179,14 +186,17 @@ function M.new(spec)
     self._signals = {
       tether.on_signal("SIGINT", graceful),
       tether.on_signal("SIGTERM", graceful),
-      tether.on_signal("SIGHUP", function() self:reopen_logs() end),
+      tether.on_signal("SIGHUP", function()
+        local ok, err = self:reopen_logs()
+        if not ok then self:emit("error", err) end
+      end),
     }
   end
   return self
 end
 
 function M.handler(self)
-  return function(event, id, a, b, c)
+  return function(event, id, a, b, c, d)
     local w = self._workers[id]
     if event == "message" then
       self:emit("message", w, a)
@@ -194,12 +204,13 @@ function M.handler(self)
       w.pid = a
       self:emit("start", w)
     elseif event == "exit" then
+      -- d: the pid that exited (during a reload, not the slot's current one)
       w.exit_code, w.signal, w.reason = a, b, c
-      self:emit("exit", w, a, b, c)
+      self:emit("exit", w, a, b, c, d)
     elseif event == "restart" then
+      -- b: the new process's pid; w.pid changes when it is running ("start")
       w.restarts = w.restarts + 1
-      w.pid = b
-      self:emit("restart", w, a)
+      self:emit("restart", w, a, b)
     elseif event == "give_up" then
       self.gave_up = id
       self:emit("give_up", id) -- the reason
@@ -210,7 +221,7 @@ function M.handler(self)
         self:emit("error", err, w)
       end
     elseif event == "request" then
-      self._h:answer(id, b, { code = "ERR_NO_HANDLER",
+      self._h:answer(c, b, { code = "ERR_NO_HANDLER",
         message = "the supervisor has no request handler" }, true)
     elseif event == "error" then
       a.worker = id
@@ -314,9 +325,14 @@ end
 --- sup:reload([cb]): rolling restart; cb(err) when done.
 function Supervisor:reload(cb)
   if cb ~= nil and type(cb) ~= "function" then error("bad argument #1 to 'reload' (function expected)", 2) end
+  -- queued first: the core may finish (or fail) the reload at once
+  local cbs = self._reload_cbs
+  cbs[#cbs + 1] = cb or false
   local ok, err = self._h:reload()
-  if not ok then return nil, err end
-  self._reload_cbs[#self._reload_cbs + 1] = cb or false
+  if not ok then
+    table.remove(cbs)
+    return nil, err
+  end
   return true
 end
 

@@ -1,0 +1,516 @@
+/*
+ * Worker pool: see tt_pool.h.
+ *
+ * Invariants:
+ * - A task is in the pool's queue, or on exactly one worker's list (then
+ *   its REQUEST went to that worker with the task's current id), or it has
+ *   ended (its callback ran and it was freed).  A task keeps its payload
+ *   until it ends, so a crash can send it again.
+ * - A pool worker record exists from the supervisor's on_start until
+ *   on_exit of that incarnation (its serial), so an answer is matched
+ *   against the tasks of the very process that sent it.
+ * - stats.running and stats.queued always equal the list lengths.
+ */
+#include "tt_pool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tt_error.h"
+
+enum {
+  PL_CLOSING = 1u << 0, /* no new tasks */
+  PL_ENDED = 1u << 1,   /* the supervisor was told to stop */
+  PL_STOPPED = 1u << 2,
+  PL_FREEING = 1u << 3,
+  PL_SUP_CLOSED = 1u << 4,
+  PL_FREED = 1u << 5
+};
+
+struct tt_task_s {
+  tt_task_t *next, *prev;
+  tt_pool_t *pool;
+  tt_pool_worker_t *w; /* while running */
+  uint32_t id;         /* of the current attempt */
+  unsigned reruns;     /* after crashes */
+  tt_task_cb cb;
+  void *arg;
+  int timer_init;
+  uv_timer_t timer;
+  size_t len;
+  char payload[];
+};
+
+struct tt_pool_worker_s {
+  tt_pool_worker_t *next, *prev;
+  unsigned id;
+  uint64_t serial;
+  tt_channel_t *ch;          /* NULL once unusable */
+  tt_task_t *head, *tail;    /* running here */
+  unsigned running, taken;
+  int retiring, stopping;
+  int awaiting; /* retiring: its replacement is starting */
+};
+
+static void dispatch(tt_pool_t *p);
+static void maybe_end(tt_pool_t *p);
+static void maybe_freed(tt_pool_t *p);
+
+/* ---- lists -------------------------------------------------------------- */
+
+static void list_unlink(tt_task_t **head, tt_task_t **tail, tt_task_t *t) {
+  if (t->prev) t->prev->next = t->next;
+  else *head = t->next;
+  if (t->next) t->next->prev = t->prev;
+  else *tail = t->prev;
+  t->next = t->prev = NULL;
+}
+
+static void list_append(tt_task_t **head, tt_task_t **tail, tt_task_t *t) {
+  t->next = NULL;
+  t->prev = *tail;
+  if (*tail) (*tail)->next = t;
+  else *head = t;
+  *tail = t;
+}
+
+static void list_prepend(tt_task_t **head, tt_task_t **tail, tt_task_t *t) {
+  t->prev = NULL;
+  t->next = *head;
+  if (*head) (*head)->prev = t;
+  else *tail = t;
+  *head = t;
+}
+
+static void queue_remove(tt_pool_t *p, tt_task_t *t) {
+  list_unlink(&p->q_head, &p->q_tail, t);
+  p->stats.queued--;
+}
+
+static void worker_remove(tt_pool_t *p, tt_task_t *t) {
+  tt_pool_worker_t *w = t->w;
+  list_unlink(&w->head, &w->tail, t);
+  w->running--;
+  t->w = NULL;
+  p->stats.running--;
+  if (t->timer_init) uv_timer_stop(&t->timer);
+}
+
+/* ---- ending a task ------------------------------------------------------- */
+
+static void on_task_timer_closed(uv_handle_t *h) {
+  tt_task_t *t = h->data;
+  tt_pool_t *p = t->pool;
+  free(t);
+  p->pending_closes--;
+  maybe_freed(p);
+}
+
+/* The task is on no list.  Runs its callback once and frees it. */
+static void finish(tt_task_t *t, int status, unsigned kind,
+                   const char *payload, size_t len) {
+  tt_pool_t *p = t->pool;
+  tt_task_cb cb = t->cb;
+  void *arg = t->arg;
+  if (status != 0 || kind == TT_FRAME_FAULT)
+    p->stats.failed++;
+  else
+    p->stats.done++;
+  if (t->timer_init) {
+    uv_timer_stop(&t->timer);
+    t->timer.data = t;
+    p->pending_closes++;
+    uv_close((uv_handle_t *)&t->timer, on_task_timer_closed);
+  } else {
+    free(t);
+  }
+  cb(arg, status, kind, payload, len);
+}
+
+static void fail_queue(tt_pool_t *p, int status) {
+  tt_task_t *t;
+  while ((t = p->q_head) != NULL) {
+    queue_remove(p, t);
+    finish(t, status, 0, NULL, 0);
+  }
+}
+
+static void fail_running(tt_pool_t *p, int status) {
+  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
+    tt_task_t *t;
+    while ((t = w->head) != NULL) {
+      worker_remove(p, t);
+      finish(t, status, 0, NULL, 0);
+    }
+  }
+}
+
+/* ---- workers ------------------------------------------------------------- */
+
+static tt_pool_worker_t *worker_of(tt_pool_t *p, uint64_t serial) {
+  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next)
+    if (w->serial == serial) return w;
+  return NULL;
+}
+
+static void stop_worker(tt_pool_t *p, tt_pool_worker_t *w,
+                        tt_exit_reason_t why, int polite) {
+  if (w->stopping) return;
+  w->stopping = 1;
+  tt_supervisor_stop_worker(&p->sup, w->serial, why, polite);
+}
+
+/* No more tasks for `w`; a replacement starts now, and `w` stops once its
+ * last task is done. */
+static void retire(tt_pool_t *p, tt_pool_worker_t *w) {
+  if (w->retiring || w->stopping) return;
+  w->retiring = 1;
+  p->stats.recycled++;
+  /* The replacement starts now; `w` stays (taking nothing) until it is
+   * ready, so the pool never has no worker.  When one cannot start now
+   * (another is starting for this slot), the supervisor restarts the slot
+   * once `w` has stopped. */
+  w->awaiting = tt_supervisor_replace(&p->sup, w->id, 1) == 0;
+  if (w->running == 0 && !w->awaiting) stop_worker(p, w, TT_EXIT_RETIRED, 1);
+}
+
+/* Slot `id` got its replacement (or it failed to start): retiring workers
+ * of the slot stop once idle. */
+static void replacement_settled(tt_pool_t *p, unsigned id, uint64_t serial) {
+  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
+    if (w->id != id || w->serial == serial || !w->awaiting) continue;
+    w->awaiting = 0;
+    if (w->running == 0) stop_worker(p, w, TT_EXIT_RETIRED, 1);
+  }
+}
+
+static void on_task_timeout(uv_timer_t *timer) {
+  tt_task_t *t = timer->data;
+  tt_pool_t *p = t->pool;
+  tt_pool_worker_t *w = t->w;
+  worker_remove(p, t);
+  p->stats.timeouts++;
+  /* Whatever it is doing cannot be interrupted from here: the process is
+   * replaced, and its other tasks are run again elsewhere. */
+  stop_worker(p, w, TT_EXIT_TIMEOUT, 0);
+  finish(t, TT_ERR_TIMEOUT, 0, NULL, 0);
+  dispatch(p);
+}
+
+static tt_pool_worker_t *least_loaded(tt_pool_t *p) {
+  tt_pool_worker_t *best = NULL;
+  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
+    if (w->ch == NULL || w->retiring || w->stopping ||
+        w->running >= p->opts.concurrency)
+      continue;
+    if (best == NULL || w->running < best->running) best = w;
+  }
+  return best;
+}
+
+static void dispatch(tt_pool_t *p) {
+  if (p->dispatching) {
+    p->again = 1;
+    return;
+  }
+  p->dispatching = 1;
+  do {
+    p->again = 0;
+    while (p->q_head != NULL && !(p->flags & PL_ENDED)) {
+      tt_pool_worker_t *w = least_loaded(p);
+      tt_task_t *t = p->q_head;
+      if (w == NULL) break;
+      if (++p->next_id == 0) p->next_id = 1;
+      if (tt_channel_send(w->ch, TT_FRAME_REQUEST, p->next_id, t->payload,
+                          t->len, NULL, NULL) < 0) {
+        w->ch = NULL; /* going away: its exit comes */
+        continue;
+      }
+      queue_remove(p, t);
+      t->id = p->next_id;
+      t->w = w;
+      list_append(&w->head, &w->tail, t);
+      w->running++;
+      w->taken++;
+      p->stats.running++;
+      if (p->opts.timeout_ms > 0) {
+        if (!t->timer_init) {
+          uv_timer_init(p->loop, &t->timer);
+          t->timer_init = 1;
+        }
+        t->timer.data = t;
+        uv_timer_start(&t->timer, on_task_timeout, p->opts.timeout_ms, 0);
+      }
+      if (p->opts.max_tasks_per_worker > 0 &&
+          w->taken >= p->opts.max_tasks_per_worker)
+        retire(p, w);
+    }
+  } while (p->again);
+  p->dispatching = 0;
+  maybe_end(p);
+}
+
+/* ---- supervisor events --------------------------------------------------- */
+
+static tt_pool_t *pool_of(tt_supervisor_t *s) { return s->data; }
+
+static void on_start(tt_supervisor_t *s, unsigned id, uint64_t serial) {
+  tt_pool_t *p = pool_of(s);
+  tt_pool_worker_t *w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    /* Without its record the worker cannot get tasks: let another come. */
+    tt_supervisor_stop_worker(s, serial, TT_EXIT_RETIRED, 1);
+    if (p->on_error) p->on_error(p, id, UV_ENOMEM, "worker record");
+    return;
+  }
+  w->id = id;
+  w->serial = serial;
+  w->ch = tt_supervisor_worker_channel(s, serial);
+  w->next = p->workers;
+  if (p->workers) p->workers->prev = w;
+  p->workers = w;
+  p->stats.workers++;
+  replacement_settled(p, id, serial);
+  dispatch(p);
+}
+
+static void on_worker_exit(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                           int64_t status, int sig,
+                           tt_exit_reason_t reason) {
+  tt_pool_t *p = pool_of(s);
+  tt_pool_worker_t *w = worker_of(p, serial);
+  int crashed = 0;
+  (void)status;
+  (void)sig;
+  if (w == NULL) { /* never started: maybe a replacement */
+    replacement_settled(p, id, serial);
+    return;
+  }
+  if (w->prev) w->prev->next = w->next;
+  else p->workers = w->next;
+  if (w->next) w->next->prev = w->prev;
+  p->stats.workers--;
+  /* Its tasks go back to the front of the queue, in their order. */
+  while (w->tail != NULL) {
+    tt_task_t *t = w->tail;
+    worker_remove(p, t);
+    t->w = NULL;
+    if (p->end_status != 0) {
+      finish(t, p->end_status, 0, NULL, 0);
+      continue;
+    }
+    if (reason != TT_EXIT_TIMEOUT) { /* innocent bystanders are not counted */
+      crashed = 1;
+      if (t->reruns >= p->opts.retries) {
+        finish(t, TT_ERR_WORKER_CRASH, 0, NULL, 0);
+        continue;
+      }
+      t->reruns++;
+      p->stats.retried++;
+    }
+    list_prepend(&p->q_head, &p->q_tail, t);
+    p->stats.queued++;
+  }
+  if (crashed) p->stats.crashes++;
+  free(w);
+  dispatch(p);
+}
+
+static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                     tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload) {
+  tt_pool_t *p = pool_of(s);
+  tt_pool_worker_t *w;
+  tt_task_t *t = NULL;
+  (void)ch;
+  if (h->kind != TT_FRAME_REPLY && h->kind != TT_FRAME_FAULT) {
+    if (p->on_frame) p->on_frame(p, id, h, payload);
+    return;
+  }
+  if ((w = worker_of(p, serial)) != NULL)
+    for (t = w->head; t != NULL && t->id != h->id; t = t->next) {
+    }
+  if (t == NULL) { /* its task timed out or was terminated */
+    p->stats.late++;
+    return;
+  }
+  worker_remove(p, t);
+  finish(t, 0, h->kind, payload, h->len);
+  if (w->retiring && w->running == 0 && !w->awaiting)
+    stop_worker(p, w, TT_EXIT_RETIRED, 1);
+  dispatch(p);
+}
+
+static void on_error(tt_supervisor_t *s, unsigned id, int err,
+                     const char *why) {
+  tt_pool_t *p = pool_of(s);
+  if (p->on_error) p->on_error(p, id, err, why);
+}
+
+static void on_give_up(tt_supervisor_t *s, const char *why) {
+  tt_pool_t *p = pool_of(s);
+  p->flags |= PL_CLOSING | PL_ENDED;
+  if (p->end_status == 0) p->end_status = TT_ERR_WORKER_INIT;
+  if (p->on_give_up) p->on_give_up(p, why); /* first: the owner may add
+                                                why to the tasks' errors */
+  fail_queue(p, p->end_status);
+}
+
+static void on_stopped(tt_supervisor_t *s) {
+  tt_pool_t *p = pool_of(s);
+  p->flags |= PL_CLOSING | PL_ENDED | PL_STOPPED;
+  if (p->end_status == 0) p->end_status = TT_ERR_CLOSED;
+  uv_timer_stop(&p->memory_timer);
+  fail_queue(p, p->end_status);
+  fail_running(p, p->end_status);
+  if (p->on_stopped) p->on_stopped(p);
+}
+
+/* ---- memory -------------------------------------------------------------- */
+
+static void on_memory_timer(uv_timer_t *timer) {
+  tt_pool_t *p = timer->data;
+  tt_pool_worker_t *w, *next;
+  for (w = p->workers; w != NULL; w = next) {
+    next = w->next;
+    if (w->retiring || w->stopping) continue;
+    if (tt_supervisor_worker_rss(&p->sup, w->serial) > p->opts.max_memory)
+      retire(p, w);
+  }
+}
+
+/* ---- API ----------------------------------------------------------------- */
+
+int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
+  tt_supervisor_options_t so = o->workers;
+  int err;
+  p->loop = loop;
+  p->opts = *o;
+  if (p->opts.concurrency == 0) p->opts.concurrency = 1;
+  if (p->opts.memory_interval_ms == 0) p->opts.memory_interval_ms = 1000;
+  p->q_head = p->q_tail = NULL;
+  p->workers = NULL;
+  p->next_id = 0;
+  p->end_status = 0;
+  p->flags = 0;
+  p->dispatching = p->again = 0;
+  p->pending_closes = 0;
+  p->close_cb = NULL;
+  memset(&p->stats, 0, sizeof p->stats);
+
+  so.restart = TT_RESTART_ALWAYS;
+  so.count_start_failures_only = 1;
+  so.max_memory = 0; /* ours: a worker is retired, not stopped mid-task */
+  memset(&p->sup, 0, sizeof p->sup);
+  p->sup.data = p;
+  p->sup.on_start = on_start;
+  p->sup.on_exit = on_worker_exit;
+  p->sup.on_frame = on_frame;
+  p->sup.on_error = on_error;
+  p->sup.on_give_up = on_give_up;
+  p->sup.on_stopped = on_stopped;
+  if ((err = tt_supervisor_start(loop, &p->sup, &so)) != 0) return err;
+  uv_timer_init(loop, &p->memory_timer);
+  p->memory_timer.data = p;
+  if (p->opts.max_memory > 0) {
+    uv_timer_start(&p->memory_timer, on_memory_timer,
+                   p->opts.memory_interval_ms, p->opts.memory_interval_ms);
+    uv_unref((uv_handle_t *)&p->memory_timer);
+  }
+  return 0;
+}
+
+int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
+                   tt_task_cb cb, void *arg) {
+  tt_task_t *t;
+  if (p->flags & PL_CLOSING)
+    return p->end_status == TT_ERR_WORKER_INIT ? TT_ERR_WORKER_INIT
+                                               : TT_ERR_CLOSED;
+  if (p->opts.max_queue > 0 && p->stats.queued >= p->opts.max_queue)
+    return TT_ERR_QUEUE_FULL;
+  t = malloc(sizeof *t + len);
+  if (t == NULL) return UV_ENOMEM;
+  memset(t, 0, sizeof *t);
+  t->pool = p;
+  t->cb = cb;
+  t->arg = arg;
+  t->len = len;
+  if (len) memcpy(t->payload, payload, len);
+  list_append(&p->q_head, &p->q_tail, t);
+  p->stats.queued++;
+  p->stats.submitted++;
+  dispatch(p);
+  return 0;
+}
+
+static void maybe_end(tt_pool_t *p) {
+  if (!(p->flags & PL_CLOSING) || (p->flags & PL_ENDED)) return;
+  if (p->q_head != NULL || p->stats.running > 0) return;
+  p->flags |= PL_ENDED;
+  uv_timer_stop(&p->memory_timer);
+  tt_supervisor_stop(&p->sup);
+}
+
+void tt_pool_close(tt_pool_t *p) {
+  p->flags |= PL_CLOSING;
+  maybe_end(p);
+}
+
+void tt_pool_terminate(tt_pool_t *p) {
+  p->flags |= PL_CLOSING;
+  if (p->end_status == 0) p->end_status = TT_ERR_CLOSED;
+  fail_queue(p, p->end_status);
+  fail_running(p, p->end_status);
+  maybe_end(p);
+}
+
+void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out) {
+  *out = p->stats;
+}
+
+int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out) {
+  if (p->flags & PL_SUP_CLOSED) return TT_ERR_CLOSED;
+  return tt_supervisor_info(&p->sup, id, out);
+}
+
+static void maybe_freed(tt_pool_t *p) {
+  if (!(p->flags & PL_FREEING) || (p->flags & PL_FREED)) return;
+  if (!(p->flags & PL_SUP_CLOSED) || p->pending_closes > 0) return;
+  p->flags |= PL_FREED;
+  while (p->workers != NULL) { /* abandoned: no exits were reported */
+    tt_pool_worker_t *w = p->workers;
+    p->workers = w->next;
+    free(w);
+  }
+  if (p->close_cb) p->close_cb(p);
+}
+
+static void on_sup_closed(tt_supervisor_t *s) {
+  tt_pool_t *p = pool_of(s);
+  p->flags |= PL_SUP_CLOSED;
+  maybe_freed(p);
+}
+
+static void on_memory_timer_closed(uv_handle_t *h) {
+  tt_pool_t *p = h->data;
+  p->pending_closes--;
+  maybe_freed(p);
+}
+
+void tt_pool_free(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p)) {
+  if (p->flags & PL_FREEING) { /* a graceful free may turn into abandon */
+    if (abandon && !(p->flags & PL_SUP_CLOSED))
+      tt_supervisor_close(&p->sup, 1, on_sup_closed);
+    return;
+  }
+  p->flags |= PL_FREEING;
+  p->close_cb = cb;
+  p->on_frame = NULL;
+  p->on_error = NULL;
+  p->on_give_up = NULL;
+  p->on_stopped = NULL;
+  tt_pool_terminate(p); /* every callback runs, with TT_ERR_CLOSED */
+  p->pending_closes++;
+  uv_close((uv_handle_t *)&p->memory_timer, on_memory_timer_closed);
+  tt_supervisor_close(&p->sup, abandon, on_sup_closed);
+}

@@ -1,0 +1,106 @@
+/*
+ * tether worker pool: a queue of tasks (opaque payloads) run by `size`
+ * supervised workers, each answering REQUEST frames with a REPLY (result)
+ * or a FAULT (the task raised).
+ *
+ * A task goes to the least-loaded running worker with fewer than
+ * `concurrency` tasks.  Every task's callback runs exactly once:
+ * - status 0 with kind REPLY or FAULT and the payload;
+ * - TT_ERR_TIMEOUT after `timeout_ms` (the worker is then stopped and
+ *   replaced; a late answer is dropped);
+ * - TT_ERR_WORKER_CRASH when its worker died and it was already re-run
+ *   `retries` times (each re-run goes to whichever worker is free; tasks
+ *   that were on a worker stopped for another task's timeout are re-run
+ *   without counting);
+ * - TT_ERR_CLOSED after tt_pool_terminate() or when the pool closes;
+ * - TT_ERR_WORKER_INIT when the workers cannot start (the supervisor gave
+ *   up: more than max_restarts start failures within the window).
+ *
+ * Recycling: a worker that took `max_tasks_per_worker` tasks, or whose RSS
+ * is over `max_memory`, gets no more tasks; its replacement is started at
+ * once and the old one is stopped when its last task is done.
+ */
+#ifndef TT_POOL_H
+#define TT_POOL_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "tt_supervisor.h"
+
+typedef struct tt_pool_s tt_pool_t;
+typedef struct tt_task_s tt_task_t;
+typedef struct tt_pool_worker_s tt_pool_worker_t;
+
+typedef void (*tt_task_cb)(void *arg, int status, unsigned kind,
+                           const char *payload, size_t len);
+
+typedef struct {
+  /* workers.instances is the pool size; restarts are counted only for
+   * workers that die before they are ready. */
+  tt_supervisor_options_t workers;
+  size_t max_queue;              /* queued tasks; 0: no limit */
+  uint64_t timeout_ms;           /* per task; 0: none */
+  unsigned retries;              /* re-runs after a crash */
+  unsigned max_tasks_per_worker; /* 0: no limit */
+  uint64_t max_memory;           /* bytes of RSS; 0: no limit */
+  uint64_t memory_interval_ms;   /* 0: 1000 */
+  unsigned concurrency;          /* tasks per worker at once; 0: 1 */
+} tt_pool_options_t;
+
+typedef struct {
+  uint64_t queued, running;     /* now */
+  uint64_t submitted, done;     /* done: answered with a result */
+  uint64_t failed;              /* ended with an error or a fault */
+  uint64_t retried;             /* re-runs after a crash */
+  uint64_t timeouts, crashes;   /* crashes: workers that died with tasks */
+  uint64_t recycled;            /* workers retired by the limits */
+  uint64_t late;                /* answers dropped (the task had ended) */
+  uint64_t workers;             /* running workers now */
+} tt_pool_stats_t;
+
+struct tt_pool_s {
+  void *data; /* owner's */
+  /* Frames from workers other than answers (messages, runner reports). */
+  void (*on_frame)(tt_pool_t *p, unsigned id, const tt_frame_header_t *h,
+                   const char *payload);
+  void (*on_error)(tt_pool_t *p, unsigned id, int err, const char *why);
+  void (*on_give_up)(tt_pool_t *p, const char *why);
+  /* Every worker stopped after close/terminate (or give-up). */
+  void (*on_stopped)(tt_pool_t *p);
+
+  /* private */
+  uv_loop_t *loop;
+  tt_pool_options_t opts;
+  tt_supervisor_t sup;
+  tt_task_t *q_head, *q_tail;
+  tt_pool_worker_t *workers;
+  uv_timer_t memory_timer;
+  uint32_t next_id;
+  int end_status; /* once ended: what late tasks fail with */
+  unsigned flags;
+  int dispatching, again;
+  int pending_closes;
+  tt_pool_stats_t stats;
+  void (*close_cb)(tt_pool_t *p);
+};
+
+/* Starts the workers.  On failure nothing needs closing. */
+int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o);
+/* Queues a task (the payload is copied).  0, or TT_ERR_QUEUE_FULL,
+ * TT_ERR_CLOSED, UV_ENOMEM; then `cb` is not called. */
+int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
+                   tt_task_cb cb, void *arg);
+/* Takes no more tasks; the queued and running ones finish, then the
+ * workers stop (on_stopped). */
+void tt_pool_close(tt_pool_t *p);
+/* Fails every queued and running task with TT_ERR_CLOSED and stops the
+ * workers now (on_stopped follows). */
+void tt_pool_terminate(tt_pool_t *p);
+void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out);
+int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out);
+/* Releases everything; `cb` when the memory may be freed.  With `abandon`
+ * the workers are not waited for (the loop is being torn down). */
+void tt_pool_free(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p));
+
+#endif /* TT_POOL_H */

@@ -1,0 +1,328 @@
+/*
+ * tether.pool: the core worker pool (core/tt_pool.h) seen from Lua.  Tasks
+ * are encoded here, their answers decoded and handed to the task's Lua
+ * callback; the facade (lua/tether/pool.lua) adds run/map, progress and
+ * the error routing.
+ *
+ * The box is pinned from start until the pool has stopped and closed; the
+ * facade's option table is referenced as long (the core points into it).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "binding.h"
+#include "tt_error.h"
+#include "tt_pool.h"
+
+typedef struct {
+  tt_lobj_t o;
+  tt_pool_t p;
+  char **argv;
+  char **env;
+  int opts_ref;
+} tt_lpool_t;
+
+static tt_lpool_t *of(tt_pool_t *p) { return p->data; }
+
+static void on_freed(tt_pool_t *p) {
+  tt_lpool_t *c = of(p);
+  lua_State *L = tt_lobj_begin(&c->o, "close");
+  if (L != NULL) tt_call(c->o.st, L, 1);
+  L = c->o.st->L;
+  free(c->argv);
+  free(c->env);
+  c->argv = c->env = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, c->opts_ref);
+  c->opts_ref = LUA_NOREF;
+  tt_lobj_closed(&c->o);
+}
+
+static void teardown(tt_lobj_t *o) {
+  tt_lpool_t *c = (tt_lpool_t *)o;
+  tt_pool_free(&c->p, o->st->closing, on_freed);
+}
+
+/* ---- events -------------------------------------------------------------- */
+
+static void on_frame(tt_pool_t *p, unsigned id, const tt_frame_header_t *h,
+                     const char *payload) {
+  tt_lpool_t *c = of(p);
+  const char *event =
+      h->kind == TT_FRAME_MESSAGE ? "message"
+      : h->kind == TT_FRAME_CONTROL ? "control" : NULL;
+  lua_State *L;
+  if (event == NULL || (L = tt_lobj_begin(&c->o, event)) == NULL) return;
+  lua_pushinteger(L, id);
+  if (tt_lua_decode(L, c->o.st, payload, h->len) != 1) {
+    lua_pop(L, 4); /* handler, event, id, why: nothing to deliver */
+    return;
+  }
+  tt_call(c->o.st, L, 3);
+}
+
+static void on_error(tt_pool_t *p, unsigned id, int err, const char *why) {
+  lua_State *L = tt_lobj_begin(&of(p)->o, "error");
+  if (L == NULL) return;
+  lua_pushinteger(L, id);
+  tt_lua_push_error(L, err, why);
+  tt_call(of(p)->o.st, L, 3);
+}
+
+static void on_give_up(tt_pool_t *p, const char *why) {
+  lua_State *L = tt_lobj_begin(&of(p)->o, "give_up");
+  if (L == NULL) return;
+  lua_pushstring(L, why);
+  tt_call(of(p)->o.st, L, 2);
+}
+
+static void on_stopped(tt_pool_t *p) {
+  tt_lpool_t *c = of(p);
+  lua_State *L = tt_lobj_begin(&c->o, "stopped");
+  if (L != NULL) tt_call(c->o.st, L, 1);
+  if (!c->o.closing) {
+    c->o.closing = 1;
+    tt_pool_free(&c->p, 0, on_freed);
+  }
+}
+
+/* ---- tasks --------------------------------------------------------------- */
+
+/* A task's answer: fn(nil, result) or fn(err). */
+static void on_task_done(void *arg, int status, unsigned kind,
+                         const char *payload, size_t len) {
+  tt_send_req_t *req = arg;
+  tt_state_t *st = req->o->st;
+  lua_State *L = st->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
+  free(req);
+  if (st->closing) {
+    lua_settop(L, top);
+    return;
+  }
+  if (status != 0) {
+    tt_lua_push_error(L, status, NULL);
+    tt_call(st, L, 1);
+    return;
+  }
+  if (tt_lua_decode(L, st, payload, len) != 1) {
+    /* an answer that does not decode: the task failed, the worker is
+     * broken; say so rather than drop it */
+    lua_pushfstring(L, "worker answer: %s", lua_tostring(L, -1));
+    tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
+    lua_replace(L, top + 2);
+    lua_settop(L, top + 2);
+    tt_call(st, L, 1);
+    return;
+  }
+  if (kind == TT_FRAME_FAULT) {
+    tt_lua_fault_error(L);
+    tt_call(st, L, 1);
+    return;
+  }
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  tt_call(st, L, 2);
+}
+
+/* ---- start --------------------------------------------------------------- */
+
+static uint64_t opt_u64(lua_State *L, int t, const char *k) {
+  lua_Number v;
+  int isnum;
+  lua_getfield(L, t, k);
+  v = lua_isnil(L, -1) ? 0 : lua_tonumberx(L, -1, &isnum);
+  if (!lua_isnil(L, -1) && (!isnum || !(v >= 0) || v > 9e15))
+    luaL_error(L, "%s: expected a non-negative number", k);
+  lua_pop(L, 1);
+  return (uint64_t)(v + 0.5);
+}
+
+/* pool(opts, handler) -> pool | nil, err.  opts: the worker options of
+ * supervise() (instances = size) plus max_queue, timeout, retries,
+ * max_tasks_per_worker, max_memory, memory_interval, concurrency. */
+static int l_pool(lua_State *L) {
+  tt_pool_options_t po;
+  tt_state_t *st = tt_state(L);
+  tt_lpool_t *c;
+  char **argv, **env;
+  int err, encoded;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  memset(&po, 0, sizeof po);
+  if ((err = tt_lua_worker_options(L, 1, &po.workers, &argv, &env,
+                                   &encoded)) != 0)
+    return err;
+  po.max_queue = (size_t)opt_u64(L, 1, "max_queue");
+  po.timeout_ms = opt_u64(L, 1, "timeout");
+  po.retries = (unsigned)opt_u64(L, 1, "retries");
+  po.max_tasks_per_worker = (unsigned)opt_u64(L, 1, "max_tasks_per_worker");
+  po.max_memory = opt_u64(L, 1, "max_memory");
+  po.memory_interval_ms = opt_u64(L, 1, "memory_interval");
+  po.concurrency = (unsigned)opt_u64(L, 1, "concurrency");
+  c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    if (encoded) tt_lua_encode_done(st);
+    free(argv);
+    free(env);
+    return tt_lua_fail(L, UV_ENOMEM, NULL);
+  }
+  c->opts_ref = LUA_NOREF;
+  c->argv = argv;
+  c->env = env;
+  c->p.data = c;
+  c->p.on_frame = on_frame;
+  c->p.on_error = on_error;
+  c->p.on_give_up = on_give_up;
+  c->p.on_stopped = on_stopped;
+  err = tt_pool_start(&st->loop, &c->p, &po);
+  if (encoded) tt_lua_encode_done(st);
+  if (err != 0) {
+    free(argv);
+    free(env);
+    free(c);
+    return tt_lua_fail(L, err, NULL);
+  }
+  tt_lobj_new_box(L, &c->o, TT_POOL_MT, 2, teardown);
+  lua_pushvalue(L, 1);
+  c->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+/* ---- methods ------------------------------------------------------------- */
+
+static tt_lpool_t *check(lua_State *L) {
+  return (tt_lpool_t *)tt_lobj_check(L, 1, TT_POOL_MT);
+}
+
+/* submit(value, fn) -> true | nil, err; fn(err, result) runs once. */
+static int m_submit(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  tt_send_req_t *req;
+  tt_state_t *st;
+  size_t len, max;
+  int err;
+  luaL_checkany(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  st = c->o.st;
+  if ((err = tt_lua_encode(L, st, 2)) != 0) return err;
+  len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
+  max = c->p.opts.workers.process.channel_options.max_message;
+  if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;
+  if (len > max) {
+    tt_lua_encode_done(st);
+    lua_pushfstring(L, "task of %I bytes exceeds max_message (%I bytes)",
+                    (lua_Integer)len, (lua_Integer)max);
+    return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
+  }
+  if ((req = malloc(sizeof *req)) == NULL) {
+    tt_lua_encode_done(st);
+    return tt_lua_fail(L, UV_ENOMEM, NULL);
+  }
+  req->o = &c->o;
+  lua_pushvalue(L, 3);
+  req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  err = tt_pool_submit(&c->p, st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
+                       on_task_done, req);
+  tt_lua_encode_done(st);
+  if (err != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
+    free(req);
+    return tt_lua_fail(L, err, NULL);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_close(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  if (c != NULL) tt_pool_close(&c->p);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_terminate(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  if (c != NULL) tt_pool_terminate(&c->p);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int m_stats(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  tt_pool_stats_t s;
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  tt_pool_stats(&c->p, &s);
+  lua_createtable(L, 0, 12);
+#define F(name)                                                               \
+  lua_pushinteger(L, (lua_Integer)s.name);                                    \
+  lua_setfield(L, -2, #name);
+  F(queued)
+  F(running)
+  F(submitted)
+  F(done)
+  F(failed)
+  F(retried)
+  F(timeouts)
+  F(crashes)
+  F(recycled)
+  F(late)
+  F(workers)
+#undef F
+  return 1;
+}
+
+/* info(id) -> {pid, state, restarts, uptime, rss} | nil, err */
+static int m_info(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  tt_worker_info_t in;
+  int err;
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  luaL_argcheck(L, id >= 1 && id <= UINT32_MAX, 2, "bad worker id");
+  if ((err = tt_pool_info(&c->p, (unsigned)id, &in)) != 0)
+    return tt_lua_fail(L, err, NULL);
+  lua_createtable(L, 0, 6);
+  if (in.pid != 0) {
+    lua_pushinteger(L, in.pid);
+    lua_setfield(L, -2, "pid");
+    lua_pushinteger(L, (lua_Integer)in.uptime_ms);
+    lua_setfield(L, -2, "uptime");
+  }
+  lua_pushstring(L, tt_worker_state_name(in.state));
+  lua_setfield(L, -2, "state");
+  lua_pushinteger(L, in.restarts);
+  lua_setfield(L, -2, "restarts");
+  if (in.rss > 0) {
+    lua_pushinteger(L, (lua_Integer)in.rss);
+    lua_setfield(L, -2, "rss");
+  }
+  if (in.lua_heap >= 0) {
+    lua_pushinteger(L, (lua_Integer)in.lua_heap);
+    lua_setfield(L, -2, "lua_heap");
+  }
+  return 1;
+}
+
+static int m_tostring(lua_State *L) {
+  tt_box_t *box = luaL_checkudata(L, 1, TT_POOL_MT);
+  tt_lpool_t *c = (tt_lpool_t *)box->o;
+  if (c == NULL || c->o.closing)
+    lua_pushliteral(L, "tether.pool (closed)");
+  else
+    lua_pushfstring(L, "tether.pool (%d workers)",
+                    (int)c->p.opts.workers.instances);
+  return 1;
+}
+
+void tt_open_pool(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"submit", m_submit}, {"close", m_close}, {"terminate", m_terminate},
+      {"stats", m_stats},   {"info", m_info},   {NULL, NULL}};
+  tt_lobj_class(L, TT_POOL_MT, methods, m_tostring);
+  lua_pushcfunction(L, l_pool);
+  lua_setfield(L, -2, "pool");
+}

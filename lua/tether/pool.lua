@@ -1,0 +1,206 @@
+--- tether.pool(spec): a queue of tasks run by supervised workers.  Queueing,
+-- dispatch, retries, timeouts and recycling are the C core's
+-- (core/tt_pool.h); this file validates the spec and adds run/map,
+-- progress and the error routing.
+local tether = require "tether"
+local supervisor = require "tether.supervisor"
+
+local M = {}
+local Pool = setmetatable({}, { __index = tether.Emitter })
+Pool.__index = Pool
+M.Pool = Pool
+
+local function count(spec, name, default, min)
+  local v = spec[name]
+  if v == nil then return default end
+  if math.type(v) ~= "integer" or v < min then
+    error(("bad option '%s' (integer >= %d expected)"):format(name, min), 4)
+  end
+  return v
+end
+
+local function handler(self)
+  return function(event, a, b)
+    if event == "message" then
+      self:emit("message", a, b)
+    elseif event == "control" then
+      if type(b) == "table" and b.type == "error" then
+        local err = tether.error(b.code or "ERR_WORKER_UNCAUGHT", b.message or "worker failed")
+        err.traceback, err.worker = b.traceback, a
+        self:emit("error", err)
+      end
+    elseif event == "error" then
+      b.worker = a
+      self:emit("error", b)
+    elseif event == "give_up" then
+      self.gave_up = a
+      self:emit("give_up", a)
+    elseif event == "stopped" then
+      self.stopped = true
+      self:emit("stopped")
+    elseif event == "close" then
+      self.closed = true
+      self:emit("close")
+    end
+  end
+end
+
+function M.new(spec)
+  if type(spec) ~= "table" then
+    error("bad argument #1 to 'pool' (table expected, got " .. type(spec) .. ")", 3)
+  end
+  local copy = {}
+  for k, v in pairs(spec) do copy[k] = v end
+  local size = count(spec, "size", tether.core.parallelism(), 1)
+  copy.instances, copy.size, copy.restart = size, nil, nil
+  local o = supervisor.options(copy, "pool")
+  o.max_queue = count(spec, "max_queue", 0, 0)
+  o.retries = count(spec, "retries", 1, 0)
+  o.max_tasks_per_worker = count(spec, "max_tasks_per_worker", 0, 0)
+  o.concurrency = count(spec, "concurrency", 1, 1)
+  local timeout = spec.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad option 'timeout' (non-negative number expected)", 3)
+  end
+  o.timeout = timeout
+  local self = setmetatable({ size = size, stopped = false, _total = 0, _done = 0 }, Pool)
+  local h, err = tether.core.pool(o, handler(self))
+  if not h then return nil, err end
+  self._h = h
+  return self
+end
+
+--- pool:submit(task, [cb]) -> true | nil, err.  cb(err, result) runs once;
+-- without cb a failure goes to the "error" event.
+function Pool:submit(task, cb)
+  if cb ~= nil and type(cb) ~= "function" then
+    error("bad argument #2 to 'submit' (function expected)", 2)
+  end
+  local ok, err = self._h:submit(task, function(e, result)
+    self._done = self._done + 1
+    if e and e.code == "ERR_WORKER_INIT" and self.gave_up then
+      e.message = e.message .. ": " .. self.gave_up
+    end
+    if cb then
+      cb(e, result)
+    elseif e then
+      self:emit("error", e)
+    end
+    self:emit("progress", self._done, self._total)
+  end)
+  if not ok then return nil, err end
+  self._total = self._total + 1
+  return true
+end
+
+--- pool:run(task) -> result | nil, err, inside tether.go.
+function Pool:run(task)
+  if not tether.in_task() then
+    return nil, tether.error("ERR_NO_COROUTINE", "pool:run must be called inside tether.go (or use submit)")
+  end
+  local e, result = tether.await(function(done)
+    local ok, err = self:submit(task, done)
+    if not ok then done(err) end
+  end)
+  if e then return nil, e end
+  return result
+end
+
+--- pool:map(tasks, [opts]) inside tether.go: runs every task, results in
+-- the tasks' order.  Fails fast by default: the first error is returned
+-- (nil, err with err.index) and later results are dropped.  With
+-- opts.collect, waits for all and returns results, errors (errors[i] for
+-- each task that failed; nil when none did).  A full queue makes map wait
+-- for room rather than fail.
+function Pool:map(tasks, opts)
+  if type(tasks) ~= "table" then error("bad argument #1 to 'map' (table expected)", 2) end
+  if not tether.in_task() then
+    return nil, tether.error("ERR_NO_COROUTINE", "pool:map must be called inside tether.go")
+  end
+  local collect = opts ~= nil and opts.collect
+  local n = #tasks
+  local results, errors = {}, nil
+  if n == 0 then return results end
+  return tether.await(function(done)
+    local next_i, pending, finished = 1, 0, false
+    local pump
+    local function on_result(i, e, r)
+      pending = pending - 1
+      if finished then return end
+      if e then
+        if not collect then
+          finished = true
+          e.index = i
+          return done(nil, e)
+        end
+        errors = errors or {}
+        errors[i] = e
+      else
+        results[i] = r
+      end
+      if next_i > n and pending == 0 then
+        finished = true
+        return done(results, errors)
+      end
+      pump()
+    end
+    pump = function()
+      while next_i <= n and not finished do
+        local i = next_i
+        local ok, err = self:submit(tasks[i], function(e, r) on_result(i, e, r) end)
+        if not ok then
+          if err.code == "ERR_QUEUE_FULL" and pending > 0 then return end
+          finished = true
+          err.index = i
+          return done(nil, err)
+        end
+        next_i, pending = next_i + 1, pending + 1
+      end
+    end
+    pump()
+  end)
+end
+
+--- pool:stats() -> {queued, running, done, failed, retried, workers, ...}
+function Pool:stats()
+  local s = self._h:stats()
+  if not s then
+    return { queued = 0, running = 0, done = self._done, failed = 0, retried = 0, workers = 0 }
+  end
+  return s
+end
+
+--- pool:workers() -> per worker {id, pid, state, restarts, uptime, rss}
+function Pool:workers()
+  local list = {}
+  for id = 1, self.size do
+    local info = self._h:info(id) or { state = "down" }
+    info.id = id
+    list[id] = info
+  end
+  return list
+end
+
+--- pool:close([cb]): no new tasks; the queued ones finish, then the
+-- workers stop; cb() once they have.
+function Pool:close(cb)
+  if cb ~= nil and type(cb) ~= "function" then error("bad argument #1 to 'close' (function expected)", 2) end
+  if cb then
+    if self.stopped then tether.defer(cb) else self:once("stopped", cb) end
+  end
+  self._h:close()
+  return true
+end
+
+--- pool:terminate(): fails queued and running tasks with ERR_CLOSED and
+-- stops the workers now.
+function Pool:terminate()
+  self._h:terminate()
+  return true
+end
+
+function Pool:__tostring()
+  return tostring(self._h)
+end
+
+return M
