@@ -2,12 +2,21 @@
 # make bench: tether's cases and the shared anchors (raw-c, libuv-c, node,
 # luv-lua) in one invocation, pinned to one core by default, then a table of
 # ratios to raw-c; then the supervisor bench (bench/supervisor_bench.lua,
-# pinned the same way) and its table.  Results are kept in bench/results/.
+# pinned the same way) and its table; then the pool bench
+# (bench/pool_bench.lua: tether's pool, Python's multiprocessing.Pool and
+# Node fork() children, 2 workers each) on two cores, not one: a 2-worker
+# pool exists to use 2 cores, and on one core its 3 processes would only
+# take turns.  Results are kept in bench/results/.
 #   BENCH_CPUS=0      core list for taskset ("" to not pin)
 #   ANCHORS=DIR       the anchors (default ../shared/anchors)
 #   ANCHOR_SECS, ANCHOR_WARM, ANCHOR_ONLY: passed through
 #   SUP_BENCH=0       skip the supervisor bench
 #   SUP_INSTANCES, SUP_IDLE_SECS, SUP_STORM_SECS, SUP_CASES: passed through
+#   POOL_BENCH=0      skip the pool bench
+#   POOL_CPUS=0,1     core list for the pool bench ("" to not pin; not
+#                     pinned when there are fewer than 2 cores)
+#   POOL_N, POOL_REPS, POOL_CONCURRENCY, POOL_CASES, POOL_CHUNKSIZES,
+#   POOL_PYTHON, POOL_NODE: passed through
 set -u
 cd "$(dirname "$0")/.."
 CPUS=${BENCH_CPUS-0}
@@ -17,6 +26,10 @@ mkdir -p bench/results
 out=bench/results/$(date -u +%Y%m%dT%H%M%SZ).txt
 PIN=""
 [ -n "$CPUS" ] && PIN="taskset -c $CPUS"
+POOL_CPUS=${POOL_CPUS-0,1}
+[ "$(nproc)" -lt 2 ] && POOL_CPUS=""
+POOL_PIN=""
+[ -n "$POOL_CPUS" ] && POOL_PIN="taskset -c $POOL_CPUS"
 # the supervisor bench's 500 workers hold one channel fd each in the parent
 nofile=$(ulimit -n)
 if [ "$nofile" != unlimited ] && [ "$nofile" -lt 4096 ]; then
@@ -36,6 +49,12 @@ fi
     BENCH_PINNED=${CPUS:-no} $PIN $LUA bench/supervisor_bench.lua || echo "# supervisor bench FAILED rc=$?"
     left=$(pgrep -f 'sup_[i]dle_worker|sup_[c]rash_worker' | tr '\n' ' ')
     [ -n "$left" ] && echo "# supervisor bench left processes behind: $left"
+  fi
+  if [ "${POOL_BENCH:-1}" != 0 ]; then
+    echo "# pool bench: pinned=${POOL_CPUS:-no} load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+    $POOL_PIN $LUA bench/pool_bench.lua || echo "# pool bench FAILED rc=$?"
+    left=$(pgrep -f 'pool_[e]cho_worker|pool_[n]ode\.js|pool_[p]ython\.py' | tr '\n' ' ')
+    [ -n "$left" ] && echo "# pool bench left processes behind: $left"
   fi
 } | tee "$out"
 echo

@@ -1,7 +1,8 @@
 --- Table of medians per (case, size, metric, anchor) over the given result
 -- files, each anchor as a ratio to raw-c, and tether's targets checked;
 -- then the supervisor bench's medians ("RESULT name value" lines) and its
--- checks ("CHECK name PASS|FAIL ...").
+-- checks ("CHECK name PASS|FAIL ..."); the pool bench's "RESULT pool_..."
+-- and "CHECK pool_..." lines make the "Pool (issue 5)" tables instead.
 --   lua5.4 bench/summarize.lua results1.txt [results2.txt ...]
 local ORDER = { "tether", "raw-c", "libuv-c", "node-json", "node-advanced", "luv-lua" }
 local CASES = { "pingpong", "call", "call-pipelined", "stream", "spawn1", "spawn32" }
@@ -9,12 +10,21 @@ local METRICS = { rt_per_s = "round trips/s", msgs_per_s = "msgs/s", MB_per_s = 
 
 local vals = {}
 local sup, sup_order, checks, check_order = {}, {}, {}, {}
+local pool, pool_checks, pool_check_order = {}, {}, {}
 for _, file in ipairs(arg) do
   for line in io.lines(file) do
     local a, c, s, m, v = line:match("^anchor=(%S+) case=(%S+) size=(%d+) metric=(%S+) value=(%S+)")
     local rname, rval = line:match("^RESULT (%S+) (%S+)")
     local cname, cres = line:match("^CHECK (%S+) (%u+)")
-    if rname and tonumber(rval) then
+    if rname and tonumber(rval) and rname:match("^pool_") then
+      pool[rname] = pool[rname] or {}
+      table.insert(pool[rname], tonumber(rval))
+    elseif cname and cname:match("^pool_") then
+      if not pool_checks[cname] then
+        pool_checks[cname], pool_check_order[#pool_check_order + 1] = { PASS = 0, FAIL = 0 }, cname
+      end
+      pool_checks[cname][cres] = (pool_checks[cname][cres] or 0) + 1
+    elseif rname and tonumber(rval) then
       if not sup[rname] then sup[rname], sup_order[#sup_order + 1] = {}, rname end
       table.insert(sup[rname], tonumber(rval))
     elseif cname then
@@ -143,3 +153,119 @@ if #check_order > 0 then
     print(("- %s: %s (%d PASS, %d FAIL)"):format(name, c.FAIL == 0 and "PASS" or "FAIL", c.PASS, c.FAIL))
   end
 end
+
+---------------------------------------------------------------------------
+-- the pool bench (issue 5): tasks/s of tether's pool, Python's
+-- multiprocessing.Pool(2).imap and Node fork() children, 2 workers each
+
+local POOL_TARGET = 3 -- tether >= 3x Python's chunksize-1 rate
+local PAYLOADS = { "int", "str16" }
+
+local function pm(name) return median(pool[name] and { table.unpack(pool[name]) }) end
+
+local function pool_tables()
+  local conc, chunks, tchunks = {}, {}, {}
+  for name in pairs(pool) do
+    local c = name:match("^pool_tether_c(%d+)_int_per_s$")
+    if c then conc[#conc + 1] = tonumber(c) end
+    local k = name:match("^pool_python_int_chunk(%d+)_per_s$")
+    if k then chunks[#chunks + 1] = tonumber(k) end
+    k = name:match("^pool_tether_chunk(%d+)_int_per_s$")
+    if k then tchunks[#tchunks + 1] = tonumber(k) end
+  end
+  table.sort(conc)
+  table.sort(chunks)
+  table.sort(tchunks)
+  local runs = 0
+  for _, t in pairs(pool) do runs = math.max(runs, #t) end
+
+  -- the best chunksize, per payload (over the medians): Python's, and
+  -- tether's with tasks chunked by hand
+  local function best_of(list, name)
+    local best, best_k = {}, {}
+    for _, p in ipairs(PAYLOADS) do
+      for _, k in ipairs(list) do
+        local v = pm(name(p, k))
+        if v and (not best[p] or v > best[p]) then best[p], best_k[p] = v, k end
+      end
+    end
+    return best, best_k
+  end
+  local best, best_k = best_of(chunks, function(p, k) return ("pool_python_%s_chunk%d_per_s"):format(p, k) end)
+  local tbest, tbest_k = best_of(tchunks, function(p, k) return ("pool_tether_chunk%d_%s_per_s"):format(k, p) end)
+
+  print()
+  print(("Pool (issue 5): tasks/s, 2 workers, medians of %d run%s"):format(runs, runs == 1 and "" or "s"))
+  print()
+  print("| implementation | int tasks/s | str16 tasks/s |")
+  print("|---|---|---|")
+  local function row(label, fmtname)
+    local cells = {}
+    for _, p in ipairs(PAYLOADS) do cells[#cells + 1] = fmt(pm(fmtname:format(p))) end
+    if cells[1] ~= "-" or cells[2] ~= "-" then
+      print(("| %s | %s |"):format(label, table.concat(cells, " | ")))
+    end
+  end
+  for _, c in ipairs(conc) do
+    row(("tether pool, submit, concurrency %d%s"):format(c, c == 1 and " (default)" or ""),
+      "pool_tether_c" .. c .. "_%s_per_s")
+  end
+  for _, c in ipairs(conc) do
+    row(("tether pool, map, concurrency %d"):format(c), "pool_tether_map_c" .. c .. "_%s_per_s")
+  end
+  for _, k in ipairs(tchunks) do
+    row(("tether pool, map of chunks of %d items (items/s)"):format(k), "pool_tether_chunk" .. k .. "_%s_per_s")
+  end
+  for _, k in ipairs(chunks) do
+    row(("python Pool(2).imap, chunksize %d"):format(k), "pool_python_%s_chunk" .. k .. "_per_s")
+  end
+  if next(best) then
+    print(("| python best (chunksize %s / %s) | %s | %s |"):format(best_k.int or "-", best_k.str16 or "-",
+      fmt(best.int), fmt(best.str16)))
+  end
+  row("node fork() x 2, JSON", "pool_node_%s_per_s")
+
+  print()
+  print("| tether pool | payload | / python chunksize 1 | / python best | / node | parent CPU us/task | workers CPU us/task |")
+  print("|---|---|---|---|---|---|---|")
+  local function ratio(a, b) return a and b and ("%.2f"):format(a / b) or "-" end
+  for _, c in ipairs(conc) do
+    for _, p in ipairs(PAYLOADS) do
+      local t = pm(("pool_tether_c%d_%s_per_s"):format(c, p))
+      if t then
+        print(("| concurrency %d | %s | %s | %s | %s | %s | %s |"):format(c, p,
+          ratio(t, pm(("pool_python_%s_chunk1_per_s"):format(p))), ratio(t, best[p]),
+          ratio(t, pm(("pool_node_%s_per_s"):format(p))),
+          fmt(pm(("pool_tether_c%d_%s_parent_cpu_us"):format(c, p))),
+          fmt(pm(("pool_tether_c%d_%s_workers_cpu_us"):format(c, p)))))
+      end
+    end
+  end
+
+  for _, p in ipairs(PAYLOADS) do
+    if tbest[p] and best[p] then
+      print(("| chunked by hand, best (%d items per task) | %s | - | %s | - | - | - |"):format(tbest_k[p], p,
+        ratio(tbest[p], best[p])))
+    end
+  end
+
+  print()
+  local function target(c, label)
+    for _, p in ipairs(PAYLOADS) do
+      local t = pm(("pool_tether_c%d_%s_per_s"):format(c, p))
+      local py = pm(("pool_python_%s_chunk1_per_s"):format(p))
+      local q = t and py and t / py
+      print(("- tether %s >= %gx python chunksize 1 (%s): %s %s"):format(label, POOL_TARGET, p,
+        q and ("%.2f"):format(q) or "-", q == nil and "(not measured)" or (q >= POOL_TARGET and "PASS" or "FAIL")))
+    end
+  end
+  if #conc > 0 then
+    target(conc[1], ("(concurrency %d%s)"):format(conc[1], conc[1] == 1 and ", the default" or ""))
+    if #conc > 1 then target(conc[#conc], ("(concurrency %d)"):format(conc[#conc])) end
+  end
+  for _, name in ipairs(pool_check_order) do
+    local c = pool_checks[name]
+    print(("- %s: %s (%d PASS, %d FAIL)"):format(name, c.FAIL == 0 and "PASS" or "FAIL", c.PASS, c.FAIL))
+  end
+end
+if next(pool) or #pool_check_order > 0 then pool_tables() end

@@ -227,6 +227,7 @@ static void dispatch(tt_pool_t *p) {
         continue;
       }
       queue_remove(p, t);
+      if (w->taken == 0) tt_supervisor_mark_worked(&p->sup, w->serial);
       t->id = p->next_id;
       t->w = w;
       list_append(&w->head, &w->tail, t);
@@ -399,7 +400,7 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   memset(&p->stats, 0, sizeof p->stats);
 
   so.restart = TT_RESTART_ALWAYS;
-  so.count_start_failures_only = 1;
+  so.exempt_worked = 1;
   so.max_memory = 0; /* ours: a worker is retired, not stopped mid-task */
   memset(&p->sup, 0, sizeof p->sup);
   p->sup.data = p;

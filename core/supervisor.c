@@ -48,7 +48,8 @@ enum {
   I_RELOAD_OLD = 1u << 5, /* replaced by a reload step: its exit moves on */
   I_RETIRING = 1u << 6,   /* replaced, kept running until the owner stops it */
   I_PCLOSE = 1u << 7,     /* tt_process_close() was called */
-  I_PROMOTED = 1u << 8    /* a replacement that took over while starting */
+  I_PROMOTED = 1u << 8,   /* a replacement that took over while starting */
+  I_WORKED = 1u << 9      /* tt_supervisor_mark_worked() */
 };
 
 /* After an exit, output still in the pipes is logged for at most this
@@ -758,7 +759,7 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
   }
   slot->restart_counted =
       r != TT_EXIT_RELOAD &&
-      !(s->opts.count_start_failures_only && (w->flags & I_READY));
+      !(s->opts.exempt_worked && (w->flags & I_WORKED));
   if (slot->restart_counted)
     delay = tt_backoff_delay(&s->opts.backoff, ++slot->failures, &s->seed);
   slot->restart_reason = r;
@@ -1112,6 +1113,11 @@ tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
                                            uint64_t serial) {
   tt_incarnation_t *w = find_serial(s, serial);
   return w && !(w->flags & I_EXITED) ? w->p.channel : NULL;
+}
+
+void tt_supervisor_mark_worked(tt_supervisor_t *s, uint64_t serial) {
+  tt_incarnation_t *w = find_serial(s, serial);
+  if (w != NULL) w->flags |= I_WORKED;
 }
 
 int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial) {

@@ -99,10 +99,11 @@ typedef struct tt_supervisor_options_s {
   uint64_t kill_timeout_ms;     /* wait after SIGTERM */
   const char *log_path[3];      /* [1] stdout, [2] stderr; NULL: no log */
   size_t queue_limit;           /* queued messages per slot; 0: 1024 */
-  /* Count toward max_restarts (and back off) only workers that exit
-   * before they were ready; one that was ready is replaced at once (pools:
-   * a worker killed while working is not a failing start). */
-  int count_start_failures_only;
+  /* Exits of workers the owner marked with tt_supervisor_mark_worked()
+   * do not count toward max_restarts and restart at once (pools: a worker
+   * killed while doing useful work is not a failing start); the others
+   * count and back off as usual. */
+  int exempt_worked;
 } tt_supervisor_options_t;
 
 /* Fills `o` with the defaults: 1 instance, ALWAYS, 10 restarts in 60 s,
@@ -215,6 +216,8 @@ tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
                                            uint64_t serial);
 uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial);
 int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial);
+/* The worker did useful work (see exempt_worked). */
+void tt_supervisor_mark_worked(tt_supervisor_t *s, uint64_t serial);
 
 /* Sends a signal to slot `id`'s current worker. */
 int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);

@@ -1,49 +1,48 @@
---- make demo: a parent forks 4 Lua workers, hands them work (count the
--- primes below N, for several N), prints results and lifecycle events.
+--- make demo: a supervised pool of 4 Lua workers counts the primes below N
+-- for 24 values of N.  Midway one worker is killed with SIGKILL: its task
+-- runs again on another worker, the pool replaces the worker, and every
+-- job still gets exactly one answer.
 local tether = require "tether"
 
 local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local jobs = { 20000, 50000, 80000, 110000, 140000, 170000, 200000, 230000 }
-local next_job, done, workers = 1, 0, {}
-
+local START = tether.now()
 local function log(fmt, ...)
   io.write(("[%6d ms] "):format(tether.now() - START), fmt:format(...), "\n")
 end
-START = tether.now()
 
-local function hand_out(w)
-  if next_job > #jobs then
-    w.child:disconnect() -- no more work: the worker exits by itself
-    return
+local pool = assert(tether.pool {
+  script = dir .. "/demo_worker.lua",
+  size = 4,
+  retries = 2,       -- a task whose worker dies runs again, twice at most
+  timeout = 10000,   -- ms per task
+  handle_signals = false,
+})
+pool:on("error", function(err) log("pool error: %s", tostring(err)) end)
+pool:on("progress", function(done, total)
+  if done % 6 == 0 then log("progress %d/%d", done, total) end
+end)
+
+local jobs = {}
+for i = 1, 24 do jobs[i] = { below = 20000 + i * 15000 } end
+
+-- a worker dies mid-batch
+tether.timer(150, function()
+  local w = pool:workers()[2]
+  if w.pid then
+    log("killing worker %d (pid %d) with SIGKILL", w.id, w.pid)
+    os.execute("kill -KILL " .. w.pid)
   end
-  local n = jobs[next_job]
-  next_job = next_job + 1
-  w.busy = n
-  w.child:send({ job = "count_primes", below = n })
-end
+end)
 
-for id = 1, 4 do
-  local child = assert(tether.fork(dir .. "/demo_worker.lua", { id }))
-  local w = { id = id, child = child }
-  workers[id] = w
-  child:on("spawn", function() log("worker %d spawned (pid %d)", id, child.pid) end)
-  child:on("message", function(msg)
-    if msg.ready then
-      log("worker %d ready", id)
-    else
-      done = done + 1
-      log("worker %d: %d primes below %d (%.1f ms of work)", id, msg.primes, msg.below, msg.ms)
-    end
-    hand_out(w)
-  end)
-  child:on("disconnect", function() log("worker %d disconnected", id) end)
-  child:on("exit", function(code, sig)
-    log("worker %d exited (code %s, signal %s)", id, tostring(code), tostring(sig))
-  end)
-  child:on("close", function() log("worker %d closed", id) end)
-  child:on("error", function(err) log("worker %d error: %s", id, tostring(err)) end)
-end
+tether.go(function()
+  local results = assert(pool:map(jobs))
+  for i, r in ipairs(results) do
+    log("job %2d: %6d primes below %7d (worker %d, %.1f ms)", i, r.primes, r.below, r.worker, r.ms)
+  end
+  local s = pool:stats()
+  log("done %d, failed %d, re-run after a crash %d, workers %d", s.done, s.failed, s.retried, s.workers)
+  assert(s.done == #jobs and s.failed == 0, "some jobs failed")
+  pool:close(function() log("pool closed: every worker stopped") end)
+end)
 
 tether.run()
-log("all %d jobs done by %d workers", done, #workers)
-assert(done == #jobs, "some jobs were not done")

@@ -1,6 +1,6 @@
---- Worker for examples/demo.lua: counts primes on request.
+--- Worker for examples/demo.lua: counts primes, one task at a time.
 local tether = require "tether"
-local id = ...
+local id = tonumber(os.getenv("TETHER_WORKER_ID"))
 
 local function count_primes(below)
   local sieve, count = {}, 0
@@ -13,11 +13,9 @@ local function count_primes(below)
   return count
 end
 
-tether.parent:on("message", function(msg)
+tether.serve(function(task)
   local t0 = os.clock()
-  local primes = count_primes(msg.below)
-  tether.parent:send({ worker = id, below = msg.below, primes = primes,
-    ms = (os.clock() - t0) * 1000 })
+  local primes = count_primes(task.below)
+  return { worker = id,
+    below = task.below, primes = primes, ms = (os.clock() - t0) * 1000 }
 end)
-
-tether.parent:send({ ready = true, worker = id })

@@ -297,7 +297,8 @@ describe("tether.pool", function()
 
   it("soak: 1,000 tasks while workers are SIGKILLed at random; each callback once, every result right", function()
     local pool = new_pool { size = 4, retries = 50, concurrency = 2 }
-    local N, calls, wrong, done = 1000, {}, 0, 0
+    -- (fewer under valgrind, where every worker start takes a second)
+    local N, calls, wrong, done = H.slow and 150 or 1000, {}, 0, 0
     for i = 1, N do
       assert.is_true(pool:submit({ n = i, sleep = i % 3 }, function(e, r)
         calls[i] = (calls[i] or 0) + 1
@@ -306,7 +307,7 @@ describe("tether.pool", function()
       end))
     end
     local rng, kills = 12345, 0
-    local killer = tether.every(15, function()
+    local killer = tether.every(H.slow and 400 or 15, function()
       rng = (rng * 1103515245 + 12345) % 2147483648
       local w = pool:workers()[rng % 4 + 1]
       if w.pid and w.state == "running" then

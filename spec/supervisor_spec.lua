@@ -589,4 +589,145 @@ describe("tether.supervise", function()
     os.remove(out)
     os.remove(out .. ".ready")
   end)
+
+  it("a reload finishes when the old worker dies while its successor starts", function()
+    local sup = assert(tether.supervise(spec { script = ECHO }))
+    local started = 0
+    sup:on("start", function() started = started + 1 end)
+    H.run_until(function() return started == 1 end)
+    local done, rerr = false, nil
+    assert.is_true(sup:reload(function(e) rerr, done = e, true end))
+    sup:send(1, "crash") -- the old one, still current, dies during the overlap
+    H.run_until(function() return done end)
+    assert.is_nil(rerr)
+    assert.equals("running", sup:workers()[1].state)
+    assert.is_true(sup:reload()) -- not stuck: a new reload is accepted
+    H.run_until(function() return started >= 3 end)
+    stop_and_wait(sup)
+  end)
+
+  it("messages still in a replaced worker's channel go on to its successor", function()
+    -- the worker stops reading; a large message waits in its channel
+    local sup = assert(tether.supervise(spec { script = H.script [[
+      local tether = require "tether"
+      tether.parent:on("message", function(m)
+        if m == "block" then
+          local t = os.time() + 30
+          while os.time() < t do end
+        elseif type(m) == "string" and #m < 100 then
+          tether.parent:send({ got = m })
+        else
+          tether.parent:send({ got = #m })
+        end
+      end)
+    ]], shutdown = { timeout = 100, kill_timeout = 100 } }))
+    local started, got = 0, {}
+    sup:on("start", function() started = started + 1 end)
+    sup:on("message", function(w, m) got[#got + 1] = m.got end)
+    H.run_until(function() return started == 1 end)
+    sup:send(1, "block")
+    local big, hello
+    sup:send(1, string.rep("x", 8 * 1024 * 1024), function(e) big = e or "ok" end)
+    H.sleep(100)
+    local reloaded = false
+    sup:reload(function(e) reloaded = true end)
+    H.run_until(function() return reloaded end)
+    sup:send(1, "hello", { timeout = 2000 }, function(e) hello = e or "ok" end)
+    H.run_until(function() return #got == 2 end)
+    assert.equals("ok", big)
+    assert.equals("ok", hello)
+    assert.same({ 8 * 1024 * 1024, "hello" }, got)
+    stop_and_wait(sup)
+  end)
+
+  it("restarts a worker that never gets ready within start_timeout", function()
+    local sup = assert(tether.supervise(spec { script = H.script [[
+      local t = os.time() + 30
+      while os.time() < t do end
+    ]], start_timeout = 150, max_restarts = 1, shutdown = { timeout = 50, kill_timeout = 100 } }))
+    local reasons, stopped = {}, false
+    sup:on("exit", function(w, code, sig, reason) reasons[#reasons + 1] = reason end)
+    sup:on("stopped", function() stopped = true end)
+    assert.equals("starting", sup:workers()[1].state)
+    H.run_until(function() return stopped end)
+    assert.same({ "unresponsive", "unresponsive" }, reasons)
+  end)
+
+  it("restart(id) replaces one worker at once, without counting it", function()
+    local sup = assert(tether.supervise(spec { script = ECHO, instances = 2, max_restarts = 0 }))
+    local started = 0
+    sup:on("start", function() started = started + 1 end)
+    H.run_until(function() return started == 2 end)
+    local before = sup:workers()
+    assert.is_true(sup:worker(2):restart())
+    H.run_until(function() return started == 3 end)
+    local after = sup:workers()
+    assert.equals(before[1].pid, after[1].pid)
+    assert.is_not.equals(before[2].pid, after[2].pid)
+    assert.is_nil(sup.gave_up)
+    stop_and_wait(sup)
+  end)
+
+  it("answers a worker's call with ERR_NO_HANDLER, also while it starts", function()
+    local sup = assert(tether.supervise(spec { script = H.script [[
+      local tether = require "tether"
+      tether.parent:call("hello?", {}, function(err)
+        tether.parent:send(err and err.code or "no error")
+      end)
+    ]] }))
+    local got
+    sup:on("message", function(w, m) got = m end)
+    H.run_until(function() return got end)
+    assert.equals("ERR_NO_HANDLER", got)
+    stop_and_wait(sup)
+  end)
+
+  it("a grandchild holding the log pipe does not hold up the stop", function()
+    local out = H.tmpfile("grandchild.log")
+    local sup = assert(tether.supervise(spec { cmd = "sh",
+      args = { "-c", "sleep 5 & echo $!; exec sleep 30" }, stdout = out }))
+    H.sleep(200)
+    local t0 = tether.hrtime()
+    stop_and_wait(sup)
+    assert.is_true((tether.hrtime() - t0) / 1e6 < 2000)
+    local f = assert(io.open(out))
+    local grandchild = f:read("a"):match("^%[1%] (%d+)\n$")
+    f:close()
+    assert.is_not_nil(grandchild)
+    os.execute("kill " .. grandchild)
+    os.remove(out)
+  end)
+
+  it("ends its workers when the Lua state closes with the supervisor running", function()
+    local pidfile = H.tmpfile("orphans")
+    os.remove(pidfile)
+    local c = assert(tether.spawn(H.LUA, { H.script(([[
+      local tether = require "tether"
+      local sup = assert(tether.supervise { cmd = "sleep", args = { "30" }, instances = 2,
+        handle_signals = false })
+      local n = 0
+      sup:on("start", function(w)
+        local f = io.open(%q, "a")
+        f:write(w.pid, "\n")
+        f:close()
+        n = n + 1
+        if n == 2 then tether.stop() end
+      end)
+      tether.run()
+      -- the script ends here: the state closes with both workers running
+    ]]):format(pidfile)) }, { channel = false,
+      env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } }))
+    local code
+    c:on("exit", function(cd) code = cd end)
+    H.run_until(function() return code ~= nil end)
+    assert.equals(0, code)
+    H.sleep(100)
+    local n = 0
+    for line in io.lines(pidfile) do
+      n = n + 1
+      assert.is_true(pid_gone(tonumber(line)), "worker " .. line .. " survived")
+    end
+    assert.equals(2, n)
+    os.remove(pidfile)
+  end)
 end)

@@ -36,6 +36,7 @@ local function handler(self)
       self.gave_up = a
       self:emit("give_up", a)
     elseif event == "stopped" then
+      self._final_stats = self._h:stats() -- the core lets go of them next
       self.stopped = true
       self:emit("stopped")
     elseif event == "close" then
@@ -88,7 +89,12 @@ function Pool:submit(task, cb)
     end
     self:emit("progress", self._done, self._total)
   end)
-  if not ok then return nil, err end
+  if not ok then
+    if err.code == "ERR_WORKER_INIT" and self.gave_up then
+      err.message = err.message .. ": " .. self.gave_up
+    end
+    return nil, err
+  end
   self._total = self._total + 1
   return true
 end
@@ -165,7 +171,8 @@ end
 function Pool:stats()
   local s = self._h:stats()
   if not s then
-    return { queued = 0, running = 0, done = self._done, failed = 0, retried = 0, workers = 0 }
+    s = {}
+    for k, v in pairs(self._final_stats or {}) do s[k] = v end
   end
   return s
 end
