@@ -759,7 +759,8 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
   }
   slot->restart_counted =
       r != TT_EXIT_RELOAD &&
-      !(s->opts.exempt_worked && (w->flags & I_WORKED));
+      !(s->opts.exempt_worked && (w->flags & I_READY) &&
+        ((w->flags & I_WORKED) || w->p.term_signal != 0));
   if (slot->restart_counted)
     delay = tt_backoff_delay(&s->opts.backoff, ++slot->failures, &s->seed);
   slot->restart_reason = r;

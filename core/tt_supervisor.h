@@ -99,10 +99,12 @@ typedef struct tt_supervisor_options_s {
   uint64_t kill_timeout_ms;     /* wait after SIGTERM */
   const char *log_path[3];      /* [1] stdout, [2] stderr; NULL: no log */
   size_t queue_limit;           /* queued messages per slot; 0: 1024 */
-  /* Exits of workers the owner marked with tt_supervisor_mark_worked()
-   * do not count toward max_restarts and restart at once (pools: a worker
-   * killed while doing useful work is not a failing start); the others
-   * count and back off as usual. */
+  /* Exits of ready workers that were killed by a signal, or that the
+   * owner marked with tt_supervisor_mark_worked(), do not count toward
+   * max_restarts and restart at once (pools: a worker killed, or dying
+   * while doing useful work, is not a failing start).  The others, e.g. a
+   * script that ends by itself before taking any work, count and back
+   * off as usual. */
   int exempt_worked;
 } tt_supervisor_options_t;
 

@@ -298,16 +298,19 @@ describe("tether.pool", function()
   it("soak: 1,000 tasks while workers are SIGKILLed at random; each callback once, every result right", function()
     local pool = new_pool { size = 4, retries = 50, concurrency = 2 }
     -- (fewer under valgrind, where every worker start takes a second)
-    local N, calls, wrong, done = H.slow and 150 or 1000, {}, 0, 0
+    local N, calls, wrong, done = H.slow and 300 or 1000, {}, 0, 0
     for i = 1, N do
       assert.is_true(pool:submit({ n = i, sleep = i % 3 }, function(e, r)
         calls[i] = (calls[i] or 0) + 1
         done = done + 1
-        if e or r.square ~= i * i then wrong = wrong + 1 end
+        if e or r.square ~= i * i then
+          wrong = wrong + 1
+          io.stderr:write("task ", i, ": ", tostring(e or r.square), "\n")
+        end
       end))
     end
     local rng, kills = 12345, 0
-    local killer = tether.every(H.slow and 400 or 15, function()
+    local killer = tether.every(H.slow and 100 or 15, function()
       rng = (rng * 1103515245 + 12345) % 2147483648
       local w = pool:workers()[rng % 4 + 1]
       if w.pid and w.state == "running" then
@@ -320,7 +323,8 @@ describe("tether.pool", function()
     for i = 1, N do assert.equals(1, calls[i], "task " .. i) end
     assert.equals(0, wrong)
     local s = pool:stats()
-    assert.is_true(kills >= 5, "only " .. kills .. " kills")
+    io.stderr:write(("\n  pool soak: %d tasks, %d SIGKILLs, %d re-runs\n"):format(N, kills, s.retried))
+    assert.is_true(kills >= (H.slow and 1 or 5), "only " .. kills .. " kills")
     assert.is_true(s.retried > 0)
     assert.equals(N, s.done)
     close_and_wait(pool)
