@@ -30,6 +30,7 @@
 
 #include "internal.h"
 #include "tt_error.h"
+#include "tt_lines.h"
 
 /* Frames up to this size are packed into shared chunks. */
 #define TT_CHANNEL_COALESCE_MAX ((size_t)32 << 10)
@@ -158,6 +159,11 @@ static void queue_append(tt_channel_t *ch, tt_chunk_t *c) {
   ch->tail = c;
 }
 
+static const char *truncated(const tt_channel_t *ch) {
+  return ch->dec.lines ? "partial line at end of stream (no \"\\n\")"
+                       : "truncated frame at end of stream";
+}
+
 static int check_send(tt_channel_t *ch, size_t len) {
   if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_CHANNEL_CLOSED;
   if (len > ch->dec.max_message) return TT_ERR_SERIALIZE;
@@ -206,32 +212,70 @@ static ssize_t send_iov(tt_channel_t *ch, struct iovec *iov, int n) {
  * caller's memory: no copy, no allocation.  Returns the bytes written; the
  * caller queues the rest.  A failure is left for the flush to meet again,
  * so the channel ends from the loop, not inside send(). */
-static size_t write_direct(tt_channel_t *ch, const unsigned char *hdr,
-                           const void *payload, size_t len) {
-  struct iovec iov[2];
+/* A frame as the three pieces that go on the wire: header (or a line's
+ * envelope prefix), payload, and trailer (a line's end). */
+typedef struct {
+  const char *part[3];
+  size_t len[3];
+} tt_wire_t;
+
+static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f) {
+  struct iovec iov[3];
+  int n = 0;
   ssize_t w;
-  iov[0].iov_base = (void *)hdr;
-  iov[0].iov_len = TT_FRAME_HEADER_SIZE;
-  iov[1].iov_base = (void *)payload;
-  iov[1].iov_len = len;
-  w = send_iov(ch, iov, 2);
+  for (int i = 0; i < 3; i++) {
+    if (f->len[i] == 0) continue;
+    iov[n].iov_base = (void *)f->part[i];
+    iov[n++].iov_len = f->len[i];
+  }
+  w = send_iov(ch, iov, n);
   return w > 0 ? (size_t)w : 0;
+}
+
+/* Copies the bytes of `f` from offset `from` on to `dst`. */
+static void copy_wire(char *dst, const tt_wire_t *f, size_t from) {
+  for (int i = 0; i < 3; i++) {
+    if (from >= f->len[i]) {
+      from -= f->len[i];
+      continue;
+    }
+    memcpy(dst, f->part[i] + from, f->len[i] - from);
+    dst += f->len[i] - from;
+    from = 0;
+  }
 }
 
 int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
                     const void *payload, size_t len, tt_channel_send_cb cb,
                     void *arg) {
-  size_t total = TT_FRAME_HEADER_SIZE + len;
-  size_t done = 0, rest;
-  unsigned char hdr[TT_FRAME_HEADER_SIZE];
+  size_t total, done = 0, rest;
+  char head[TT_LINES_HEAD_MAX > TT_FRAME_HEADER_SIZE ? TT_LINES_HEAD_MAX
+                                                      : TT_FRAME_HEADER_SIZE];
+  char tail[2];
+  tt_wire_t f;
   tt_chunk_t *c = ch->tail;
   int err = check_send(ch, len);
   if (err != 0) return err;
 
-  tt_frame_header_pack(hdr, kind, 0, id, (uint32_t)len);
+  f.part[0] = head;
+  f.part[1] = payload;
+  f.part[2] = tail;
+  f.len[1] = len;
+  if (ch->dec.lines) {
+    /* a raw newline inside would split the message in two for the peer */
+    if ((err = tt_lines_pack(kind, id, head, &f.len[0], tail, &f.len[2])) !=
+            0 ||
+        (len > 0 && memchr(payload, '\n', len) != NULL))
+      return UV_EINVAL;
+  } else {
+    tt_frame_header_pack((unsigned char *)head, kind, 0, id, (uint32_t)len);
+    f.len[0] = TT_FRAME_HEADER_SIZE;
+    f.len[2] = 0;
+  }
+  total = f.len[0] + len + f.len[2];
   if (total > TT_CHANNEL_COALESCE_MAX && queued(ch) == 0 &&
       !(ch->flags & CH_WRITE_BLOCKED)) {
-    done = (size_t)write_direct(ch, hdr, payload, len);
+    done = write_direct(ch, &f);
     if (done == total) return queued_frame(ch, kind, total, done, cb, arg);
   }
   rest = total - done;
@@ -253,17 +297,8 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
     c->cap = cap;
     queue_append(ch, c);
   }
-  /* What was not written yet: the rest of the header, then of the payload. */
-  if (done < TT_FRAME_HEADER_SIZE) {
-    memcpy(c->data + c->len, hdr + done, TT_FRAME_HEADER_SIZE - done);
-    c->len += TT_FRAME_HEADER_SIZE - done;
-    done = TT_FRAME_HEADER_SIZE;
-  }
-  if (len > done - TT_FRAME_HEADER_SIZE) {
-    size_t off = done - TT_FRAME_HEADER_SIZE;
-    memcpy(c->data + c->len, (const char *)payload + off, len - off);
-    c->len += len - off;
-  }
+  copy_wire(c->data + c->len, &f, done); /* what was not written yet */
+  c->len += rest;
   return queued_frame(ch, kind, total, total - rest, cb, arg);
 }
 
@@ -402,7 +437,7 @@ static int read_some(tt_channel_t *ch, int max_reads) {
     }
     if (n == 0) {
       if (tt_frame_decoder_pending(&ch->dec) > 0)
-        channel_end(ch, TT_ERR_IPC_PROTOCOL, "truncated frame at end of stream");
+        channel_end(ch, TT_ERR_IPC_PROTOCOL, truncated(ch));
       else
         channel_end(ch, 0, NULL);
       return 1;
@@ -457,6 +492,7 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
   tt_frame_decoder_init(&ch->dec, opts && opts->max_message < UINT32_MAX
                                       ? opts->max_message
                                       : (opts ? UINT32_MAX : 0));
+  if (opts && opts->lines) tt_frame_decoder_use_lines(&ch->dec);
   if ((err = tt__set_flags(fd, 1, 1)) != 0) return err;
   {
     int sndbuf = TT_CHANNEL_SNDBUF;
@@ -537,7 +573,7 @@ void tt_channel_finish(tt_channel_t *ch) {
   }
   if (!(ch->flags & CH_ENDED)) {
     if (tt_frame_decoder_pending(&ch->dec) > 0)
-      channel_end(ch, TT_ERR_IPC_PROTOCOL, "truncated frame at end of stream");
+      channel_end(ch, TT_ERR_IPC_PROTOCOL, truncated(ch));
     else
       channel_end(ch, 0, NULL);
   }
@@ -606,16 +642,26 @@ void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb) {
   uv_close((uv_handle_t *)&ch->flusher, on_handle_closed);
 }
 
-int tt_channel_inherited_fd(int *fd) {
+int tt_channel_inherited_fd(int *fd, int *lines) {
   const char *s = getenv("TETHER_CHANNEL_FD");
+  const char *mode = getenv("NODE_CHANNEL_SERIALIZATION_MODE");
   char *end;
   long v;
   struct stat st;
-  int err;
+  int err, node_advanced = 0;
+  *lines = 0;
+  if (s == NULL || *s == '\0') { /* started by Node.js, or by tether in JSON mode */
+    s = getenv("NODE_CHANNEL_FD");
+    *lines = 1;
+    node_advanced = mode != NULL && strcmp(mode, "json") != 0;
+  }
   if (s == NULL || *s == '\0') return UV_ENOENT;
   v = strtol(s, &end, 10);
   unsetenv("TETHER_CHANNEL_FD");
+  unsetenv("NODE_CHANNEL_FD");
+  unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");
   if (*end != '\0' || v < 0 || v > 65535) return UV_EBADF;
+  if (node_advanced) return UV_ENOTSUP; /* V8's format: not ours */
   if (fstat((int)v, &st) != 0) return UV_EBADF;
   if (!S_ISSOCK(st.st_mode)) return UV_ENOTSOCK;
   if ((err = tt__set_flags((int)v, 1, 1)) != 0) return err;

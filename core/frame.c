@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "tt_error.h"
+#include "tt_lines.h"
 #include <uv.h>
 
 /* Room a read asks for when no large frame is pending. */
@@ -68,6 +69,8 @@ void tt_frame_decoder_init(tt_frame_decoder_t *d, size_t max_message) {
   d->max_message = max_message ? max_message : TT_FRAME_DEFAULT_MAX_MESSAGE;
 }
 
+void tt_frame_decoder_use_lines(tt_frame_decoder_t *d) { d->lines = 1; }
+
 void tt_frame_decoder_free(tt_frame_decoder_t *d) {
   free(d->buf);
   d->buf = NULL;
@@ -101,8 +104,21 @@ int tt_frame_decoder_space(tt_frame_decoder_t *d, char **base, size_t *len) {
   int err;
 
   if (have == 0) {
-    d->start = d->end = 0;
+    d->start = d->end = d->scan = 0;
     if (d->cap > TT_FRAME_KEEP_CAP) tt_frame_decoder_free(d);
+  }
+  if (d->lines) { /* a line's length is unknown until its "\n" */
+    if (d->cap - d->end < need) {
+      compact(d);
+      if (d->cap - d->end < need) {
+        size_t want = d->cap ? d->cap * 2 : TT_FRAME_READ_CHUNK;
+        if (want < d->end + need) want = d->end + need;
+        if ((err = grow(d, want)) != 0) return err;
+      }
+    }
+    *base = d->buf + d->end;
+    *len = d->cap - d->end;
+    return 0;
   }
   /* A frame is in progress: room for exactly its rest, so a large payload
    * is read in place and its tail does not cause reallocations.  The header
@@ -127,6 +143,34 @@ int tt_frame_decoder_space(tt_frame_decoder_t *d, char **base, size_t *len) {
   return 0;
 }
 
+static int commit_lines(tt_frame_decoder_t *d, tt_frame_cb cb, void *ctx) {
+  for (;;) {
+    const char *line = d->buf + d->start, *payload, *nl;
+    size_t have = d->end - d->start, len;
+    tt_frame_header_t h;
+    int rc;
+    nl = memchr(line + d->scan, '\n', have - d->scan);
+    if (nl == NULL) {
+      d->scan = have;
+      if (have > d->max_message) {
+        d->error = "line longer than max_message";
+        return TT_ERR_IPC_PROTOCOL;
+      }
+      return 0;
+    }
+    len = (size_t)(nl - line);
+    if (len > d->max_message) {
+      d->error = "line longer than max_message";
+      return TT_ERR_IPC_PROTOCOL;
+    }
+    d->start += len + 1;
+    d->scan = 0;
+    if (tt_lines_parse(line, len, &h, &payload, &d->error) != 0)
+      return TT_ERR_IPC_PROTOCOL;
+    if ((rc = cb(ctx, &h, payload)) != 0) return rc;
+  }
+}
+
 int tt_frame_decoder_commit(tt_frame_decoder_t *d, size_t n, tt_frame_cb cb,
                             void *ctx) {
   tt_frame_header_t h;
@@ -134,6 +178,7 @@ int tt_frame_decoder_commit(tt_frame_decoder_t *d, size_t n, tt_frame_cb cb,
 
   if (d->error != NULL) return TT_ERR_IPC_PROTOCOL;
   d->end += n;
+  if (d->lines) return commit_lines(d, cb, ctx);
   while (d->end - d->start >= TT_FRAME_HEADER_SIZE) {
     const unsigned char *p = (unsigned char *)d->buf + d->start;
     if (tt_frame_header_parse(p, d->max_message, &h, &d->error) != 0)

@@ -73,13 +73,13 @@ static size_t env_key_len(const char *kv) {
 }
 
 static int env_overridden(const char *kv, char **extra) {
+  /* the channel variables are ours to set, for our children only */
+  static const char *const own[] = {"TETHER_CHANNEL_FD", "TETHER_PARENT_PID",
+                                    "NODE_CHANNEL_FD",
+                                    "NODE_CHANNEL_SERIALIZATION_MODE"};
   size_t n = env_key_len(kv);
-  if (n == strlen("TETHER_CHANNEL_FD") &&
-      strncmp(kv, "TETHER_CHANNEL_FD", n) == 0)
-    return 1;
-  if (n == strlen("TETHER_PARENT_PID") &&
-      strncmp(kv, "TETHER_PARENT_PID", n) == 0)
-    return 1;
+  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+    if (n == strlen(own[i]) && strncmp(kv, own[i], n) == 0) return 1;
   for (char **e = extra; e && *e; e++)
     if (env_key_len(*e) == n && strncmp(*e, kv, n) == 0) return 1;
   return 0;
@@ -87,12 +87,13 @@ static int env_overridden(const char *kv, char **extra) {
 
 /* Ours, minus what `extra` replaces, plus `extra` and the channel variables.
  * The strings are borrowed; only the array is allocated. */
-static char **build_env(char **extra, int channel, char *fdvar, char *ppidvar) {
+static char **build_env(char **extra, int channel, char *fdvar, char *ppidvar,
+                        char *modevar) {
   size_t n = 0, k = 0;
   char **env;
   for (char **e = environ; *e; e++) n++;
   for (char **e = extra; e && *e; e++) n++;
-  env = malloc((n + 3) * sizeof *env);
+  env = malloc((n + 4) * sizeof *env);
   if (env == NULL) return NULL;
   for (char **e = environ; *e; e++)
     if (!env_overridden(*e, extra)) env[k++] = *e;
@@ -100,6 +101,7 @@ static char **build_env(char **extra, int channel, char *fdvar, char *ppidvar) {
   if (channel) {
     env[k++] = fdvar;
     env[k++] = ppidvar;
+    if (modevar != NULL) env[k++] = modevar;
   }
   env[k] = NULL;
   return env;
@@ -239,10 +241,18 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
     stdio[3].flags = UV_INHERIT_FD;
     stdio[3].data.fd = sv[1];
     o.stdio_count = 4;
-    snprintf(fdvar, sizeof fdvar, "TETHER_CHANNEL_FD=%d", TT_CHILD_CHANNEL_FD);
+    /* A JSON-lines channel is Node's: a Node child finds it there (and a
+     * tether child knows its format from the name). */
+    snprintf(fdvar, sizeof fdvar, "%s=%d",
+             opts->channel_options.lines ? "NODE_CHANNEL_FD"
+                                         : "TETHER_CHANNEL_FD",
+             TT_CHILD_CHANNEL_FD);
     snprintf(ppidvar, sizeof ppidvar, "TETHER_PARENT_PID=%d", (int)getpid());
   }
-  env = build_env(opts->env, opts->channel, fdvar, ppidvar);
+  env = build_env(opts->env, opts->channel, fdvar, ppidvar,
+                  opts->channel_options.lines
+                      ? "NODE_CHANNEL_SERIALIZATION_MODE=json"
+                      : NULL);
   if (env == NULL) {
     err = UV_ENOMEM;
     goto fail;
@@ -369,7 +379,11 @@ static int parent_pid(void) {
   static int pid = -1;
   if (pid == -1) {
     const char *pp = getenv("TETHER_PARENT_PID");
-    pid = pp ? atoi(pp) : 0;
+    /* Not started by tether (a Node.js parent): the parent is who we have
+     * now; the first call must come early (the facade makes it when it
+     * opens the channel). */
+    pid = pp ? atoi(pp) : (int)getppid();
+    if (pid == 1) pid = 0;
     unsetenv("TETHER_PARENT_PID");
   }
   return pid;

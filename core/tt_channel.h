@@ -48,6 +48,8 @@ typedef void (*tt_channel_send_cb)(void *arg, int status);
 typedef struct {
   size_t max_message; /* 0: TT_FRAME_DEFAULT_MAX_MESSAGE */
   size_t high_water;  /* 0: TT_CHANNEL_DEFAULT_HIGH_WATER */
+  int lines;          /* Node's JSON lines (tt_lines.h) instead of frames:
+                         kinds 1-4 only, payloads without a raw "\n" */
 } tt_channel_options_t;
 
 typedef struct {
@@ -126,9 +128,11 @@ void tt_channel_stats(const tt_channel_t *ch, tt_channel_stats_t *out);
  * `cb` runs once every handle is closed: the memory may be freed then. */
 void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb);
 
-/* In a child: the inherited channel fd named by TETHER_CHANNEL_FD, made
- * non-blocking and close-on-exec, the variable removed from the environment.
- * UV_ENOENT when there is none, UV_EBADF/UV_ENOTSOCK when it is unusable. */
-int tt_channel_inherited_fd(int *fd);
+/* In a child: the inherited channel fd named by TETHER_CHANNEL_FD, or by
+ * NODE_CHANNEL_FD (a Node.js parent, or tether in JSON mode: then *lines
+ * is set), made non-blocking and close-on-exec, the variables removed from
+ * the environment.  UV_ENOENT when there is none, UV_EBADF/UV_ENOTSOCK when
+ * it is unusable, UV_ENOTSUP for Node's "advanced" serialization. */
+int tt_channel_inherited_fd(int *fd, int *lines);
 
 #endif /* TT_CHANNEL_H */

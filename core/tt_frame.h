@@ -66,9 +66,14 @@ typedef struct tt_frame_decoder_s {
   size_t end;   /* one past the last byte read */
   size_t max_message;
   const char *error; /* why the stream was rejected, once it was */
+  int lines;         /* Node's JSON lines (tt_lines.h) instead of frames */
+  size_t scan;       /* lines: bytes of the pending line without a "\n" */
 } tt_frame_decoder_t;
 
 void tt_frame_decoder_init(tt_frame_decoder_t *d, size_t max_message);
+/* Decodes newline-ended JSON lines instead (Node's "json" IPC format):
+ * every line is delivered as a frame whose header tt_lines_parse() made. */
+void tt_frame_decoder_use_lines(tt_frame_decoder_t *d);
 void tt_frame_decoder_free(tt_frame_decoder_t *d);
 
 /* Free space for the next read.  Grows the buffer to hold the whole frame

@@ -42,6 +42,7 @@ struct tt_lobj_s {
   /* collected: the box's __gc ran, so no Lua callback may run any more;
    * box_gone: after that, the memory is ours to free. */
   unsigned closing : 1, closed : 1, collected : 1, box_gone : 1;
+  unsigned json : 1; /* messages are JSON text (Node's format), not ours */
   tt_rpc_t *rpc; /* requests/replies on the object's channel, if any */
   /* Starts closing everything now; must end in tt_lobj_closed(). */
   void (*teardown)(tt_lobj_t *o);
@@ -60,6 +61,7 @@ struct tt_state_s {
   int running;      /* inside uv_run */
   int exiting;      /* tether.exit() was called from a callback */
   int max_depth;    /* codec nesting limit */
+  int json_encode_ref, json_decode_ref; /* the facade's JSON codec */
   tt_lobj_t objects; /* list head */
   tt_wbuf_t wbuf;   /* encoder output, reused */
 };
@@ -117,11 +119,12 @@ void tt_lua_on_sent(void *arg, int status);
 /* Encodes the value at idx into st->wbuf after room for a frame header:
  * 0, or the count of results (nil, err) pushed.  tt_lua_encode_done()
  * after the bytes were used. */
-int tt_lua_encode(lua_State *L, tt_state_t *st, int idx);
+int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json);
 void tt_lua_encode_done(tt_state_t *st);
 /* Pushes the decoded value and returns 1; or pushes why it failed and
  * returns 0 (malformed) or -1 (out of memory).  Never raises. */
-int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n);
+int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
+                  int json);
 /* Answers a heartbeat PING with a PONG carrying our Lua heap size; 1 when
  * the frame was a PING or PONG (then it is consumed). */
 int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,

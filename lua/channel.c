@@ -47,7 +47,7 @@ static void on_disconnect(tt_channel_t *ch) {
 
 /* open_parent(handler[, max_message]) -> channel | nil, err */
 static int l_open_parent(lua_State *L) {
-  tt_channel_options_t opts = {0, 0};
+  tt_channel_options_t opts = {0, 0, 0};
   tt_lchannel_t *c;
   int fd, err;
   luaL_checktype(L, 1, LUA_TFUNCTION);
@@ -59,7 +59,8 @@ static int l_open_parent(lua_State *L) {
   } else {
     opts.max_message = (size_t)luaL_checkinteger(L, 2);
   }
-  if ((err = tt_channel_inherited_fd(&fd)) != 0) return tt_lua_fail(L, err, NULL);
+  if ((err = tt_channel_inherited_fd(&fd, &opts.lines)) != 0)
+    return tt_lua_fail(L, err, NULL);
   c = calloc(1, sizeof *c);
   if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
   tt_lobj_new_box(L, &c->o, TT_CHANNEL_MT, 1, teardown);
@@ -70,6 +71,7 @@ static int l_open_parent(lua_State *L) {
     return tt_lua_fail(L, err, NULL);
   }
   c->opened = 1;
+  c->o.json = opts.lines;
   c->ch.data = &c->o;
   c->ch.on_frame = tt_lua_on_frame;
   c->ch.on_error = tt_lua_on_channel_error;
@@ -112,6 +114,13 @@ static int m_ref(lua_State *L) {
 
 /* ready(): tells a supervising parent that the script's main chunk ran (a
  * PONG with id 0, carrying our heap size).  A plain parent ignores it. */
+/* json() -> whether the parent speaks Node's JSON lines */
+static int m_json(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  lua_pushboolean(L, c != NULL && c->o.json);
+  return 1;
+}
+
 static int m_ready(lua_State *L) {
   tt_lchannel_t *c = check(L);
   tt_frame_header_t h = {0, TT_FRAME_VERSION, TT_FRAME_PING, 0, 0};
@@ -167,7 +176,7 @@ void tt_open_channel(lua_State *L) {
       {"connected", m_connected}, {"ref", m_ref},
       {"flush", m_flush}, {"stats", m_stats},
       {"call", m_call},   {"answer", m_answer},
-      {"ready", m_ready}, {NULL, NULL}};
+      {"ready", m_ready}, {"json", m_json},   {NULL, NULL}};
   tt_lobj_class(L, TT_CHANNEL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_open_parent);
   lua_setfield(L, -2, "open_parent");

@@ -184,6 +184,9 @@ static int l_spawn(lua_State *L) {
   po.channel = lua_isnil(L, -1) || lua_toboolean(L, -1);
   po.channel_options.max_message = opt_size(L, 3, "max_message");
   po.channel_options.high_water = opt_size(L, 3, "high_water");
+  lua_getfield(L, 3, "json");
+  po.channel_options.lines = lua_toboolean(L, -1);
+  lua_pop(L, 1);
 
   c = calloc(1, sizeof *c);
   if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
@@ -198,6 +201,7 @@ static int l_spawn(lua_State *L) {
   c->p.on_disconnect = on_disconnect;
   c->p.on_closed = on_closed;
   c->p.on_data = on_data;
+  c->o.json = po.channel_options.lines;
   if (c->p.channel != NULL) {
     c->p.channel->data = &c->o;
     c->p.channel->on_frame = tt_lua_on_frame;

@@ -44,7 +44,35 @@ void tt_lua_on_sent(void *arg, int status) {
 
 /* Encodes the value at idx into the state's buffer, after room for a frame
  * header.  0, or the count of Lua results (nil, err) already pushed. */
-int tt_lua_encode(lua_State *L, tt_state_t *st, int idx) {
+/* JSON: the facade's encoder, enc(value) -> text | nil, why */
+static int encode_json(lua_State *L, tt_state_t *st, int idx) {
+  tt_wbuf_t *wb = &st->wbuf;
+  const char *text;
+  size_t n;
+  idx = lua_absindex(L, idx);
+  if (st->json_encode_ref == LUA_NOREF)
+    return tt_lua_fail(L, TT_ERR_SERIALIZE,
+                       "JSON mode is not set up (needs lua-cjson)");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, st->json_encode_ref);
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 2);
+  if ((text = lua_tolstring(L, -2, &n)) == NULL) {
+    const char *why = lua_tostring(L, -1);
+    return tt_lua_fail(L, TT_ERR_SERIALIZE, why ? why : "cannot encode");
+  }
+  if (wb->cap < TT_FRAME_HEADER_SIZE + n) {
+    char *nb = realloc(wb->data, TT_FRAME_HEADER_SIZE + n);
+    if (nb == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
+    wb->data = nb;
+    wb->cap = TT_FRAME_HEADER_SIZE + n;
+  }
+  memcpy(wb->data + TT_FRAME_HEADER_SIZE, text, n);
+  wb->len = TT_FRAME_HEADER_SIZE + n;
+  lua_pop(L, 2);
+  return 0;
+}
+
+int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json) {
   tt_wbuf_t *wb = &st->wbuf;
   if (wb->cap < TT_WBUF_INITIAL) {
     char *nb = realloc(wb->data, TT_WBUF_INITIAL);
@@ -52,6 +80,7 @@ int tt_lua_encode(lua_State *L, tt_state_t *st, int idx) {
     wb->data = nb;
     wb->cap = TT_WBUF_INITIAL;
   }
+  if (json) return encode_json(L, st, idx);
   wb->len = TT_FRAME_HEADER_SIZE;
   if (tt_codec_encode(L, idx, wb, st->max_depth) != 0)
     return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
@@ -80,7 +109,7 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
   tt_send_req_t *req = NULL;
   int rc;
 
-  if ((rc = tt_lua_encode(L, st, idx)) != 0) return rc;
+  if ((rc = tt_lua_encode(L, st, idx, o->json)) != 0) return rc;
   if (!tt_channel_is_connected(ch))
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   if (st->wbuf.len - TT_FRAME_HEADER_SIZE > ch->dec.max_message)
@@ -124,6 +153,18 @@ static int decode_protected(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t n = (size_t)lua_tointeger(L, 2);
   int depth = (int)lua_tointeger(L, 3);
+  if (lua_toboolean(L, 4)) { /* JSON: the facade's decoder -> ok, value|why */
+    tt_state_t *st = tt_state(L);
+    if (st->json_decode_ref == LUA_NOREF) {
+      lua_pushboolean(L, 0);
+      lua_pushliteral(L, "JSON mode is not set up (needs lua-cjson)");
+      return 2;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, st->json_decode_ref);
+    lua_pushlstring(L, p, n);
+    lua_call(L, 1, 2);
+    return 2;
+  }
   if (tt_codec_decode(L, p, n, depth) != 0) {
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
@@ -149,13 +190,15 @@ static const char *event_of(unsigned kind) {
   }
 }
 
-int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n) {
+int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
+                  int json) {
   int ok;
   lua_pushcfunction(L, decode_protected);
   lua_pushlightuserdata(L, (void *)p);
   lua_pushinteger(L, (lua_Integer)n);
   lua_pushinteger(L, st->max_depth);
-  if ((ok = lua_pcall(L, 3, 2, 0)) != LUA_OK) {
+  lua_pushboolean(L, json);
+  if ((ok = lua_pcall(L, 4, 2, 0)) != LUA_OK) {
     /* Out of memory, or an error raised from a hook (lua.c's SIGINT) */
     if (ok == LUA_ERRMEM || lua_type(L, -1) != LUA_TSTRING) {
       lua_pop(L, 1);
@@ -196,7 +239,8 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   lua_pushlightuserdata(L, (void *)payload);
   lua_pushinteger(L, (lua_Integer)h->len);
   lua_pushinteger(L, st->max_depth);
-  if (lua_pcall(L, 3, 2, 0) != LUA_OK) {
+  lua_pushboolean(L, o->json);
+  if (lua_pcall(L, 4, 2, 0) != LUA_OK) {
     /* Out of memory while building the value: the stream cannot go on. */
     tt_channel_fail(ch, UV_ENOMEM, "out of memory decoding a message");
     lua_settop(L, top - 2);
@@ -304,7 +348,8 @@ static void on_call_done(void *arg, int status, unsigned kind,
   lua_pushlightuserdata(L, (void *)payload);
   lua_pushinteger(L, (lua_Integer)len);
   lua_pushinteger(L, st->max_depth);
-  if (lua_pcall(L, 3, 2, 0) != LUA_OK || !lua_toboolean(L, -2)) {
+  lua_pushboolean(L, req->o->json);
+  if (lua_pcall(L, 4, 2, 0) != LUA_OK || !lua_toboolean(L, -2)) {
     /* A reply that does not decode: the peer is broken. */
     const char *why = lua_tostring(L, -1);
     tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, why);
@@ -391,7 +436,7 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
     return tt_lua_fail(L, o == NULL ? TT_ERR_IPC_CHANNEL_CLOSED
                                     : TT_ERR_NO_CHANNEL, NULL);
   st = o->st;
-  if ((err = tt_lua_encode(L, st, 2)) != 0) return err;
+  if ((err = tt_lua_encode(L, st, 2, o->json)) != 0) return err;
   if (st->wbuf.len - TT_FRAME_HEADER_SIZE > o->rpc->ch->dec.max_message)
     return fail_too_big(L, o->rpc->ch, st);
   req = malloc(sizeof *req);
@@ -422,7 +467,7 @@ int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
   if (o == NULL || o->rpc == NULL)
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = o->st;
-  if ((err = tt_lua_encode(L, st, 3)) != 0) return err;
+  if ((err = tt_lua_encode(L, st, 3, o->json)) != 0) return err;
   err = tt_rpc_answer(o->rpc, (uint32_t)id,
                       fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
                       st->wbuf.data + TT_FRAME_HEADER_SIZE,

@@ -53,7 +53,7 @@ static void on_frame(tt_pool_t *p, unsigned id, const tt_frame_header_t *h,
   lua_State *L;
   if (event == NULL || (L = tt_lobj_begin(&c->o, event)) == NULL) return;
   lua_pushinteger(L, id);
-  if (tt_lua_decode(L, c->o.st, payload, h->len) != 1) {
+  if (tt_lua_decode(L, c->o.st, payload, h->len, c->o.json) != 1) {
     lua_pop(L, 4); /* handler, event, id, why: nothing to deliver */
     return;
   }
@@ -92,6 +92,7 @@ static void on_task_done(void *arg, int status, unsigned kind,
                          const char *payload, size_t len) {
   tt_send_req_t *req = arg;
   tt_state_t *st = req->o->st;
+  int json = req->o->json;
   lua_State *L = st->L;
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
@@ -106,7 +107,7 @@ static void on_task_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  if (tt_lua_decode(L, st, payload, len) != 1) {
+  if (tt_lua_decode(L, st, payload, len, json) != 1) {
     /* an answer that does not decode: the task failed, the worker is
      * broken; say so rather than drop it */
     lua_pushfstring(L, "worker answer: %s", lua_tostring(L, -1));
@@ -186,6 +187,7 @@ static int l_pool(lua_State *L) {
     return tt_lua_fail(L, err, NULL);
   }
   tt_lobj_new_box(L, &c->o, TT_POOL_MT, 2, teardown);
+  c->o.json = po.workers.process.channel_options.lines;
   lua_pushvalue(L, 1);
   c->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
@@ -208,7 +210,7 @@ static int m_submit(lua_State *L) {
   luaL_checktype(L, 3, LUA_TFUNCTION);
   if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
   st = c->o.st;
-  if ((err = tt_lua_encode(L, st, 2)) != 0) return err;
+  if ((err = tt_lua_encode(L, st, 2, c->o.json)) != 0) return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
   max = c->p.opts.workers.process.channel_options.max_message;
   if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;

@@ -127,7 +127,7 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
   }
   if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
   lua_pushinteger(L, id);
-  rc = tt_lua_decode(L, c->o.st, payload, h->len);
+  rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json);
   if (rc != 1) {
     char why[256];
     snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
@@ -268,6 +268,9 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   so->process.stdio[2] = stdio_field(L, idx, "stderr_mode");
   so->process.channel_options.max_message =
       (size_t)num_field(L, idx, "max_message", 0);
+  lua_getfield(L, idx, "json");
+  so->process.channel_options.lines = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   so->log_path[1] = str_field(L, idx, "stdout_log");
   so->log_path[2] = str_field(L, idx, "stderr_log");
   so->instances = (unsigned)num_field(L, idx, "instances", 1);
@@ -327,7 +330,10 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   lua_getfield(L, idx, "has_shutdown_message");
   if (lua_toboolean(L, -1)) {
     lua_getfield(L, idx, "shutdown_message");
-    if ((err = tt_lua_encode(L, st, lua_gettop(L))) != 0) {
+    lua_getfield(L, idx, "json");
+    err = tt_lua_encode(L, st, lua_gettop(L) - 1, lua_toboolean(L, -1));
+    lua_pop(L, 1);
+    if (err != 0) {
       free(*argv);
       free(*env);
       *argv = *env = NULL;
@@ -382,6 +388,7 @@ static int l_supervise(lua_State *L) {
     return tt_lua_fail(L, err, NULL);
   }
   tt_lobj_new_box(L, &c->o, TT_SUPERVISOR_MT, 2, teardown);
+  c->o.json = so.process.channel_options.lines;
   lua_pushvalue(L, 1);
   c->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
@@ -416,7 +423,7 @@ static int m_send(lua_State *L) {
   luaL_argcheck(L, kind >= 1 && kind <= TT_FRAME_CONTROL, 6, "bad kind");
   if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
   st = c->o.st;
-  if ((err = tt_lua_encode(L, st, 3)) != 0) return err;
+  if ((err = tt_lua_encode(L, st, 3, c->o.json)) != 0) return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
   max = c->s.opts.process.channel_options.max_message;
   if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;
@@ -466,7 +473,7 @@ static int m_answer(lua_State *L) {
       (ch = tt_supervisor_worker_channel(&c->s, (uint64_t)serial)) == NULL)
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = c->o.st;
-  if ((err = tt_lua_encode(L, st, 4)) != 0) return err;
+  if ((err = tt_lua_encode(L, st, 4, c->o.json)) != 0) return err;
   err = tt_channel_send(ch, fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
                         (uint32_t)fid, st->wbuf.data + TT_FRAME_HEADER_SIZE,
                         st->wbuf.len - TT_FRAME_HEADER_SIZE, NULL, NULL);

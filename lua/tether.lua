@@ -5,6 +5,7 @@
 -- option parsing, the keep-alive rule of tether.parent, and routing of
 -- asynchronous errors (callback, else "error" event, else stderr).
 local core = require "tether.core"
+local json = require "tether.json"
 
 local tether = {
   version = core.version,
@@ -14,6 +15,13 @@ local tether = {
 
 -- frame kind of runner housekeeping (PROTOCOL.md)
 tether._KIND_CONTROL = 5
+
+-- JSON mode (Node.js peers): the codec lives in lua/tether/json.lua
+if json.available then
+  core.set_json(json.encode, json.decode)
+  tether.null = json.null
+end
+tether._json = json
 
 ---------------------------------------------------------------------------
 -- errors
@@ -302,8 +310,11 @@ local function spawn_options(opts)
   o.max_message = check_opt(opts, "max_message", "number")
   o.high_water = check_opt(opts, "high_water", "number")
   local ser = check_opt(opts, "serialization", "string") or "native"
-  if ser ~= "native" then
-    error(("bad option 'serialization' ('%s' is not supported yet)"):format(ser), 2)
+  if ser == "json" then
+    if not json.available then error(json.why, 3) end
+    o.json = true
+  elseif ser ~= "native" then
+    error(("bad option 'serialization' (\"native\" or \"json\" expected, got '%s')"):format(ser), 2)
   end
   if opts.channel ~= nil then o.channel = opts.channel and true or false end
   local stdio = opts.stdio or "inherit"
@@ -353,6 +364,7 @@ local serve_request -- below, with call and handle
 local function child_handler(self)
   return function(event, a, b, c)
     if event == "message" then
+      if self._json and json.is_internal(a) then return tether._internal_message(self._h, a) end
       self:emit("message", a)
     elseif event == "exit" then
       self.exit_code, self.signal = a, b
@@ -401,6 +413,7 @@ function tether.spawn(cmd, args, opts)
   local h, err = core.spawn(cmd, argv, o, child_handler(self))
   if not h then return nil, err end
   self._h = h
+  self._json = o.json
   self.pid = h:pid()
   self.connected = h:connected()
   if o.stdout == "pipe" then self.stdout = emitter({}, Stream) end
@@ -449,6 +462,14 @@ function tether.fork(script, args, opts)
   o.lua = nil
   o.channel = true
   return tether.spawn(lua, argv, o)
+end
+
+--- A Node.js internal message ({cmd = "NODE_..."}) on a JSON channel: never
+-- a user message.  A handle (fd) sent to us is refused, so Node does not
+-- hold every later message waiting for an answer; tether reads no fds, so
+-- there is nothing to close.
+function tether._internal_message(h, m)
+  if m.cmd == "NODE_HANDLE" then h:send({ cmd = "NODE_HANDLE_NACK" }) end
 end
 
 ---------------------------------------------------------------------------
@@ -666,10 +687,12 @@ end
 delegate(Parent, { "stats", "flush" })
 
 local function open_parent()
-  if not os.getenv("TETHER_CHANNEL_FD") then return nil end
+  if not os.getenv("TETHER_CHANNEL_FD") and not os.getenv("NODE_CHANNEL_FD") then return nil end
   local self = emitter({ connected = true }, Parent)
+  core.parent_alive() -- who our parent is, learnt now (a Node.js parent does not say)
   local h = core.open_parent(function(event, a, b, c)
     if event == "message" then
+      if self.json and json.is_internal(a) then return tether._internal_message(self._h, a) end
       self:emit("message", a)
     elseif event == "disconnect" then
       self.connected = false
@@ -699,6 +722,7 @@ local function open_parent()
   end)
   if not h then return nil end
   self._h = h
+  self.json = h:json() -- started by Node.js (or by tether in JSON mode)
   core.watch_parent(true)
   -- os.exit delivers what was sent first, as tether.exit does
   local real_exit = os.exit

@@ -378,6 +378,22 @@ static int state_gc(lua_State *L) {
   return 0;
 }
 
+/* set_json(encode, decode): the JSON codec of JSON-mode channels, written
+ * in Lua over lua-cjson by the facade.  encode(v) -> text | nil, why;
+ * decode(text) -> true, value | false, why. */
+static int l_set_json(lua_State *L) {
+  tt_state_t *st = tt_state(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, st->json_encode_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, st->json_decode_ref);
+  lua_pushvalue(L, 1);
+  st->json_encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 2);
+  st->json_decode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
 /* parallelism() -> how many CPUs we may use (the default pool size) */
 static int l_parallelism(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)uv_available_parallelism());
@@ -386,6 +402,7 @@ static int l_parallelism(lua_State *L) {
 
 static const luaL_Reg funcs[] = {
     {"parallelism", l_parallelism},
+    {"set_json", l_set_json},
     {"run", l_run},
     {"stop", l_stop},
     {"now", l_now},
@@ -416,6 +433,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
       return luaL_error(L, "tether: cannot create the loop: %s",
                         uv_strerror(err));
     st->uncaught_ref = st->error_ref = LUA_NOREF;
+    st->json_encode_ref = st->json_decode_ref = LUA_NOREF;
     st->max_depth = TT_CODEC_DEFAULT_MAX_DEPTH;
     st->objects.next = st->objects.prev = &st->objects;
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);

@@ -24,7 +24,7 @@ build = {
   modules = {
     ["tether.core"] = {
       sources = {
-        "core/backoff.c", "core/channel.c", "core/error.c", "core/fd.c", "core/frame.c",
+        "core/backoff.c", "core/channel.c", "core/error.c", "core/fd.c", "core/frame.c", "core/lines.c",
         "core/pool.c", "core/process.c", "core/rpc.c", "core/supervisor.c",
         "lua/channel.c", "lua/child.c", "lua/codec.c", "lua/message.c",
         "lua/pool.c", "lua/supervisor.c", "lua/tether_core.c", "lua/timer.c", "lua/util.c",
@@ -38,5 +38,6 @@ build = {
     ["tether.runner"] = "lua/tether/runner.lua",
     ["tether.supervisor"] = "lua/tether/supervisor.lua",
     ["tether.pool"] = "lua/tether/pool.lua",
+    ["tether.json"] = "lua/tether/json.lua",
   },
 }

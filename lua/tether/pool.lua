@@ -22,6 +22,7 @@ end
 local function handler(self)
   return function(event, a, b)
     if event == "message" then
+      if self._json and tether._json.is_internal(b) then return end -- Node's own
       self:emit("message", a, b)
     elseif event == "control" then
       if type(b) == "table" and b.type == "error" then
@@ -68,6 +69,7 @@ function M.new(spec)
   local h, err = tether.core.pool(o, handler(self))
   if not h then return nil, err end
   self._h = h
+  self._json = o.json
   return self
 end
 

@@ -61,7 +61,7 @@ if not ok then
 end
 
 -- the main chunk ran: a supervising parent now counts us as running
-if parent and parent.connected then parent._h:ready() end
+if parent and parent.connected and not parent.json then parent._h:ready() end
 
 local ok2, e2 = pcall(tether.run)
 if not ok2 then

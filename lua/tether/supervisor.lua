@@ -159,6 +159,16 @@ function M.options(spec, what)
     o.kill_timeout = nonneg(spec, "shutdown.kill_timeout", shutdown.kill_timeout)
   end
   o.queue_limit = nonneg(spec, "queue_limit")
+  local ser = opt(spec, "serialization", "string") or "native"
+  if ser == "json" then
+    -- Node.js workers (cmd = "node"): no ready frame and no heartbeat in
+    -- Node's format; a worker is running once spawned
+    if not tether._json.available then error(tether._json.why, 4) end
+    if hb then bad("heartbeat", "needs serialization = \"native\" (a tether peer answers pings)") end
+    o.json, o.wait_ready = true, false
+  elseif ser ~= "native" then
+    bad("serialization", "\"native\" or \"json\" expected")
+  end
   return o
 end
 
@@ -181,6 +191,7 @@ function M.new(spec)
   local h, err = tether.core.supervise(o, M.handler(self))
   if not h then return nil, err end
   self._h = h
+  self._json = o.json
   if handle_signals ~= false then
     local function graceful() self:stop() end
     self._signals = {
@@ -199,6 +210,10 @@ function M.handler(self)
   return function(event, id, a, b, c, d)
     local w = self._workers[id]
     if event == "message" then
+      if self._json and tether._json.is_internal(a) then
+        if a.cmd == "NODE_HANDLE" then self._h:send(id, { cmd = "NODE_HANDLE_NACK" }, 0) end
+        return
+      end
       self:emit("message", w, a)
     elseif event == "start" then
       w.pid = a
