@@ -271,6 +271,25 @@ describe("serialization = \"json\" (Node.js)", function()
     os.remove(flag)
   end)
 
+  it("a node child sees 'disconnect' when the Lua parent disconnects", function()
+    local marker = H.tmpfile("node-disconnect")
+    os.remove(marker)
+    local c = spawn_node(js("disc.js", ([[
+      process.on('disconnect', () => require('fs').writeFileSync(%q, 'disconnected'));
+      process.on('message', () => {});
+      process.send('up');
+    ]]):format(marker)))
+    local code
+    c:once("message", function() assert.is_true(c:disconnect()) end)
+    c:on("exit", function(cd) code = cd end)
+    H.run(10)
+    assert.equals(0, code)
+    local f = assert(io.open(marker))
+    assert.equals("disconnected", f:read("a"))
+    f:close()
+    os.remove(marker)
+  end)
+
   it("rejects what JSON mode cannot do", function()
     assert.has_error(function()
       tether.supervise { cmd = NODE, serialization = "json", heartbeat = { interval = 100 } }
