@@ -102,16 +102,19 @@ bench: deps $(BUILD)/tether/core.so
 FUZZ_SECS ?= 60
 FUZZ_CC = clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
           -fno-sanitize-recover=undefined -Icore -Ilua $(LUA_INC) $(UV_CFLAGS)
-build-fuzz/fuzz_frame: fuzz/fuzz_frame.c core/frame.c core/error.c $(HDRS)
+build-fuzz/fuzz_frame: fuzz/fuzz_frame.c core/frame.c core/lines.c core/error.c $(HDRS)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) fuzz/fuzz_frame.c core/frame.c core/error.c $(UV_LIBS) -o $@
+	$(FUZZ_CC) fuzz/fuzz_frame.c core/frame.c core/lines.c core/error.c $(UV_LIBS) -o $@
 build-fuzz/fuzz_codec: fuzz/fuzz_codec.c lua/codec.c lua/util.c core/error.c $(HDRS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) fuzz/fuzz_codec.c lua/codec.c lua/util.c core/error.c -llua5.4 $(UV_LIBS) -o $@
+build-fuzz/fuzz_lines: fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c $(UV_LIBS) -o $@
 fuzz-deps:
 	@sh scripts/deps.sh clang libclang-rt-14-dev
-fuzz: fuzz-deps build-fuzz/fuzz_frame build-fuzz/fuzz_codec
-	@for t in frame codec; do \
+fuzz: fuzz-deps build-fuzz/fuzz_frame build-fuzz/fuzz_codec build-fuzz/fuzz_lines
+	@for t in frame codec lines; do \
 	  mkdir -p build-fuzz/$$t; \
 	  echo "== fuzz_$$t for $(FUZZ_SECS) s"; \
 	  if ! build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECS) -max_len=80000 -print_final_stats=1 \

@@ -145,10 +145,12 @@ int tt_frame_decoder_space(tt_frame_decoder_t *d, char **base, size_t *len) {
 
 static int commit_lines(tt_frame_decoder_t *d, tt_frame_cb cb, void *ctx) {
   for (;;) {
-    const char *line = d->buf + d->start, *payload, *nl;
+    const char *line, *payload, *nl;
     size_t have = d->end - d->start, len;
     tt_frame_header_t h;
     int rc;
+    if (have == 0) return 0; /* (and there may be no buffer yet) */
+    line = d->buf + d->start;
     nl = memchr(line + d->scan, '\n', have - d->scan);
     if (nl == NULL) {
       d->scan = have;

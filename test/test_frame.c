@@ -1008,6 +1008,24 @@ START_TEST(test_tail_reads_do_not_realloc) {
 }
 END_TEST
 
+/* Found by fuzz/fuzz_lines.c on the empty input: commit(d, 0) on a lines
+ * decoder that never had a buffer computed NULL + 0 and called memchr(NULL,
+ * '\n', 0), undefined behaviour (UBSan in the -asan build reports it). */
+START_TEST(test_lines_commit_without_buffer) {
+  tt_frame_decoder_t d;
+  size_t calls = 0;
+  tt_frame_decoder_init(&d, 4096);
+  tt_frame_decoder_use_lines(&d);
+  ck_assert_ptr_null(d.buf);
+  ck_assert_int_eq(tt_frame_decoder_commit(&d, 0, count_cb, &calls), 0);
+  ck_assert_int_eq(tt_frame_decoder_feed(&d, NULL, 0, count_cb, &calls), 0);
+  ck_assert_uint_eq(calls, 0);
+  ck_assert_uint_eq(tt_frame_decoder_pending(&d), 0);
+  ck_assert_ptr_null(d.error);
+  tt_frame_decoder_free(&d);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Random inputs */
 
@@ -1186,6 +1204,7 @@ Suite *frame_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_cb_stop_does_not_size_by_unvalidated_header);
   tcase_add_test(tc, test_tail_reads_do_not_realloc);
+  tcase_add_test(tc, test_lines_commit_without_buffer);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("random");
