@@ -17,6 +17,13 @@
 #                     pinned when there are fewer than 2 cores)
 #   POOL_N, POOL_REPS, POOL_CONCURRENCY, POOL_CASES, POOL_CHUNKSIZES,
 #   POOL_PYTHON, POOL_NODE: passed through
+# Last, the Node.js interop bench (bench/node_bench.lua: a tether Lua
+# parent with a Node child against a Node parent with a Node child, same
+# messages), pinned like the first part.
+#   NODE_BENCH=0      skip the Node bench (skipped too when node is missing)
+#   NODE_CPUS=0       core list for the Node bench (default: BENCH_CPUS)
+#   NODE_BENCH_N, NODE_BENCH_BIG_N, NODE_BENCH_PP_N, NODE_BENCH_PP_BIG_N,
+#   NODE_BENCH_BIG, NODE_BENCH_REPS, NODE_BENCH_CASES, NODE: passed through
 set -u
 cd "$(dirname "$0")/.."
 CPUS=${BENCH_CPUS-0}
@@ -30,6 +37,9 @@ POOL_CPUS=${POOL_CPUS-0,1}
 [ "$(nproc)" -lt 2 ] && POOL_CPUS=""
 POOL_PIN=""
 [ -n "$POOL_CPUS" ] && POOL_PIN="taskset -c $POOL_CPUS"
+NODE_CPUS=${NODE_CPUS-$CPUS}
+NODE_PIN=""
+[ -n "$NODE_CPUS" ] && NODE_PIN="taskset -c $NODE_CPUS"
 # the supervisor bench's 500 workers hold one channel fd each in the parent
 nofile=$(ulimit -n)
 if [ "$nofile" != unlimited ] && [ "$nofile" -lt 4096 ]; then
@@ -55,6 +65,16 @@ fi
     $POOL_PIN $LUA bench/pool_bench.lua || echo "# pool bench FAILED rc=$?"
     left=$(pgrep -f 'pool_[e]cho_worker|pool_[n]ode\.js|pool_[p]ython\.py' | tr '\n' ' ')
     [ -n "$left" ] && echo "# pool bench left processes behind: $left"
+  fi
+  if [ "${NODE_BENCH:-1}" != 0 ]; then
+    if command -v "${NODE:-node}" >/dev/null 2>&1; then
+      echo "# node bench: pinned=${NODE_CPUS:-no} load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+      LUA=$LUA $NODE_PIN $LUA bench/node_bench.lua || echo "# node bench FAILED rc=$?"
+      left=$(pgrep -f 'node_[e]cho_child|lua_[e]cho_child|node_[p]arent_bench' | tr '\n' ' ')
+      [ -n "$left" ] && echo "# node bench left processes behind: $left"
+    else
+      echo "# node bench skipped: ${NODE:-node} not found"
+    fi
   fi
 } | tee "$out"
 echo

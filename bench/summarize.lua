@@ -2,7 +2,9 @@
 -- files, each anchor as a ratio to raw-c, and tether's targets checked;
 -- then the supervisor bench's medians ("RESULT name value" lines) and its
 -- checks ("CHECK name PASS|FAIL ..."); the pool bench's "RESULT pool_..."
--- and "CHECK pool_..." lines make the "Pool (issue 5)" tables instead.
+-- and "CHECK pool_..." lines make the "Pool (issue 5)" tables instead, and
+-- the Node bench's "RESULT node_..." and "CHECK node_..." lines the
+-- "Node.js interop (issue 6)" tables.
 --   lua5.4 bench/summarize.lua results1.txt [results2.txt ...]
 local ORDER = { "tether", "raw-c", "libuv-c", "node-json", "node-advanced", "luv-lua" }
 local CASES = { "pingpong", "call", "call-pipelined", "stream", "spawn1", "spawn32" }
@@ -11,12 +13,21 @@ local METRICS = { rt_per_s = "round trips/s", msgs_per_s = "msgs/s", MB_per_s = 
 local vals = {}
 local sup, sup_order, checks, check_order = {}, {}, {}, {}
 local pool, pool_checks, pool_check_order = {}, {}, {}
+local nodeb, node_checks, node_check_order = {}, {}, {}
 for _, file in ipairs(arg) do
   for line in io.lines(file) do
     local a, c, s, m, v = line:match("^anchor=(%S+) case=(%S+) size=(%d+) metric=(%S+) value=(%S+)")
     local rname, rval = line:match("^RESULT (%S+) (%S+)")
     local cname, cres = line:match("^CHECK (%S+) (%u+)")
-    if rname and tonumber(rval) and rname:match("^pool_") then
+    if rname and tonumber(rval) and rname:match("^node_") then
+      nodeb[rname] = nodeb[rname] or {}
+      table.insert(nodeb[rname], tonumber(rval))
+    elseif cname and cname:match("^node_") then
+      if not node_checks[cname] then
+        node_checks[cname], node_check_order[#node_check_order + 1] = { PASS = 0, FAIL = 0 }, cname
+      end
+      node_checks[cname][cres] = (node_checks[cname][cres] or 0) + 1
+    elseif rname and tonumber(rval) and rname:match("^pool_") then
       pool[rname] = pool[rname] or {}
       table.insert(pool[rname], tonumber(rval))
     elseif cname and cname:match("^pool_") then
@@ -269,3 +280,59 @@ local function pool_tables()
   end
 end
 if next(pool) or #pool_check_order > 0 then pool_tables() end
+
+---------------------------------------------------------------------------
+-- the Node bench (issue 6): a tether Lua parent with a Node child against
+-- a Node parent with a Node child, same messages; the other direction and
+-- tether's native format for reference
+
+local function nm(name) return median(nodeb[name] and { table.unpack(nodeb[name]) }) end
+
+local function node_tables()
+  local runs = 0
+  for _, t in pairs(nodeb) do runs = math.max(runs, #t) end
+  local big = nm("node_big_bytes") or 65536
+  local CASES_N = {
+    { "pingpong", "small", "ping-pong, `{n, s = \"hello\"}`", "round trips/s" },
+    { "pingpong", "big", ("ping-pong, `{n, s = <%s string>}`"):format(size_str(big)), "round trips/s" },
+    { "stream", "small", "stream, `{n, s = \"hello\"}`", "echoed msgs/s" },
+    { "stream", "big", ("stream, `{n, s = <%s string>}`"):format(size_str(big)), "echoed msgs/s" },
+  }
+  local function v(impl, c, metric) return nm(("node_%s_%s_%s_%s"):format(impl, c[1], c[2], metric)) end
+  local function ratio(a, b) return a and b and ("%.2f"):format(a / b) or "-" end
+
+  print()
+  print(("Node.js interop (issue 6): medians of %d run%s"):format(runs, runs == 1 and "" or "s"))
+  print()
+  print("| case | unit | tether Lua parent, node child (JSON) | Node parent, node child | Lua / Node | " ..
+    "Node parent, tether Lua child (JSON) | tether Lua parent, Lua child (native) |")
+  print("|---|---|---|---|---|---|---|")
+  for _, c in ipairs(CASES_N) do
+    local a, b = v("lua_node", c, "per_s"), v("node_node", c, "per_s")
+    if a or b then
+      print(("| %s | %s | %s | %s | %s | %s | %s |"):format(c[3], c[4], fmt(a), fmt(b), ratio(a, b),
+        fmt(v("node_lua", c, "per_s")), fmt(v("lua_lua", c, "per_s"))))
+    end
+  end
+
+  print()
+  print("CPU per message (us, user + system, all threads), same runs:")
+  print()
+  print("| case | tether Lua parent | Node parent | Lua / Node | its node child, Lua parent | its node child, Node parent |")
+  print("|---|---|---|---|---|---|")
+  for _, c in ipairs(CASES_N) do
+    local a, b = v("lua_node", c, "parent_cpu_us"), v("node_node", c, "parent_cpu_us")
+    if a or b then
+      print(("| %s | %s | %s | %s | %s | %s |"):format(c[3], fmt(a), fmt(b), ratio(a, b),
+        fmt(v("lua_node", c, "child_cpu_us")), fmt(v("node_node", c, "child_cpu_us"))))
+    end
+  end
+  if #node_check_order > 0 then
+    print()
+    for _, name in ipairs(node_check_order) do
+      local c = node_checks[name]
+      print(("- %s: %s (%d PASS, %d FAIL)"):format(name, c.FAIL == 0 and "PASS" or "FAIL", c.PASS, c.FAIL))
+    end
+  end
+end
+if next(nodeb) or #node_check_order > 0 then node_tables() end

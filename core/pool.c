@@ -469,6 +469,12 @@ void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out) {
   *out = p->stats;
 }
 
+int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len) {
+  if (p->flags & PL_SUP_CLOSED) return TT_ERR_CLOSED;
+  return tt_supervisor_send(&p->sup, id, TT_FRAME_MESSAGE, 0, payload, len, 0,
+                            NULL, NULL);
+}
+
 int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out) {
   if (p->flags & PL_SUP_CLOSED) return TT_ERR_CLOSED;
   return tt_supervisor_info(&p->sup, id, out);

@@ -98,6 +98,9 @@ void tt_pool_close(tt_pool_t *p);
  * workers now (on_stopped follows). */
 void tt_pool_terminate(tt_pool_t *p);
 void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out);
+/* A frame to worker `id` outside the task protocol (e.g. Node's
+ * NODE_HANDLE_NACK), queued as tt_supervisor_send() does. */
+int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len);
 int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out);
 /* Releases everything; `cb` when the memory may be freed.  With `abandon`
  * the workers are not waited for (the loop is being torn down). */

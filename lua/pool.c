@@ -239,6 +239,25 @@ static int m_submit(lua_State *L) {
   return 1;
 }
 
+/* send(id, value) -> true | nil, err: a message to one worker */
+static int m_send(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  tt_state_t *st;
+  int err;
+  luaL_checkany(L, 3);
+  luaL_argcheck(L, id >= 1 && id <= UINT32_MAX, 2, "bad worker id");
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  st = c->o.st;
+  if ((err = tt_lua_encode(L, st, 3, c->o.json)) != 0) return err;
+  err = tt_pool_send(&c->p, (unsigned)id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                     st->wbuf.len - TT_FRAME_HEADER_SIZE);
+  tt_lua_encode_done(st);
+  if (err != 0) return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int m_close(lua_State *L) {
   tt_lpool_t *c = check(L);
   if (c != NULL) tt_pool_close(&c->p);
@@ -323,6 +342,7 @@ static int m_tostring(lua_State *L) {
 void tt_open_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"submit", m_submit}, {"close", m_close}, {"terminate", m_terminate},
+      {"send", m_send},
       {"stats", m_stats},   {"info", m_info},   {NULL, NULL}};
   tt_lobj_class(L, TT_POOL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_pool);

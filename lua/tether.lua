@@ -690,7 +690,7 @@ local function open_parent()
   if not os.getenv("TETHER_CHANNEL_FD") and not os.getenv("NODE_CHANNEL_FD") then return nil end
   local self = emitter({ connected = true }, Parent)
   core.parent_alive() -- who our parent is, learnt now (a Node.js parent does not say)
-  local h = core.open_parent(function(event, a, b, c)
+  local h, a_err = core.open_parent(function(event, a, b, c)
     if event == "message" then
       if self.json and json.is_internal(a) then return tether._internal_message(self._h, a) end
       self:emit("message", a)
@@ -720,7 +720,14 @@ local function open_parent()
       self:emit(event, a, b, c)
     end
   end)
-  if not h then return nil end
+  if not h then
+    -- a channel was given but cannot be used: say so rather than run as if
+    -- there were no parent (e.g. Node's "advanced" serialization: ENOTSUP)
+    tether.parent_error = a_err
+    io.stderr:write("tether: the parent's channel cannot be used: ", tostring(a_err),
+      a_err and a_err.code == "ENOTSUP" and " (Node's \"advanced\" serialization; use \"json\")" or "", "\n")
+    return nil
+  end
   self._h = h
   self.json = h:json() -- started by Node.js (or by tether in JSON mode)
   core.watch_parent(true)

@@ -290,6 +290,55 @@ describe("serialization = \"json\" (Node.js)", function()
     os.remove(marker)
   end)
 
+  it("a pool refuses a handle from a node worker, and its tasks go on", function()
+    local worker = js("handle_pool.js", ([[
+      const net = require('net');
+      const tether = require(%q);
+      tether.serve(async (t) => {
+        const srv = net.createServer().listen(0, '127.0.0.1');
+        process.send({ x: 1 }, srv);
+        setTimeout(() => srv.close(), 2000).unref();
+        return t * 2;
+      });
+    ]]):format(TETHER_JS))
+    local pool = assert(tether.pool { cmd = NODE, args = { worker }, serialization = "json", size = 1,
+      env = NODE_ENV, timeout = 5000, stderr = "ignore" })
+    local r1, r2
+    tether.go(function()
+      r1 = pool:run(4)
+      r2 = pool:run(5)
+    end)
+    H.run_until(function() return r2 end, 15)
+    assert.equals(8, r1)
+    assert.equals(10, r2)
+    local closed = false
+    pool:close(function() closed = true end)
+    H.run_until(function() return closed and pool.closed end)
+  end)
+
+  it("a Lua child of a Node parent in \"advanced\" mode is told, not left without a parent", function()
+    local out = H.tmpfile("advanced.out")
+    local child = H.script(([[
+      local tether = require "tether"
+      local f = io.open(%q, "w")
+      f:write(tostring(tether.parent), " ", tostring(tether.parent_error and tether.parent_error.code))
+      f:close()
+    ]]):format(out))
+    local parent = js("adv.js", ([[
+      const { fork } = require('child_process');
+      fork(%q, [], { execPath: %q, execArgv: [], serialization: 'advanced', stdio: ['inherit', 'inherit', 'ignore', 'ipc'],
+        env: { ...process.env, LUA_PATH: %q, LUA_CPATH: %q, LD_PRELOAD: %q } });
+    ]]):format(child, H.LUA, package.path, package.cpath, os.getenv("LD_PRELOAD") or ""))
+    local p = assert(tether.spawn(NODE, { parent }, { channel = false, env = NODE_ENV }))
+    local code
+    p:on("exit", function(cd) code = cd end)
+    H.run(15)
+    local f = assert(io.open(out))
+    assert.equals("nil ENOTSUP", f:read("a"))
+    f:close()
+    os.remove(out)
+  end)
+
   it("rejects what JSON mode cannot do", function()
     assert.has_error(function()
       tether.supervise { cmd = NODE, serialization = "json", heartbeat = { interval = 100 } }

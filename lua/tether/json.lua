@@ -46,23 +46,39 @@ local function key_path(path, k)
   return ("%s[%s]"):format(path, tostring(k))
 end
 
--- Appends the JSON text of v to `out`; returns the reason (with its path)
--- when v has no exact JSON form.  Our own walk rather than cjson.encode:
--- cjson writes at most 14 significant digits, and a double needs 17.
+-- A failure found deep down: the reason, and the keys from the failing
+-- value up to the message, added while the recursion unwinds (paths are
+-- built only when something fails, not for every value sent).
+local function failure(why, key)
+  return { why = why, keys = { key } }
+end
+
+local function path_of(f)
+  local path = "msg"
+  for i = #f.keys, 1, -1 do
+    local k = f.keys[i]
+    if k ~= nil then path = key_path(path, k) end
+  end
+  return path .. ": " .. f.why
+end
+
+-- Appends the JSON text of v to `out`; returns a failure when v has no
+-- exact JSON form.  Our own walk rather than cjson.encode: cjson writes at
+-- most 14 significant digits, and a double needs 17.
 local encode_string = enc.encode
 local fmt = string.format
 
-local function emit(v, path, out, open, depth)
+local function emit(v, out, open, depth)
   local t = type(v)
   if t == "string" then
-    if not utf8_len(v) then return path .. ": string is not valid UTF-8" end
+    if not utf8_len(v) then return failure("string is not valid UTF-8") end
     out[#out + 1] = encode_string(v)
   elseif t == "number" then
     if math_type(v) == "integer" then
-      if v > SAFE or v < -SAFE then return path .. ": integer beyond 2^53 (JSON numbers are doubles)" end
+      if v > SAFE or v < -SAFE then return failure("integer beyond 2^53 (JSON numbers are doubles)") end
       out[#out + 1] = tostring(v)
     elseif v ~= v or v == math.huge or v == -math.huge then
-      return path .. ": " .. tostring(v) .. " has no JSON form"
+      return failure(tostring(v) .. " has no JSON form")
     else
       out[#out + 1] = fmt("%.17g", v)
     end
@@ -71,8 +87,8 @@ local function emit(v, path, out, open, depth)
   elseif v == nil or v == null then
     out[#out + 1] = "null"
   elseif t == "table" then
-    if open[v] then return path .. ": cycle (JSON cannot refer back)" end
-    if depth >= 1000 then return path .. ": nested deeper than 1000 levels" end
+    if open[v] then return failure("cycle (JSON cannot refer back)") end
+    if depth >= 1000 then return failure("nested deeper than 1000 levels") end
     local n, strings, ints, maxi = 0, false, false, 0
     for k in pairs(v) do
       n = n + 1
@@ -82,36 +98,42 @@ local function emit(v, path, out, open, depth)
         ints = true
         if k > maxi then maxi = k end
       else
-        return key_path(path, k) .. ": key of type " .. type(k) .. " has no JSON form"
+        return { why = "key of type " .. type(k) .. " has no JSON form", keys = { k } }
       end
     end
-    if strings and ints then return path .. ": table mixes array and string keys" end
-    if ints and maxi ~= n then return path .. ": sparse array (holes become nulls in JSON)" end
+    if strings and ints then return failure("table mixes array and string keys") end
+    if ints and maxi ~= n then return failure("sparse array (holes become nulls in JSON)") end
     open[v] = true
     if ints then
       out[#out + 1] = "["
       for i = 1, n do
         if i > 1 then out[#out + 1] = "," end
-        local why = emit(v[i], path .. "[" .. i .. "]", out, open, depth + 1)
-        if why then return why end
+        local f = emit(v[i], out, open, depth + 1)
+        if f then
+          f.keys[#f.keys + 1] = i
+          return f
+        end
       end
       out[#out + 1] = "]"
     else
       out[#out + 1] = "{"
       local first = true
       for k, x in pairs(v) do
-        if not utf8_len(k) then return key_path(path, k) .. ": key is not valid UTF-8" end
+        if not utf8_len(k) then return { why = "key is not valid UTF-8", keys = { k } } end
         out[#out + 1] = first and encode_string(k) or "," .. encode_string(k)
         out[#out + 1] = ":"
         first = false
-        local why = emit(x, key_path(path, k), out, open, depth + 1)
-        if why then return why end
+        local f = emit(x, out, open, depth + 1)
+        if f then
+          f.keys[#f.keys + 1] = k
+          return f
+        end
       end
       out[#out + 1] = "}"
     end
     open[v] = nil
   else
-    return path .. ": " .. t
+    return failure(t)
   end
   return nil
 end
@@ -119,8 +141,8 @@ end
 --- encode(value) -> text | nil, why
 function M.encode(v)
   local out = {}
-  local why = emit(v, "msg", out, {}, 0)
-  if why then return nil, why end
+  local f = emit(v, out, {}, 0)
+  if f then return nil, path_of(f) end
   return table.concat(out)
 end
 

@@ -22,7 +22,11 @@ end
 local function handler(self)
   return function(event, a, b)
     if event == "message" then
-      if self._json and tether._json.is_internal(b) then return end -- Node's own
+      if self._json and tether._json.is_internal(b) then -- Node's own
+        -- a handle is refused, or Node would hold every later answer
+        if b.cmd == "NODE_HANDLE" then self._h:send(a, { cmd = "NODE_HANDLE_NACK" }) end
+        return
+      end
       self:emit("message", a, b)
     elseif event == "control" then
       if type(b) == "table" and b.type == "error" then
