@@ -3,7 +3,7 @@
 -- multiprocessing.Pool(2) and Node's child_process.fork, in one run.
 --
 --  tether   tether.pool{size = 2, concurrency = C} over
---           bench/pool_echo_worker.lua (tether.serve(function(t) return t end)),
+--           bench/pool_echo_worker.lua (tether.serve of an echo),
 --           for each C in POOL_CONCURRENCY (1 4 8): the POOL_N (20000) tasks
 --           are submitted at once (pool:submit, one callback per task) and
 --           the clock stops when the last callback ran; every result is
@@ -15,10 +15,11 @@
 --           1: what a tether user gets by batching the way imap's
 --           chunksize does (reported in items/s).
 --  python   bench/pool_python.py: Pool(2).imap(echo, tasks, chunksize=K)
---           for K in 1 10 100 1000, the map only (the pool is started and
---           warmed up before).
+--           for K in POOL_CHUNKSIZES (1 10 100 1000), the map only (the
+--           pool is started and warmed up before).
 --  node     bench/pool_node.js: a parent and 2 fork() children echoing
---           process.send messages, the N tasks sent at once round robin.
+--           process.send messages (JSON), the N tasks sent at once round
+--           robin.
 --
 -- Every measurement is preceded by a warm-up burst (POOL_WARM tasks, N by
 -- default: Node's JIT needs a full burst) and repeated POOL_REPS (3)

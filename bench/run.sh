@@ -15,8 +15,8 @@
 #   POOL_BENCH=0      skip the pool bench
 #   POOL_CPUS=0,1     core list for the pool bench ("" to not pin; not
 #                     pinned when there are fewer than 2 cores)
-#   POOL_N, POOL_REPS, POOL_CONCURRENCY, POOL_CASES, POOL_CHUNKSIZES,
-#   POOL_PYTHON, POOL_NODE: passed through
+#   POOL_N, POOL_REPS, POOL_WARM, POOL_CONCURRENCY, POOL_TETHER_CHUNKS,
+#   POOL_CASES, POOL_CHUNKSIZES, POOL_PYTHON, POOL_NODE: passed through
 # Last, the Node.js interop bench (bench/node_bench.lua: a tether Lua
 # parent with a Node child against a Node parent with a Node child, same
 # messages), pinned like the first part.
