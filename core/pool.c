@@ -33,6 +33,7 @@ struct tt_task_s {
   tt_pool_worker_t *w; /* while running */
   uint32_t id;         /* of the current attempt */
   unsigned reruns;     /* after crashes */
+  int started;         /* among its worker's first `concurrency`: running */
   tt_task_cb cb;
   void *arg;
   int timer_init;
@@ -87,6 +88,28 @@ static void queue_remove(tt_pool_t *p, tt_task_t *t) {
   p->stats.queued--;
 }
 
+static void on_task_timeout(uv_timer_t *timer);
+
+/* A worker runs its tasks in the order they came (the worker side of
+ * tether.serve holds prefetched ones back), so its first `concurrency`
+ * tasks are the running ones: only their clocks run. */
+static void start_clocks(tt_pool_t *p, tt_pool_worker_t *w) {
+  unsigned n = 0;
+  if (w->stopping) return; /* its tasks will run elsewhere */
+  for (tt_task_t *t = w->head; t != NULL && n < p->opts.concurrency;
+       t = t->next, n++) {
+    if (t->started) continue;
+    t->started = 1;
+    if (p->opts.timeout_ms == 0) continue;
+    if (!t->timer_init) {
+      uv_timer_init(p->loop, &t->timer);
+      t->timer_init = 1;
+    }
+    t->timer.data = t;
+    uv_timer_start(&t->timer, on_task_timeout, p->opts.timeout_ms, 0);
+  }
+}
+
 static void worker_remove(tt_pool_t *p, tt_task_t *t) {
   tt_pool_worker_t *w = t->w;
   list_unlink(&w->head, &w->tail, t);
@@ -94,6 +117,10 @@ static void worker_remove(tt_pool_t *p, tt_task_t *t) {
   t->w = NULL;
   p->stats.running--;
   if (t->timer_init) uv_timer_stop(&t->timer);
+  if (t->started) {
+    t->started = 0;
+    start_clocks(p, w); /* the next one in that worker's line begins */
+  }
 }
 
 /* ---- ending a task ------------------------------------------------------- */
@@ -197,15 +224,22 @@ static void on_task_timeout(uv_timer_t *timer) {
   dispatch(p);
 }
 
+/* The least-loaded worker with a free slot.  Tasks are sent ahead
+ * (prefetch) only once every slot of the pool has a working worker and all
+ * are busy: a task sent ahead waits on its worker even if another becomes
+ * free, so it must not go to the first worker up while the others start. */
 static tt_pool_worker_t *least_loaded(tt_pool_t *p) {
   tt_pool_worker_t *best = NULL;
+  unsigned able = 0, cap = p->opts.concurrency;
   for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
-    if (w->ch == NULL || w->retiring || w->stopping ||
-        w->running >= p->opts.concurrency)
-      continue;
+    if (w->ch == NULL || w->retiring || w->stopping) continue;
+    able++;
     if (best == NULL || w->running < best->running) best = w;
   }
-  return best;
+  if (best != NULL && best->running >= cap &&
+      able == p->opts.workers.instances)
+    cap += p->opts.prefetch;
+  return best != NULL && best->running < cap ? best : NULL;
 }
 
 static void dispatch(tt_pool_t *p) {
@@ -234,14 +268,8 @@ static void dispatch(tt_pool_t *p) {
       w->running++;
       w->taken++;
       p->stats.running++;
-      if (p->opts.timeout_ms > 0) {
-        if (!t->timer_init) {
-          uv_timer_init(p->loop, &t->timer);
-          t->timer_init = 1;
-        }
-        t->timer.data = t;
-        uv_timer_start(&t->timer, on_task_timeout, p->opts.timeout_ms, 0);
-      }
+      t->started = 0;
+      start_clocks(p, w);
       if (p->opts.max_tasks_per_worker > 0 &&
           w->taken >= p->opts.max_tasks_per_worker)
         retire(p, w);
@@ -294,13 +322,17 @@ static void on_worker_exit(tt_supervisor_t *s, unsigned id, uint64_t serial,
   /* Its tasks go back to the front of the queue, in their order. */
   while (w->tail != NULL) {
     tt_task_t *t = w->tail;
+    int started = t->started;
+    t->started = 0; /* (no clock to start on a dead worker) */
     worker_remove(p, t);
     t->w = NULL;
     if (p->end_status != 0) {
       finish(t, p->end_status, 0, NULL, 0);
       continue;
     }
-    if (reason != TT_EXIT_TIMEOUT) { /* innocent bystanders are not counted */
+    /* innocent bystanders are not counted: tasks on a worker stopped for
+     * another's timeout, and prefetched ones that had not begun */
+    if (reason != TT_EXIT_TIMEOUT && started) {
       crashed = 1;
       if (t->reruns >= p->opts.retries) {
         finish(t, TT_ERR_WORKER_CRASH, 0, NULL, 0);

@@ -46,6 +46,11 @@ typedef struct {
   uint64_t max_memory;           /* bytes of RSS; 0: no limit */
   uint64_t memory_interval_ms;   /* 0: 1000 */
   unsigned concurrency;          /* tasks per worker at once; 0: 1 */
+  /* Tasks sent ahead to a worker beyond `concurrency`, waiting in its
+   * socket and in tether.serve's line, so a worker never waits a round
+   * trip for its next task.  Their timeout clock starts when they begin;
+   * a crash re-runs them without counting. */
+  unsigned prefetch;
 } tt_pool_options_t;
 
 typedef struct {

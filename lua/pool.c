@@ -163,6 +163,7 @@ static int l_pool(lua_State *L) {
   po.max_memory = opt_u64(L, 1, "max_memory");
   po.memory_interval_ms = opt_u64(L, 1, "memory_interval");
   po.concurrency = (unsigned)opt_u64(L, 1, "concurrency");
+  po.prefetch = (unsigned)opt_u64(L, 1, "prefetch");
   c = calloc(1, sizeof *c);
   if (c == NULL) {
     if (encoded) tt_lua_encode_done(st);

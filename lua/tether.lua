@@ -499,10 +499,18 @@ end
 -- result (it may yield; raising fails the task with ERR_TASK_FAILED).
 function tether.serve(fn)
   if type(fn) ~= "function" then error("bad argument #1 to 'serve' (function expected)", 2) end
-  if not tether.parent then
+  local parent = tether.parent
+  if not parent then
     error("tether.serve: no parent channel (start this script with tether.pool or tether.fork)", 2)
   end
-  return tether.parent:handle(fn)
+  -- under a pool: at most `concurrency` tasks at once; the pool sends a
+  -- few more ahead (prefetch), which wait here in order
+  local limit = tonumber(os.getenv("TETHER_POOL_CONCURRENCY"))
+  if limit and limit >= 1 and not parent._serve_limit then
+    parent._serve_limit, parent._active = limit, parent._active or 0
+    parent._line = { first = 1, last = 0 }
+  end
+  return parent:handle(fn)
 end
 
 function Child:send(msg, cb)
@@ -607,13 +615,31 @@ local function server_loop(self, msg, id)
   local me = coroutine.running()
   while true do
     serve_one(self, msg, id)
-    self, msg, id = nil, nil, nil
-    idle_servers[#idle_servers + 1] = me
-    self, msg, id = coroutine.yield()
+    local line = self._line -- requests held back by tether.serve's limit
+    if line and line.first <= line.last then
+      local item = line[line.first]
+      line[line.first] = nil
+      line.first = line.first + 1
+      msg, id = item[1], item[2]
+    else
+      self._active = self._active - 1
+      self, msg, id = nil, nil, nil
+      idle_servers[#idle_servers + 1] = me
+      self, msg, id = coroutine.yield()
+    end
   end
 end
 
 function serve_request(self, msg, id)
+  local limit = self._serve_limit
+  if limit and self._active >= limit then
+    -- a pool sent it ahead (prefetch): it waits its turn, in order
+    local line = self._line
+    line.last = line.last + 1
+    line[line.last] = { msg, id }
+    return
+  end
+  self._active = (self._active or 0) + 1
   local co = table.remove(idle_servers)
   if co then
     resume(co, self, msg, id)

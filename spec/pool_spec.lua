@@ -150,8 +150,32 @@ describe("tether.pool", function()
     close_and_wait(pool)
   end)
 
+  it("sends tasks ahead (prefetch) without running more than `concurrency` or timing them out early", function()
+    local log = H.tmpfile("prefetch.log")
+    os.remove(log)
+    -- 1 worker, 1 at a time, 2 sent ahead: 3 tasks of 200 ms each, 300 ms
+    -- timeout each; a clock started at dispatch would fail the last two
+    local pool = new_pool { size = 1, concurrency = 1, prefetch = 2, timeout = 300 }
+    local errs, done = {}, 0
+    local t0 = tether.hrtime()
+    for i = 1, 3 do
+      pool:submit({ n = i, sleep = 200, log = log }, function(e)
+        errs[i] = e and e.code or false
+        done = done + 1
+      end)
+    end
+    H.run_until(function() return pool:stats().running == 3 end)
+    H.run_until(function() return done == 3 end)
+    assert.same({ false, false, false }, errs)
+    -- one after the other: ~600 ms, not ~200 ms
+    assert.is_true((tether.hrtime() - t0) / 1e6 >= 590)
+    assert.equals(0, pool:stats().timeouts)
+    close_and_wait(pool)
+    os.remove(log)
+  end)
+
   it("refuses tasks over max_queue with ERR_QUEUE_FULL", function()
-    local pool = new_pool { size = 1, max_queue = 2 }
+    local pool = new_pool { size = 1, max_queue = 2, prefetch = 0 }
     local done = 0
     local function cb(e) assert.is_nil(e); done = done + 1 end
     tether.go(function()
@@ -226,7 +250,7 @@ describe("tether.pool", function()
     H.run_until(function() return stopped and pool.closed end)
     assert.same({ 1, 4, 9, 16, 25 }, results)
 
-    pool = new_pool { size = 1 }
+    pool = new_pool { size = 1, prefetch = 0 }
     local errs = {}
     for i = 1, 4 do pool:submit({ n = i, sleep = 5000 }, function(e) errs[i] = e and e.code end) end
     H.run_until(function() return pool:stats().running == 1 end)
@@ -300,7 +324,7 @@ describe("tether.pool", function()
     -- (fewer under valgrind, where every worker start takes a second)
     local N, calls, wrong, done = H.slow and 300 or 1000, {}, 0, 0
     for i = 1, N do
-      assert.is_true(pool:submit({ n = i, sleep = i % 3 }, function(e, r)
+      assert.is_true(pool:submit({ n = i, sleep = H.slow and 5 or i % 3 }, function(e, r)
         calls[i] = (calls[i] or 0) + 1
         done = done + 1
         if e or r.square ~= i * i then
@@ -310,7 +334,7 @@ describe("tether.pool", function()
       end))
     end
     local rng, kills = 12345, 0
-    local killer = tether.every(H.slow and 100 or 15, function()
+    local killer = tether.every(H.slow and 30 or 15, function()
       rng = (rng * 1103515245 + 12345) % 2147483648
       local w = pool:workers()[rng % 4 + 1]
       if w.pid and w.state == "running" then

@@ -58,12 +58,22 @@ function M.new(spec)
   local copy = {}
   for k, v in pairs(spec) do copy[k] = v end
   local size = count(spec, "size", tether.core.parallelism(), 1)
+  local concurrency = count(spec, "concurrency", 1, 1)
   copy.instances, copy.size, copy.restart = size, nil, nil
+  -- tether.serve in the worker runs at most this many tasks at once and
+  -- holds prefetched ones back, in order
+  if spec.env ~= nil and type(spec.env) ~= "table" then
+    error("bad option 'env' (table expected, got " .. type(spec.env) .. ")", 3)
+  end
+  copy.env = {}
+  for k, v in pairs(spec.env or {}) do copy.env[k] = v end
+  copy.env.TETHER_POOL_CONCURRENCY = concurrency
   local o = supervisor.options(copy, "pool")
   o.max_queue = count(spec, "max_queue", 0, 0)
   o.retries = count(spec, "retries", 1, 0)
   o.max_tasks_per_worker = count(spec, "max_tasks_per_worker", 0, 0)
-  o.concurrency = count(spec, "concurrency", 1, 1)
+  o.concurrency = concurrency
+  o.prefetch = count(spec, "prefetch", 2, 0)
   local timeout = spec.timeout
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     error("bad option 'timeout' (non-negative number expected)", 3)
