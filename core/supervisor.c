@@ -97,7 +97,6 @@ struct tt_slot_s {
   uv_timer_t timer;
   tt_sup_msg_t *q_head, *q_tail, *requeue_pos;
   size_t queued;
-  uint64_t rss;
   tt_exit_reason_t last_reason;
   int64_t last_status;
   int last_signal;
@@ -482,7 +481,6 @@ static void check_memory(tt_incarnation_t *w) {
   if (w == NULL || (w->flags & I_EXITED) || w->state == TT_WORKER_STOPPING)
     return;
   rss = rss_of(w->p.pid);
-  if (w == w->slot->cur) w->slot->rss = rss;
   if (rss > w->s->opts.max_memory) stop_worker(w, TT_EXIT_MEMORY, 1);
 }
 
@@ -1142,14 +1140,6 @@ int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum) {
   return tt_process_kill(&slot->cur->p, signum);
 }
 
-tt_channel_t *tt_supervisor_channel(tt_supervisor_t *s, unsigned id) {
-  tt_slot_t *slot;
-  if (id < 1 || id > s->opts.instances) return NULL;
-  slot = &s->slots[id - 1];
-  if (slot->cur == NULL || slot->cur->state != TT_WORKER_RUNNING) return NULL;
-  return slot->cur->p.channel;
-}
-
 int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   tt_slot_t *slot;
   tt_incarnation_t *w;
@@ -1174,7 +1164,6 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   o->state = w->state;
   o->uptime_ms = now(s) - w->started_at;
   o->rss = rss_of(w->p.pid);
-  slot->rss = o->rss;
   o->lua_heap = w->lua_heap;
   return 0;
 }

@@ -77,7 +77,7 @@ typedef enum {
 const char *tt_exit_reason_name(tt_exit_reason_t r);
 const char *tt_worker_state_name(tt_worker_state_t s);
 
-typedef struct tt_supervisor_options_s {
+typedef struct {
   /* Template for every worker; TETHER_WORKER_ID=<id> is added to env.
    * stdio entries 1 and 2 are ignored for fds that have a log_path. */
   tt_process_options_t process;
@@ -223,8 +223,6 @@ void tt_supervisor_mark_worked(tt_supervisor_t *s, uint64_t serial);
 
 /* Sends a signal to slot `id`'s current worker. */
 int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);
-/* The current worker's channel (NULL when down), e.g. for request ids. */
-tt_channel_t *tt_supervisor_channel(tt_supervisor_t *s, unsigned id);
 int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *out);
 /* Re-opens the log files (after logrotate moved them). */
 int tt_supervisor_reopen_logs(tt_supervisor_t *s);

@@ -20,6 +20,7 @@
 #include "codec.h"
 #include "tt_channel.h"
 #include "tt_rpc.h"
+#include "tt_supervisor.h"
 #include "util.h"
 
 #define TT_CHILD_MT "tether.child"
@@ -130,15 +131,26 @@ int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
 int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
                        lua_State *L);
 
+/* What a supervisor or pool box keeps for its workers' command line: the
+ * argv and env arrays the core points into, and a ref to the facade's
+ * option table, which holds their strings. */
+typedef struct {
+  char **argv, **env;
+  int opts_ref;
+} tt_lworkers_t;
 /* Worker options from the facade's table at idx (see lua/supervisor.c):
- * 0, or the count of results (nil, err) pushed.  On success *argv and
- * *env are malloc'd (the caller frees them once the workers are gone) and,
- * when *encoded, the shutdown message sits in the state's encode buffer:
- * call tt_lua_encode_done() once the core copied it. */
-struct tt_supervisor_options_s;
-int tt_lua_worker_options(lua_State *L, int idx,
-                          struct tt_supervisor_options_s *so, char ***argv,
-                          char ***env, int *encoded);
+ * 0, or the count of results (nil, err) pushed.  On success w's arrays are
+ * allocated (tt_lua_workers_free() if the start then fails) and, when
+ * *encoded, the shutdown message sits in the state's encode buffer: call
+ * tt_lua_encode_done() once the core copied it. */
+int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
+                          tt_lworkers_t *w, int *encoded);
+void tt_lua_workers_free(tt_lworkers_t *w);
+/* Once the core let go of the workers: the "close" event, then w and the
+ * object are released. */
+void tt_lua_workers_closed(tt_lobj_t *o, tt_lworkers_t *w);
+/* Pushes {pid, uptime, state, restarts, rss, lua_heap} for one worker. */
+void tt_lua_push_worker_info(lua_State *L, const tt_worker_info_t *in);
 /* Pushes the error object for a FAULT payload value at the top (replacing
  * it): ERR_TASK_FAILED with the peer's message, code and traceback. */
 void tt_lua_fault_error(lua_State *L);

@@ -17,24 +17,13 @@
 typedef struct {
   tt_lobj_t o;
   tt_pool_t p;
-  char **argv;
-  char **env;
-  int opts_ref;
+  tt_lworkers_t w;
 } tt_lpool_t;
 
 static tt_lpool_t *of(tt_pool_t *p) { return p->data; }
 
 static void on_freed(tt_pool_t *p) {
-  tt_lpool_t *c = of(p);
-  lua_State *L = tt_lobj_begin(&c->o, "close");
-  if (L != NULL) tt_call(c->o.st, L, 1);
-  L = c->o.st->L;
-  free(c->argv);
-  free(c->env);
-  c->argv = c->env = NULL;
-  luaL_unref(L, LUA_REGISTRYINDEX, c->opts_ref);
-  c->opts_ref = LUA_NOREF;
-  tt_lobj_closed(&c->o);
+  tt_lua_workers_closed(&of(p)->o, &of(p)->w);
 }
 
 static void teardown(tt_lobj_t *o) {
@@ -147,14 +136,13 @@ static int l_pool(lua_State *L) {
   tt_pool_options_t po;
   tt_state_t *st = tt_state(L);
   tt_lpool_t *c;
-  char **argv, **env;
+  tt_lworkers_t w;
   int err, encoded;
 
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   memset(&po, 0, sizeof po);
-  if ((err = tt_lua_worker_options(L, 1, &po.workers, &argv, &env,
-                                   &encoded)) != 0)
+  if ((err = tt_lua_worker_options(L, 1, &po.workers, &w, &encoded)) != 0)
     return err;
   po.max_queue = (size_t)opt_u64(L, 1, "max_queue");
   po.timeout_ms = opt_u64(L, 1, "timeout");
@@ -167,13 +155,10 @@ static int l_pool(lua_State *L) {
   c = calloc(1, sizeof *c);
   if (c == NULL) {
     if (encoded) tt_lua_encode_done(st);
-    free(argv);
-    free(env);
+    tt_lua_workers_free(&w);
     return tt_lua_fail(L, UV_ENOMEM, NULL);
   }
-  c->opts_ref = LUA_NOREF;
-  c->argv = argv;
-  c->env = env;
+  c->w = w;
   c->p.data = c;
   c->p.on_frame = on_frame;
   c->p.on_error = on_error;
@@ -182,15 +167,14 @@ static int l_pool(lua_State *L) {
   err = tt_pool_start(&st->loop, &c->p, &po);
   if (encoded) tt_lua_encode_done(st);
   if (err != 0) {
-    free(argv);
-    free(env);
+    tt_lua_workers_free(&c->w);
     free(c);
     return tt_lua_fail(L, err, NULL);
   }
   tt_lobj_new_box(L, &c->o, TT_POOL_MT, 2, teardown);
   c->o.json = po.workers.process.channel_options.lines;
   lua_pushvalue(L, 1);
-  c->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->w.opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
 }
 
@@ -307,25 +291,7 @@ static int m_info(lua_State *L) {
   luaL_argcheck(L, id >= 1 && id <= UINT32_MAX, 2, "bad worker id");
   if ((err = tt_pool_info(&c->p, (unsigned)id, &in)) != 0)
     return tt_lua_fail(L, err, NULL);
-  lua_createtable(L, 0, 6);
-  if (in.pid != 0) {
-    lua_pushinteger(L, in.pid);
-    lua_setfield(L, -2, "pid");
-    lua_pushinteger(L, (lua_Integer)in.uptime_ms);
-    lua_setfield(L, -2, "uptime");
-  }
-  lua_pushstring(L, tt_worker_state_name(in.state));
-  lua_setfield(L, -2, "state");
-  lua_pushinteger(L, in.restarts);
-  lua_setfield(L, -2, "restarts");
-  if (in.rss > 0) {
-    lua_pushinteger(L, (lua_Integer)in.rss);
-    lua_setfield(L, -2, "rss");
-  }
-  if (in.lua_heap >= 0) {
-    lua_pushinteger(L, (lua_Integer)in.lua_heap);
-    lua_setfield(L, -2, "lua_heap");
-  }
+  tt_lua_push_worker_info(L, &in);
   return 1;
 }
 

@@ -19,24 +19,28 @@
 typedef struct {
   tt_lobj_t o;
   tt_supervisor_t s;
-  char **argv;
-  char **env;
-  int opts_ref;
+  tt_lworkers_t w;
 } tt_lsup_t;
 
 static tt_lsup_t *of(tt_supervisor_t *s) { return s->data; }
 
 static void on_sup_closed(tt_supervisor_t *s) {
-  tt_lsup_t *c = of(s);
-  lua_State *L = tt_lobj_begin(&c->o, "close");
-  if (L != NULL) tt_call(c->o.st, L, 1);
-  L = c->o.st->L;
-  free(c->argv);
-  free(c->env);
-  c->argv = c->env = NULL;
-  luaL_unref(L, LUA_REGISTRYINDEX, c->opts_ref);
-  c->opts_ref = LUA_NOREF;
-  tt_lobj_closed(&c->o);
+  tt_lua_workers_closed(&of(s)->o, &of(s)->w);
+}
+
+void tt_lua_workers_free(tt_lworkers_t *w) {
+  free(w->argv);
+  free(w->env);
+  w->argv = w->env = NULL;
+}
+
+void tt_lua_workers_closed(tt_lobj_t *o, tt_lworkers_t *w) {
+  lua_State *L = tt_lobj_begin(o, "close");
+  if (L != NULL) tt_call(o->st, L, 1);
+  tt_lua_workers_free(w);
+  luaL_unref(o->st->L, LUA_REGISTRYINDEX, w->opts_ref);
+  w->opts_ref = LUA_NOREF;
+  tt_lobj_closed(o);
 }
 
 static void teardown(tt_lobj_t *o) {
@@ -46,20 +50,11 @@ static void teardown(tt_lobj_t *o) {
 
 /* ---- events ------------------------------------------------------------- */
 
-static void push_pid(lua_State *L, tt_supervisor_t *s, unsigned id) {
-  tt_worker_info_t info;
-  if (tt_supervisor_info(s, id, &info) == 0 && info.pid != 0)
-    lua_pushinteger(L, info.pid);
-  else
-    lua_pushnil(L);
-}
-
 static void on_start(tt_supervisor_t *s, unsigned id, uint64_t serial) {
-  (void)serial;
   lua_State *L = tt_lobj_begin(&of(s)->o, "start");
   if (L == NULL) return;
   lua_pushinteger(L, id);
-  push_pid(L, s, id);
+  lua_pushinteger(L, tt_supervisor_worker_pid(s, serial));
   tt_call(of(s)->o.st, L, 3);
 }
 
@@ -244,12 +239,13 @@ static tt_stdio_mode_t stdio_field(lua_State *L, int t, const char *k) {
  * has_shutdown_message), shutdown_timeout, kill_timeout, queue_limit,
  * max_message. */
 int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
-                          char ***argv, char ***env, int *encoded) {
+                          tt_lworkers_t *w, int *encoded) {
   tt_state_t *st = tt_state(L);
   const char *restart;
   int err;
 
-  *argv = *env = NULL;
+  w->argv = w->env = NULL;
+  w->opts_ref = LUA_NOREF;
   *encoded = 0;
   tt_supervisor_options_init(so);
   lua_getfield(L, idx, "file");
@@ -316,16 +312,14 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   so->wait_ready = lua_toboolean(L, -1);
   lua_pop(L, 1);
 
-  *argv = string_array(L, idx, "args", 1, so->process.file);
-  *env = string_array(L, idx, "env", 0, NULL);
-  if (*argv == NULL || *env == NULL) {
-    free(*argv);
-    free(*env);
-    *argv = *env = NULL;
+  w->argv = string_array(L, idx, "args", 1, so->process.file);
+  w->env = string_array(L, idx, "env", 0, NULL);
+  if (w->argv == NULL || w->env == NULL) {
+    tt_lua_workers_free(w);
     return tt_lua_fail(L, UV_ENOMEM, NULL);
   }
-  so->process.args = *argv;
-  so->process.env = *env;
+  so->process.args = w->argv;
+  so->process.env = w->env;
 
   lua_getfield(L, idx, "has_shutdown_message");
   if (lua_toboolean(L, -1)) {
@@ -334,9 +328,7 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
     err = tt_lua_encode(L, st, lua_gettop(L) - 1, lua_toboolean(L, -1));
     lua_pop(L, 1);
     if (err != 0) {
-      free(*argv);
-      free(*env);
-      *argv = *env = NULL;
+      tt_lua_workers_free(w);
       return err;
     }
     so->shutdown_message = st->wbuf.data + TT_FRAME_HEADER_SIZE;
@@ -352,23 +344,20 @@ static int l_supervise(lua_State *L) {
   tt_supervisor_options_t so;
   tt_state_t *st = tt_state(L);
   tt_lsup_t *c;
-  char **argv, **env;
+  tt_lworkers_t w;
   int err, encoded;
 
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  if ((err = tt_lua_worker_options(L, 1, &so, &argv, &env, &encoded)) != 0)
+  if ((err = tt_lua_worker_options(L, 1, &so, &w, &encoded)) != 0)
     return err;
   c = calloc(1, sizeof *c);
   if (c == NULL) {
     if (encoded) tt_lua_encode_done(st);
-    free(argv);
-    free(env);
+    tt_lua_workers_free(&w);
     return tt_lua_fail(L, UV_ENOMEM, NULL);
   }
-  c->opts_ref = LUA_NOREF;
-  c->argv = argv;
-  c->env = env;
+  c->w = w;
 
   c->s.data = c;
   c->s.on_start = on_start;
@@ -382,15 +371,14 @@ static int l_supervise(lua_State *L) {
   err = tt_supervisor_start(&st->loop, &c->s, &so); /* copies the message */
   if (encoded) tt_lua_encode_done(st);
   if (err != 0) {
-    free(c->argv);
-    free(c->env);
+    tt_lua_workers_free(&c->w);
     free(c);
     return tt_lua_fail(L, err, NULL);
   }
   tt_lobj_new_box(L, &c->o, TT_SUPERVISOR_MT, 2, teardown);
   c->o.json = so.process.channel_options.lines;
   lua_pushvalue(L, 1);
-  c->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->w.opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
 }
 
@@ -496,6 +484,28 @@ static int m_kill(lua_State *L) {
   return 1;
 }
 
+void tt_lua_push_worker_info(lua_State *L, const tt_worker_info_t *in) {
+  lua_createtable(L, 0, 10);
+  if (in->pid != 0) {
+    lua_pushinteger(L, in->pid);
+    lua_setfield(L, -2, "pid");
+    lua_pushinteger(L, (lua_Integer)in->uptime_ms);
+    lua_setfield(L, -2, "uptime");
+  }
+  lua_pushstring(L, tt_worker_state_name(in->state));
+  lua_setfield(L, -2, "state");
+  lua_pushinteger(L, in->restarts);
+  lua_setfield(L, -2, "restarts");
+  if (in->rss > 0) {
+    lua_pushinteger(L, (lua_Integer)in->rss);
+    lua_setfield(L, -2, "rss");
+  }
+  if (in->lua_heap >= 0) {
+    lua_pushinteger(L, (lua_Integer)in->lua_heap);
+    lua_setfield(L, -2, "lua_heap");
+  }
+}
+
 /* info(id) -> {pid, state, restarts, uptime, rss, lua_heap, queued,
  * last_reason, last_code, last_signal} | nil, err */
 static int m_info(lua_State *L) {
@@ -506,25 +516,7 @@ static int m_info(lua_State *L) {
   if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
   if ((err = tt_supervisor_info(&c->s, id, &in)) != 0)
     return tt_lua_fail(L, err, NULL);
-  lua_createtable(L, 0, 10);
-  if (in.pid != 0) {
-    lua_pushinteger(L, in.pid);
-    lua_setfield(L, -2, "pid");
-    lua_pushinteger(L, (lua_Integer)in.uptime_ms);
-    lua_setfield(L, -2, "uptime");
-  }
-  lua_pushstring(L, tt_worker_state_name(in.state));
-  lua_setfield(L, -2, "state");
-  lua_pushinteger(L, in.restarts);
-  lua_setfield(L, -2, "restarts");
-  if (in.rss > 0) {
-    lua_pushinteger(L, (lua_Integer)in.rss);
-    lua_setfield(L, -2, "rss");
-  }
-  if (in.lua_heap >= 0) {
-    lua_pushinteger(L, (lua_Integer)in.lua_heap);
-    lua_setfield(L, -2, "lua_heap");
-  }
+  tt_lua_push_worker_info(L, &in);
   lua_pushinteger(L, (lua_Integer)in.queued);
   lua_setfield(L, -2, "queued");
   if (in.last_reason != TT_EXIT_NONE) {

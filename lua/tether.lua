@@ -351,12 +351,19 @@ local Stream = class()
 local Child = class()
 tether.Child = Child
 
-local function control(self, msg)
+--- The error a runner reported in a control frame (ERR_WORKER_INIT,
+-- ERR_WORKER_UNCAUGHT), or nil for other housekeeping.
+function tether._worker_error(msg)
   if type(msg) == "table" and msg.type == "error" then
     local err = new_error(msg.code or "ERR_WORKER_UNCAUGHT", msg.message or "worker failed")
     err.traceback = msg.traceback
-    self:emit("error", err)
+    return err
   end
+end
+
+local function control(self, msg)
+  local err = tether._worker_error(msg)
+  if err then self:emit("error", err) end
 end
 
 local serve_request -- below, with call and handle

@@ -29,9 +29,9 @@ local function handler(self)
       end
       self:emit("message", a, b)
     elseif event == "control" then
-      if type(b) == "table" and b.type == "error" then
-        local err = tether.error(b.code or "ERR_WORKER_UNCAUGHT", b.message or "worker failed")
-        err.traceback, err.worker = b.traceback, a
+      local err = tether._worker_error(b)
+      if err then
+        err.worker = a
         self:emit("error", err)
       end
     elseif event == "error" then

@@ -230,9 +230,9 @@ function M.handler(self)
       self.gave_up = id
       self:emit("give_up", id) -- the reason
     elseif event == "control" then
-      if type(a) == "table" and a.type == "error" then
-        local err = tether.error(a.code or "ERR_WORKER_UNCAUGHT", a.message or "worker failed")
-        err.traceback, err.worker = a.traceback, id
+      local err = tether._worker_error(a)
+      if err then
+        err.worker = id
         self:emit("error", err, w)
       end
     elseif event == "request" then
