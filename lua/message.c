@@ -229,31 +229,21 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   tt_lobj_t *o = ch->data;
   tt_state_t *st = o->st;
   lua_State *L;
-  int top;
+  int rc;
   if (tt_lua_answer_ping(ch, h, st->L)) return;
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
   L = tt_lobj_begin(o, event_of(h->kind));
   if (L == NULL) return;
-  top = lua_gettop(L);
-  lua_pushcfunction(L, decode_protected);
-  lua_pushlightuserdata(L, (void *)payload);
-  lua_pushinteger(L, (lua_Integer)h->len);
-  lua_pushinteger(L, st->max_depth);
-  lua_pushboolean(L, o->json);
-  if (lua_pcall(L, 4, 2, 0) != LUA_OK) {
-    /* Out of memory while building the value: the stream cannot go on. */
-    tt_channel_fail(ch, UV_ENOMEM, "out of memory decoding a message");
-    lua_settop(L, top - 2);
+  if ((rc = tt_lua_decode(L, st, payload, h->len, o->json)) != 1) {
+    /* Malformed, or out of memory building the value: the stream cannot
+     * go on.  (The reason stays on the stack during the call.) */
+    if (rc == 0)
+      tt_channel_fail(ch, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
+    else
+      tt_channel_fail(ch, UV_ENOMEM, "out of memory decoding a message");
+    lua_pop(L, 3); /* handler, event, why */
     return;
   }
-  if (!lua_toboolean(L, -2)) {
-    lua_replace(L, top - 1); /* the message, kept alive during the call */
-    lua_settop(L, top - 1);
-    tt_channel_fail(ch, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
-    lua_settop(L, top - 2);
-    return;
-  }
-  lua_remove(L, -2); /* the flag */
   if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
     tt_call(st, L, 2);
   } else {
@@ -322,8 +312,6 @@ typedef struct {
   int ref; /* the Lua function(err, reply) */
 } tt_call_req_t;
 
-/* decode(payload, len, depth) -> true, value | false, message (protected) */
-static int decode_protected(lua_State *L);
 
 static void on_call_done(void *arg, int status, unsigned kind,
                          const char *payload, size_t len) {
@@ -344,24 +332,16 @@ static void on_call_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  lua_pushcfunction(L, decode_protected);
-  lua_pushlightuserdata(L, (void *)payload);
-  lua_pushinteger(L, (lua_Integer)len);
-  lua_pushinteger(L, st->max_depth);
-  lua_pushboolean(L, req->o->json);
-  if (lua_pcall(L, 4, 2, 0) != LUA_OK || !lua_toboolean(L, -2)) {
+  if (tt_lua_decode(L, st, payload, len, req->o->json) != 1) {
     /* A reply that does not decode: the peer is broken. */
-    const char *why = lua_tostring(L, -1);
-    tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, why);
-    lua_replace(L, top + 2); /* over the flag */
-    lua_settop(L, top + 2);  /* fn, err */
+    tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
+    lua_replace(L, top + 2); /* over the reason: fn, err */
     tt_channel_fail(req->ch, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
     free(req);
     tt_call(st, L, 1);
     return;
   }
-  lua_remove(L, -2); /* the flag: fn, value */
-  free(req);
+  free(req); /* fn, value */
   if (kind == TT_FRAME_FAULT) {
     tt_lua_fault_error(L); /* fn, err */
     tt_call(st, L, 1);
