@@ -58,13 +58,17 @@ local HIGH_WATER = tonumber(os.getenv("NODE_BENCH_HIGH_WATER") or "") -- tether'
 local LIMIT_S = 120 -- per case, and for the Node parent's whole run
 
 local DIR = debug.getinfo(1, "S").source:sub(2):match("^(.*/)") or "./"
+local B = dofile(DIR .. "common.lua")
+local slurp, self_pid, median, note, check = B.slurp, B.self_pid, B.median, B.note, B.check
+local wait_for, sh_quote = B.wait_for, B.sh_quote
+local function orphans() return B.orphans("node_[e]cho_child|lua_[e]cho_child|node_[p]arent_bench") end
 local NODE_CHILD = DIR .. "node_echo_child.js"
 local LUA_CHILD = DIR .. "lua_echo_child.lua"
 
 ---------------------------------------------------------------------------
 -- reporting
 
-local samples, order, checks_failed = {}, {}, 0
+local samples, order = {}, {}
 
 local UNITS = { bytes = "bytes (the big message's string)", per_s = "/s", parent_cpu_us = "us of parent CPU per message",
   child_cpu_us = "us of child CPU per message" }
@@ -80,31 +84,9 @@ local function sample(name, value)
   io.flush()
 end
 
-local function note(fmt, ...)
-  io.write("# " .. fmt:format(...) .. "\n")
-  io.flush()
-end
 
-local function check(name, ok, detail)
-  if not ok then checks_failed = checks_failed + 1 end
-  io.write(("CHECK %s %s %s\n"):format(name, ok and "PASS" or "FAIL", detail or ""))
-  io.flush()
-end
 
-local function median(t)
-  t = { table.unpack(t) }
-  table.sort(t)
-  local n = #t
-  return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
-end
 
-local function slurp(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
 local TCK = 100
 do
@@ -124,10 +106,6 @@ local function cpu_us(pid)
   return (tonumber(f[12]) + tonumber(f[13])) * 1e6 / TCK
 end
 
-local function self_pid()
-  local s = slurp("/proc/self/stat")
-  return s and s:match("^(%d+)")
-end
 
 local function big_string(n)
   local alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -137,23 +115,6 @@ end
 ---------------------------------------------------------------------------
 -- the tether Lua parent
 
---- waits for `start(done)` to call done(...), or LIMIT_S: what done got,
--- or nil, "timeout"
-local function wait_for(secs, start)
-  return tether.await(function(done)
-    local finished = false
-    local guard = tether.timer(secs * 1000, function()
-      finished = true
-      done(nil, "timeout")
-    end)
-    start(function(...)
-      if finished then return end
-      finished = true
-      guard:stop()
-      done(...)
-    end)
-  end)
-end
 
 local child, on_message, on_drain
 
@@ -274,7 +235,6 @@ end
 ---------------------------------------------------------------------------
 -- the Node parent: run to completion (our loop is idle meanwhile)
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 --- kind: "node" or "lua", the child
 local function node_parent(kind)
@@ -300,15 +260,8 @@ end
 
 ---------------------------------------------------------------------------
 
-local function has(case) return (" " .. CASES .. " "):find(" " .. case .. " ", 1, true) end
+local function has(case) return B.has(CASES, case) end
 
-local function orphans()
-  -- the brackets keep the pattern from matching pgrep's own shell
-  local p = io.popen("pgrep -f 'node_[e]cho_child|lua_[e]cho_child|node_[p]arent_bench' 2>/dev/null")
-  local pids = p:read("a"):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
-  p:close()
-  return pids
-end
 
 local function main()
   if not tether._json.available then
@@ -343,4 +296,4 @@ end
 for _, name in ipairs(order) do
   io.write(("RESULT %s %.6g\n"):format(name, median(samples[name])))
 end
-os.exit(checks_failed == 0 and 0 or 1)
+os.exit(B.failed == 0 and 0 or 1)

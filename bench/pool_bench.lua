@@ -51,12 +51,16 @@ local SIZE = 2
 local LIMIT_S = 60 -- per external script, and per tether burst
 
 local DIR = debug.getinfo(1, "S").source:sub(2):match("^(.*/)") or "./"
+local B = dofile(DIR .. "common.lua")
+local slurp, self_pid, median, note, check = B.slurp, B.self_pid, B.median, B.note, B.check
+local wait_for, sh_quote = B.wait_for, B.sh_quote
+local function orphans() return B.orphans("pool_[e]cho_worker|pool_[n]ode\\.js|pool_[p]ython\\.py") end
 local WORKER = DIR .. "pool_echo_worker.lua"
 
 ---------------------------------------------------------------------------
 -- reporting
 
-local results, checks_failed = {}, 0
+local results = {}
 
 local function report(name, value, unit)
   results[#results + 1] = { name, value }
@@ -64,30 +68,9 @@ local function report(name, value, unit)
   io.flush()
 end
 
-local function note(fmt, ...)
-  io.write("# " .. fmt:format(...) .. "\n")
-  io.flush()
-end
 
-local function check(name, ok, detail)
-  if not ok then checks_failed = checks_failed + 1 end
-  io.write(("CHECK %s %s %s\n"):format(name, ok and "PASS" or "FAIL", detail or ""))
-  io.flush()
-end
 
-local function median(t)
-  table.sort(t)
-  local n = #t
-  return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
-end
 
-local function slurp(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
 --- on-CPU ns of a process's main thread (/proc/<pid>/schedstat); the
 -- parent's libuv has no other busy thread here, the workers neither
@@ -96,10 +79,6 @@ local function cpu_ns(pid)
   return s and tonumber(s:match("^(%d+)"))
 end
 
-local function self_pid()
-  local s = slurp("/proc/self/stat")
-  return s and s:match("^(%d+)")
-end
 
 local function nproc()
   local p = io.popen("getconf _NPROCESSORS_ONLN 2>/dev/null")
@@ -108,7 +87,6 @@ local function nproc()
   return v or "?"
 end
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 ---------------------------------------------------------------------------
 -- tether
@@ -118,23 +96,6 @@ local PAYLOADS = {
   { "str16", function(n) local t = {} for i = 1, n do t[i] = ("%016d"):format(i) end return t end },
 }
 
---- waits for `start(done)` to call done(...), or LIMIT_S: what done got,
--- or nil, "timeout"
-local function wait_for(secs, start)
-  return tether.await(function(done)
-    local finished = false
-    local guard = tether.timer(secs * 1000, function()
-      finished = true
-      done(nil, "timeout")
-    end)
-    start(function(...)
-      if finished then return end
-      finished = true
-      guard:stop()
-      done(...)
-    end)
-  end)
-end
 
 --- all tasks submitted at once; seconds until the last callback ran
 local function burst(pool, tasks)
@@ -314,15 +275,8 @@ end
 
 ---------------------------------------------------------------------------
 
-local function has(case) return (" " .. CASES .. " "):find(" " .. case .. " ", 1, true) end
+local function has(case) return B.has(CASES, case) end
 
-local function orphans()
-  -- the brackets keep the pattern from matching pgrep's own shell
-  local p = io.popen("pgrep -f 'pool_[e]cho_worker|pool_[n]ode\\.js|pool_[p]ython\\.py' 2>/dev/null")
-  local pids = p:read("a"):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
-  p:close()
-  return pids
-end
 
 local function main()
   local aff = io.popen("taskset -pc " .. (self_pid() or "self") .. " 2>/dev/null")
@@ -363,4 +317,4 @@ end
 for _, r in ipairs(results) do
   io.write(("RESULT %s %.6g\n"):format(r[1], r[2]))
 end
-os.exit(checks_failed == 0 and 0 or 1)
+os.exit(B.failed == 0 and 0 or 1)

@@ -31,19 +31,16 @@ local CASES = os.getenv("SUP_CASES") or "idle memwatch storm giveup"
 local START_LIMIT_S = 60 -- give up waiting for the workers after this
 
 local DIR = debug.getinfo(1, "S").source:sub(2):match("^(.*/)") or "./"
+local B = dofile(DIR .. "common.lua")
+local slurp, self_pid, median, note, check = B.slurp, B.self_pid, B.median, B.note, B.check
+local wait_for, sh_quote = B.wait_for, B.sh_quote
+local function orphans() return B.orphans("sup_[i]dle_worker|sup_[c]rash_worker") end
 local IDLE_WORKER = DIR .. "sup_idle_worker.lua"
 local CRASH_WORKER = DIR .. "sup_crash_worker.lua"
 
 ---------------------------------------------------------------------------
 -- /proc readers
 
-local function slurp(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
 
 local function getconf(name, default)
   local p = io.popen("getconf " .. name .. " 2>/dev/null")
@@ -118,7 +115,7 @@ end
 ---------------------------------------------------------------------------
 -- reporting
 
-local results, checks_failed = {}, 0
+local results = {}
 
 local function report(name, value, unit)
   results[#results + 1] = { name, value }
@@ -126,37 +123,11 @@ local function report(name, value, unit)
   io.flush()
 end
 
-local function note(fmt, ...)
-  io.write("# " .. fmt:format(...) .. "\n")
-  io.flush()
-end
 
-local function check(name, ok, detail)
-  if not ok then checks_failed = checks_failed + 1 end
-  io.write(("CHECK %s %s %s\n"):format(name, ok and "PASS" or "FAIL", detail or ""))
-  io.flush()
-end
 
-local function median(t)
-  if #t == 0 then return nil end
-  table.sort(t)
-  local n = #t
-  return n % 2 == 1 and t[(n + 1) // 2] or (t[n // 2] + t[n // 2 + 1]) / 2
-end
 
 local function ms_since(t0) return (tether.hrtime() - t0) / 1e6 end
 
---- waits for `start(done)` to call done(...), or `secs`: returns what
--- done got, or nil, "timeout"
-local function wait_for(secs, start)
-  return tether.await(function(done)
-    local guard = tether.timer(secs * 1000, function() done(nil, "timeout") end)
-    start(function(...)
-      guard:stop()
-      done(...)
-    end)
-  end)
-end
 
 local BASE = {
   handle_signals = false, restart = "always",
@@ -347,15 +318,8 @@ end
 
 ---------------------------------------------------------------------------
 
-local function has(case) return (" " .. CASES .. " "):find(" " .. case .. " ", 1, true) end
+local function has(case) return B.has(CASES, case) end
 
-local function orphans()
-  -- the bracket keeps the pattern from matching pgrep's own shell
-  local p = io.popen("pgrep -f 'sup_[i]dle_worker|sup_[c]rash_worker' 2>/dev/null")
-  local pids = p:read("a"):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
-  p:close()
-  return pids
-end
 
 local function main()
   note("supervisor bench: %d idle workers, %g s idle, %d-worker storm for %g s; nproc=%s, pinned=%s",
@@ -387,4 +351,4 @@ end
 for _, r in ipairs(results) do
   io.write(("RESULT %s %.6g\n"):format(r[1], r[2]))
 end
-os.exit(checks_failed == 0 and 0 or 1)
+os.exit(B.failed == 0 and 0 or 1)
