@@ -10,12 +10,13 @@
  *   freed, and in s->alive until its exit was seen.
  * - An incarnation owns one timer, used by whichever watchdog its state
  *   needs: start timeout (STARTING), heartbeat (RUNNING), shutdown
- *   escalation (STOPPING).
+ *   escalation (STOPPING), the bounded drain of its output after the exit.
  * - A message is in its slot's queue, or in a worker's channel (then the
  *   channel calls back exactly once), never both.  Every message's callback
  *   runs exactly once.
- * - s->handles counts the supervisor's own uv handles not yet closed; the
- *   close callback runs when it and s->live are both 0.
+ * - s->pending_closes counts the supervisor's own uv handles (and message
+ *   timers) not yet closed; the close callback runs when it and s->live are
+ *   both 0.
  */
 #include "tt_supervisor.h"
 
@@ -46,10 +47,9 @@ enum {
   I_SENT_KILL = 1u << 3,
   I_ABANDONED = 1u << 4,
   I_RELOAD_OLD = 1u << 5, /* replaced by a reload step: its exit moves on */
-  I_RETIRING = 1u << 6,   /* replaced, kept running until the owner stops it */
-  I_PCLOSE = 1u << 7,     /* tt_process_close() was called */
-  I_PROMOTED = 1u << 8,   /* a replacement that took over while starting */
-  I_WORKED = 1u << 9      /* tt_supervisor_mark_worked() */
+  I_PCLOSE = 1u << 6,     /* tt_process_close() was called */
+  I_PROMOTED = 1u << 7,   /* a replacement that took over while starting */
+  I_WORKED = 1u << 8      /* tt_supervisor_mark_worked() */
 };
 
 /* After an exit, output still in the pipes is logged for at most this
@@ -575,8 +575,7 @@ static void became_running(tt_incarnation_t *w) {
     slot->cur = w;
     slot->next = NULL;
     if (old != NULL && slot->keep_old) {
-      old->flags |= I_RETIRING;
-      old = NULL;
+      old = NULL; /* runs on, no longer the slot's, until its owner stops it */
     } else if (old != NULL) {
       old->flags |= I_RELOAD_OLD;
       stop_worker(old, TT_EXIT_RELOAD, 1);
@@ -1014,10 +1013,6 @@ void tt_supervisor_stop(tt_supervisor_t *s) {
     stop_worker(w, TT_EXIT_STOP, 1);
   }
   check_stopped(s);
-}
-
-int tt_supervisor_is_stopped(const tt_supervisor_t *s) {
-  return (s->flags & S_STOPPED) != 0;
 }
 
 /* The loop is going away: close everything of `w` now (whatever is still

@@ -226,7 +226,6 @@ int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);
 int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *out);
 /* Re-opens the log files (after logrotate moved them). */
 int tt_supervisor_reopen_logs(tt_supervisor_t *s);
-int tt_supervisor_is_stopped(const tt_supervisor_t *s);
 
 /* Frees everything once stopped: `cb` runs when the memory may be freed.
  * Before on_stopped it stops first.  With `abandon`, workers are not waited
