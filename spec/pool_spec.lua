@@ -334,7 +334,9 @@ describe("tether.pool", function()
       end))
     end
     local rng, kills = 12345, 0
-    local killer = tether.every(H.slow and 30 or 15, function()
+    -- a failure here must not leave 4 workers keeping later tests' loops busy
+    finally(function() if not pool.stopped then pool:terminate() end end)
+    local killer = tether.every(H.slow and 200 or 15, function()
       rng = (rng * 1103515245 + 12345) % 2147483648
       local w = pool:workers()[rng % 4 + 1]
       if w.pid and w.state == "running" then
