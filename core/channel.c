@@ -7,11 +7,16 @@
  * - acks holds one record per queued frame that has a callback, ordered by
  *   `end`; a record is popped (and its callback run) once written_total
  *   reaches its end, or failed when the channel ends.
- * - The poll watches READABLE while reading and WRITABLE only while a write
- *   hit EAGAIN; the flusher (idle) is active only while a flush is pending.
+ * - The poll watches READABLE while reading (and not paused) and WRITABLE
+ *   only while a write hit EAGAIN; the flusher (idle) is active only while
+ *   a flush or a paused read is pending.
+ * - Reading pauses once TT_CHANNEL_FRAMES_PER_TICK frames (or
+ *   TT_CHANNEL_BYTES_PER_TICK bytes) were handed out in one iteration: the
+ *   rest stays in the decoder, the poll stops watching READABLE, and the
+ *   flusher goes on with it in the next iteration, after our own writes.
  * - The loop is kept alive by the channel while bytes are queued or a
  *   disconnect is in progress, else only when the owner asked (ref).
- * - Memory is freed only after both handles' close callbacks.
+ * - Memory is freed only after the three handles' close callbacks.
  */
 #include "tt_channel.h"
 
@@ -53,7 +58,9 @@ enum {
   CH_REF = 1u << 6,           /* owner wants the loop kept alive */
   CH_NEED_DRAIN = 1u << 7,    /* send returned 0: emit on_drain when empty */
   CH_SCHEDULED = 1u << 8,     /* flusher active */
-  CH_BROKEN = 1u << 9         /* a frame was cut short: end from the loop */
+  CH_BROKEN = 1u << 9,        /* a write failed outside the loop: end there */
+  CH_PAUSED = 1u << 10,       /* this iteration's budget is spent */
+  CH_UNBOUNDED = 1u << 11     /* delivering without a budget (finishing) */
 };
 
 struct tt_chunk_s {
@@ -63,6 +70,8 @@ struct tt_chunk_s {
 };
 
 static void channel_end(tt_channel_t *ch, int err, const char *why);
+static void channel_end_lost(tt_channel_t *ch, int err, const char *why,
+                             const char *lost_why);
 static void on_poll(uv_poll_t *h, int status, int events);
 
 static uint64_t queued(const tt_channel_t *ch) {
@@ -72,7 +81,8 @@ static uint64_t queued(const tt_channel_t *ch) {
 static void update_poll(tt_channel_t *ch) {
   int events = 0;
   if (ch->flags & CH_CLOSING) return;
-  if (ch->flags & CH_READING) events |= UV_READABLE;
+  if ((ch->flags & (CH_READING | CH_PAUSED)) == CH_READING)
+    events |= UV_READABLE;
   if (ch->flags & CH_WRITE_BLOCKED) events |= UV_WRITABLE;
   if (events != ch->poll_events) {
     ch->poll_events = events;
@@ -90,6 +100,7 @@ static void update_poll(tt_channel_t *ch) {
 }
 
 static void schedule_flush(tt_channel_t *ch);
+static void schedule_idle(tt_channel_t *ch);
 
 /* ---- acks ---------------------------------------------------------------- */
 
@@ -164,10 +175,38 @@ static const char *truncated(const tt_channel_t *ch) {
                        : "truncated frame at end of stream";
 }
 
-static int check_send(tt_channel_t *ch, size_t len) {
+int tt_channel_check_size(const tt_channel_t *ch, unsigned kind, size_t len) {
+  if (ch->dec.lines) {
+    /* the peer's limit is on the line as written, envelope included (the
+     * "\n" is not counted), whatever the id's digits */
+    char head[TT_LINES_HEAD_MAX], tail[2];
+    size_t hl = 0, tl = 0;
+    if (tt_lines_pack(kind, UINT32_MAX, head, &hl, tail, &tl) != 0)
+      return 0; /* no line form: refused by the send itself */
+    if (len > ch->dec.max_message || hl + len + tl - 1 > ch->dec.max_message)
+      return TT_ERR_SERIALIZE;
+    return 0;
+  }
+  return len > ch->dec.max_message ? TT_ERR_SERIALIZE : 0;
+}
+
+size_t tt_channel_max_message(const tt_channel_t *ch) {
+  return ch->dec.max_message;
+}
+
+int tt_channel_is_lines(const tt_channel_t *ch) { return ch->dec.lines; }
+
+size_t tt_channel_queued(const tt_channel_t *ch) { return (size_t)queued(ch); }
+
+int tt_channel_fd(const tt_channel_t *ch) { return ch->fd; }
+
+int64_t tt_channel_flush_timeout(const tt_channel_t *ch) {
+  return ch->flush_timeout_ms;
+}
+
+static int check_send(tt_channel_t *ch, unsigned kind, size_t len) {
   if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_CHANNEL_CLOSED;
-  if (len > ch->dec.max_message) return TT_ERR_SERIALIZE;
-  return 0;
+  return tt_channel_check_size(ch, kind, len);
 }
 
 /* Accounts a frame of `total` bytes of which `done` were already written
@@ -254,7 +293,7 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
   char tail[2];
   tt_wire_t f;
   tt_chunk_t *c = ch->tail;
-  int err = check_send(ch, len);
+  int err = check_send(ch, kind, len);
   if (err != 0) return err;
 
   f.part[0] = head;
@@ -288,8 +327,8 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
        * ends from the loop (the flusher), never inside send(). */
       ch->flags &= ~CH_CONNECTED;
       ch->flags |= CH_BROKEN;
-      ch->flags &= ~CH_SCHEDULED;
-      schedule_flush(ch);
+      ch->broken_err = UV_ENOMEM;
+      schedule_idle(ch);
       return UV_ENOMEM;
     }
     c->data = (char *)(c + 1);
@@ -300,6 +339,17 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
   copy_wire(c->data + c->len, &f, done); /* what was not written yet */
   c->len += rest;
   return queued_frame(ch, kind, total, total - rest, cb, arg);
+}
+
+int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
+                         const void *payload, size_t len) {
+  int rc;
+  if ((ch->flags & CH_CONNECTED) && queued(ch) > ch->high_water) {
+    ch->stats.auto_dropped++;
+    return 0;
+  }
+  rc = tt_channel_send(ch, kind, id, payload, len, NULL, NULL);
+  return rc < 0 ? rc : 1;
 }
 
 /* Drops written bytes from the front of the queue.  The last chunk is kept
@@ -347,10 +397,17 @@ static ssize_t write_some(tt_channel_t *ch) {
   return w;
 }
 
-/* EPIPE/ECONNRESET mean the peer is gone: a disconnect, not an error. */
+static void drain_then_end(tt_channel_t *ch);
+
+/* EPIPE/ECONNRESET mean the peer is gone: a disconnect, not an error; what
+ * it wrote before it went is still in our socket and is delivered first
+ * (a child that reports why it failed and exits must be heard, even when
+ * we were writing to it meanwhile). */
 static int write_failed(tt_channel_t *ch, int err) {
-  int quiet = err == UV_EPIPE || err == UV_ECONNRESET;
-  channel_end(ch, quiet ? 0 : err, quiet ? NULL : "write failed");
+  if (err == UV_EPIPE || err == UV_ECONNRESET)
+    drain_then_end(ch);
+  else
+    channel_end(ch, err, "write failed");
   return err;
 }
 
@@ -384,21 +441,39 @@ static int flush(tt_channel_t *ch) {
   return 0;
 }
 
+static void resume_reading(tt_channel_t *ch);
+
 static void on_flusher(uv_idle_t *h) {
   tt_channel_t *ch = h->data;
   ch->flags &= ~CH_SCHEDULED;
   uv_idle_stop(h);
   if (ch->flags & CH_BROKEN) {
-    channel_end(ch, UV_ENOMEM, "out of memory queueing a frame");
+    ch->flags &= ~CH_BROKEN;
+    if (ch->broken_err == UV_ENOMEM)
+      channel_end(ch, UV_ENOMEM, "out of memory queueing a frame");
+    else
+      write_failed(ch, ch->broken_err);
     return;
   }
-  if (!(ch->flags & CH_WRITE_BLOCKED)) flush(ch);
+  /* our answers to the last batch go out before the next batch is read */
+  if (!(ch->flags & CH_WRITE_BLOCKED) && queued(ch) > 0 && flush(ch) != 0)
+    return;
+  if (ch->flags & CH_ENDED) return;
+  if (ch->flags & CH_PAUSED)
+    resume_reading(ch);
+  else if (!(ch->flags & CH_WRITE_BLOCKED))
+    flush(ch); /* callbacks, drain, a pending disconnect */
+}
+
+static void schedule_idle(tt_channel_t *ch) {
+  if (ch->flags & (CH_SCHEDULED | CH_CLOSING)) return;
+  ch->flags |= CH_SCHEDULED;
+  uv_idle_start(&ch->flusher, on_flusher);
 }
 
 static void schedule_flush(tt_channel_t *ch) {
-  if (ch->flags & (CH_SCHEDULED | CH_WRITE_BLOCKED | CH_CLOSING)) return;
-  ch->flags |= CH_SCHEDULED;
-  uv_idle_start(&ch->flusher, on_flusher);
+  if (ch->flags & CH_WRITE_BLOCKED) return;
+  schedule_idle(ch);
 }
 
 /* ---- reading ----------------------------------------------------------- */
@@ -406,15 +481,61 @@ static void schedule_flush(tt_channel_t *ch) {
 static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
   tt_channel_t *ch = ctx;
   if (h->kind < TT_FRAME_PING) ch->stats.messages_received++;
+  ch->tick_frames++;
+  ch->tick_bytes += TT_FRAME_HEADER_SIZE + (size_t)h->len;
   ch->on_frame(ch, h, payload);
   /* The owner may have ended or closed the channel from the callback. */
+  if (!(ch->flags & CH_READING)) return 1;
+  if (!(ch->flags & CH_UNBOUNDED) &&
+      (ch->tick_frames >= TT_CHANNEL_FRAMES_PER_TICK ||
+       ch->tick_bytes >= TT_CHANNEL_BYTES_PER_TICK)) {
+    /* the rest waits for the next iteration (resume_reading) */
+    ch->flags |= CH_PAUSED;
+    update_poll(ch);
+    schedule_idle(ch);
+    return 1;
+  }
+  return 0;
+}
+
+/* EOF: the end of the stream.  Bytes of a frame that never completed are
+ * a truncation; complete frames left undelivered (we stopped reading on
+ * purpose: a local disconnect) are not. */
+static void end_at_eof(tt_channel_t *ch) {
+  if ((ch->flags & CH_READING) && tt_frame_decoder_pending(&ch->dec) > 0)
+    channel_end(ch, TT_ERR_IPC_PROTOCOL, truncated(ch));
+  else
+    channel_end(ch, 0, NULL);
+}
+
+/* Hands out the complete frames the decoder holds (after a pause).
+ * Returns 1 when the channel ended or stopped reading. */
+static int deliver_buffered(tt_channel_t *ch) {
+  int err = tt_frame_decoder_commit(&ch->dec, 0, deliver, ch);
+  if (err == TT_ERR_IPC_PROTOCOL) {
+    channel_end(ch, err, ch->dec.error);
+    return 1;
+  }
   return (ch->flags & CH_READING) ? 0 : 1;
 }
 
+/* A new iteration: go on with the frames held back, then with the socket
+ * once they are all out. */
+static void resume_reading(tt_channel_t *ch) {
+  ch->tick_frames = 0;
+  ch->tick_bytes = 0;
+  ch->flags &= ~CH_PAUSED;
+  if (deliver_buffered(ch) != 0) return;
+  if (ch->flags & CH_PAUSED) return; /* more next time */
+  update_poll(ch);
+}
+
 /* Reads what is available (up to a bound).  Returns 1 at EOF or when the
- * channel ended, 0 when the socket is drained for now. */
+ * channel ended, 0 when the socket is drained for now or the budget of this
+ * iteration is spent (CH_PAUSED). */
 static int read_some(tt_channel_t *ch, int max_reads) {
   for (int i = 0; i < max_reads && (ch->flags & CH_READING); i++) {
+    if (ch->flags & CH_PAUSED) return 0;
     char *base;
     size_t room;
     ssize_t n;
@@ -436,10 +557,7 @@ static int read_some(tt_channel_t *ch, int max_reads) {
       return 1;
     }
     if (n == 0) {
-      if (tt_frame_decoder_pending(&ch->dec) > 0)
-        channel_end(ch, TT_ERR_IPC_PROTOCOL, truncated(ch));
-      else
-        channel_end(ch, 0, NULL);
+      end_at_eof(ch);
       return 1;
     }
     ch->stats.bytes_received += (uint64_t)n;
@@ -448,34 +566,69 @@ static int read_some(tt_channel_t *ch, int max_reads) {
       channel_end(ch, err, ch->dec.error);
       return 1;
     }
+    if ((ch->flags & CH_READING) == 0) return 1;
     if ((size_t)n < room) return 0; /* short read: the socket is empty */
   }
   return (ch->flags & CH_READING) ? 0 : 1;
+}
+
+/* After a write met EPIPE, or the socket reported an error: the peer
+ * closed, so everything it sent is in our socket; hand it out (no budget:
+ * there is nothing else to wait for), then end. */
+static void drain_then_end(tt_channel_t *ch) {
+  ch->flags |= CH_UNBOUNDED;
+  ch->flags &= ~CH_PAUSED;
+  if ((ch->flags & CH_READING) && !(ch->flags & CH_ENDED) &&
+      deliver_buffered(ch) == 0) {
+    while (read_some(ch, TT_CHANNEL_MAX_READS) == 0) {
+      int avail = 0;
+      /* EAGAIN with the peer gone only happens after shutdown(SHUT_RD) by
+       * a peer that writes on: what it wrote so far is all we take */
+      if (ioctl(ch->fd, FIONREAD, &avail) != 0 || avail == 0) break;
+    }
+  }
+  ch->flags &= ~CH_UNBOUNDED;
+  if (!(ch->flags & CH_ENDED)) {
+    int soerr = 0;
+    socklen_t n = sizeof soerr;
+    if (getsockopt(ch->fd, SOL_SOCKET, SO_ERROR, &soerr, &n) != 0)
+      soerr = errno;
+    if (soerr == 0 || soerr == ECONNRESET || soerr == EPIPE)
+      end_at_eof(ch);
+    else
+      channel_end(ch, -soerr, "socket error");
+  }
+}
+
+void tt_channel_read_now(tt_channel_t *ch) {
+  if (!(ch->flags & CH_READING) || (ch->flags & CH_ENDED)) return;
+  ch->flags |= CH_UNBOUNDED;
+  ch->flags &= ~CH_PAUSED;
+  if (deliver_buffered(ch) == 0) read_some(ch, TT_CHANNEL_MAX_READS);
+  ch->flags &= ~CH_UNBOUNDED;
+  if (!(ch->flags & CH_ENDED)) update_poll(ch);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events) {
   tt_channel_t *ch = h->data;
   if (status < 0) {
     /* libuv reports EPOLLERR as UV_EBADF: a socket error, usually the peer
-     * closing with our data unread.  Deliver what is readable; recv() or
-     * SO_ERROR then tell what happened. */
-    int soerr = 0;
-    socklen_t n = sizeof soerr;
+     * closing with our data unread (ECONNRESET).  Everything it sent is
+     * still readable and is delivered first; recv() or SO_ERROR then tell
+     * what happened. */
     ch->poll_events = 0; /* libuv stopped the handle */
-    if ((ch->flags & CH_READING) && read_some(ch, TT_CHANNEL_MAX_READS) != 0)
-      return;
-    if (getsockopt(ch->fd, SOL_SOCKET, SO_ERROR, &soerr, &n) != 0) soerr = errno;
-    if (soerr == 0 || soerr == ECONNRESET || soerr == EPIPE)
-      channel_end(ch, 0, NULL);
-    else
-      channel_end(ch, -soerr, "socket error");
+    drain_then_end(ch);
     return;
   }
   if ((events & UV_WRITABLE) && (ch->flags & CH_WRITE_BLOCKED)) {
     ch->flags &= ~CH_WRITE_BLOCKED;
     if (flush(ch) != 0 || (ch->flags & CH_ENDED)) return;
   }
-  if (events & UV_READABLE) read_some(ch, TT_CHANNEL_MAX_READS);
+  if ((events & UV_READABLE) && !(ch->flags & CH_PAUSED)) {
+    ch->tick_frames = 0;
+    ch->tick_bytes = 0;
+    read_some(ch, TT_CHANNEL_MAX_READS);
+  }
 }
 
 /* ---- lifecycle --------------------------------------------------------- */
@@ -488,6 +641,9 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
   ch->fd = fd;
   ch->high_water = (opts && opts->high_water) ? opts->high_water
                                               : TT_CHANNEL_DEFAULT_HIGH_WATER;
+  ch->flush_timeout_ms = (opts && opts->flush_timeout_ms)
+                             ? opts->flush_timeout_ms
+                             : TT_CHANNEL_DEFAULT_FLUSH_TIMEOUT;
   /* The wire carries 32-bit lengths. */
   tt_frame_decoder_init(&ch->dec, opts && opts->max_message < UINT32_MAX
                                       ? opts->max_message
@@ -500,8 +656,10 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
   }
   if ((err = uv_poll_init(loop, &ch->poll, fd)) != 0) return err;
   uv_idle_init(loop, &ch->flusher); /* cannot fail */
+  uv_timer_init(loop, &ch->drain_timer);
   ch->poll.data = ch;
   ch->flusher.data = ch;
+  ch->drain_timer.data = ch;
   ch->flags = CH_CONNECTED | CH_READING;
   ch->poll_events = UV_READABLE;
   uv_poll_start(&ch->poll, UV_READABLE, on_poll);
@@ -511,16 +669,22 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
 
 /* Ends the channel once: stop I/O, fail what is queued, tell the owner. */
 static void channel_end(tt_channel_t *ch, int err, const char *why) {
+  channel_end_lost(ch, err, why, "the channel closed");
+}
+
+static void channel_end_lost(tt_channel_t *ch, int err, const char *why,
+                             const char *lost_why) {
   if (ch->flags & CH_ENDED) return;
   ch->flags |= CH_ENDED;
   ch->flags &= ~(CH_CONNECTED | CH_READING | CH_WRITE_BLOCKED |
-                 CH_DISCONNECTING | CH_NEED_DRAIN);
+                 CH_DISCONNECTING | CH_NEED_DRAIN | CH_PAUSED);
   if (!(ch->flags & CH_CLOSING)) {
     update_poll(ch);
     if (ch->flags & CH_SCHEDULED) {
       ch->flags &= ~CH_SCHEDULED;
       uv_idle_stop(&ch->flusher);
     }
+    uv_timer_stop(&ch->drain_timer);
   }
   if (err != 0 && ch->on_error) ch->on_error(ch, err, why);
   {
@@ -528,13 +692,13 @@ static void channel_end(tt_channel_t *ch, int err, const char *why) {
      * nothing is lost silently: those without a callback are reported as
      * one error. */
     size_t lost;
-    char msg[96];
+    char msg[160];
     ack_run(ch, 0);
     queue_free(ch);
     lost = ack_run(ch, TT_ERR_IPC_CHANNEL_CLOSED);
     if (lost > 0 && ch->on_error) {
-      snprintf(msg, sizeof msg, "%zu queued message%s not delivered: the channel closed",
-               lost, lost == 1 ? " was" : "s were");
+      snprintf(msg, sizeof msg, "%zu queued message%s not delivered: %s",
+               lost, lost == 1 ? " was" : "s were", lost_why);
       ch->on_error(ch, TT_ERR_IPC_CHANNEL_CLOSED, msg);
     }
   }
@@ -545,16 +709,28 @@ void tt_channel_fail(tt_channel_t *ch, int err, const char *why) {
   channel_end(ch, err, why);
 }
 
+static void on_drain_timeout(uv_timer_t *t) {
+  tt_channel_t *ch = t->data;
+  char why[96];
+  snprintf(why, sizeof why,
+           "the peer did not read them within the flush timeout (%lld ms)",
+           (long long)ch->flush_timeout_ms);
+  channel_end_lost(ch, 0, NULL, why);
+}
+
 int tt_channel_disconnect(tt_channel_t *ch) {
   if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_DISCONNECTED;
-  ch->flags &= ~(CH_CONNECTED | CH_READING);
+  ch->flags &= ~(CH_CONNECTED | CH_READING | CH_PAUSED);
   ch->flags |= CH_DISCONNECTING;
   update_poll(ch);
-  /* Always asynchronous, like Node: the flush (or an empty queue) ends it. */
-  if (!(ch->flags & CH_WRITE_BLOCKED)) {
-    ch->flags &= ~CH_SCHEDULED;
-    schedule_flush(ch);
+  /* A peer that never reads must not hold us for ever. */
+  if (queued(ch) > 0 && ch->flush_timeout_ms > 0) {
+    tt__timer_start(&ch->drain_timer, on_drain_timeout,
+                   (uint64_t)ch->flush_timeout_ms, 0);
+    uv_unref((uv_handle_t *)&ch->drain_timer);
   }
+  /* Always asynchronous, like Node: the flush (or an empty queue) ends it. */
+  schedule_flush(ch);
   return 0;
 }
 
@@ -567,24 +743,33 @@ void tt_channel_finish(tt_channel_t *ch) {
   uint64_t goal;
   if (ioctl(ch->fd, FIONREAD, &avail) != 0) avail = 0;
   goal = ch->stats.bytes_received + (uint64_t)avail;
-  while (!(ch->flags & CH_ENDED) && (ch->flags & CH_READING) &&
-         ch->stats.bytes_received < goal) {
-    if (read_some(ch, TT_CHANNEL_MAX_READS) != 0) break;
+  ch->flags |= CH_UNBOUNDED;
+  ch->flags &= ~CH_PAUSED;
+  if ((ch->flags & CH_READING) && deliver_buffered(ch) == 0) {
+    while (!(ch->flags & CH_ENDED) && (ch->flags & CH_READING) &&
+           ch->stats.bytes_received < goal) {
+      if (read_some(ch, TT_CHANNEL_MAX_READS) != 0) break;
+    }
   }
-  if (!(ch->flags & CH_ENDED)) {
-    if (tt_frame_decoder_pending(&ch->dec) > 0)
-      channel_end(ch, TT_ERR_IPC_PROTOCOL, truncated(ch));
-    else
-      channel_end(ch, 0, NULL);
-  }
+  ch->flags &= ~CH_UNBOUNDED;
+  if (!(ch->flags & CH_ENDED)) end_at_eof(ch);
 }
 
 int tt_channel_flush_sync(tt_channel_t *ch, int timeout_ms) {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
+  if (ch->flags & CH_BROKEN) return ch->broken_err;
   while (queued(ch) > 0 && !(ch->flags & CH_ENDED)) {
     ssize_t w = write_some(ch);
-    if (w < 0) return write_failed(ch, (int)w);
+    if (w < 0) {
+      /* nothing is called back from here (we may be inside a Lua call):
+       * the channel ends from the loop, if the loop runs again */
+      ch->broken_err = (int)w;
+      ch->flags |= CH_BROKEN;
+      ch->flags &= ~(CH_CONNECTED | CH_WRITE_BLOCKED);
+      schedule_idle(ch);
+      return (int)w;
+    }
     if (w == 0) {
       struct pollfd pfd = {.fd = ch->fd, .events = POLLOUT, .revents = 0};
       int wait = -1;
@@ -599,7 +784,9 @@ int tt_channel_flush_sync(tt_channel_t *ch, int timeout_ms) {
     }
   }
   if (ch->flags & CH_ENDED) return queued(ch) > 0 ? TT_ERR_IPC_CHANNEL_CLOSED : 0;
-  flush(ch); /* callbacks, drain, pending disconnect */
+  /* callbacks, drain and a pending disconnect: from the loop */
+  update_poll(ch);
+  schedule_flush(ch);
   return 0;
 }
 
@@ -637,9 +824,10 @@ void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb) {
   ch->flags |= CH_CLOSING;
   ch->close_cb = cb;
   channel_end(ch, 0, NULL);
-  ch->pending_closes = 2;
+  ch->pending_closes = 3;
   uv_close((uv_handle_t *)&ch->poll, on_handle_closed);
   uv_close((uv_handle_t *)&ch->flusher, on_handle_closed);
+  uv_close((uv_handle_t *)&ch->drain_timer, on_handle_closed);
 }
 
 int tt_channel_inherited_fd(int *fd, int *lines) {
@@ -660,7 +848,9 @@ int tt_channel_inherited_fd(int *fd, int *lines) {
   unsetenv("TETHER_CHANNEL_FD");
   unsetenv("NODE_CHANNEL_FD");
   unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");
-  if (*end != '\0' || v < 0 || v > 65535) return UV_EBADF;
+  /* stdin, stdout and stderr are never a channel: frames written into a
+   * terminal or a log would be garbage there */
+  if (*end != '\0' || v < 3 || v > 65535) return UV_EBADF;
   if (node_advanced) return UV_ENOTSUP; /* V8's format: not ours */
   if (fstat((int)v, &st) != 0) return UV_EBADF;
   if (!S_ISSOCK(st.st_mode)) return UV_ENOTSOCK;

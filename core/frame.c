@@ -61,6 +61,11 @@ int tt_frame_header_parse(const unsigned char *in, size_t max_message,
     *why = "frame larger than max_message";
     return TT_ERR_IPC_PROTOCOL;
   }
+  if (h->id == 0 && (h->kind == TT_FRAME_REQUEST ||
+                     h->kind == TT_FRAME_REPLY || h->kind == TT_FRAME_FAULT)) {
+    *why = "request or reply without an id";
+    return TT_ERR_IPC_PROTOCOL;
+  }
   return 0;
 }
 

@@ -2,7 +2,18 @@
 #ifndef TT_INTERNAL_H
 #define TT_INTERNAL_H
 
+#include <uv.h>
+
 /* Sets (or clears) O_NONBLOCK and FD_CLOEXEC on `fd`.  0 or -errno. */
 int tt__set_flags(int fd, int nonblock, int cloexec);
+
+/* uv_timer_start() with the loop's clock brought up to date first: libuv
+ * counts from the time the iteration began, so a deadline armed after a
+ * long callback would otherwise expire early by the callback's length. */
+static inline int tt__timer_start(uv_timer_t *t, uv_timer_cb cb,
+                                  uint64_t timeout, uint64_t repeat) {
+  uv_update_time(t->loop);
+  return uv_timer_start(t, cb, timeout, repeat);
+}
 
 #endif

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "tt_error.h"
 
 enum {
@@ -34,6 +35,7 @@ struct tt_task_s {
   uint32_t id;         /* of the current attempt */
   unsigned reruns;     /* after crashes */
   int started;         /* among its worker's first `concurrency`: running */
+  int done;            /* finished: only its timer's close remains */
   tt_task_cb cb;
   void *arg;
   int timer_init;
@@ -106,7 +108,7 @@ static void start_clocks(tt_pool_t *p, tt_pool_worker_t *w) {
       t->timer_init = 1;
     }
     t->timer.data = t;
-    uv_timer_start(&t->timer, on_task_timeout, p->opts.timeout_ms, 0);
+    tt__timer_start(&t->timer, on_task_timeout, p->opts.timeout_ms, 0);
   }
 }
 
@@ -139,6 +141,7 @@ static void finish(tt_task_t *t, int status, unsigned kind,
   tt_pool_t *p = t->pool;
   tt_task_cb cb = t->cb;
   void *arg = t->arg;
+  t->done = 1;
   if (status != 0 || kind == TT_FRAME_FAULT)
     p->stats.failed++;
   else
@@ -215,6 +218,13 @@ static void on_task_timeout(uv_timer_t *timer) {
   tt_task_t *t = timer->data;
   tt_pool_t *p = t->pool;
   tt_pool_worker_t *w = t->w;
+  /* Its answer may be in the socket already (we were stopped or busy past
+   * the deadline): read it first. */
+  if (w->ch != NULL) {
+    tt_channel_read_now(w->ch);
+    if (t->done) return;
+    w = t->w;
+  }
   worker_remove(p, t);
   p->stats.timeouts++;
   /* Whatever it is doing cannot be interrupted from here: the process is
@@ -446,7 +456,7 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   uv_timer_init(loop, &p->memory_timer);
   p->memory_timer.data = p;
   if (p->opts.max_memory > 0) {
-    uv_timer_start(&p->memory_timer, on_memory_timer,
+    tt__timer_start(&p->memory_timer, on_memory_timer,
                    p->opts.memory_interval_ms, p->opts.memory_interval_ms);
     uv_unref((uv_handle_t *)&p->memory_timer);
   }

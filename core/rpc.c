@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "tt_error.h"
 #include "tt_frame.h"
 
@@ -136,6 +137,10 @@ static void on_retry(uv_timer_t *t) {
 static void on_timer(uv_timer_t *t) {
   tt_call_t *c = t->data;
   tt_rpc_t *rpc = c->rpc;
+  /* The answer may be waiting in the socket: the process was stopped, or
+   * busy, past the deadline, and timers run before the socket is read. */
+  tt_channel_read_now(rpc->ch);
+  if (c->done) return;
   if (c->attempt > c->opts.retries) {
     finish(c, TT_ERR_TIMEOUT, 0, NULL, 0);
     return;
@@ -143,7 +148,7 @@ static void on_timer(uv_timer_t *t) {
   /* A reply to this attempt from now on is late: it has no slot. */
   drop_id(rpc, c);
   rpc->stats.retries++;
-  uv_timer_start(&c->timer, on_retry,
+  tt__timer_start(&c->timer, on_retry,
                  tt_backoff_delay(&c->opts.backoff, c->attempt, &rpc->seed), 0);
 }
 
@@ -158,7 +163,7 @@ static int send_attempt(tt_call_t *c, const void *payload) {
     return err;
   }
   c->attempt++;
-  if (c->has_timer) uv_timer_start(&c->timer, on_timer, c->opts.timeout_ms, 0);
+  if (c->has_timer) tt__timer_start(&c->timer, on_timer, c->opts.timeout_ms, 0);
   return 0;
 }
 

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "tt_error.h"
 
 enum {
@@ -155,7 +156,12 @@ static void maybe_closed(tt_supervisor_t *s);
 static void reload_step(tt_supervisor_t *s);
 static void reload_done(tt_supervisor_t *s, int status);
 
-static uint64_t now(tt_supervisor_t *s) { return uv_now(s->loop); }
+/* Fresh, not the iteration's start: deadlines and uptimes count from the
+ * moment they are taken. */
+static uint64_t now(tt_supervisor_t *s) {
+  uv_update_time(s->loop);
+  return uv_now(s->loop);
+}
 
 static void all_add(tt_supervisor_t *s, tt_incarnation_t *w) {
   w->all_prev = NULL;
@@ -277,7 +283,7 @@ static void msg_park(tt_sup_msg_t *m) {
     m->timer_init = 1;
   }
   m->timer.data = m;
-  uv_timer_start(&m->timer, on_msg_timeout,
+  tt__timer_start(&m->timer, on_msg_timeout,
                  m->deadline > t ? m->deadline - t : 0, 0);
 }
 
@@ -500,6 +506,17 @@ static void send_ping(tt_incarnation_t *w);
 static void on_worker_timer(uv_timer_t *t) {
   tt_incarnation_t *w = t->data;
   tt_supervisor_t *s = w->s;
+  /* A ready frame or a pong may be waiting in the socket (we were stopped
+   * or busy past the deadline): read it before calling the worker dead. */
+  if ((w->state == TT_WORKER_STARTING ||
+       (w->state == TT_WORKER_RUNNING && (w->flags & I_PING_OUT))) &&
+      w->p.channel != NULL && !(w->flags & I_EXITED)) {
+    tt_worker_state_t before = w->state;
+    tt_channel_read_now(w->p.channel);
+    if (w->state != before || (w->flags & I_EXITED) ||
+        (before == TT_WORKER_RUNNING && !(w->flags & I_PING_OUT)))
+      return;
+  }
   switch (w->state) {
   case TT_WORKER_STARTING: /* start_timeout */
     stop_worker(w, TT_EXIT_UNRESPONSIVE, 0);
@@ -515,7 +532,7 @@ static void on_worker_timer(uv_timer_t *t) {
       w->phase = 2;
       tt_process_kill(&w->p, SIGTERM);
       tt_process_kill(&w->p, SIGCONT);
-      uv_timer_start(&w->timer, on_worker_timer, s->opts.kill_timeout_ms, 0);
+      tt__timer_start(&w->timer, on_worker_timer, s->opts.kill_timeout_ms, 0);
     } else if (w->phase == 2) {
       w->phase = 3;
       w->flags |= I_SENT_KILL;
@@ -536,7 +553,7 @@ static void send_ping(tt_incarnation_t *w) {
     tt_channel_send(w->p.channel, TT_FRAME_PING, w->ping_id, NULL, 0, NULL,
                     NULL);
   w->flags |= I_PING_OUT;
-  uv_timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_timeout_ms, 0);
+  tt__timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_timeout_ms, 0);
 }
 
 /* polite: begin with the shutdown message, if there is one. */
@@ -553,7 +570,7 @@ static void stop_worker(tt_incarnation_t *w, tt_exit_reason_t why,
       tt_channel_send(w->p.channel, TT_FRAME_MESSAGE, 0, s->shutdown_message,
                       s->opts.shutdown_message_len, NULL, NULL) >= 0) {
     w->phase = 1;
-    uv_timer_start(&w->timer, on_worker_timer, s->opts.shutdown_timeout_ms,
+    tt__timer_start(&w->timer, on_worker_timer, s->opts.shutdown_timeout_ms,
                    0);
   } else {
     w->phase = 1;
@@ -568,7 +585,7 @@ static void became_running(tt_incarnation_t *w) {
   w->flags |= I_READY;
   uv_timer_stop(&w->timer);
   if (s->opts.heartbeat_interval_ms > 0)
-    uv_timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_interval_ms,
+    tt__timer_start(&w->timer, on_worker_timer, s->opts.heartbeat_interval_ms,
                    0);
   if (w == slot->next) { /* a replacement: the old one goes */
     tt_incarnation_t *old = slot->cur;
@@ -614,7 +631,7 @@ static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
     } else if (h->id == w->ping_id && (w->flags & I_PING_OUT) &&
                w->state == TT_WORKER_RUNNING) {
       w->flags &= ~I_PING_OUT;
-      uv_timer_start(&w->timer, on_worker_timer,
+      tt__timer_start(&w->timer, on_worker_timer,
                      s->opts.heartbeat_interval_ms, 0);
     }
     return;
@@ -762,7 +779,7 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
     delay = tt_backoff_delay(&s->opts.backoff, ++slot->failures, &s->seed);
   slot->restart_reason = r;
   slot->restart_pending = 1;
-  uv_timer_start(&slot->timer, on_restart_timer, delay, 0);
+  tt__timer_start(&slot->timer, on_restart_timer, delay, 0);
 }
 
 static tt_exit_reason_t classify(tt_incarnation_t *w) {
@@ -804,7 +821,7 @@ static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
   w->flags |= I_EXITED;
   s->alive--;
   uv_timer_stop(&w->timer);
-  uv_timer_start(&w->timer, on_drain_timer, TT_DRAIN_MS, 0);
+  tt__timer_start(&w->timer, on_drain_timer, TT_DRAIN_MS, 0);
   slot->last_reason = r;
   slot->last_status = status;
   slot->last_signal = sig;
@@ -889,7 +906,7 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   if (s->opts.wait_ready && w->p.channel != NULL) {
     w->state = TT_WORKER_STARTING;
     if (s->opts.start_timeout_ms > 0)
-      uv_timer_start(&w->timer, on_worker_timer, s->opts.start_timeout_ms, 0);
+      tt__timer_start(&w->timer, on_worker_timer, s->opts.start_timeout_ms, 0);
   } else {
     became_running(w);
   }
@@ -930,7 +947,7 @@ static void on_start_timer(uv_timer_t *t) {
          !(s->flags & S_STOPPING))
     spawn_worker(&s->slots[s->start_next++], 0);
   if (s->start_next < s->opts.instances && !(s->flags & S_STOPPING))
-    uv_timer_start(&s->start_timer, on_start_timer, 0, 0);
+    tt__timer_start(&s->start_timer, on_start_timer, 0, 0);
   else
     s->start_next = s->opts.instances;
   check_stopped(s);
@@ -1236,9 +1253,9 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   s->memory_timer.data = s;
   uv_timer_init(loop, &s->start_timer);
   s->start_timer.data = s;
-  uv_timer_start(&s->start_timer, on_start_timer, 0, 0);
+  tt__timer_start(&s->start_timer, on_start_timer, 0, 0);
   if (opts->max_memory > 0) {
-    uv_timer_start(&s->memory_timer, on_memory_timer,
+    tt__timer_start(&s->memory_timer, on_memory_timer,
                    s->opts.memory_interval_ms, s->opts.memory_interval_ms);
     uv_unref((uv_handle_t *)&s->memory_timer);
   }

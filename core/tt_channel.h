@@ -32,6 +32,13 @@
 
 /* send() reports backpressure once more than this is queued (bytes). */
 #define TT_CHANNEL_DEFAULT_HIGH_WATER ((size_t)1 << 20)
+/* How long a disconnect (or an exit) waits for the peer to take the
+ * backlog before dropping it, in ms. */
+#define TT_CHANNEL_DEFAULT_FLUSH_TIMEOUT 5000
+/* Received frames handed out per loop iteration (and bytes), so a burst
+ * cannot keep a process from writing its answers or serving others. */
+#define TT_CHANNEL_FRAMES_PER_TICK 128
+#define TT_CHANNEL_BYTES_PER_TICK ((size_t)1 << 20)
 
 typedef struct tt_channel_s tt_channel_t;
 typedef struct tt_chunk_s tt_chunk_t;
@@ -50,6 +57,10 @@ typedef struct {
   size_t high_water;  /* 0: TT_CHANNEL_DEFAULT_HIGH_WATER */
   int lines;          /* Node's JSON lines (tt_lines.h) instead of frames:
                          kinds 1-4 only, payloads without a raw "\n" */
+  /* After tt_channel_disconnect(), the backlog is dropped (and reported)
+   * when the peer has not taken it within this many ms.  0: the default,
+   * TT_CHANNEL_DEFAULT_FLUSH_TIMEOUT; negative: wait for ever. */
+  int64_t flush_timeout_ms;
 } tt_channel_options_t;
 
 typedef struct {
@@ -59,6 +70,8 @@ typedef struct {
   uint64_t bytes_received; /* bytes read from the kernel */
   uint64_t queued_bytes;   /* accepted but not yet handed to the kernel */
   uint64_t writes;         /* sendmsg() calls that wrote something */
+  uint64_t auto_dropped;   /* automatic answers (pongs, refusals) not
+                              queued because the peer was not reading */
 } tt_channel_stats_t;
 
 typedef struct {
@@ -83,7 +96,12 @@ struct tt_channel_s {
   int pending_closes;
   size_t high_water;
   uv_poll_t poll;
-  uv_idle_t flusher;
+  uv_idle_t flusher;     /* writes the backlog; resumes paused reading */
+  uv_timer_t drain_timer; /* bounds a disconnect's flush */
+  int64_t flush_timeout_ms;
+  int broken_err;        /* why a write failed where no callback may run */
+  unsigned tick_frames;  /* handed out in this iteration */
+  size_t tick_bytes;
   tt_channel_event_cb close_cb;
   tt_frame_decoder_t dec;
   tt_chunk_t *head, *tail;
@@ -100,13 +118,30 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
 
 /* Queues a frame, copying the payload.  Returns 1 if the backlog is under
  * the high-water mark, 0 if over (still queued: wait for on_drain), or a
- * negative error (TT_ERR_IPC_CHANNEL_CLOSED, TT_ERR_SERIALIZE for a payload
- * over max_message, UV_ENOMEM); then `cb` is not called. */
+ * negative error (TT_ERR_IPC_CHANNEL_CLOSED, TT_ERR_SERIALIZE for a frame
+ * over max_message as it would be written, UV_ENOMEM); then `cb` is not
+ * called. */
 int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
                     const void *payload, size_t len, tt_channel_send_cb cb,
                     void *arg);
+/* An answer the channel's owner gives on its own (a pong, a refusal): sent
+ * like tt_channel_send() unless the backlog is over the high-water mark,
+ * i.e. the peer is not reading; then it is dropped and counted
+ * (stats.auto_dropped), so a peer cannot grow our memory by asking.
+ * 1 when queued, 0 when dropped, or a negative error. */
+int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
+                         const void *payload, size_t len);
+/* The size limit a payload of `len` bytes meets on the wire: 0, or
+ * TT_ERR_SERIALIZE when the frame (or, in JSON mode, the line with its
+ * envelope for `kind`, whatever the id) would exceed max_message. */
+int tt_channel_check_size(const tt_channel_t *ch, unsigned kind, size_t len);
+size_t tt_channel_max_message(const tt_channel_t *ch);
+int tt_channel_is_lines(const tt_channel_t *ch);
 /* Stops accepting sends and reading; queued frames are still written, then
- * the channel disconnects.  TT_ERR_IPC_DISCONNECTED if already done. */
+ * the channel disconnects.  A backlog the peer has not taken within the
+ * flush timeout is dropped and reported (callbacks with
+ * TT_ERR_IPC_CHANNEL_CLOSED, the others as one on_error).
+ * TT_ERR_IPC_DISCONNECTED if already done. */
 int tt_channel_disconnect(tt_channel_t *ch);
 /* Ends the channel because of what the owner found (e.g. a payload that
  * does not decode): on_error(err, why), then on_disconnect, as for any
@@ -115,9 +150,22 @@ void tt_channel_fail(tt_channel_t *ch, int err, const char *why);
 /* The peer is known to be gone (its process exited): read what it left in
  * the socket, deliver it, then disconnect. */
 void tt_channel_finish(tt_channel_t *ch);
+/* Delivers what has arrived now (frames held back by the per-iteration
+ * budget, then what the socket holds), from a loop callback: a timeout
+ * about to expire looks first at answers that came while the process was
+ * not running (stopped, or busy in a long callback). */
+void tt_channel_read_now(tt_channel_t *ch);
 /* Writes the backlog now, blocking up to `timeout_ms` (-1: no limit).
- * 0 when everything was handed to the kernel. */
+ * 0 when everything was handed to the kernel, UV_ETIMEDOUT, or the error
+ * that ended the channel.  Calls nothing back: a channel that fails here
+ * ends from the loop. */
 int tt_channel_flush_sync(tt_channel_t *ch, int timeout_ms);
+/* Bytes accepted but not yet handed to the kernel. */
+size_t tt_channel_queued(const tt_channel_t *ch);
+/* The socket (for poll(2) while flushing several channels at exit) and the
+ * channel's flush timeout in ms (negative: none). */
+int tt_channel_fd(const tt_channel_t *ch);
+int64_t tt_channel_flush_timeout(const tt_channel_t *ch);
 
 /* Whether the channel alone keeps the loop alive (default: no). */
 void tt_channel_ref(tt_channel_t *ch, int ref);
@@ -132,7 +180,8 @@ void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb);
  * NODE_CHANNEL_FD (a Node.js parent, or tether in JSON mode: then *lines
  * is set), made non-blocking and close-on-exec, the variables removed from
  * the environment.  UV_ENOENT when there is none, UV_EBADF/UV_ENOTSOCK when
- * it is unusable, UV_ENOTSUP for Node's "advanced" serialization. */
+ * it is unusable (fds 0-2 are never a channel), UV_ENOTSUP for Node's
+ * "advanced" serialization. */
 int tt_channel_inherited_fd(int *fd, int *lines);
 
 #endif /* TT_CHANNEL_H */

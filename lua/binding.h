@@ -15,6 +15,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <signal.h>
 #include <uv.h>
 
 #include "codec.h"
@@ -45,6 +46,7 @@ struct tt_lobj_s {
   unsigned closing : 1, closed : 1, collected : 1, box_gone : 1;
   unsigned json : 1; /* messages are JSON text (Node's format), not ours */
   tt_rpc_t *rpc; /* requests/replies on the object's channel, if any */
+  tt_channel_t *ch; /* its channel, if any: flushed before the process exits */
   /* Starts closing everything now; must end in tt_lobj_closed(). */
   void (*teardown)(tt_lobj_t *o);
 };
@@ -57,10 +59,20 @@ struct tt_state_s {
   uv_loop_t loop;
   lua_State *L;     /* thread that runs callbacks (the caller of run) */
   int uncaught_ref; /* tether.on("uncaught") handler, or LUA_NOREF */
-  int error_ref;    /* error stashed by a callback, re-raised by run() */
+  /* errors raised by callbacks, waiting for run() to raise them in order:
+   * errors_ref[errors_head..errors_tail] */
+  int errors_ref;
+  int errors_head, errors_tail;
+  /* Ctrl-C while the loop runs (see tether_core.c) */
+  volatile sig_atomic_t interrupted;
+  int interrupt_stashed;
+  uv_async_t interrupt_async;
+  struct sigaction sigint_saved;
+  int sigint_watchers; /* tether.on_signal("SIGINT") handles active */
   int closing;      /* the Lua state is going away: no more callbacks */
   int running;      /* inside uv_run */
   int exiting;      /* tether.exit() was called from a callback */
+  int exit_flushed; /* the channels were flushed for the exit */
   int max_depth;    /* codec nesting limit */
   int json_encode_ref, json_decode_ref; /* the facade's JSON codec */
   tt_lobj_t objects; /* list head */
@@ -68,6 +80,10 @@ struct tt_state_s {
 };
 
 tt_state_t *tt_state(lua_State *L);
+/* Hands every channel's backlog to the kernel, waiting for slow readers
+ * at most each channel's flush timeout (all in parallel).  Returns the
+ * bytes still not written.  No callback runs. */
+size_t tt_flush_all(tt_state_t *st);
 
 /* Object bookkeeping.  new_box pushes a box of metatable `mt` for `o`
  * (allocated by the caller with malloc, zeroed), links it into the state,
@@ -90,6 +106,10 @@ int tt_lobj_gc(lua_State *L);
  * a Lua error goes to the "uncaught" handler, or is stashed and the loop
  * stopped so run() re-raises it.  Never raises.  0 when the call succeeded.*/
 int tt_call(tt_state_t *st, lua_State *L, int nargs);
+/* After a Ctrl-C (SIGINT taken while the loop runs): makes run() end with
+ * "interrupted!" and returns 1; what was being done is abandoned (never
+ * reported as a peer's fault).  0 when there was no Ctrl-C. */
+int tt_interrupted(tt_state_t *st);
 /* Pushes the handler and the event name; returns the lua_State to use, or
  * NULL when no callback may run (state closing or object released). */
 lua_State *tt_lobj_begin(tt_lobj_t *o, const char *event);
@@ -123,7 +143,8 @@ void tt_lua_on_sent(void *arg, int status);
 int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json);
 void tt_lua_encode_done(tt_state_t *st);
 /* Pushes the decoded value and returns 1; or pushes why it failed and
- * returns 0 (malformed) or -1 (out of memory).  Never raises. */
+ * returns 0 (malformed), -1 (out of memory) or -2 (a Ctrl-C interrupted
+ * it: drop the frame, blame nobody; run() is ending).  Never raises. */
 int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
                   int json);
 /* Answers a heartbeat PING with a PONG carrying our Lua heap size; 1 when

@@ -4,6 +4,7 @@
  * facade refs it while the script listens on it (or asked keep_alive).
  */
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "binding.h"
@@ -25,10 +26,7 @@ static void on_closed(tt_channel_t *ch) {
 
 static void teardown(tt_lobj_t *o) {
   tt_lchannel_t *c = (tt_lchannel_t *)o;
-  /* The process is ending (or the state closing): what the script sent is
-   * delivered first, as os.exit and tether.exit promise. */
-  if (c->opened && tt_channel_is_connected(&c->ch))
-    tt_channel_flush_sync(&c->ch, -1);
+  /* (what the script sent was flushed before: tt_flush_all) */
   if (c->opened)
     tt_channel_close(&c->ch, on_closed);
   else
@@ -47,10 +45,11 @@ static void on_disconnect(tt_channel_t *ch) {
 
 /* open_parent(handler[, max_message]) -> channel | nil, err */
 static int l_open_parent(lua_State *L) {
-  tt_channel_options_t opts = {0, 0, 0};
+  tt_channel_options_t opts;
   tt_lchannel_t *c;
   int fd, err;
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  memset(&opts, 0, sizeof opts);
   if (lua_isnoneornil(L, 2)) {
     /* The parent's limit, passed down; not passed on to our children. */
     const char *m = getenv("TETHER_MAX_MESSAGE");
@@ -71,6 +70,7 @@ static int l_open_parent(lua_State *L) {
     return tt_lua_fail(L, err, NULL);
   }
   c->opened = 1;
+  c->o.ch = &c->ch;
   c->o.json = opts.lines;
   c->ch.data = &c->o;
   c->ch.on_frame = tt_lua_on_frame;

@@ -162,13 +162,17 @@ static int l_spawn(lua_State *L) {
     env = lua_newuserdatauv(L, sizeof(char *) * (size_t)(nenv + 1), 0);
     for (i = 1; i <= nenv; i++) {
       lua_rawgeti(L, -2, i);
-      env[i - 1] = (char *)luaL_checkstring(L, -1);
+      if (lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "env[%d]: expected a string", (int)i);
+      env[i - 1] = (char *)lua_tostring(L, -1);
       lua_pop(L, 1); /* still referenced by the env table */
     }
     env[nenv] = NULL;
-    lua_pop(L, 1);
   }
-  po.env = env; /* the table stays on the stack */
+  /* The env table and the array stay on the stack until the spawn is done:
+   * a collection step (any allocation below) must not free what the core
+   * reads. */
+  po.env = env;
 
   lua_getfield(L, 3, "cwd");
   po.cwd = lua_tostring(L, -1);
@@ -184,6 +188,13 @@ static int l_spawn(lua_State *L) {
   po.channel = lua_isnil(L, -1) || lua_toboolean(L, -1);
   po.channel_options.max_message = opt_size(L, 3, "max_message");
   po.channel_options.high_water = opt_size(L, 3, "high_water");
+  lua_getfield(L, 3, "flush_timeout"); /* ms; 0: do not wait; huge: for ever */
+  if (!lua_isnil(L, -1)) {
+    lua_Number t = luaL_checknumber(L, -1);
+    po.channel_options.flush_timeout_ms =
+        t >= 2147483647.0 ? -1 : t < 1 ? 1 : (int64_t)t;
+  }
+  lua_pop(L, 1);
   lua_getfield(L, 3, "json");
   po.channel_options.lines = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -203,6 +214,7 @@ static int l_spawn(lua_State *L) {
   c->p.on_data = on_data;
   c->o.json = po.channel_options.lines;
   if (c->p.channel != NULL) {
+    c->o.ch = c->p.channel;
     c->p.channel->data = &c->o;
     c->p.channel->on_frame = tt_lua_on_frame;
     c->p.channel->on_error = tt_lua_on_channel_error;

@@ -199,7 +199,13 @@ int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
   lua_pushinteger(L, st->max_depth);
   lua_pushboolean(L, json);
   if ((ok = lua_pcall(L, 4, 2, 0)) != LUA_OK) {
-    /* Out of memory, or an error raised from a hook (lua.c's SIGINT) */
+    /* Ctrl-C: the hook raised inside the decoder; the peer is not at fault */
+    if (tt_interrupted(st)) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "interrupted!");
+      return -2;
+    }
+    /* Out of memory, or an error raised from a hook */
     if (ok == LUA_ERRMEM || lua_type(L, -1) != LUA_TSTRING) {
       lua_pop(L, 1);
       lua_pushliteral(L, "out of memory decoding a message");
@@ -237,7 +243,9 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   if ((rc = tt_lua_decode(L, st, payload, h->len, o->json)) != 1) {
     /* Malformed, or out of memory building the value: the stream cannot
      * go on.  (The reason stays on the stack during the call.) */
-    if (rc == 0)
+    if (rc == -2)
+      ; /* Ctrl-C: run() ends */
+    else if (rc == 0)
       tt_channel_fail(ch, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
     else
       tt_channel_fail(ch, UV_ENOMEM, "out of memory decoding a message");
@@ -318,7 +326,7 @@ static void on_call_done(void *arg, int status, unsigned kind,
   tt_call_req_t *req = arg;
   tt_state_t *st = req->o->st;
   lua_State *L = st->L;
-  int top = lua_gettop(L);
+  int top = lua_gettop(L), rc;
   lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
   if (gone(req->o)) {
@@ -332,7 +340,12 @@ static void on_call_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  if (tt_lua_decode(L, st, payload, len, req->o->json) != 1) {
+  if ((rc = tt_lua_decode(L, st, payload, len, req->o->json)) != 1) {
+    if (rc == -2) { /* Ctrl-C: run() ends */
+      free(req);
+      lua_settop(L, top);
+      return;
+    }
     /* A reply that does not decode: the peer is broken. */
     tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
     lua_replace(L, top + 2); /* over the reason: fn, err */

@@ -81,13 +81,13 @@ static void on_task_done(void *arg, int status, unsigned kind,
                          const char *payload, size_t len) {
   tt_send_req_t *req = arg;
   tt_state_t *st = req->o->st;
-  int json = req->o->json;
+  int json = req->o->json, gone = st->closing || req->o->collected;
   lua_State *L = st->L;
-  int top = lua_gettop(L);
+  int top = lua_gettop(L), rc;
   lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
   free(req);
-  if (st->closing) {
+  if (gone) { /* no Lua runs for a collected pool, nor in a closing state */
     lua_settop(L, top);
     return;
   }
@@ -96,7 +96,11 @@ static void on_task_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  if (tt_lua_decode(L, st, payload, len, json) != 1) {
+  if ((rc = tt_lua_decode(L, st, payload, len, json)) != 1) {
+    if (rc == -2) { /* Ctrl-C: run() ends */
+      lua_settop(L, top);
+      return;
+    }
     /* an answer that does not decode: the task failed, the worker is
      * broken; say so rather than drop it */
     lua_pushfstring(L, "worker answer: %s", lua_tostring(L, -1));

@@ -111,13 +111,25 @@ function Emitter:listener_count(event)
   return list and #list or 0
 end
 
+-- tostring that cannot raise (a value from a peer may be anything)
+local function printable(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return "(" .. type(v) .. " value)"
+end
+tether._printable = printable
+
 function Emitter:emit(event, ...)
   local all = rawget(self, "_listeners")
   local list = all and all[event]
   local n = list and #list or 0
   if n == 0 then
     if event == "error" then
-      io.stderr:write("tether: unhandled 'error' event: ", tostring((...)), "\n")
+      local e = ...
+      local tb = type(e) == "table" and type(rawget(e, "traceback")) == "string"
+        and rawget(e, "traceback") or nil
+      io.stderr:write("tether: unhandled 'error' event: ", printable(e),
+        tb and tb ~= "" and ("\n" .. tb) or "", "\n")
     end
     return false
   end
@@ -309,6 +321,7 @@ local function spawn_options(opts)
   o.detached = check_opt(opts, "detached", "boolean")
   o.max_message = check_opt(opts, "max_message", "number")
   o.high_water = check_opt(opts, "high_water", "number")
+  o.flush_timeout = check_opt(opts, "flush_timeout", "number")
   local ser = check_opt(opts, "serialization", "string") or "native"
   if ser == "json" then
     if not json.available then error(json.why, 3) end
@@ -352,13 +365,24 @@ local Child = class()
 tether.Child = Child
 
 --- The error a runner reported in a control frame (ERR_WORKER_INIT,
--- ERR_WORKER_UNCAUGHT), or nil for other housekeeping.
+-- ERR_WORKER_UNCAUGHT), or nil for other housekeeping.  A report that does
+-- not read as one (a peer that speaks the protocol wrongly) becomes an
+-- ERR_IPC_PROTOCOL error: nothing a peer sends may raise here.
 function tether._worker_error(msg)
-  if type(msg) == "table" and msg.type == "error" then
-    local err = new_error(msg.code or "ERR_WORKER_UNCAUGHT", msg.message or "worker failed")
-    err.traceback = msg.traceback
-    return err
+  if type(msg) ~= "table" or msg.type ~= "error" then return nil end
+  local code = msg.code
+  if code ~= "ERR_WORKER_INIT" and code ~= "ERR_WORKER_UNCAUGHT" then
+    return new_error("ERR_IPC_PROTOCOL",
+      "malformed worker report (control frame): code is " .. printable(code))
   end
+  local message = msg.message
+  if type(message) ~= "string" then
+    message = message == nil and "worker failed" or printable(message)
+  end
+  local err = new_error(code, message)
+  if type(msg.traceback) == "string" then err.traceback = msg.traceback end
+  if msg.load == true then err.load = true end
+  return err
 end
 
 local function control(self, msg)
@@ -764,13 +788,6 @@ local function open_parent()
   self._h = h
   self.json = h:json() -- started by Node.js (or by tether in JSON mode)
   core.watch_parent(true)
-  -- os.exit delivers what was sent first, as tether.exit does
-  local real_exit = os.exit
-  os.exit = function(code, close)
-    if core.running() then return tether.exit(code) end
-    self._h:flush()
-    return real_exit(code, close)
-  end
   return self
 end
 
@@ -779,10 +796,30 @@ tether.parent = open_parent()
 ---------------------------------------------------------------------------
 -- exit: deliver what was sent, then end the process
 
+-- Hands what every channel has queued to the kernel, waiting at most each
+-- channel's flush_timeout for a peer that does not read; what is left is
+-- reported, never dropped silently.
+local function flush_before_exit()
+  local left = core.flush_all()
+  if left > 0 then
+    io.stderr:write(("tether: exiting with %d bytes of queued messages not delivered "
+      .. "(a peer did not read them within the flush timeout)\n"):format(left))
+  end
+end
+
+local real_exit = os.exit
 function tether._exit_now(code)
-  if tether.parent then tether.parent:flush() end
+  flush_before_exit()
   io.stdout:flush()
-  os.exit(code == nil and 0 or code, true)
+  real_exit(code == nil and 0 or code, true)
+end
+
+-- os.exit delivers what was sent first, as tether.exit does (in a parent
+-- as in a child); inside a callback it unwinds the loop first
+os.exit = function(code, close)
+  if core.running() then return tether.exit(code) end
+  flush_before_exit()
+  return real_exit(code, close)
 end
 
 --- tether.exit([code]): like os.exit, but queued messages are delivered

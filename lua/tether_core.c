@@ -7,6 +7,8 @@
  * Lua state can be closed at any moment without leaks or dangling handles.
  * No callback runs into Lua once that has begun.
  */
+#include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,10 +82,26 @@ void tt_lobj_closed(tt_lobj_t *o) {
   if (o->box_gone) free(o);
 }
 
-int tt_lobj_gc(lua_State *L) {
+/* Boxes are pinned while active, so an active box is collected only when
+ * the Lua state closes (the end of a script, os.exit(code, true)): what
+ * every channel still has queued is delivered first, all in parallel,
+ * before the first object goes. */
+static void flush_at_exit(tt_state_t *st) {
+  if (st->exit_flushed) return;
+  st->exit_flushed = 1;
+  tt_flush_all(st);
+}
+
+static int lobj_gone(lua_State *L, int closing_scope) {
   tt_box_t *box = lua_touserdata(L, 1);
   tt_lobj_t *o = box ? box->o : NULL;
   if (o == NULL) return 0;
+  if (!o->closing) {
+    if (!closing_scope)
+      flush_at_exit(o->st);
+    else if (o->ch != NULL && tt_channel_queued(o->ch) > 0) /* <close> */
+      tt_channel_flush_sync(o->ch, (int)tt_channel_flush_timeout(o->ch));
+  }
   box->o = NULL;
   o->collected = 1;
   if (!o->closing) {
@@ -101,6 +119,10 @@ int tt_lobj_gc(lua_State *L) {
   return 0;
 }
 
+int tt_lobj_gc(lua_State *L) { return lobj_gone(L, 0); }
+
+static int lobj_close(lua_State *L) { return lobj_gone(L, 1); }
+
 void tt_lobj_class(lua_State *L, const char *mt, const luaL_Reg *methods,
                    lua_CFunction tostring) {
   luaL_newmetatable(L, mt);
@@ -109,7 +131,7 @@ void tt_lobj_class(lua_State *L, const char *mt, const luaL_Reg *methods,
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, tt_lobj_gc);
   lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, tt_lobj_gc);
+  lua_pushcfunction(L, lobj_close);
   lua_setfield(L, -2, "__close");
   lua_pushcfunction(L, tostring);
   lua_setfield(L, -2, "__tostring");
@@ -128,16 +150,19 @@ lua_State *tt_lobj_begin(tt_lobj_t *o, const char *event) {
 
 /* ---- callbacks ----------------------------------------------------------- */
 
-/* Message handler: keeps the error value and adds a traceback beside it. */
+/* Message handler: keeps the error value as it was raised (a number stays
+ * a number) and adds a traceback beside it. */
 static int msgh(lua_State *L) {
-  const char *msg = lua_tostring(L, 1);
-  if (msg == NULL) {
-    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-      msg = lua_tostring(L, -1);
-    else
-      msg = lua_pushfstring(L, "(error object is a %s value)",
-                            luaL_typename(L, 1));
-  }
+  const char *msg = NULL;
+  if (lua_type(L, 1) == LUA_TSTRING)
+    msg = lua_tostring(L, 1);
+  else if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+    msg = lua_tostring(L, -1);
+  else if (lua_type(L, 1) == LUA_TNUMBER)
+    msg = luaL_tolstring(L, 1, NULL); /* a copy: the value itself stays */
+  else
+    msg = lua_pushfstring(L, "(error object is a %s value)",
+                          luaL_typename(L, 1));
   lua_createtable(L, 2, 0);
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, 1);
@@ -158,7 +183,130 @@ static int is_exit_request(lua_State *L) {
   return yes;
 }
 
+/* The errors raised by callbacks wait in a queue (a registry table) for
+ * run() to raise them, one per call, in order: none is dropped, however
+ * many callbacks of one iteration raised. */
+static void stash_error(tt_state_t *st, lua_State *L, int first) {
+  if (st->errors_ref == LUA_NOREF) {
+    lua_newtable(L);
+    st->errors_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, st->errors_ref);
+  lua_insert(L, -2);
+  if (first) { /* an interrupt overtakes what is waiting */
+    lua_rawseti(L, -2, --st->errors_head);
+  } else {
+    lua_rawseti(L, -2, ++st->errors_tail);
+  }
+  lua_pop(L, 1);
+  uv_stop(&st->loop);
+}
+
+/* Pops the oldest stashed {err, traceback} onto the stack: 1, or 0 when
+ * none waits. */
+static int pop_error(tt_state_t *st, lua_State *L) {
+  if (st->errors_head > st->errors_tail) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, st->errors_ref);
+  lua_rawgeti(L, -1, st->errors_head);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, st->errors_head++);
+  lua_remove(L, -2);
+  if (st->errors_head > st->errors_tail) st->errors_head = 1, st->errors_tail = 0;
+  return 1;
+}
+
+/* ---- Ctrl-C ---------------------------------------------------------------
+ * lua5.4 catches SIGINT with a hook that raises "interrupted!" in whatever
+ * Lua code runs next: inside run() that may be a decoder or a callback,
+ * where it would pass for a protocol error or be caught by an "uncaught"
+ * handler.  While the loop runs, tether takes SIGINT over instead (unless
+ * the program handles it with tether.on_signal, or it is ignored or left to
+ * its default): the signal raises "interrupted!" the same way, but wherever
+ * it surfaces it is recognised and ends run() with that error, as a Lua
+ * script ends on Ctrl-C.  A second Ctrl-C kills the process, as under
+ * lua.c. */
+
+static tt_state_t *volatile sigint_target;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted!");
+}
+
+static void on_sigint(int sig) {
+  tt_state_t *st = sigint_target;
+  struct sigaction dfl;
+  (void)sig;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigaction(SIGINT, &dfl, NULL);
+  if (st == NULL) return;
+  st->interrupted = 1;
+  lua_sethook(st->L, interrupt_hook,
+              LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  uv_async_send(&st->interrupt_async); /* async-signal-safe */
+}
+
+int tt_interrupted(tt_state_t *st) {
+  lua_State *L = st->L;
+  if (!st->interrupted) return 0;
+  if (!st->interrupt_stashed) {
+    st->interrupt_stashed = 1;
+    if (lua_gethook(L) == interrupt_hook) lua_sethook(L, NULL, 0, 0);
+    lua_createtable(L, 2, 0);
+    lua_pushliteral(L, "interrupted!");
+    lua_rawseti(L, -2, 1);
+    /* as under lua5.4: the message alone (lua.c adds where run() was) */
+    lua_pushliteral(L, "interrupted!");
+    lua_rawseti(L, -2, 2);
+    stash_error(st, L, 1);
+  }
+  return 1;
+}
+
+static void on_interrupt_async(uv_async_t *h) { tt_interrupted(h->data); }
+
+static int interrupt_install(tt_state_t *st) {
+  struct sigaction cur, ours;
+  if (st->sigint_watchers > 0 || sigint_target != NULL) return 0;
+  if (sigaction(SIGINT, NULL, &cur) != 0) return 0;
+  if (!(cur.sa_flags & SA_SIGINFO) &&
+      (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN))
+    return 0;
+  st->sigint_saved = cur;
+  memset(&ours, 0, sizeof ours);
+  ours.sa_handler = on_sigint;
+  sigemptyset(&ours.sa_mask);
+  sigint_target = st;
+  sigaction(SIGINT, &ours, NULL);
+  return 1;
+}
+
+static void interrupt_uninstall(tt_state_t *st, int installed) {
+  struct sigaction cur;
+  if (!installed) return;
+  sigint_target = NULL;
+  /* put lua.c's handler back, unless the program took SIGINT meanwhile */
+  if (sigaction(SIGINT, NULL, &cur) == 0 && !(cur.sa_flags & SA_SIGINFO) &&
+      (cur.sa_handler == on_sigint ||
+       (st->interrupted && cur.sa_handler == SIG_DFL)))
+    sigaction(SIGINT, &st->sigint_saved, NULL);
+  if (lua_gethook(st->L) == interrupt_hook) lua_sethook(st->L, NULL, 0, 0);
+}
+
 static void route_error(tt_state_t *st, lua_State *L) {
+  /* Ctrl-C: not the program's error, and not for an "uncaught" handler */
+  if (st->interrupted) {
+    lua_rawgeti(L, -1, 1);
+    if (lua_type(L, -1) == LUA_TSTRING &&
+        strcmp(lua_tostring(L, -1), "interrupted!") == 0) {
+      lua_pop(L, 2);
+      tt_interrupted(st);
+      return;
+    }
+    lua_pop(L, 1);
+  }
   /* tether.exit() inside a callback unwinds to run(); no handler sees it. */
   if (st->uncaught_ref != LUA_NOREF && !is_exit_request(L)) {
     int base;
@@ -178,11 +326,7 @@ static void route_error(tt_state_t *st, lua_State *L) {
   /* After tether.exit()/os.exit() in a callback, nothing more of this
    * iteration runs (e.g. the next message of the same read). */
   if (is_exit_request(L)) st->exiting = 1;
-  if (st->error_ref == LUA_NOREF)
-    st->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  else
-    lua_pop(L, 1);
-  uv_stop(&st->loop);
+  stash_error(st, L, 0);
 }
 
 /* uncaught(err, traceback): the uncaught-error rule for errors found in
@@ -213,6 +357,27 @@ int tt_call(tt_state_t *st, lua_State *L, int nargs) {
 
 /* ---- loop ---------------------------------------------------------------- */
 
+/* Raises the {err, traceback} box on the stack top as run() reports a
+ * callback's error. */
+static int raise_stashed(lua_State *L) {
+  lua_rawgeti(L, -1, 1);
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    lua_rawgeti(L, -2, 2); /* the traceback starts with the message */
+    return lua_error(L);
+  }
+  /* An error object is raised as it was, with the traceback added. */
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_pushliteral(L, "traceback");
+    if (lua_rawget(L, -2) == LUA_TNIL) {
+      lua_pushliteral(L, "traceback");
+      lua_rawgeti(L, -4, 2);
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
+  }
+  return lua_error(L);
+}
+
 static int l_run(lua_State *L) {
   static const char *const modes[] = {"default", "once", "nowait", NULL};
   static const uv_run_mode uvmodes[] = {UV_RUN_DEFAULT, UV_RUN_ONCE,
@@ -220,33 +385,25 @@ static int l_run(lua_State *L) {
   tt_state_t *st = tt_state(L);
   int mode = luaL_checkoption(L, 1, "default", modes);
   lua_State *prev = st->L;
-  int more;
+  int more, sigint;
   if (st->running) return luaL_error(L, "tether.run: the loop is already running");
+  /* errors raised in an earlier iteration come out first, one per run() */
+  if (pop_error(st, L)) return raise_stashed(L);
   st->running = 1;
   st->L = L;
+  sigint = interrupt_install(st);
   more = uv_run(&st->loop, uvmodes[mode]);
+  interrupt_uninstall(st, sigint);
   st->L = prev;
   st->running = 0;
-  if (st->error_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, st->error_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, st->error_ref);
-    st->error_ref = LUA_NOREF;
+  if (st->interrupted && !st->interrupt_stashed) tt_interrupted(st);
+  if (pop_error(st, L)) {
     lua_rawgeti(L, -1, 1);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      lua_rawgeti(L, -2, 2); /* the traceback starts with the message */
-      return lua_error(L);
-    }
-    /* An error object is raised as it was, with the traceback added. */
-    if (lua_type(L, -1) == LUA_TTABLE) {
-      lua_pushliteral(L, "traceback");
-      if (lua_rawget(L, -2) == LUA_TNIL) {
-        lua_pushliteral(L, "traceback");
-        lua_rawgeti(L, -4, 2);
-        lua_rawset(L, -4);
-      }
-      lua_pop(L, 1);
-    }
-    return lua_error(L);
+    if (st->interrupt_stashed && lua_type(L, -1) == LUA_TSTRING &&
+        strcmp(lua_tostring(L, -1), "interrupted!") == 0)
+      st->interrupted = st->interrupt_stashed = 0;
+    lua_pop(L, 1);
+    return raise_stashed(L);
   }
   lua_pushboolean(L, more != 0);
   return 1;
@@ -257,8 +414,12 @@ static int l_stop(lua_State *L) {
   return 0;
 }
 
+/* The loop's clock (ms), brought up to date: it agrees with the deadlines
+ * of timers armed from now on, and moves during long synchronous work. */
 static int l_now(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)uv_now(&tt_state(L)->loop));
+  uv_loop_t *loop = &tt_state(L)->loop;
+  uv_update_time(loop);
+  lua_pushinteger(L, (lua_Integer)uv_now(loop));
   return 1;
 }
 
@@ -272,10 +433,34 @@ static int l_hrtime(lua_State *L) {
   return 1;
 }
 
-/* ms until the loop has timers due (-1: none, 0: work pending now): what an
- * embedding loop should wait at most before calling run("nowait"). */
+static void min_due(uv_handle_t *h, void *arg) {
+  int64_t *best = arg;
+  if (h->type == UV_TIMER && uv_is_active(h) && !uv_is_closing(h)) {
+    uint64_t due = uv_timer_get_due_in((uv_timer_t *)h);
+    int64_t d = due > INT32_MAX ? INT32_MAX : (int64_t)due;
+    if (*best < 0 || d < *best) *best = d;
+  }
+}
+
+/* ms until tether has something to do (-1: nothing at all, 0: now): what
+ * an embedding loop waits at most, polling tether.fd(), before it calls
+ * run("nowait").  libuv's own answer is 0 whenever no handle keeps the
+ * loop alive, which would make an embedding spin. */
 static int l_timeout(lua_State *L) {
-  lua_pushinteger(L, uv_backend_timeout(&tt_state(L)->loop));
+  uv_loop_t *loop = &tt_state(L)->loop;
+  int64_t t = uv_backend_timeout(loop);
+  if (t == 0 && !uv_loop_alive(loop)) {
+    /* only unreferenced timers can be due */
+    t = -1;
+    uv_update_time(loop);
+    uv_walk(loop, min_due, &t);
+  }
+  lua_pushinteger(L, (lua_Integer)t);
+  return 1;
+}
+
+static int l_pid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_os_getpid());
   return 1;
 }
 
@@ -344,6 +529,53 @@ static int l_set_max_depth(lua_State *L) {
   return 0;
 }
 
+/* ---- exit ------------------------------------------------------------------ */
+
+static uint64_t ms_now(void) { return uv_hrtime() / 1000000u; }
+
+size_t tt_flush_all(tt_state_t *st) {
+  uint64_t start = ms_now(), deadline = start;
+  size_t left;
+  for (tt_lobj_t *o = st->objects.next; o != &st->objects; o = o->next) {
+    int64_t t;
+    if (o->ch == NULL || tt_channel_queued(o->ch) == 0) continue;
+    t = tt_channel_flush_timeout(o->ch);
+    if (t < 0) t = INT32_MAX; /* "no limit": a day is plenty */
+    if (start + (uint64_t)t > deadline) deadline = start + (uint64_t)t;
+  }
+  for (;;) {
+    struct pollfd fds[64];
+    nfds_t n = 0;
+    uint64_t now;
+    left = 0;
+    for (tt_lobj_t *o = st->objects.next; o != &st->objects; o = o->next) {
+      if (o->ch == NULL || tt_channel_queued(o->ch) == 0) continue;
+      if (tt_channel_flush_sync(o->ch, 0) != UV_ETIMEDOUT) continue;
+      left += tt_channel_queued(o->ch);
+      if (n < sizeof fds / sizeof fds[0]) {
+        fds[n].fd = tt_channel_fd(o->ch);
+        fds[n].events = POLLOUT;
+        fds[n].revents = 0;
+        n++;
+      }
+    }
+    now = ms_now();
+    if (left == 0 || now >= deadline) break;
+    if (poll(fds, n, (int)(deadline - now > 100 ? 100 : deadline - now)) < 0 &&
+        errno != EINTR)
+      break;
+  }
+  return left;
+}
+
+/* flush_all() -> bytes that could not be written in time */
+static int l_flush_all(lua_State *L) {
+  tt_state_t *st = tt_state(L);
+  st->exit_flushed = 1; /* the process exits next: once is enough */
+  lua_pushinteger(L, (lua_Integer)tt_flush_all(st));
+  return 1;
+}
+
 /* ---- state teardown ------------------------------------------------------ */
 
 static void close_stray(uv_handle_t *h, void *arg) {
@@ -354,6 +586,9 @@ static void close_stray(uv_handle_t *h, void *arg) {
 static int state_gc(lua_State *L) {
   tt_state_t *st = lua_touserdata(L, 1);
   if (st->closing) return 0;
+  /* What the program sent before it ended is delivered first (bounded by
+   * the channels' flush timeouts), also when it never ran the loop. */
+  flush_at_exit(st);
   st->closing = 1;
   st->L = L;
   /* Everything still open is closed now; core memory is freed in the close
@@ -376,6 +611,21 @@ static int state_gc(lua_State *L) {
   free(st->wbuf.data);
   st->wbuf.data = NULL;
   return 0;
+}
+
+static void on_prime(uv_timer_t *t) { (void)t; }
+
+/* libuv registers its internal watchers (signals, child exits) with the
+ * backend on the first iteration; until then uv_backend_timeout() says 0.
+ * One empty iteration now makes tether.fd()/timeout() exact from the start
+ * for an embedding loop.  No Lua runs here. */
+static void prime_loop(uv_loop_t *loop) {
+  uv_timer_t t;
+  uv_timer_init(loop, &t);
+  uv_timer_start(&t, on_prime, 0, 0);
+  uv_run(loop, UV_RUN_NOWAIT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
 }
 
 /* set_json(encode, decode): the JSON codec of JSON-mode channels, written
@@ -410,6 +660,7 @@ static const luaL_Reg funcs[] = {
     {"hrtime", l_hrtime},
     {"fd", l_fd},
     {"running", l_running},
+    {"pid", l_pid},
     {"timeout", l_timeout},
     {"uncaught", l_uncaught},
     {"set_uncaught", l_set_uncaught},
@@ -419,6 +670,7 @@ static const luaL_Reg funcs[] = {
     {"watch_parent", l_watch_parent},
     {"parent_alive", l_parent_alive},
     {"set_max_depth", l_set_max_depth},
+    {"flush_all", l_flush_all},
     {NULL, NULL}};
 
 __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
@@ -432,10 +684,16 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
     if ((err = uv_loop_init(&st->loop)) != 0)
       return luaL_error(L, "tether: cannot create the loop: %s",
                         uv_strerror(err));
-    st->uncaught_ref = st->error_ref = LUA_NOREF;
+    st->uncaught_ref = st->errors_ref = LUA_NOREF;
+    st->errors_head = 1;
+    st->errors_tail = 0;
     st->json_encode_ref = st->json_decode_ref = LUA_NOREF;
     st->max_depth = TT_CODEC_DEFAULT_MAX_DEPTH;
     st->objects.next = st->objects.prev = &st->objects;
+    uv_async_init(&st->loop, &st->interrupt_async, on_interrupt_async);
+    st->interrupt_async.data = st;
+    uv_unref((uv_handle_t *)&st->interrupt_async);
+    prime_loop(&st->loop);
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     st->L = lua_tothread(L, -1);
     lua_pop(L, 1);

@@ -3,6 +3,7 @@
  * periodically, or on a signal.  stop() is idempotent; a one-shot timer is
  * closed as it fires, so its callback may call stop() harmlessly.
  */
+#include <signal.h>
 #include <stdlib.h>
 
 #include "binding.h"
@@ -17,12 +18,17 @@ typedef struct {
     uv_signal_t signal;
   } h;
   int oneshot;
+  int sigint; /* a SIGINT watcher: counted in st->sigint_watchers */
 } tt_ltimer_t;
 
 static void on_closed(uv_handle_t *h) { tt_lobj_closed(h->data); }
 
 static void teardown(tt_lobj_t *o) {
   tt_ltimer_t *t = (tt_ltimer_t *)o;
+  if (t->sigint) {
+    t->sigint = 0;
+    o->st->sigint_watchers--;
+  }
   if (!uv_is_closing(&t->h.handle)) uv_close(&t->h.handle, on_closed);
 }
 
@@ -64,6 +70,8 @@ static int l_timer(lua_State *L) {
   t = new_handle(L, TT_TIMER_MT, 3);
   uv_timer_init(&t->o.st->loop, &t->h.timer);
   t->oneshot = rep == 0;
+  /* the delay counts from now, even after long synchronous work */
+  uv_update_time(&t->o.st->loop);
   uv_timer_start(&t->h.timer, on_timer, (uint64_t)ms, (uint64_t)rep);
   return 1;
 }
@@ -80,6 +88,10 @@ static int l_signal(lua_State *L) {
     t->o.closing = 1;
     teardown(&t->o);
     return tt_lua_fail(L, err, NULL);
+  }
+  if (signum == SIGINT) { /* the program handles Ctrl-C itself */
+    t->sigint = 1;
+    t->o.st->sigint_watchers++;
   }
   return 1;
 }

@@ -12,20 +12,23 @@ local tether = require "tether"
 local core = tether.core
 local parent = tether.parent
 
-local function report(code, message, traceback)
+-- The failure goes to the worker's own stderr (its terminal, or a
+-- supervisor's log file), as an uncaught error does under lua5.4 or Node,
+-- and to the parent as a control frame.
+local function report(code, message, traceback, load)
+  local tb = traceback ~= nil and traceback ~= "" and ("\n" .. traceback) or ""
+  io.stderr:write(("tether worker %s (pid %s): %s: %s%s\n"):format(
+    tostring(arg and arg[0] or "?"), tostring(core.pid()), code, message, tb))
+  io.stderr:flush()
   if parent and parent.connected then
     local ok = parent:_send_kind({ type = "error", code = code, message = message,
-      traceback = traceback }, tether._KIND_CONTROL)
-    if ok ~= nil then
-      parent:flush(5000)
-      return
-    end
+      traceback = traceback, load = load }, tether._KIND_CONTROL)
+    if ok ~= nil then parent:flush(5000) end
   end
-  io.stderr:write(("%s: %s\n%s\n"):format(code, tostring(message), traceback or ""))
 end
 
-local function fail(code, message, traceback)
-  report(code, message, traceback)
+local function fail(code, message, traceback, load)
+  report(code, message, traceback, load)
   io.stdout:flush()
   os.exit(1, true)
 end
@@ -45,12 +48,25 @@ end
 arg = newarg
 
 local chunk, lerr = loadfile(script)
-if not chunk then fail("ERR_WORKER_INIT", lerr, "") end
+-- (load = true: it will fail the same way every time; a pool gives up)
+if not chunk then fail("ERR_WORKER_INIT", "cannot load the script: " .. tostring(lerr), "", true) end
+
+-- Whatever was raised becomes a printable message (an error object whose
+-- fields are not strings included): the parent must be able to show it.
+local function message_of(e)
+  if type(e) == "table" and getmetatable(e) == nil and e.message ~= nil then
+    local ok, m = pcall(tostring, e.message)
+    m = ok and m or "(unprintable error message)"
+    if type(e.code) == "string" then return e.code .. ": " .. m end
+    return m
+  end
+  local ok, m = pcall(tostring, e)
+  return ok and type(m) == "string" and m or ("(error object is a " .. type(e) .. " value)")
+end
 
 local function handler(e)
   if getmetatable(e) == tether._EXIT then return e end
-  local msg = tostring(e)
-  if type(e) == "table" and e.message then msg = e.code and (e.code .. ": " .. e.message) or e.message end
+  local msg = message_of(e)
   return { message = msg, traceback = debug.traceback(msg, 2) }
 end
 
@@ -65,7 +81,7 @@ if parent and parent.connected and not parent.json then parent._h:ready() end
 
 local ok2, e2 = pcall(tether.run)
 if not ok2 then
-  local msg, tb = tostring(e2), type(e2) == "table" and e2.traceback or nil
+  local msg, tb = message_of(e2), type(e2) == "table" and type(e2.traceback) == "string" and e2.traceback or nil
   local nl = msg:find("\nstack traceback:", 1, true)
   if nl then msg, tb = msg:sub(1, nl - 1), msg:sub(nl + 1) end
   fail("ERR_WORKER_UNCAUGHT", msg, tb)

@@ -1,0 +1,502 @@
+-- Defects found when tether was used as a new user, a port of Node's own
+-- child_process tests and hostile peers would use it (issue 11).  Each test
+-- names the item it covers as [N]; each failed before its fix.
+local tether = require "tether"
+local H = require "helper"
+
+local function lua_env()
+  return { LUA_PATH = package.path, LUA_CPATH = package.cpath }
+end
+
+-- Runs `src` as a plain lua5.4 program (a parent of its own), returns the
+-- child object with stdout and stderr piped and collected into out/err.
+local function program(src, opts)
+  opts = opts or {}
+  local c = assert(tether.spawn(H.LUA, { H.script(src) }, {
+    env = lua_env(), channel = false,
+    stdio = { stdin = "ignore", stdout = "pipe", stderr = "pipe" },
+  }))
+  local out, err = {}, {}
+  c.stdout:on("data", function(d) out[#out + 1] = d end)
+  c.stderr:on("data", function(d) err[#err + 1] = d end)
+  c.out = function() return table.concat(out) end
+  c.err = function() return table.concat(err) end
+  return c
+end
+
+describe("outside use (issue 11)", function()
+  H.leak_guard(before_each, after_each)
+
+  ---------------------------------------------------------------------------
+  -- [1] a clean send-then-exit is never a protocol error
+
+  for _, pinned in ipairs { false, true } do
+    it("[1] 50 children that send and exit while the parent disconnects: no protocol error"
+        .. (pinned and " (pinned to one core)" or ""), function()
+      local script = H.script([[require("tether").parent:send("bye")]])
+      local kids, got, errors = {}, 0, {}
+      for i = 1, 50 do
+        local c
+        if pinned then
+          -- taskset runs the interpreter on CPU 0 only; fork() is the runner
+          c = assert(tether.spawn("taskset", { "-c", "0", H.LUA, tether._internal.runner_path(), script },
+            { env = lua_env() }))
+        else
+          c = assert(tether.fork(script))
+        end
+        c:on("message", function(m)
+          assert.equals("bye", m)
+          got = got + 1
+          c:disconnect()
+        end)
+        c:on("error", function(e) errors[#errors + 1] = tostring(e) end)
+        kids[i] = c
+      end
+      H.run(30)
+      assert.same({}, errors)
+      assert.equals(50, got)
+      for _, c in ipairs(kids) do assert.equals(0, c.exit_code) end
+    end)
+  end
+
+  ---------------------------------------------------------------------------
+  -- [2] tether.timeout() is exact, so an embedding idles
+
+  it("[2] timeout() is -1 with nothing pending and the real delay to the next timer", function()
+    assert.equals(-1, tether.timeout())
+    local t = tether.timer(5000, function() end)
+    local left = tether.timeout()
+    assert.is_true(left > 4900 and left <= 5000, "timeout " .. left)
+    tether.run("nowait")
+    left = tether.timeout()
+    assert.is_true(left > 4900 and left <= 5000, "timeout " .. left)
+    -- an unreferenced timer counts too: an embedding must run it on time
+    t:unref()
+    left = tether.timeout()
+    assert.is_true(left > 4900 and left <= 5000, "timeout " .. left)
+    t:stop()
+    tether.run("nowait") -- the close completes
+    assert.equals(-1, tether.timeout())
+    -- run("nowait") says whether tether has work that keeps it alive
+    assert.is_false(tether.run("nowait"))
+    local t2 = tether.timer(1000, function() end)
+    assert.is_true(tether.run("nowait"))
+    t2:stop()
+    tether.run("nowait")
+  end)
+
+  for _, with_child in ipairs { false, true } do
+    it("[2] the README's luv recipe idles and lets luv's timers fire on time"
+        .. (with_child and " (with a child)" or ""), function()
+      local c = program([[
+        local tether = require "tether"
+        local uv = require "luv"
+        local poll, timer, prepare = uv.new_poll(tether.fd()), uv.new_timer(), uv.new_prepare()
+        local function pump()
+          tether.run("nowait")
+          timer:stop()
+          local t = tether.timeout()
+          if t >= 0 then timer:start(t, 0, pump) end
+        end
+        poll:start("r", pump)
+        prepare:start(pump)
+        local child
+        if ]] .. tostring(with_child) .. [[ then
+          child = assert(tether.fork(]] .. ("%q"):format(H.script([[
+            local t = require "tether"
+            t.parent:on("message", function() t.parent:disconnect() end)]])) .. [[))
+        end
+        local t0 = uv.hrtime()
+        local c0 = os.clock()
+        local late
+        local lt = uv.new_timer()
+        lt:start(400, 0, function()
+          late = (uv.hrtime() - t0) / 1e6 - 400
+          if child then child:send("done") end
+          for _, h in ipairs { poll, timer, prepare, lt } do h:stop(); h:close() end
+        end)
+        uv.run()
+        if child then tether.run() end
+        io.write(("late=%d cpu=%d\n"):format(math.floor(late), math.floor((os.clock() - c0) * 1000)))
+      ]])
+      c:on("exit", H.expect(function(code) assert.equals(0, code, c.err()) end))
+      H.run(20)
+      local late, cpu = c.out():match("late=(%-?%d+) cpu=(%d+)")
+      assert.is_not_nil(late, c.out() .. c.err())
+      assert.is_true(tonumber(late) < 100, "luv timer late by " .. late .. " ms")
+      -- spinning would burn the whole 400 ms
+      assert.is_true(tonumber(cpu) < 150, "used " .. cpu .. " ms of CPU while idle")
+    end)
+  end
+
+  ---------------------------------------------------------------------------
+  -- [3] deadlines count from the moment they are armed
+
+  it("[3] sleep and call timeouts count from when they are armed, after long synchronous work", function()
+    local c = assert(tether.fork(H.script([[
+      local t = require "tether"
+      t.parent:handle(function(x) t.sleep(10000) end)]])))
+    local slept, timed
+    tether.go(function()
+      local busy = tether.hrtime()
+      while tether.hrtime() - busy < 600e6 do end -- 600 ms without the loop
+      local t0 = tether.hrtime()
+      tether.sleep(500)
+      slept = (tether.hrtime() - t0) / 1e6
+      local n0 = tether.now()
+      while tether.hrtime() - t0 < 800e6 do end
+      assert.is_true(tether.now() - n0 >= 250, "now() did not move") -- (300 ms busy)
+      t0 = tether.hrtime()
+      local r, err = c:call("x", { timeout = 1000 })
+      timed = (tether.hrtime() - t0) / 1e6
+      assert.is_nil(r)
+      assert.equals("ERR_TIMEOUT", err.code)
+      c:kill("SIGKILL")
+    end)
+    H.run(20)
+    assert.is_true(slept >= 490, "sleep(500) returned after " .. slept .. " ms")
+    assert.is_true(timed >= 990, "timeout 1000 fired after " .. timed .. " ms")
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [4] Ctrl-C ends the program as it ends a Lua script
+
+  local function ctrl_c(body)
+    return program([[
+      local tether = require "tether"
+      ]] .. body .. [[
+      io.stdout:write("ready\n")
+      io.stdout:flush()
+      tether.run()
+      io.stdout:write("run returned\n")
+    ]])
+  end
+
+  local calls_body = ([[
+    local c = assert(tether.fork(%q))
+    c:on("error", function(e) io.stderr:write("EVENT ", tostring(e), "\n") end)
+    io.stdout:write("pid ", c.pid, "\n")
+    tether.timer(100, function() io.stdout:write("go\n"); io.stdout:flush() end)
+    for k = 1, 4 do
+      tether.go(function()
+        while true do
+          local r, err = c:call({ s = string.rep("y", 5000) }, { timeout = 5000 })
+          if not r then break end
+        end
+      end)
+    end
+  ]])
+
+  for _, case in ipairs {
+    { "calls to a child", function()
+        return calls_body:format(H.script([[require("tether").parent:handle(function(x) return x end)]]))
+      end },
+    { "a pool", function()
+        return ([[
+          local pool = assert(tether.pool { script = %q, size = 2 })
+          tether.timer(100, function()
+            for _, w in ipairs(pool:workers()) do io.stdout:write("pid ", w.pid, "\n") end
+            io.stdout:write("go\n")
+            io.stdout:flush()
+          end)
+          for k = 1, 4 do
+            tether.go(function()
+              while true do if not pool:run({ s = string.rep("y", 5000) }) then break end end
+            end)
+          end
+        ]]):format(H.script([[require("tether").serve(function(t) return t end)]]))
+      end },
+  } do
+    it("[4] SIGINT during " .. case[1] .. ": ends with 'interrupted!', never a protocol error, no orphans", function()
+      for round = 1, 3 do
+        local p = ctrl_c(case[2]())
+        local sent = false
+        p.stdout:on("data", function()
+          if not sent and p.out():match("go\n") then
+            sent = true
+            tether.timer(50 + round * 37, function() p:kill("SIGINT") end)
+          end
+        end)
+        p:on("exit", H.expect(function(code, sig)
+          assert.equals(1, code, p.err())
+          assert.is_nil(sig)
+        end))
+        H.run(20)
+        assert.matches("interrupted!", p.err())
+        assert.not_matches("ERR_IPC_PROTOCOL", p.err())
+        assert.not_matches("EVENT", p.err())
+        assert.not_matches("run returned", p.out())
+        local pids = {}
+        for pid in p.out():gmatch("pid (%d+)") do pids[#pids + 1] = tonumber(pid) end
+        assert.is_true(#pids >= 1)
+        H.run_until(function()
+          for _, pid in ipairs(pids) do if H.alive(pid) then return false end end
+          return true
+        end, 5)
+      end
+    end)
+  end
+
+  it("[4] a program that handles SIGINT itself keeps running", function()
+    local p = ctrl_c([[
+      local h
+      h = tether.on_signal("SIGINT", function() io.stdout:write("handled\n"); h:stop() end)
+    ]])
+    p.stdout:on("data", function()
+      if p.out() == "ready\n" then tether.timer(50, function() p:kill("SIGINT") end) end
+    end)
+    p:on("exit", H.expect(function(code) assert.equals(0, code) end))
+    H.run(10)
+    assert.equals("ready\nhandled\nrun returned\n", p.out())
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [5] the cause of a failed start is never lost
+
+  it("[5] a missing or broken script reports ERR_WORKER_INIT first, even when the parent sends at once", function()
+    local broken = H.script("local x = = 1")
+    local firsts = {}
+    for i = 1, 24 do
+      local c = assert(tether.fork(i % 2 == 0 and broken or "/nonexistent/missing.lua", nil,
+        { stdio = { stderr = "ignore" } }))
+      local first
+      c:on("error", function(e)
+        first = first or e
+      end)
+      c:on("close", function() firsts[#firsts + 1] = first end)
+      c:send({ hello = string.rep("x", 1000) })
+    end
+    H.run(20)
+    assert.equals(24, #firsts)
+    for _, e in ipairs(firsts) do
+      assert.equals("ERR_WORKER_INIT", e.code)
+      assert.matches("cannot load the script", e.message)
+    end
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [6] os.exit and tether.exit in a parent deliver what it sent
+
+  for _, ending in ipairs { "os.exit(0)", "tether.exit(0)", "os.exit(0, true)" } do
+    it("[6] a parent's " .. ending .. " right after sending delivers every message", function()
+      local counter = H.script([[
+        local t = require "tether"
+        local n = 0
+        t.parent:on("message", function() n = n + 1 end)
+        t.parent:on("disconnect", function() io.stdout:write("got ", n, "\n") end)]])
+      for _, n in ipairs { 1, 100000 } do
+        local p = program(([[
+          local tether = require "tether"
+          local c = assert(tether.fork(%q, nil, { stdio = "inherit" }))
+          for i = 1, %d do c:send(i) end
+          ]]):format(counter, n) .. ending)
+        p:on("exit", H.expect(function(code) assert.equals(0, code, p.err()) end))
+        H.run(20)
+        H.run_until(function() return p.out():match("got %d+") end, 10)
+        assert.equals("got " .. n .. "\n", p.out())
+      end
+    end)
+  end
+
+  it("[6] an exit is held at most flush_timeout by a child that never reads, and says so", function()
+    local p = program(([[
+      local tether = require "tether"
+      local c = assert(tether.fork(%q, nil, { flush_timeout = 300, stdio = "ignore" }))
+      local big = string.rep("x", 1 << 20)
+      for i = 1, 20 do c:send(big) end
+      tether.timer(100, function() os.exit(0) end)
+      tether.run()
+    ]]):format(H.script([[
+      -- busy, never reading; killed a second after its parent is gone
+      local s = os.clock()
+      while os.clock() - s < 10 do end]])))
+    local t0 = tether.hrtime()
+    p:on("exit", H.expect(function(code) assert.equals(0, code) end))
+    H.run(20)
+    local took = (tether.hrtime() - t0) / 1e6
+    assert.is_true(took < 3000, "exit took " .. took .. " ms")
+    assert.matches("not delivered", p.err())
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [7] a peer that never reads cannot hold disconnect() for ever
+
+  it("[7] disconnect() with a backlog to a child that stopped reading ends after flush_timeout", function()
+    local c = assert(tether.fork(H.script([[
+      local t = require "tether"
+      t.parent:keep_alive(true)
+      t.parent:on("message", function() end)
+      t.every(1000, function() end)]]), nil, { flush_timeout = 300 }))
+    local big = string.rep("x", 1 << 20)
+    local cb_errors, lost = 0, nil
+    c:on("spawn", function()
+      c:kill("SIGSTOP")
+      for i = 1, 10 do c:send(big) end
+      c:send(big, function(err) if err then cb_errors = cb_errors + 1 end end)
+      assert.is_true(c:disconnect())
+    end)
+    c:on("error", function(e) lost = e end)
+    c:on("disconnect", H.expect(function()
+      c:kill("SIGCONT")
+      c:kill("SIGKILL")
+    end))
+    local t0 = tether.hrtime()
+    H.run(20)
+    local took = (tether.hrtime() - t0) / 1e6
+    assert.is_true(took < 5000, "took " .. took)
+    assert.equals(1, cb_errors)
+    assert.equals("ERR_IPC_CHANNEL_CLOSED", lost.code)
+    assert.matches("flush timeout", lost.message)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [9] bursts do not starve replies
+
+  it("[9] 100,000 concurrent calls with a 2 s timeout all succeed, the first reply early", function()
+    local c = assert(tether.fork(H.script([[
+      require("tether").parent:handle(function(x) return x end)]])))
+    local N = 100000
+    local ok, bad, first, issued = 0, 0, nil, nil
+    c:on("spawn", function()
+      for i = 1, N do
+        c:call(i, { timeout = H.slow and 60000 or 2000 }, function(err, r)
+          first = first or tether.hrtime()
+          if err then bad = bad + 1 else ok = ok + 1; assert.equals(i, r) end
+          if ok + bad == N then c:disconnect() end
+        end)
+      end
+      issued = tether.hrtime()
+    end)
+    H.run(60)
+    assert.equals(0, bad)
+    assert.equals(N, ok)
+    -- the first reply comes within ms of the burst being handed to the loop
+    assert.is_true((first - issued) / 1e6 < (H.slow and 2000 or 100),
+      ("first reply %.1f ms after the burst"):format((first - issued) / 1e6))
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [10] error values reach "uncaught" unchanged
+
+  it("[10] a number raised in a callback reaches uncaught as that number", function()
+    local seen = {}
+    local h = function(e, tb)
+      seen[#seen + 1] = e
+      assert.is_string(tb)
+    end
+    tether.on("uncaught", h)
+    tether.timer(1, function() error(42, 0) end)
+    tether.timer(2, function() error(1.5, 0) end)
+    local obj = {}
+    tether.timer(3, function() error(obj) end)
+    H.run()
+    tether.off("uncaught", h)
+    assert.equals(42, seen[1])
+    assert.equals("integer", math.type(seen[1]))
+    assert.equals(1.5, seen[2])
+    assert.equals(obj, seen[3])
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [14] spawn with env under garbage churn (the ASan job runs this with
+  -- TETHER_GC=aggressive)
+
+  it("[14] 300 spawns with env under garbage churn", function()
+    local n = 0
+    for i = 1, 300 do
+      local junk = {}
+      for k = 1, 50 do junk[k] = { tostring(k) .. i } end
+      local c = assert(tether.spawn("sh", { "-c", 'test "$A$B" = "x' .. i .. 'y" || exit 7' },
+        { env = { A = "x" .. i, B = "y", C = string.rep("c", 100) }, channel = false }))
+      c:on("exit", function(code)
+        assert.equals(0, code)
+        n = n + 1
+      end)
+      if i % 20 == 0 then collectgarbage() end
+      if i % 50 == 0 then H.run(20) end
+    end
+    H.run(20)
+    assert.equals(300, n)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [21] every error raised in one iteration comes out of run()
+
+  it("[21] five handlers raising in one batch: five errors out of run(), no message lost or doubled", function()
+    local c = assert(tether.fork(H.script([[
+      local t = require "tether"
+      for i = 1, 5000 do t.parent:send(i) end]])))
+    local seen, errs = {}, {}
+    c:on("message", function(m)
+      assert.is_nil(seen[m])
+      seen[m] = true
+      if m % 1000 == 0 then error("bad " .. m, 0) end
+    end)
+    for _ = 1, 20 do
+      local ok, e = pcall(tether.run)
+      if ok then break end
+      errs[#errs + 1] = e:match("^[^\n]*")
+    end
+    assert.same({ "bad 1000", "bad 2000", "bad 3000", "bad 4000", "bad 5000" }, errs)
+    local n = 0
+    for _ in pairs(seen) do n = n + 1 end
+    assert.equals(5000, n)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [22] replies that came while the process was stopped are not timeouts
+
+  it("[22] replies that arrived while the parent was stopped past their deadline are delivered", function()
+    local p = program(([[
+      local tether = require "tether"
+      local c = assert(tether.fork(%q))
+      local ok, bad = 0, 0
+      c:on("spawn", function()
+        for i = 1, 50 do
+          c:call(i, { timeout = 1000 }, function(err)
+            if err then bad = bad + 1 else ok = ok + 1 end
+            if ok + bad == 50 then io.stdout:write(("ok=%%d bad=%%d\n"):format(ok, bad)); c:disconnect() end
+          end)
+        end
+        io.stdout:write("sent\n")
+        io.stdout:flush()
+      end)
+      tether.run()
+    ]]):format(H.script([[
+      local t = require "tether"
+      -- the answers come 300 ms later: while the parent is stopped
+      t.parent:handle(function(x) t.sleep(300) return x end)]])))
+    p.stdout:on("data", function(d)
+      if d:match("sent") then
+        tether.timer(100, function()
+          p:kill("SIGSTOP")
+          tether.timer(1500, function() p:kill("SIGCONT") end)
+        end)
+      end
+    end)
+    p:on("exit", H.expect(function(code) assert.equals(0, code, p.err()) end))
+    H.run(20)
+    assert.equals("sent\nok=50 bad=0\n", p.out())
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [24] stdin, stdout and stderr are never a channel
+
+  for fd = 0, 2 do
+    it("[24] TETHER_CHANNEL_FD=" .. fd .. " is refused", function()
+      local q = assert(tether.spawn(H.LUA, { "-e", [[
+        local tether = require "tether"
+        io.stdout:write(tostring(tether.parent), " ", tostring(tether.parent_error and tether.parent_error.code), "\n")]] },
+        { env = { LUA_PATH = package.path, LUA_CPATH = package.cpath, TETHER_CHANNEL_FD = fd },
+          channel = false, stdio = { stdin = "pipe", stdout = "pipe", stderr = "pipe" } }))
+      local out, err = {}, {}
+      q.stdout:on("data", function(d) out[#out + 1] = d end)
+      q.stderr:on("data", function(d) err[#err + 1] = d end)
+      q:end_input()
+      q:on("exit", H.expect(function(code) assert.equals(0, code) end))
+      H.run()
+      assert.equals("nil EBADF\n", table.concat(out))
+      assert.matches("cannot be used", table.concat(err))
+    end)
+  end
+end)
