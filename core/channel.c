@@ -179,11 +179,8 @@ int tt_channel_check_size(const tt_channel_t *ch, unsigned kind, size_t len) {
   if (ch->dec.lines) {
     /* the peer's limit is on the line as written, envelope included (the
      * "\n" is not counted), whatever the id's digits */
-    char head[TT_LINES_HEAD_MAX], tail[2];
-    size_t hl = 0, tl = 0;
-    if (tt_lines_pack(kind, UINT32_MAX, head, &hl, tail, &tl) != 0)
-      return 0; /* no line form: refused by the send itself */
-    if (len > ch->dec.max_message || hl + len + tl - 1 > ch->dec.max_message)
+    if (len > ch->dec.max_message ||
+        len + tt_lines_overhead(kind) > ch->dec.max_message)
       return TT_ERR_SERIALIZE;
     return 0;
   }

@@ -11,9 +11,9 @@ static const struct {
   unsigned kind;
   const char *key, *field; /* {"<key>":<id>,"<field>":<json>} */
 } envelopes[] = {
-    {TT_FRAME_REQUEST, "{\"tether_task\":", ",\"task\":"},
-    {TT_FRAME_REPLY, "{\"tether_reply\":", ",\"result\":"},
-    {TT_FRAME_FAULT, "{\"tether_fault\":", ",\"error\":"},
+    {TT_FRAME_REQUEST, "{\"cmd\":\"TETHER_REQUEST\",\"id\":", ",\"task\":"},
+    {TT_FRAME_REPLY, "{\"cmd\":\"TETHER_REPLY\",\"id\":", ",\"result\":"},
+    {TT_FRAME_FAULT, "{\"cmd\":\"TETHER_FAULT\",\"id\":", ",\"error\":"},
 };
 
 static int is_space(char c) {
@@ -71,4 +71,11 @@ int tt_lines_pack(unsigned kind, uint32_t id, char *head, size_t *head_len,
     return 0;
   }
   return UV_EINVAL; /* heartbeats and runner control have no line form */
+}
+
+size_t tt_lines_overhead(unsigned kind) {
+  char head[TT_LINES_HEAD_MAX], tail[2];
+  size_t hl = 0, tl = 0;
+  if (tt_lines_pack(kind, UINT32_MAX, head, &hl, tail, &tl) != 0) return 0;
+  return hl + tl - 1;
 }

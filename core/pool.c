@@ -136,8 +136,8 @@ static void on_task_timer_closed(uv_handle_t *h) {
 }
 
 /* The task is on no list.  Runs its callback once and frees it. */
-static void finish(tt_task_t *t, int status, unsigned kind,
-                   const char *payload, size_t len) {
+static void finish_on(tt_task_t *t, int status, unsigned kind,
+                      const char *payload, size_t len, tt_channel_t *ch) {
   tt_pool_t *p = t->pool;
   tt_task_cb cb = t->cb;
   void *arg = t->arg;
@@ -154,7 +154,12 @@ static void finish(tt_task_t *t, int status, unsigned kind,
   } else {
     free(t);
   }
-  cb(arg, status, kind, payload, len);
+  cb(arg, status, kind, payload, len, ch);
+}
+
+static void finish(tt_task_t *t, int status, unsigned kind,
+                   const char *payload, size_t len) {
+  finish_on(t, status, kind, payload, len, NULL);
 }
 
 static void fail_queue(tt_pool_t *p, int status) {
@@ -365,9 +370,8 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
   tt_pool_t *p = pool_of(s);
   tt_pool_worker_t *w;
   tt_task_t *t = NULL;
-  (void)ch;
   if (h->kind != TT_FRAME_REPLY && h->kind != TT_FRAME_FAULT) {
-    if (p->on_frame) p->on_frame(p, id, h, payload);
+    if (p->on_frame) p->on_frame(p, id, ch, h, payload);
     return;
   }
   if ((w = worker_of(p, serial)) != NULL)
@@ -378,9 +382,23 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
     return;
   }
   worker_remove(p, t);
-  finish(t, 0, h->kind, payload, h->len);
+  finish_on(t, 0, h->kind, payload, h->len, ch);
   if (w->retiring && w->running == 0 && !w->awaiting)
     stop_worker(p, w, TT_EXIT_RETIRED, 1);
+  dispatch(p);
+}
+
+/* The worker's channel ended but the process runs on (a frame was refused,
+ * or it disconnected): it cannot take or answer tasks any more, so it is
+ * replaced, and its tasks run again elsewhere as after a crash. */
+static void on_worker_disconnect(tt_supervisor_t *s, unsigned id,
+                                 uint64_t serial) {
+  tt_pool_t *p = pool_of(s);
+  tt_pool_worker_t *w = worker_of(p, serial);
+  (void)id;
+  if (w == NULL) return;
+  w->ch = NULL;
+  stop_worker(p, w, TT_EXIT_UNRESPONSIVE, 0);
   dispatch(p);
 }
 
@@ -449,6 +467,7 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   p->sup.on_start = on_start;
   p->sup.on_exit = on_worker_exit;
   p->sup.on_frame = on_frame;
+  p->sup.on_disconnect = on_worker_disconnect;
   p->sup.on_error = on_error;
   p->sup.on_give_up = on_give_up;
   p->sup.on_stopped = on_stopped;
@@ -505,6 +524,11 @@ void tt_pool_terminate(tt_pool_t *p) {
   fail_queue(p, p->end_status);
   fail_running(p, p->end_status);
   maybe_end(p);
+}
+
+int tt_pool_give_up(tt_pool_t *p, const char *why) {
+  if (p->flags & PL_SUP_CLOSED) return TT_ERR_CLOSED;
+  return tt_supervisor_give_up(&p->sup, why);
 }
 
 void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out) {

@@ -10,6 +10,7 @@
  */
 #include "tt_process.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <fcntl.h>
@@ -33,7 +34,8 @@ enum {
   P_CLOSED_EMITTED = 1u << 1,
   P_CLOSING = 1u << 2,
   P_HAS_CHANNEL = 1u << 3,
-  P_PIPE0 = 1u << 4 /* P_PIPE0 << i: pipes[i] is open */
+  P_STDIN_FULL = 1u << 4, /* a write reported backpressure */
+  P_PIPE0 = 1u << 5 /* P_PIPE0 << i: pipes[i] is open */
 };
 
 /* ---- signals ------------------------------------------------------------ */
@@ -184,6 +186,91 @@ static void on_pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
 }
 
+/* ---- fds the child must not inherit -------------------------------------- */
+
+/* Lua's io.open and most libraries do not set close-on-exec, so every file
+ * the parent has open would reach every program it starts.  Around the
+ * spawn (fork + exec in one call), each fd of ours above stdio that would be
+ * inherited is marked close-on-exec, and the mark is taken off again once
+ * the child has exec'd: the parent's own fds are as they were.  Fds passed
+ * on are made inheritable for the spawn the same way. */
+typedef struct {
+  int *fd;
+  unsigned char *had; /* passed fds: whether it had FD_CLOEXEC */
+  size_t n, cap;
+} tt_fdmarks_t;
+
+static int marks_add(tt_fdmarks_t *m, int fd, int had) {
+  if (m->n == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 32;
+    int *nf = realloc(m->fd, cap * sizeof *nf);
+    unsigned char *nh;
+    if (nf == NULL) return UV_ENOMEM;
+    m->fd = nf;
+    nh = realloc(m->had, cap);
+    if (nh == NULL) return UV_ENOMEM;
+    m->had = nh;
+    m->cap = cap;
+  }
+  m->fd[m->n] = fd;
+  m->had[m->n++] = (unsigned char)had;
+  return 0;
+}
+
+static int is_passed(const tt_process_options_t *o, int fd) {
+  for (size_t i = 0; i < o->pass_fds_count; i++)
+    if (o->pass_fds[i] == fd) return 1;
+  return 0;
+}
+
+static int mark_fd(tt_fdmarks_t *m, const tt_process_options_t *o, int fd) {
+  int fl = fcntl(fd, F_GETFD);
+  if (fl < 0) return 0; /* not open (any more) */
+  if (is_passed(o, fd)) {
+    if ((fl & FD_CLOEXEC) && fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC) == 0)
+      return marks_add(m, fd, 1);
+    return 0;
+  }
+  if (o->keep_fds || (fl & FD_CLOEXEC)) return 0;
+  if (fcntl(fd, F_SETFD, fl | FD_CLOEXEC) != 0) return 0;
+  return marks_add(m, fd, 0);
+}
+
+static int mark_fds(tt_fdmarks_t *m, const tt_process_options_t *o) {
+  DIR *d;
+  struct dirent *e;
+  int err = 0;
+  if (o->keep_fds) {
+    for (size_t i = 0; i < o->pass_fds_count && err == 0; i++)
+      err = mark_fd(m, o, o->pass_fds[i]);
+    return err;
+  }
+  if ((d = opendir("/proc/self/fd")) == NULL) {
+    /* no /proc: the usual range */
+    for (int fd = 3; fd < 1024 && err == 0; fd++) err = mark_fd(m, o, fd);
+    return err;
+  }
+  while (err == 0 && (e = readdir(d)) != NULL) {
+    char *end;
+    long fd = strtol(e->d_name, &end, 10);
+    if (*end != '\0' || end == e->d_name || fd < 3 || fd == dirfd(d)) continue;
+    err = mark_fd(m, o, (int)fd);
+  }
+  closedir(d);
+  return err;
+}
+
+static void unmark_fds(tt_fdmarks_t *m) {
+  for (size_t i = 0; i < m->n; i++) {
+    int fl = fcntl(m->fd[i], F_GETFD);
+    if (fl < 0) continue;
+    fcntl(m->fd[i], F_SETFD, m->had[i] ? (fl | FD_CLOEXEC) : (fl & ~FD_CLOEXEC));
+  }
+  free(m->fd);
+  free(m->had);
+  memset(m, 0, sizeof *m);
+}
+
 static int open_stdio_file(const char *path, int fd) {
   int flags = fd == 0 ? O_RDONLY : (O_WRONLY | O_CREAT | O_APPEND);
   int f = open(path, flags | O_CLOEXEC, 0644);
@@ -198,6 +285,7 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
   int files[3] = {-1, -1, -1};
   char fdvar[32], ppidvar[48];
   char **env = NULL;
+  tt_fdmarks_t marks = {NULL, NULL, 0, 0};
   int err = 0, i;
 
   memset(p, 0, sizeof *p);
@@ -266,7 +354,17 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
   o.flags = opts->detached ? UV_PROCESS_DETACHED : 0;
   p->proc.data = p;
 
+  for (size_t k = 0; k < opts->pass_fds_count; k++)
+    if (opts->pass_fds[k] < 0 || opts->pass_fds[k] < (int)o.stdio_count) {
+      err = UV_EINVAL; /* stdio and the channel have their own numbers */
+      goto fail;
+    }
+  if ((err = mark_fds(&marks, opts)) != 0) {
+    unmark_fds(&marks);
+    goto fail;
+  }
   err = uv_spawn(loop, &p->proc, &o);
+  unmark_fds(&marks);
   free(env);
   env = NULL;
   for (i = 0; i < 3; i++)
@@ -326,8 +424,14 @@ int tt_process_has_exited(const tt_process_t *p) {
 }
 
 static void on_stdin_written(uv_write_t *req, int status) {
+  tt_process_t *p = req->handle->data;
   (void)status; /* EPIPE: the child closed stdin; nothing to tell. */
   free(req);
+  if ((p->flags & P_STDIN_FULL) && (p->flags & P_PIPE0) &&
+      p->pipes[0].write_queue_size <= TT_STDIN_HIGH_WATER / 2) {
+    p->flags &= ~P_STDIN_FULL;
+    if (p->on_stdin_drain) p->on_stdin_drain(p);
+  }
 }
 
 int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len) {
@@ -340,8 +444,15 @@ int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len) {
   memcpy(req + 1, buf, len);
   b = uv_buf_init((char *)(req + 1), (unsigned)len);
   err = uv_write(req, (uv_stream_t *)&p->pipes[0], &b, 1, on_stdin_written);
-  if (err != 0) free(req);
-  return err;
+  if (err != 0) {
+    free(req);
+    return err;
+  }
+  if (p->pipes[0].write_queue_size > TT_STDIN_HIGH_WATER) {
+    p->flags |= P_STDIN_FULL;
+    return 0;
+  }
+  return 1;
 }
 
 int tt_process_stdin_end(tt_process_t *p) {

@@ -38,7 +38,8 @@ enum {
   S_STOPPED = 1u << 3,   /* on_stopped delivered */
   S_CLOSING = 1u << 4,
   S_CLOSED_CB = 1u << 5,
-  S_ABANDONED = 1u << 6
+  S_ABANDONED = 1u << 6,
+  S_LOGS_CLOSING = 1u << 7
 };
 
 enum {
@@ -198,10 +199,30 @@ static void close_handle(tt_supervisor_t *s, uv_handle_t *h) {
   uv_close(h, on_handle_closed);
 }
 
+static void on_log_closed(tt_logsink_t *ls) {
+  tt_supervisor_t *s = ls->data;
+  s->pending_closes--;
+  maybe_closed(s);
+}
+
+static void close_logs(tt_supervisor_t *s) {
+  if (s->flags & S_LOGS_CLOSING) return;
+  s->flags |= S_LOGS_CLOSING;
+  for (int i = 0; i < 3; i++) {
+    if (!s->log_open[i]) continue;
+    s->log_open[i] = 0;
+    if (tt_logsink_close(&s->logs[i], on_log_closed)) s->pending_closes++;
+  }
+}
+
 static void maybe_closed(tt_supervisor_t *s) {
   if (!(s->flags & S_CLOSING) || (s->flags & S_CLOSED_CB)) return;
   if (s->live > 0 || s->pending_closes > 0 || !(s->flags & S_STOPPED))
     return;
+  if (!(s->flags & S_LOGS_CLOSING)) { /* last: the workers' output is in */
+    close_logs(s);
+    if (s->pending_closes > 0) return;
+  }
   s->flags |= S_CLOSED_CB;
   free(s->slots);
   s->slots = NULL;
@@ -211,8 +232,6 @@ static void maybe_closed(tt_supervisor_t *s) {
   s->shutdown_message = NULL;
   free(s->restart_times);
   s->restart_times = NULL;
-  for (int i = 0; i < 3; i++)
-    if (s->log_fd[i] >= 0) close(s->log_fd[i]), s->log_fd[i] = -1;
   if (s->close_cb) s->close_cb(s);
 }
 
@@ -375,22 +394,19 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
 
 /* ---- logs --------------------------------------------------------------- */
 
-static int open_log(const char *path) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  return fd < 0 ? -errno : fd;
-}
-
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t k = write(fd, p, n);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    p += k;
-    n -= (size_t)k;
+static void on_log_trouble(tt_logsink_t *ls, int err, uint64_t dropped) {
+  tt_supervisor_t *s = ls->data;
+  char why[160];
+  if (s->on_error == NULL) return;
+  if (err != 0) {
+    snprintf(why, sizeof why, "writing the log %s", ls->path);
+    s->on_error(s, 0, err, why);
+  } else {
+    snprintf(why, sizeof why,
+             "the log %s is not being read: dropping lines (%llu so far)",
+             ls->path, (unsigned long long)dropped);
+    s->on_error(s, 0, UV_EAGAIN, why);
   }
-  return 0;
 }
 
 static int line_append(tt_line_t *l, const char *p, size_t n) {
@@ -436,8 +452,8 @@ static void log_output(tt_incarnation_t *w, int fd, const char *buf,
     if (err == 0) err = line_append(&out, "\n", 1);
     l->len = 0;
   }
-  if (err == 0 && out.len > 0 && s->log_fd[fd] >= 0)
-    err = write_all(s->log_fd[fd], out.buf, out.len);
+  if (err == 0 && out.len > 0 && s->log_open[fd])
+    tt_logsink_write(&s->logs[fd], out.buf, out.len);
   free(out.buf);
   if (n <= 0) {
     free(l->buf);
@@ -451,15 +467,10 @@ static void log_output(tt_incarnation_t *w, int fd, const char *buf,
 int tt_supervisor_reopen_logs(tt_supervisor_t *s) {
   int first_err = 0;
   for (int i = 1; i < 3; i++) {
-    int fd;
-    if (s->opts.log_path[i] == NULL) continue;
-    fd = open_log(s->opts.log_path[i]);
-    if (fd < 0) {
-      if (first_err == 0) first_err = fd;
-      continue; /* keep writing to the old file */
-    }
-    if (s->log_fd[i] >= 0) close(s->log_fd[i]);
-    s->log_fd[i] = fd;
+    int err;
+    if (!s->log_open[i]) continue;
+    err = tt_logsink_reopen(&s->logs[i]); /* keeps the old file on error */
+    if (err != 0 && first_err == 0) first_err = err;
   }
   return first_err;
 }
@@ -701,7 +712,12 @@ static void give_up(tt_supervisor_t *s, const char *why) {
   tt_supervisor_stop(s);
 }
 
-static void give_up(tt_supervisor_t *s, const char *why);
+int tt_supervisor_give_up(tt_supervisor_t *s, const char *why) {
+  if (s->flags & (S_GAVE_UP | S_STOPPING)) return TT_ERR_CLOSED;
+  give_up(s, why);
+  return 0;
+}
+
 static void slot_down(tt_slot_t *slot);
 
 /* The intensity window is charged here, when a restart happens, not when
@@ -833,6 +849,13 @@ static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
  * close (or TT_DRAIN_MS passed): only then is the worker done with. */
 static void on_worker_closed(tt_process_t *p) { close_process(p->data); }
 
+static void on_worker_disconnect(tt_process_t *p) {
+  tt_incarnation_t *w = p->data;
+  tt_supervisor_t *s = w->s;
+  if ((w->flags & I_EXITED) || w->state == TT_WORKER_STOPPING) return;
+  if (s->on_disconnect) s->on_disconnect(s, w->slot->id, w->serial);
+}
+
 static void on_worker_data(tt_process_t *p, int fd, const char *buf,
                            ssize_t n) {
   tt_incarnation_t *w = p->data;
@@ -861,7 +884,7 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   s->env[s->env_len + 1] = NULL;
   po.env = s->env;
   for (int i = 1; i < 3; i++)
-    if (s->log_fd[i] >= 0) po.stdio[i] = TT_STDIO_PIPE;
+    if (s->log_open[i]) po.stdio[i] = TT_STDIO_PIPE;
   err = tt_process_spawn(s->loop, &w->p, &po);
   s->env[s->env_len] = NULL;
   uv_timer_init(s->loop, &w->timer);
@@ -878,6 +901,7 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   }
   s->alive++;
   w->p.on_exit = on_worker_exit;
+  w->p.on_disconnect = on_worker_disconnect;
   w->p.on_data = on_worker_data;
   w->p.on_closed = on_worker_closed;
   if (w->p.channel != NULL) {
@@ -991,6 +1015,11 @@ int tt_supervisor_restart(tt_supervisor_t *s, unsigned id) {
   slot = &s->slots[id - 1];
   if (slot->cur == NULL || slot->cur->state == TT_WORKER_STOPPING)
     return UV_ESRCH;
+  /* a worker still starting is not restarted again: a "restart" handler
+   * that asks for a restart would otherwise loop for ever (restarts asked
+   * for are not counted toward max_restarts) */
+  if (slot->cur->state == TT_WORKER_STARTING || slot->next != NULL)
+    return UV_EBUSY;
   stop_worker(slot->cur, TT_EXIT_RELOAD, 1);
   return 0;
 }
@@ -1056,6 +1085,8 @@ static void abandon_worker(tt_incarnation_t *w) {
 static void abandon_all(tt_supervisor_t *s) {
   if (s->flags & S_ABANDONED) return;
   s->flags |= S_ABANDONED;
+  /* now, while the loop is still ours: the owner closes what is left */
+  close_logs(s);
   for (tt_incarnation_t *w = s->all, *next; w != NULL; w = next) {
     next = w->all_next;
     abandon_worker(w);
@@ -1077,6 +1108,7 @@ void tt_supervisor_close(tt_supervisor_t *s, int abandon,
   s->on_restart = NULL;
   s->on_give_up = NULL;
   s->on_frame = NULL;
+  s->on_disconnect = NULL;
   s->on_error = NULL;
   s->on_reload = NULL;
   s->on_stopped = NULL;
@@ -1196,13 +1228,13 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   z.on_restart = s->on_restart;
   z.on_give_up = s->on_give_up;
   z.on_frame = s->on_frame;
+  z.on_disconnect = s->on_disconnect;
   z.on_error = s->on_error;
   z.on_reload = s->on_reload;
   z.on_stopped = s->on_stopped;
   *s = z;
   s->loop = loop;
   s->opts = *opts;
-  s->log_fd[0] = s->log_fd[1] = s->log_fd[2] = -1;
   if (opts->instances < 1 || opts->instances > 100000) return UV_EINVAL;
   if ((err = tt_backoff_check(&opts->backoff)) != 0) return err;
   if (opts->heartbeat_interval_ms > 0 && opts->heartbeat_timeout_ms == 0)
@@ -1234,11 +1266,13 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   for (size_t i = 0; i < n; i++) s->env[i] = opts->process.env[i];
   for (int i = 1; i < 3; i++) {
     if (opts->log_path[i] == NULL) continue;
-    if ((s->log_fd[i] = open_log(opts->log_path[i])) < 0) {
-      err = s->log_fd[i];
-      s->log_fd[i] = -1;
+    s->logs[i].data = s;
+    s->logs[i].on_trouble = on_log_trouble;
+    if ((err = tt_logsink_open(loop, &s->logs[i], opts->log_path[i])) != 0) {
+      s->log_error = i;
       goto fail;
     }
+    s->log_open[i] = 1;
   }
   for (unsigned i = 0; i < opts->instances; i++) {
     tt_slot_t *slot = &s->slots[i];
@@ -1263,7 +1297,7 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
 
 fail:
   for (int i = 0; i < 3; i++)
-    if (s->log_fd[i] >= 0) close(s->log_fd[i]);
+    if (s->log_open[i]) tt_logsink_discard(&s->logs[i]), s->log_open[i] = 0;
   free(s->env);
   free(s->slots);
   free(s->restart_times);

@@ -4,11 +4,13 @@
  * PROTOCOL.md, "JSON mode").  There is no header: a line is a MESSAGE,
  * unless it is one of tether's request/response envelopes, recognised by
  * their exact prefix (which Node's JSON.stringify preserves, as it keeps
- * the order of an object's keys):
+ * the order of an object's keys).  Like Node's own internal messages
+ * ({"cmd":"NODE_..."}) they carry a `cmd` marker that no user message
+ * carries by accident:
  *
- *   {"tether_task":<id>,"task":<json>}      REQUEST
- *   {"tether_reply":<id>,"result":<json>}   REPLY
- *   {"tether_fault":<id>,"error":<json>}    FAULT
+ *   {"cmd":"TETHER_REQUEST","id":<id>,"task":<json>}    REQUEST
+ *   {"cmd":"TETHER_REPLY","id":<id>,"result":<json>}    REPLY
+ *   {"cmd":"TETHER_FAULT","id":<id>,"error":<json>}     FAULT
  *
  * so tether's call/handle and pools work with a Node peer that uses the
  * same envelopes.  The payload handed on is the <json> text, unparsed: JSON
@@ -23,7 +25,7 @@
 #include "tt_frame.h"
 
 /* Longest envelope prefix, with a 10-digit id. */
-#define TT_LINES_HEAD_MAX 48
+#define TT_LINES_HEAD_MAX 64
 
 /* Classifies one line (without its "\n"): fills `h` (kind, id, len) and
  * points `*payload` at the JSON text to decode.  TT_ERR_IPC_PROTOCOL with
@@ -36,5 +38,9 @@ int tt_lines_parse(const char *line, size_t n, tt_frame_header_t *h,
  * returns their lengths.  UV_EINVAL for kinds a line cannot carry. */
 int tt_lines_pack(unsigned kind, uint32_t id, char *head, size_t *head_len,
                   char *tail, size_t *tail_len);
+
+/* What a line of `kind` adds to its payload at most (the longest id, the
+ * "\n" not counted, as max_message does not count it). */
+size_t tt_lines_overhead(unsigned kind);
 
 #endif /* TT_LINES_H */

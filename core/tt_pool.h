@@ -32,8 +32,11 @@ typedef struct tt_pool_s tt_pool_t;
 typedef struct tt_task_s tt_task_t;
 typedef struct tt_pool_worker_s tt_pool_worker_t;
 
+/* `ch` is the channel the answer came on (status 0), else NULL: an
+ * answer the owner cannot decode is failed there (tt_channel_fail) and the
+ * pool replaces that worker. */
 typedef void (*tt_task_cb)(void *arg, int status, unsigned kind,
-                           const char *payload, size_t len);
+                           const char *payload, size_t len, tt_channel_t *ch);
 
 typedef struct {
   /* workers.instances is the pool size; restarts are counted only for
@@ -66,9 +69,11 @@ typedef struct {
 
 struct tt_pool_s {
   void *data; /* owner's */
-  /* Frames from workers other than answers (messages, runner reports). */
-  void (*on_frame)(tt_pool_t *p, unsigned id, const tt_frame_header_t *h,
-                   const char *payload);
+  /* Frames from workers other than answers (messages, runner reports,
+   * requests), with the worker's channel: a frame the owner cannot decode
+   * is failed there (tt_channel_fail), and the pool replaces that worker. */
+  void (*on_frame)(tt_pool_t *p, unsigned id, tt_channel_t *ch,
+                   const tt_frame_header_t *h, const char *payload);
   void (*on_error)(tt_pool_t *p, unsigned id, int err, const char *why);
   void (*on_give_up)(tt_pool_t *p, const char *why);
   /* Every worker stopped after close/terminate (or give-up). */
@@ -103,6 +108,10 @@ void tt_pool_close(tt_pool_t *p);
  * workers now (on_stopped follows). */
 void tt_pool_terminate(tt_pool_t *p);
 void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out);
+/* The workers cannot start (e.g. their script does not load): queued
+ * tasks fail with TT_ERR_WORKER_INIT now, as after the supervisor's own
+ * give-up (on_give_up(why) first). */
+int tt_pool_give_up(tt_pool_t *p, const char *why);
 /* A frame to worker `id` outside the task protocol (e.g. Node's
  * NODE_HANDLE_NACK), queued as tt_supervisor_send() does. */
 int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len);

@@ -20,6 +20,8 @@
 
 /* fd number of the channel in the child. */
 #define TT_CHILD_CHANNEL_FD 3
+/* A piped stdin reports backpressure once more than this waits (bytes). */
+#define TT_STDIN_HIGH_WATER ((size_t)1 << 20)
 
 typedef enum {
   TT_STDIO_INHERIT = 0,
@@ -37,6 +39,12 @@ typedef struct {
   const char *stdio_path[3]; /* for TT_STDIO_FILE */
   int detached;              /* new session; not killed with us */
   int channel;               /* create the channel */
+  /* The child gets only its stdio, its channel and `pass_fds` (at the
+   * same numbers): every other fd of ours is closed in it, as Python's
+   * subprocess does (close_fds), unless `keep_fds` is set. */
+  int keep_fds;
+  const int *pass_fds;
+  size_t pass_fds_count;
   tt_channel_options_t channel_options;
 } tt_process_options_t;
 
@@ -56,6 +64,8 @@ struct tt_process_s {
   tt_process_event_cb on_disconnect;
   tt_process_event_cb on_closed;
   tt_process_data_cb on_data;
+  /* A piped stdin that reported backpressure has room again. */
+  tt_process_event_cb on_stdin_drain;
   tt_channel_t *channel; /* NULL without a channel */
   int pid;
   int64_t exit_status;
@@ -75,7 +85,9 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
                      const tt_process_options_t *opts);
 /* UV_ESRCH once the exit was seen: a reaped pid is never signalled. */
 int tt_process_kill(tt_process_t *p, int signum);
-/* Piped stdin: queue bytes (copied) / close it. */
+/* Piped stdin: queue bytes (copied): 1 while what waits is under
+ * TT_STDIN_HIGH_WATER, 0 over it (still queued: wait for
+ * on_stdin_drain), or a negative error.  / Close it. */
 int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len);
 int tt_process_stdin_end(tt_process_t *p);
 int tt_process_has_exited(const tt_process_t *p);

@@ -27,7 +27,9 @@
  * TT_ERR_TIMEOUT, or TT_ERR_CLOSED when the slot will never run again.
  *
  * Worker output can be logged: each line of stdout/stderr appended to a
- * file (O_APPEND|O_CLOEXEC) with the prefix "[id] ".
+ * file with the prefix "[id] ", never blocking the loop (tt_logsink.h: a
+ * stalled FIFO reader costs dropped, counted lines, reported through
+ * on_error, not a frozen supervisor).
  */
 #ifndef TT_SUPERVISOR_H
 #define TT_SUPERVISOR_H
@@ -36,6 +38,7 @@
 #include <uv.h>
 
 #include "tt_backoff.h"
+#include "tt_logsink.h"
 #include "tt_process.h"
 
 typedef enum {
@@ -147,6 +150,10 @@ struct tt_supervisor_s {
   void (*on_frame)(tt_supervisor_t *s, unsigned id, uint64_t serial,
                    tt_channel_t *ch, const tt_frame_header_t *h,
                    const char *payload);
+  /* A worker's channel ended while its process runs on (it disconnected,
+   * or sent a frame that was refused).  The owner decides (a pool stops
+   * it: a worker it cannot talk to is of no use). */
+  void (*on_disconnect)(tt_supervisor_t *s, unsigned id, uint64_t serial);
   /* Spawn failures, channel errors, log write errors. */
   void (*on_error)(tt_supervisor_t *s, unsigned id, int err, const char *why);
   void (*on_reload)(tt_supervisor_t *s, int status);
@@ -163,7 +170,8 @@ struct tt_supervisor_s {
   tt_incarnation_t *all; /* every incarnation not yet exited */
   uint64_t serial;       /* last one given */
   unsigned flags;
-  int log_fd[3];
+  tt_logsink_t logs[3];
+  int log_open[3];
   uv_timer_t memory_timer;
   uv_timer_t start_timer; /* first spawns, on the next loop iteration */
   uint64_t *restart_times; /* ring of the last max_restarts restarts */
@@ -174,6 +182,7 @@ struct tt_supervisor_s {
   int live;  /* incarnations not yet freed */
   int alive; /* incarnations not yet exited */
   int pending_closes;
+  int log_error; /* after a failed start: the log (1, 2) that did not open */
   void (*close_cb)(tt_supervisor_t *s);
 };
 
@@ -191,7 +200,9 @@ void tt_supervisor_stop(tt_supervisor_t *s);
  * running; TT_ERR_CLOSED when stopped meanwhile).  UV_EBUSY while one runs,
  * TT_ERR_CLOSED after stop. */
 int tt_supervisor_reload(tt_supervisor_t *s);
-/* Restarts one worker gracefully (reason STOP is not used: RELOAD). */
+/* Restarts one worker gracefully (reason STOP is not used: RELOAD).
+ * UV_EBUSY while that worker is still starting (or being replaced),
+ * UV_ESRCH when it is down or already stopping. */
 int tt_supervisor_restart(tt_supervisor_t *s, unsigned id);
 
 /* Queues a frame for slot `id`.  0, or TT_ERR_QUEUE_FULL, TT_ERR_CLOSED,
@@ -220,6 +231,11 @@ uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial);
 int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial);
 /* The worker did useful work (see exempt_worked). */
 void tt_supervisor_mark_worked(tt_supervisor_t *s, uint64_t serial);
+
+/* Gives up now, as when the intensity limit is hit: on_give_up(why),
+ * every worker stopped, nothing restarted (e.g. the owner learnt that the
+ * workers' script cannot even load).  TT_ERR_CLOSED once stopping. */
+int tt_supervisor_give_up(tt_supervisor_t *s, const char *why);
 
 /* Sends a signal to slot `id`'s current worker. */
 int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);

@@ -72,9 +72,9 @@ static const struct {
   unsigned kind;
   const char *key, *field;
 } envelopes[] = {
-    {TT_FRAME_REQUEST, "{\"tether_task\":", ",\"task\":"},
-    {TT_FRAME_REPLY, "{\"tether_reply\":", ",\"result\":"},
-    {TT_FRAME_FAULT, "{\"tether_fault\":", ",\"error\":"},
+    {TT_FRAME_REQUEST, "{\"cmd\":\"TETHER_REQUEST\",\"id\":", ",\"task\":"},
+    {TT_FRAME_REPLY, "{\"cmd\":\"TETHER_REPLY\",\"id\":", ",\"result\":"},
+    {TT_FRAME_FAULT, "{\"cmd\":\"TETHER_FAULT\",\"id\":", ",\"error\":"},
 };
 
 static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }

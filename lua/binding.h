@@ -146,7 +146,14 @@ void tt_lua_encode_done(tt_state_t *st);
  * returns 0 (malformed), -1 (out of memory) or -2 (a Ctrl-C interrupted
  * it: drop the frame, blame nobody; run() is ending).  Never raises. */
 int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
-                  int json);
+                  int json, size_t max_message);
+/* The decode budget for a channel's max_message: a received message may
+ * decode to at most this many bytes of Lua memory (TT_DECODE_FACTOR times
+ * max_message, at least TT_DECODE_MIN), so a peer cannot make us use
+ * unbounded memory per byte it sends. */
+#define TT_DECODE_FACTOR 8
+#define TT_DECODE_MIN ((size_t)64 << 20)
+size_t tt_lua_decode_budget(size_t max_message);
 /* Answers a heartbeat PING with a PONG carrying our Lua heap size; 1 when
  * the frame was a PING or PONG (then it is consumed). */
 int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
@@ -167,6 +174,10 @@ typedef struct {
 int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
                           tt_lworkers_t *w, int *encoded);
 void tt_lua_workers_free(tt_lworkers_t *w);
+/* nil, err for a supervisor or pool that did not start; `log` (1, 2) is
+ * the log file that could not be opened, named in the message. */
+int tt_lua_start_failed(lua_State *L, int err,
+                        const tt_supervisor_options_t *so, int log);
 /* Once the core let go of the workers: the "close" event, then w and the
  * object are released. */
 void tt_lua_workers_closed(tt_lobj_t *o, tt_lworkers_t *w);

@@ -86,6 +86,11 @@ static void on_closed(tt_process_t *p) {
   tt_process_close(p, on_process_closed);
 }
 
+static void on_stdin_drain(tt_process_t *p) {
+  lua_State *L = tt_lobj_begin(&of(p)->o, "stdin_drain");
+  if (L != NULL) tt_call(of(p)->o.st, L, 1);
+}
+
 static void on_data(tt_process_t *p, int fd, const char *buf, ssize_t n) {
   lua_State *L = tt_lobj_begin(&of(p)->o, fd == 1 ? "stdout" : "stderr");
   if (L == NULL) return;
@@ -198,6 +203,26 @@ static int l_spawn(lua_State *L) {
   lua_getfield(L, 3, "json");
   po.channel_options.lines = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  lua_getfield(L, 3, "close_fds");
+  po.keep_fds = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 3, "pass_fds"); /* stays on the stack, as the array does */
+  if (lua_istable(L, -1)) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    int *fds = lua_newuserdatauv(L, sizeof(int) * (size_t)(n + 1), 0);
+    for (i = 1; i <= n; i++) {
+      lua_Integer fd;
+      int isint;
+      lua_rawgeti(L, -2, i);
+      fd = lua_tointegerx(L, -1, &isint);
+      if (!isint || fd < 0 || fd > 65535)
+        return luaL_error(L, "pass_fds[%d]: expected a file descriptor number", (int)i);
+      fds[i - 1] = (int)fd;
+      lua_pop(L, 1);
+    }
+    po.pass_fds = fds;
+    po.pass_fds_count = (size_t)n;
+  }
 
   c = calloc(1, sizeof *c);
   if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
@@ -212,6 +237,7 @@ static int l_spawn(lua_State *L) {
   c->p.on_disconnect = on_disconnect;
   c->p.on_closed = on_closed;
   c->p.on_data = on_data;
+  c->p.on_stdin_drain = on_stdin_drain;
   c->o.json = po.channel_options.lines;
   if (c->p.channel != NULL) {
     c->o.ch = c->p.channel;
@@ -307,9 +333,9 @@ static int m_write(lua_State *L) {
   tt_lchild_t *c = check(L);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len);
-  int err = c ? tt_process_stdin_write(&c->p, s, len) : UV_EPIPE;
-  if (err != 0) return tt_lua_fail(L, err, NULL);
-  lua_pushboolean(L, 1);
+  int rc = c ? tt_process_stdin_write(&c->p, s, len) : UV_EPIPE;
+  if (rc < 0) return tt_lua_fail(L, rc, NULL);
+  lua_pushboolean(L, rc == 1); /* false: over the high-water mark */
   return 1;
 }
 

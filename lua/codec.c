@@ -506,8 +506,27 @@ typedef struct {
    * may only claim bytes beyond that, so all presized slots together stay
    * below the payload size even for nested declarations. */
   size_t owed;
+  size_t budget, used; /* decode budget (0: none), estimate so far */
   char msg[MSG_SIZE];
 } dec_t;
+
+static int dec_fail(dec_t *d, const unsigned char *at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Charges `cost` bytes of Lua memory before they are allocated. */
+static int charge(dec_t *d, const unsigned char *at, size_t cost) {
+  d->used += cost;
+  if (d->budget != 0 && d->used > d->budget)
+    return dec_fail(d, at, "value would take more than %zu bytes of Lua "
+                           "memory (the decode budget)", d->budget);
+  return 0;
+}
+
+static size_t pow2_at_least(uint64_t m) {
+  size_t p = 1;
+  while (p < m && p < ((size_t)1 << 40)) p <<= 1;
+  return m == 0 ? 0 : p;
+}
 
 static int dec_fail(dec_t *d, const unsigned char *at, const char *fmt, ...) {
   va_list ap;
@@ -565,6 +584,9 @@ static int dec_table(dec_t *d, const unsigned char *at, int depth) {
                     (unsigned long long)m);
   if (!lua_checkstack(L, 6))
     return dec_fail(d, at, "nesting too deep for the Lua stack");
+  if ((r = charge(d, at, TT_CODEC_COST_TABLE + TT_CODEC_COST_SLOT * (size_t)n +
+                             TT_CODEC_COST_NODE * pow2_at_least(m))) != 0)
+    return r;
   lua_createtable(L, n < PRESIZE_CAP ? (int)n : PRESIZE_CAP,
                   m < PRESIZE_CAP ? (int)m : PRESIZE_CAP);
   t = lua_gettop(L);
@@ -657,15 +679,23 @@ static int dec_value(dec_t *d, int depth) {
   }
 string:
   if (u > (uint64_t)(d->end - d->p)) return dec_fail(d, at, "truncated string");
+  if ((r = charge(d, at, TT_CODEC_COST_STRING + (size_t)u)) != 0) return r;
   lua_pushlstring(L, (const char *)d->p, (size_t)u);
   d->p += u;
   return 0;
 }
 
 int tt_codec_decode(lua_State *L, const char *p, size_t n, int max_depth) {
+  return tt_codec_decode_budget(L, p, n, max_depth, 0);
+}
+
+int tt_codec_decode_budget(lua_State *L, const char *p, size_t n,
+                           int max_depth, size_t budget) {
   dec_t d;
   int base = lua_gettop(L), r;
   d.L = L;
+  d.budget = budget;
+  d.used = 0;
   d.start = d.p = (const unsigned char *)(p != NULL ? p : "");
   d.end = d.p + n;
   d.max_depth = clamp_depth(max_depth);

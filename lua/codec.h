@@ -37,6 +37,20 @@ int tt_codec_encode(lua_State *L, int idx, tt_wbuf_t *out, int max_depth);
  * errors, so call it from protected code. */
 int tt_codec_decode(lua_State *L, const char *p, size_t n, int max_depth);
 
+/* The same, refusing (TT_ERR_IPC_PROTOCOL) a payload whose value would take
+ * more than `budget` bytes of Lua memory (an estimate counted as tables,
+ * slots and strings are made, before each is allocated): a peer cannot make
+ * a small payload of empty tables cost 40 times its size.  0: no budget. */
+int tt_codec_decode_budget(lua_State *L, const char *p, size_t n,
+                           int max_depth, size_t budget);
+
+/* What each decoded item is charged against a budget (a little over what
+ * Lua 5.4 allocates for it on a 64-bit build, malloc's rounding included). */
+#define TT_CODEC_COST_TABLE 96  /* Table, its id slot in the decoder */
+#define TT_CODEC_COST_SLOT 16   /* per array slot */
+#define TT_CODEC_COST_NODE 32   /* per hash node (sizes are powers of 2) */
+#define TT_CODEC_COST_STRING 40 /* per string, plus its bytes */
+
 /* Registers encode/decode test helpers into the table at the stack top. */
 void tt_codec_open(lua_State *L);
 

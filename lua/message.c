@@ -14,6 +14,7 @@
 
 #include "binding.h"
 #include "tt_error.h"
+#include "tt_lines.h"
 
 #define TT_WBUF_INITIAL ((size_t)4 << 10)
 /* A buffer grown past this for one huge message is given back after it. */
@@ -96,10 +97,21 @@ void tt_lua_encode_done(tt_state_t *st) {
   }
 }
 
-static int fail_too_big(lua_State *L, tt_channel_t *ch, tt_state_t *st) {
-  lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
-                  (lua_Integer)(st->wbuf.len - TT_FRAME_HEADER_SIZE),
-                  (lua_Integer)ch->dec.max_message);
+/* nil, ERR_SERIALIZE when the encoded value (in st->wbuf) of `kind` would
+ * not fit in the peer's max_message as written; 0 when it fits. */
+static int check_too_big(lua_State *L, tt_channel_t *ch, tt_state_t *st,
+                         unsigned kind) {
+  size_t len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
+  if (tt_channel_check_size(ch, kind, len) == 0) return 0;
+  tt_lua_encode_done(st);
+  if (tt_channel_is_lines(ch))
+    lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes) "
+                       "as a JSON line of up to %I bytes",
+                    (lua_Integer)len, (lua_Integer)tt_channel_max_message(ch),
+                    (lua_Integer)(len + tt_lines_overhead(kind)));
+  else
+    lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
+                    (lua_Integer)len, (lua_Integer)tt_channel_max_message(ch));
   return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
 }
 
@@ -112,8 +124,7 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
   if ((rc = tt_lua_encode(L, st, idx, o->json)) != 0) return rc;
   if (!tt_channel_is_connected(ch))
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  if (st->wbuf.len - TT_FRAME_HEADER_SIZE > ch->dec.max_message)
-    return fail_too_big(L, ch, st);
+  if ((rc = check_too_big(L, ch, st, kind)) != 0) return rc;
   if (cb_idx != 0) {
     req = malloc(sizeof *req);
     if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
@@ -148,16 +159,58 @@ int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
   return send_value(L, o, ch, 2, cb, kind, id);
 }
 
-/* decode(payload, len) -> true, value | false, message */
+size_t tt_lua_decode_budget(size_t max_message) {
+  size_t b = max_message > SIZE_MAX / TT_DECODE_FACTOR
+                 ? SIZE_MAX
+                 : max_message * TT_DECODE_FACTOR;
+  return b < TT_DECODE_MIN ? TT_DECODE_MIN : b;
+}
+
+/* What a JSON text will cost as Lua values, estimated by a scan before the
+ * JSON decoder (which cannot be stopped midway) builds anything: its
+ * containers, elements and strings at the native decoder's costs. */
+static size_t json_cost(const char *p, size_t n) {
+  size_t tables = 0, elements = 0, strings = 0, string_bytes = 0;
+  int in_string = 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = p[i];
+    if (in_string) {
+      if (c == '\\') i++;
+      else if (c == '"') in_string = 0;
+      else string_bytes++;
+      continue;
+    }
+    switch (c) {
+    case '"': in_string = 1; strings++; break;
+    case '{': case '[': tables++; elements++; break;
+    case ',': elements++; break;
+    default: break;
+    }
+  }
+  return tables * TT_CODEC_COST_TABLE +
+         elements * (TT_CODEC_COST_NODE + TT_CODEC_COST_SLOT) +
+         strings * TT_CODEC_COST_STRING + string_bytes;
+}
+
+/* decode(payload, len, depth, json, budget) -> true, value | false, message */
 static int decode_protected(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t n = (size_t)lua_tointeger(L, 2);
   int depth = (int)lua_tointeger(L, 3);
+  size_t budget = (size_t)lua_tointeger(L, 5);
   if (lua_toboolean(L, 4)) { /* JSON: the facade's decoder -> ok, value|why */
     tt_state_t *st = tt_state(L);
+    size_t cost;
     if (st->json_decode_ref == LUA_NOREF) {
       lua_pushboolean(L, 0);
       lua_pushliteral(L, "JSON mode is not set up (needs lua-cjson)");
+      return 2;
+    }
+    if (budget != 0 && (cost = json_cost(p, n)) > budget) {
+      lua_pushboolean(L, 0);
+      lua_pushfstring(L, "JSON value would take about %I bytes of Lua memory, "
+                         "more than the decode budget (%I)",
+                      (lua_Integer)cost, (lua_Integer)budget);
       return 2;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, st->json_decode_ref);
@@ -165,7 +218,7 @@ static int decode_protected(lua_State *L) {
     lua_call(L, 1, 2);
     return 2;
   }
-  if (tt_codec_decode(L, p, n, depth) != 0) {
+  if (tt_codec_decode_budget(L, p, n, depth, budget) != 0) {
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
     return 2;
@@ -191,14 +244,16 @@ static const char *event_of(unsigned kind) {
 }
 
 int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
-                  int json) {
+                  int json, size_t max_message) {
   int ok;
   lua_pushcfunction(L, decode_protected);
   lua_pushlightuserdata(L, (void *)p);
   lua_pushinteger(L, (lua_Integer)n);
   lua_pushinteger(L, st->max_depth);
   lua_pushboolean(L, json);
-  if ((ok = lua_pcall(L, 4, 2, 0)) != LUA_OK) {
+  lua_pushinteger(L, (lua_Integer)tt_lua_decode_budget(
+                         max_message ? max_message : TT_FRAME_DEFAULT_MAX_MESSAGE));
+  if ((ok = lua_pcall(L, 5, 2, 0)) != LUA_OK) {
     /* Ctrl-C: the hook raised inside the decoder; the peer is not at fault */
     if (tt_interrupted(st)) {
       lua_pop(L, 1);
@@ -224,7 +279,9 @@ int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
                     (uint64_t)lua_gc(L, LUA_GCCOUNTB, 0);
     unsigned char b[8];
     for (int i = 0; i < 8; i++) b[i] = (unsigned char)(heap >> (8 * i));
-    tt_channel_send(ch, TT_FRAME_PONG, h->id, b, sizeof b, NULL, NULL);
+    /* dropped (and counted) if the peer is not reading what we send: a
+     * flood of pings cannot grow our memory */
+    tt_channel_send_auto(ch, TT_FRAME_PONG, h->id, b, sizeof b);
     return 1;
   }
   return h->kind == TT_FRAME_PONG;
@@ -240,7 +297,8 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
   L = tt_lobj_begin(o, event_of(h->kind));
   if (L == NULL) return;
-  if ((rc = tt_lua_decode(L, st, payload, h->len, o->json)) != 1) {
+  if ((rc = tt_lua_decode(L, st, payload, h->len, o->json,
+                          tt_channel_max_message(ch))) != 1) {
     /* Malformed, or out of memory building the value: the stream cannot
      * go on.  (The reason stays on the stack during the call.) */
     if (rc == -2)
@@ -296,6 +354,7 @@ int tt_lua_stats(lua_State *L, const tt_channel_t *ch, const tt_rpc_t *rpc) {
   F(bytes_received)
   F(queued_bytes)
   F(writes)
+  F(auto_dropped)
 #undef F
 #define F(name, field)                                                        \
   lua_pushinteger(L, (lua_Integer)r.field);                                   \
@@ -340,7 +399,8 @@ static void on_call_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  if ((rc = tt_lua_decode(L, st, payload, len, req->o->json)) != 1) {
+  if ((rc = tt_lua_decode(L, st, payload, len, req->o->json,
+                          tt_channel_max_message(req->ch))) != 1) {
     if (rc == -2) { /* Ctrl-C: run() ends */
       free(req);
       lua_settop(L, top);
@@ -430,8 +490,8 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
                                     : TT_ERR_NO_CHANNEL, NULL);
   st = o->st;
   if ((err = tt_lua_encode(L, st, 2, o->json)) != 0) return err;
-  if (st->wbuf.len - TT_FRAME_HEADER_SIZE > o->rpc->ch->dec.max_message)
-    return fail_too_big(L, o->rpc->ch, st);
+  if ((err = check_too_big(L, o->rpc->ch, st, TT_FRAME_REQUEST)) != 0)
+    return err;
   req = malloc(sizeof *req);
   if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
   req->o = o;
@@ -452,7 +512,7 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
 
 int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
   lua_Integer id = luaL_checkinteger(L, 2);
-  int fault = lua_toboolean(L, 4);
+  int fault = lua_toboolean(L, 4), automatic = lua_toboolean(L, 5);
   tt_state_t *st;
   int err;
   luaL_checkany(L, 3);
@@ -461,10 +521,16 @@ int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = o->st;
   if ((err = tt_lua_encode(L, st, 3, o->json)) != 0) return err;
-  err = tt_rpc_answer(o->rpc, (uint32_t)id,
-                      fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
-                      st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                      st->wbuf.len - TT_FRAME_HEADER_SIZE);
+  if (automatic) /* a refusal we give on our own: not if the peer never reads */
+    err = tt_channel_send_auto(o->rpc->ch, TT_FRAME_FAULT, (uint32_t)id,
+                               st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                               st->wbuf.len - TT_FRAME_HEADER_SIZE);
+  else
+    err = tt_rpc_answer(o->rpc, (uint32_t)id,
+                        fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
+                        st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                        st->wbuf.len - TT_FRAME_HEADER_SIZE);
+  if (err > 0) err = 0;
   tt_lua_encode_done(st);
   if (err != 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);

@@ -7,11 +7,13 @@
  * The box is pinned from start until the pool has stopped and closed; the
  * facade's option table is referenced as long (the core points into it).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "binding.h"
 #include "tt_error.h"
+#include "tt_lines.h"
 #include "tt_pool.h"
 
 typedef struct {
@@ -33,17 +35,50 @@ static void teardown(tt_lobj_t *o) {
 
 /* ---- events -------------------------------------------------------------- */
 
-static void on_frame(tt_pool_t *p, unsigned id, const tt_frame_header_t *h,
-                     const char *payload) {
+/* A worker's request: the pool answers none (ERR_NO_HANDLER), on its
+ * own, so not if the worker never reads. */
+static void refuse_request(tt_lpool_t *c, tt_channel_t *ch, uint32_t id) {
+  lua_State *L = c->o.st->L;
+  lua_createtable(L, 0, 2);
+  lua_pushliteral(L, "ERR_NO_HANDLER");
+  lua_setfield(L, -2, "code");
+  lua_pushliteral(L, "the pool has no request handler");
+  lua_setfield(L, -2, "message");
+  if (tt_lua_encode(L, c->o.st, -1, c->o.json) == 0) {
+    tt_channel_send_auto(ch, TT_FRAME_FAULT, id,
+                         c->o.st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                         c->o.st->wbuf.len - TT_FRAME_HEADER_SIZE);
+    tt_lua_encode_done(c->o.st);
+    lua_pop(L, 1);
+  } else {
+    lua_pop(L, 3); /* value, nil, err */
+  }
+}
+
+static void on_frame(tt_pool_t *p, unsigned id, tt_channel_t *ch,
+                     const tt_frame_header_t *h, const char *payload) {
   tt_lpool_t *c = of(p);
   const char *event =
       h->kind == TT_FRAME_MESSAGE ? "message"
       : h->kind == TT_FRAME_CONTROL ? "control" : NULL;
   lua_State *L;
+  int rc;
+  if (h->kind == TT_FRAME_REQUEST) {
+    if (!c->o.st->closing && !c->o.collected) refuse_request(c, ch, h->id);
+    return;
+  }
   if (event == NULL || (L = tt_lobj_begin(&c->o, event)) == NULL) return;
   lua_pushinteger(L, id);
-  if (tt_lua_decode(L, c->o.st, payload, h->len, c->o.json) != 1) {
-    lua_pop(L, 4); /* handler, event, id, why: nothing to deliver */
+  if ((rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json,
+                          tt_channel_max_message(ch))) != 1) {
+    /* as for any peer: a frame that does not decode ends that worker's
+     * channel with ERR_IPC_PROTOCOL ("error" event), and the pool
+     * replaces the worker */
+    char why[256];
+    snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
+    lua_pop(L, 4); /* handler, event, id, why */
+    if (rc != -2)
+      tt_channel_fail(ch, rc == 0 ? TT_ERR_IPC_PROTOCOL : UV_ENOMEM, why);
     return;
   }
   tt_call(c->o.st, L, 3);
@@ -78,7 +113,7 @@ static void on_stopped(tt_pool_t *p) {
 
 /* A task's answer: fn(nil, result) or fn(err). */
 static void on_task_done(void *arg, int status, unsigned kind,
-                         const char *payload, size_t len) {
+                         const char *payload, size_t len, tt_channel_t *ch) {
   tt_send_req_t *req = arg;
   tt_state_t *st = req->o->st;
   int json = req->o->json, gone = st->closing || req->o->collected;
@@ -96,15 +131,18 @@ static void on_task_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  if ((rc = tt_lua_decode(L, st, payload, len, json)) != 1) {
+  if ((rc = tt_lua_decode(L, st, payload, len, json,
+                          ch ? tt_channel_max_message(ch) : 0)) != 1) {
     if (rc == -2) { /* Ctrl-C: run() ends */
       lua_settop(L, top);
       return;
     }
     /* an answer that does not decode: the task failed, the worker is
-     * broken; say so rather than drop it */
-    lua_pushfstring(L, "worker answer: %s", lua_tostring(L, -1));
-    tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
+     * broken; say so rather than drop it, and end that worker's channel as
+     * for any peer (it is replaced) */
+    const char *why = lua_pushfstring(L, "worker answer: %s", lua_tostring(L, -1));
+    tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, why);
+    if (ch != NULL) tt_channel_fail(ch, TT_ERR_IPC_PROTOCOL, why);
     lua_replace(L, top + 2);
     lua_settop(L, top + 2);
     tt_call(st, L, 1);
@@ -171,9 +209,10 @@ static int l_pool(lua_State *L) {
   err = tt_pool_start(&st->loop, &c->p, &po);
   if (encoded) tt_lua_encode_done(st);
   if (err != 0) {
+    int which = c->p.sup.log_error;
     tt_lua_workers_free(&c->w);
     free(c);
-    return tt_lua_fail(L, err, NULL);
+    return tt_lua_start_failed(L, err, &po.workers, which);
   }
   tt_lobj_new_box(L, &c->o, TT_POOL_MT, 2, teardown);
   c->o.json = po.workers.process.channel_options.lines;
@@ -203,7 +242,9 @@ static int m_submit(lua_State *L) {
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
   max = c->p.opts.workers.process.channel_options.max_message;
   if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;
-  if (len > max) {
+  /* as the worker will read it: a JSON line carries its envelope */
+  if (len > max ||
+      (c->o.json && len + tt_lines_overhead(TT_FRAME_REQUEST) > max)) {
     tt_lua_encode_done(st);
     lua_pushfstring(L, "task of %I bytes exceeds max_message (%I bytes)",
                     (lua_Integer)len, (lua_Integer)max);
@@ -242,6 +283,16 @@ static int m_send(lua_State *L) {
   err = tt_pool_send(&c->p, (unsigned)id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
                      st->wbuf.len - TT_FRAME_HEADER_SIZE);
   tt_lua_encode_done(st);
+  if (err != 0) return tt_lua_fail(L, err, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* give_up(why) -> true | nil, err */
+static int m_give_up(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  const char *why = luaL_checkstring(L, 2);
+  int err = c ? tt_pool_give_up(&c->p, why) : TT_ERR_CLOSED;
   if (err != 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);
   return 1;
@@ -313,7 +364,7 @@ static int m_tostring(lua_State *L) {
 void tt_open_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"submit", m_submit}, {"close", m_close}, {"terminate", m_terminate},
-      {"send", m_send},
+      {"send", m_send},     {"give_up", m_give_up},
       {"stats", m_stats},   {"info", m_info},   {NULL, NULL}};
   tt_lobj_class(L, TT_POOL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_pool);

@@ -14,6 +14,7 @@
 
 #include "binding.h"
 #include "tt_error.h"
+#include "tt_lines.h"
 #include "tt_supervisor.h"
 
 typedef struct {
@@ -26,6 +27,16 @@ static tt_lsup_t *of(tt_supervisor_t *s) { return s->data; }
 
 static void on_sup_closed(tt_supervisor_t *s) {
   tt_lua_workers_closed(&of(s)->o, &of(s)->w);
+}
+
+int tt_lua_start_failed(lua_State *L, int err,
+                        const tt_supervisor_options_t *so, int log) {
+  if (log == 1 || log == 2) /* name the option and the path */
+    lua_pushfstring(L, "%s log '%s': %s", log == 1 ? "stdout" : "stderr",
+                    so->log_path[log], uv_strerror(err));
+  else
+    lua_pushstring(L, tt_strerror(err));
+  return tt_lua_fail(L, err, lua_tostring(L, -1));
 }
 
 void tt_lua_workers_free(tt_lworkers_t *w) {
@@ -122,7 +133,8 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
   }
   if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
   lua_pushinteger(L, id);
-  rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json);
+  rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json,
+                     tt_channel_max_message(ch));
   if (rc != 1) {
     char why[256];
     snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
@@ -371,9 +383,10 @@ static int l_supervise(lua_State *L) {
   err = tt_supervisor_start(&st->loop, &c->s, &so); /* copies the message */
   if (encoded) tt_lua_encode_done(st);
   if (err != 0) {
+    int which = c->s.log_error;
     tt_lua_workers_free(&c->w);
     free(c);
-    return tt_lua_fail(L, err, NULL);
+    return tt_lua_start_failed(L, err, &so, which);
   }
   tt_lobj_new_box(L, &c->o, TT_SUPERVISOR_MT, 2, teardown);
   c->o.json = so.process.channel_options.lines;
@@ -415,7 +428,7 @@ static int m_send(lua_State *L) {
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
   max = c->s.opts.process.channel_options.max_message;
   if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;
-  if (len > max) {
+  if (len > max || (c->o.json && len + tt_lines_overhead(kind) > max)) {
     tt_lua_encode_done(st);
     lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
                     (lua_Integer)len, (lua_Integer)max);
@@ -446,13 +459,13 @@ static int m_send(lua_State *L) {
   return 1;
 }
 
-/* answer(serial, frame_id, value, is_fault): the reply to a request, on
- * the channel of the very process that asked. */
+/* answer(serial, frame_id, value, is_fault, automatic): the reply to a
+ * request, on the channel of the very process that asked. */
 static int m_answer(lua_State *L) {
   tt_lsup_t *c = check(L);
   lua_Integer serial = luaL_checkinteger(L, 2);
   lua_Integer fid = luaL_checkinteger(L, 3);
-  int fault = lua_toboolean(L, 5);
+  int fault = lua_toboolean(L, 5), automatic = lua_toboolean(L, 6);
   tt_channel_t *ch;
   tt_state_t *st;
   int err;
@@ -462,9 +475,14 @@ static int m_answer(lua_State *L) {
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = c->o.st;
   if ((err = tt_lua_encode(L, st, 4, c->o.json)) != 0) return err;
-  err = tt_channel_send(ch, fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
-                        (uint32_t)fid, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                        st->wbuf.len - TT_FRAME_HEADER_SIZE, NULL, NULL);
+  if (automatic) /* our own refusal: dropped if the worker never reads */
+    err = tt_channel_send_auto(ch, TT_FRAME_FAULT, (uint32_t)fid,
+                               st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                               st->wbuf.len - TT_FRAME_HEADER_SIZE);
+  else
+    err = tt_channel_send(ch, fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
+                          (uint32_t)fid, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                          st->wbuf.len - TT_FRAME_HEADER_SIZE, NULL, NULL);
   tt_lua_encode_done(st);
   if (err < 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);

@@ -322,6 +322,8 @@ local function spawn_options(opts)
   o.max_message = check_opt(opts, "max_message", "number")
   o.high_water = check_opt(opts, "high_water", "number")
   o.flush_timeout = check_opt(opts, "flush_timeout", "number")
+  o.close_fds = check_opt(opts, "close_fds", "boolean")
+  o.pass_fds = check_opt(opts, "pass_fds", "table")
   local ser = check_opt(opts, "serialization", "string") or "native"
   if ser == "json" then
     if not json.available then error(json.why, 3) end
@@ -350,6 +352,9 @@ local function spawn_options(opts)
   local extra = {}
   for k, v in pairs(env) do extra[k] = v end
   if o.max_message then extra.TETHER_MAX_MESSAGE = extra.TETHER_MAX_MESSAGE or o.max_message end
+  -- as in Node, a detached child outlives its parent: a tether child is
+  -- told not to end when the parent goes
+  if o.detached then extra.TETHER_DETACHED = "1" end
   return o, extra
 end
 
@@ -357,6 +362,21 @@ end
 -- streams (piped stdout/stderr)
 
 local Stream = class()
+
+-- a piped stdin: write(data) -> true | false (over the high-water mark:
+-- wait for "drain") | nil, err; end() closes it
+local Writable = class()
+
+function Writable:write(data)
+  if type(data) ~= "string" then
+    error("bad argument #1 to 'write' (string expected, got " .. type(data) .. ")", 2)
+  end
+  return self._child._h:write(data)
+end
+
+Writable["end"] = function(self)
+  return self._child._h:end_input()
+end
 
 ---------------------------------------------------------------------------
 -- child processes
@@ -408,6 +428,8 @@ local function child_handler(self)
     elseif event == "stdout" or event == "stderr" then
       local s = self[event]
       if a then s:emit("data", a) else s:emit("end") end
+    elseif event == "stdin_drain" then
+      if self.stdin then self.stdin:emit("drain") end
     elseif event == "control" then
       control(self, a)
     elseif event == "request" then
@@ -447,6 +469,7 @@ function tether.spawn(cmd, args, opts)
   self._json = o.json
   self.pid = h:pid()
   self.connected = h:connected()
+  if o.stdin == "pipe" then self.stdin = emitter({ _child = self }, Writable) end
   if o.stdout == "pipe" then self.stdout = emitter({}, Stream) end
   if o.stderr == "pipe" then self.stderr = emitter({}, Stream) end
   defer(function() self:emit("spawn") end)
@@ -608,8 +631,8 @@ local function handle(self, fn)
   return self
 end
 
-local function answer_error(self, id, code, message, traceback)
-  self._h:answer(id, { code = code, message = message, traceback = traceback }, true)
+local function answer_error(self, id, code, message, traceback, automatic)
+  self._h:answer(id, { code = code, message = message, traceback = traceback }, true, automatic)
 end
 
 local function handler_error(e)
@@ -623,7 +646,8 @@ end
 local function serve_one(self, msg, id)
   local fn = self._handler
   if not fn then
-    answer_error(self, id, "ERR_NO_HANDLER", "the peer has no request handler (handle(fn) was not called)")
+    answer_error(self, id, "ERR_NO_HANDLER", "the peer has no request handler (handle(fn) was not called)",
+      nil, true)
     return
   end
   local ok, result = xpcall(fn, handler_error, msg)
@@ -722,7 +746,7 @@ end
 
 function Parent:keep_alive(on)
   self._keep_alive = on and true or false
-  core.watch_parent(not self._keep_alive)
+  core.watch_parent(not self._keep_alive and not self._detached)
   self:_update_ref()
   return self
 end
@@ -754,7 +778,7 @@ local function open_parent()
     elseif event == "disconnect" then
       self.connected = false
       self:emit("disconnect")
-      if not self._local_disconnect and not self._keep_alive then
+      if not self._local_disconnect and not self._keep_alive and not self._detached then
         -- The parent went away: we go too.  A parent that only
         -- disconnected lets us finish our work, as in Node; the EOF may
         -- come a moment before the kernel reparents us, so look again.
@@ -787,7 +811,10 @@ local function open_parent()
   end
   self._h = h
   self.json = h:json() -- started by Node.js (or by tether in JSON mode)
-  core.watch_parent(true)
+  -- started with detached = true: we outlive the parent (its death only
+  -- ends the channel, as in Node)
+  self._detached = core.take_env("TETHER_DETACHED") == "1"
+  core.watch_parent(not self._detached)
   return self
 end
 

@@ -459,6 +459,17 @@ static int l_timeout(lua_State *L) {
   return 1;
 }
 
+/* take_env(name) -> value | nil: read and removed, so our own children
+ * never inherit what was meant for us */
+static int l_take_env(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *v = getenv(name);
+  if (v == NULL) return 0;
+  lua_pushstring(L, v);
+  unsetenv(name);
+  return 1;
+}
+
 static int l_pid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)uv_os_getpid());
   return 1;
@@ -661,6 +672,7 @@ static const luaL_Reg funcs[] = {
     {"fd", l_fd},
     {"running", l_running},
     {"pid", l_pid},
+    {"take_env", l_take_env},
     {"timeout", l_timeout},
     {"uncaught", l_uncaught},
     {"set_uncaught", l_set_uncaught},

@@ -25,6 +25,7 @@ build = {
     ["tether.core"] = {
       sources = {
         "core/backoff.c", "core/channel.c", "core/error.c", "core/fd.c", "core/frame.c", "core/lines.c",
+        "core/logsink.c",
         "core/pool.c", "core/process.c", "core/rpc.c", "core/supervisor.c",
         "lua/channel.c", "lua/child.c", "lua/codec.c", "lua/message.c",
         "lua/pool.c", "lua/supervisor.c", "lua/tether_core.c", "lua/timer.c", "lua/util.c",

@@ -9,6 +9,11 @@ local H = {}
 if os.getenv("TETHER_GC") == "aggressive" then collectgarbage("incremental", 0, 100) end
 -- TETHER_SLOW: the specs run under valgrind; timeouts are stretched.
 H.slow = os.getenv("TETHER_SLOW") ~= nil
+-- How much slower than a plain build this run is (sanitizers, continuous
+-- collection, valgrind): for bounds on wall-clock time in tests.
+H.scale = (H.slow and 10 or 1)
+  * ((os.getenv("LD_PRELOAD") or ""):match("asan") and 3 or 1)
+  * (os.getenv("TETHER_GC") == "aggressive" and 3 or 1)
 
 H.LUA = os.getenv("TETHER_LUA") or "lua5.4"
 H.dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".")

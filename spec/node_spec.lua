@@ -30,7 +30,7 @@ const tether = require(%q);
 tether.serve(async (task) => ({ doubled: task * 2 }));
 process.on('message', (m) => {
   if (m === 'bye') return process.disconnect();
-  if (m && typeof m === 'object' && typeof m.tether_task === 'number') return;
+  if (tether.isEnvelope(m)) return;
   process.send({ echo: m, type: m === null ? 'null' : Array.isArray(m) ? 'array' : typeof m });
 });
 process.send({ hello: 'from node', pid: process.pid, int: 42, float: 2.5, big: 2 ** 53, nul: null,
@@ -199,14 +199,14 @@ describe("serialization = \"json\" (Node.js)", function()
       c.stderr.on('data', (d) => { err += d; });
       const seen = [];
       c.on('message', async (m) => {
-        if (m && typeof m.tether_task === 'number') return;
+        if (m && m.cmd === 'TETHER_REQUEST') return;
         seen.push(m);
         if (m === 'ready') {
           c.send({ n: 1 });
         } else if (m.got) {
           // call the Lua child's handle() through the envelopes, by hand
-          c.send({ tether_task: 7, task: 12 });
-        } else if (typeof m.tether_reply === 'number') {
+          c.send({ cmd: 'TETHER_REQUEST', id: 7, task: 12 });
+        } else if (m.cmd === 'TETHER_REPLY') {
           c.disconnect();
         }
       });
@@ -225,7 +225,7 @@ describe("serialization = \"json\" (Node.js)", function()
     f:close()
     local ok, res = tether._json.decode(text)
     assert.is_true(ok)
-    assert.same({ "ready", { got = { n = 1 } }, { tether_reply = 7, result = { squared = 144 } } }, res.seen)
+    assert.same({ "ready", { got = { n = 1 } }, { cmd = "TETHER_REPLY", id = 7, result = { squared = 144 } } }, res.seen)
     assert.equals(0, res.code)
     assert.matches("lua child: disconnect", res.err, 1, true)
     os.remove(out)

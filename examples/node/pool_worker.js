@@ -1,8 +1,8 @@
 // A Node.js pool worker for examples/node/lua_parent.lua:
 // tether.pool{cmd = "node", args = {"pool_worker.js"}, serialization = "json"}
-// sends it tasks as {"tether_task":ID,"task":...} lines; ./tether.js's
-// serve() answers each with {"tether_reply":ID,"result":...}, or with a
-// {"tether_fault":ID,...} when the function throws.
+// sends it tasks as {"cmd":"TETHER_REQUEST","id":ID,"task":...} lines;
+// ./tether.js's serve() answers each with {"cmd":"TETHER_REPLY","id":ID,
+// "result":...}, or with a {"cmd":"TETHER_FAULT",...} when the function throws.
 'use strict';
 const tether = require('./tether');
 

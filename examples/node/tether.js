@@ -18,9 +18,12 @@
 // traceback.
 //
 // On the wire (PROTOCOL.md, "JSON mode") these are ordinary messages whose
-// first keys are fixed, so JSON.stringify keeps them first:
-//   {"tether_task":ID,"task":...}  {"tether_reply":ID,"result":...}
-//   {"tether_fault":ID,"error":{"code":...,"message":...,"traceback":...}}
+// first keys are fixed, so JSON.stringify keeps them first; like Node's own
+// internal messages they carry a `cmd` marker no user message has by
+// accident:
+//   {"cmd":"TETHER_REQUEST","id":ID,"task":...}
+//   {"cmd":"TETHER_REPLY","id":ID,"result":...}
+//   {"cmd":"TETHER_FAULT","id":ID,"error":{"code":...,"message":...,"traceback":...}}
 // Your own 'message' listeners see them too: tether.isEnvelope(m) tells.
 'use strict';
 
@@ -30,10 +33,15 @@ function channelClosed() {
   return Object.assign(new Error('the channel closed before the reply came'), { code: 'ERR_IPC_CHANNEL_CLOSED' });
 }
 
+const REQUEST = 'TETHER_REQUEST', REPLY = 'TETHER_REPLY', FAULT = 'TETHER_FAULT';
+
 function isEnvelope(m) {
-  return m !== null && typeof m === 'object' && (typeof m.tether_task === 'number' ||
-    typeof m.tether_reply === 'number' || typeof m.tether_fault === 'number');
+  return m !== null && typeof m === 'object' && typeof m.id === 'number' &&
+    (m.cmd === REQUEST || m.cmd === REPLY || m.cmd === FAULT);
 }
+
+// the key order is the wire format: cmd, id, then the value
+const fault = (id, error) => ({ cmd: FAULT, id, error });
 
 // a send whose failure (the peer is gone) is not an 'error' event
 function quietSend(peer, msg) {
@@ -52,28 +60,28 @@ function state(peer) {
   peers.set(peer, s);
   peer.on('message', async (m) => {
     if (!isEnvelope(m)) return;
-    if (typeof m.tether_task === 'number') {
-      const id = m.tether_task;
+    if (m.cmd === REQUEST) {
+      const id = m.id;
       if (!s.handler) {
-        quietSend(peer, { tether_fault: id, error: { code: 'ERR_NO_HANDLER', message: 'no tether.serve() handler' } });
+        quietSend(peer, fault(id, { code: 'ERR_NO_HANDLER', message: 'no tether.serve() handler' }));
         return;
       }
       let result;
       try {
         result = await s.handler(m.task);
       } catch (e) {
-        quietSend(peer, { tether_fault: id, error: { code: 'ERR_TASK_FAILED',
-          message: String(e && e.message !== undefined ? e.message : e), traceback: (e && e.stack) || null } });
+        quietSend(peer, fault(id, { code: 'ERR_TASK_FAILED',
+          message: String(e && e.message !== undefined ? e.message : e), traceback: (e && e.stack) || null }));
         return;
       }
-      const err = quietSend(peer, { tether_reply: id, result: result === undefined ? null : result });
+      const err = quietSend(peer, { cmd: REPLY, id, result: result === undefined ? null : result });
       if (err) {
-        quietSend(peer, { tether_fault: id, error: { code: 'ERR_TASK_FAILED',
-          message: 'reply cannot be sent: ' + err.message } });
+        quietSend(peer, fault(id, { code: 'ERR_TASK_FAILED',
+          message: 'reply cannot be sent: ' + err.message }));
       }
     } else {
-      const reply = typeof m.tether_reply === 'number';
-      const id = reply ? m.tether_reply : m.tether_fault;
+      const reply = m.cmd === REPLY;
+      const id = m.id;
       const p = s.pending.get(id);
       if (!p) return;
       s.pending.delete(id);
@@ -102,7 +110,7 @@ exports.call = (msg, peer = process) => new Promise((resolve, reject) => {
   s.nextId = s.nextId % 4294967295 + 1;
   const id = s.nextId;
   s.pending.set(id, { resolve, reject });
-  const err = quietSend(peer, { tether_task: id, task: msg === undefined ? null : msg });
+  const err = quietSend(peer, { cmd: REQUEST, id, task: msg === undefined ? null : msg });
   if (err) {
     s.pending.delete(id);
     reject(err);

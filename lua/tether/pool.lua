@@ -32,12 +32,21 @@ local function handler(self)
       local err = tether._worker_error(b)
       if err then
         err.worker = a
+        if err.code == "ERR_WORKER_INIT" then
+          self._init_error = err.message
+          -- a script that cannot load will not load next time either: the
+          -- tasks fail now, with the cause, instead of after every restart
+          if err.load then self._h:give_up(err.message) end
+        end
         self:emit("error", err)
       end
     elseif event == "error" then
       b.worker = a
       self:emit("error", b)
     elseif event == "give_up" then
+      if self._init_error and not a:find(self._init_error, 1, true) then
+        a = a .. "; the last start failed with: " .. self._init_error
+      end
       self.gave_up = a
       self:emit("give_up", a)
     elseif event == "stopped" then

@@ -49,7 +49,7 @@ arg = newarg
 
 local chunk, lerr = loadfile(script)
 -- (load = true: it will fail the same way every time; a pool gives up)
-if not chunk then fail("ERR_WORKER_INIT", "cannot load the script: " .. tostring(lerr), "", true) end
+if not chunk then fail("ERR_WORKER_INIT", tostring(lerr), "", true) end
 
 -- Whatever was raised becomes a printable message (an error object whose
 -- fields are not strings included): the parent must be able to show it.

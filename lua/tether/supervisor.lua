@@ -237,7 +237,7 @@ function M.handler(self)
       end
     elseif event == "request" then
       self._h:answer(c, b, { code = "ERR_NO_HANDLER",
-        message = "the supervisor has no request handler" }, true)
+        message = "the supervisor has no request handler" }, true, true)
     elseif event == "error" then
       a.worker = id
       self:emit("error", a, w)

@@ -1,0 +1,211 @@
+/*
+ * Log sink: see tt_logsink.h.
+ *
+ * Invariants:
+ * - buf[0, len) waits to be written, in order, and is never more than
+ *   TT_LOGSINK_BUFFER; while it is not empty the poll (a FIFO or pipe: the
+ *   only files that say EAGAIN) watches for WRITABLE.
+ * - Every write is whole or partial; a partial one leaves its rest at the
+ *   front of the buffer, so lines are never torn apart by later lines.
+ * - The memory is the owner's; handles are closed before close_cb runs.
+ */
+#include "tt_logsink.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static int open_path(const char *path) {
+  int flags = O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC;
+  int fd = open(path, O_WRONLY | flags, 0644);
+  /* a FIFO without a reader: be a reader too, so nothing blocks or fails */
+  if (fd < 0 && errno == ENXIO) fd = open(path, O_RDWR | flags, 0644);
+  return fd < 0 ? -errno : fd;
+}
+
+int tt_logsink_open(uv_loop_t *loop, tt_logsink_t *ls, const char *path) {
+  void *data = ls->data;
+  void (*trouble)(tt_logsink_t *, int, uint64_t) = ls->on_trouble;
+  int fd = open_path(path);
+  if (fd < 0) return fd;
+  memset(ls, 0, sizeof *ls);
+  ls->data = data;
+  ls->on_trouble = trouble;
+  ls->loop = loop;
+  ls->path = path;
+  ls->fd = fd;
+  return 0;
+}
+
+static void on_writable(uv_poll_t *h, int status, int events);
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void watch(tt_logsink_t *ls, int on) {
+  if (ls->closing || on == ls->polling) return;
+  if (on && ls->poll == NULL) {
+    uv_poll_t *p = malloc(sizeof *p);
+    if (p == NULL) return;
+    if (uv_poll_init(ls->loop, p, ls->fd) != 0) { /* a regular file */
+      free(p);
+      return;
+    }
+    p->data = ls;
+    ls->poll = p;
+  }
+  if (ls->poll == NULL) return;
+  ls->polling = on;
+  if (on) {
+    uv_poll_start(ls->poll, UV_WRITABLE, on_writable);
+    uv_unref((uv_handle_t *)ls->poll); /* logs never keep the loop alive */
+  } else {
+    uv_poll_stop(ls->poll);
+  }
+}
+
+/* Writes as much of `p` as the file takes now: bytes written, or -errno
+ * (EAGAIN is 0 bytes). */
+static ssize_t write_now(tt_logsink_t *ls, const char *p, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t k = write(ls->fd, p + done, n - done);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      return -errno;
+    }
+    done += (size_t)k;
+  }
+  return (ssize_t)done;
+}
+
+static void trouble(tt_logsink_t *ls, int err) {
+  if (ls->on_trouble) ls->on_trouble(ls, err, ls->dropped);
+}
+
+/* Writes from the front of the buffer. */
+static void drain(tt_logsink_t *ls) {
+  ssize_t k;
+  if (ls->len == 0) return;
+  k = write_now(ls, ls->buf, ls->len);
+  if (k < 0) {
+    ls->len = 0;
+    watch(ls, 0);
+    trouble(ls, (int)k);
+    return;
+  }
+  memmove(ls->buf, ls->buf + k, ls->len - (size_t)k);
+  ls->len -= (size_t)k;
+  if (ls->len == 0) ls->stalled = 0;
+  watch(ls, ls->len > 0);
+}
+
+static void on_writable(uv_poll_t *h, int status, int events) {
+  tt_logsink_t *ls = h->data;
+  (void)events;
+  if (status < 0) { /* the reader went away with the FIFO open: retry later */
+    ls->polling = 0;
+    return;
+  }
+  drain(ls);
+}
+
+static int keep(tt_logsink_t *ls, const char *p, size_t n) {
+  if (ls->len + n > ls->cap) {
+    size_t cap = ls->cap ? ls->cap : 4096;
+    char *nb;
+    while (cap < ls->len + n) cap *= 2;
+    if (cap > TT_LOGSINK_BUFFER) cap = TT_LOGSINK_BUFFER;
+    if (ls->len + n > cap || (nb = realloc(ls->buf, cap)) == NULL) return -1;
+    ls->buf = nb;
+    ls->cap = cap;
+  }
+  memcpy(ls->buf + ls->len, p, n);
+  ls->len += n;
+  return 0;
+}
+
+void tt_logsink_write(tt_logsink_t *ls, const char *p, size_t n) {
+  ssize_t k = 0;
+  if (ls->fd < 0 || n == 0) return;
+  if (ls->len == 0) { /* nothing waits: straight to the file */
+    k = write_now(ls, p, n);
+    if (k < 0) {
+      trouble(ls, (int)k);
+      return;
+    }
+    if ((size_t)k == n) return;
+  }
+  if (keep(ls, p + k, n - (size_t)k) != 0) {
+    /* a line partly written must be finished, whatever the bound */
+    if (k > 0) {
+      ls->dropped++;
+    } else {
+      ls->dropped++;
+      if (!ls->stalled) {
+        ls->stalled = 1;
+        trouble(ls, 0);
+      }
+      return;
+    }
+  }
+  watch(ls, 1);
+}
+
+int tt_logsink_reopen(tt_logsink_t *ls) {
+  int fd = open_path(ls->path);
+  if (fd < 0) return fd;
+  if (ls->poll != NULL) { /* bound to the old fd */
+    uv_close((uv_handle_t *)ls->poll, free_handle);
+    ls->poll = NULL;
+    ls->polling = 0;
+  }
+  close(ls->fd);
+  ls->fd = fd;
+  drain(ls);
+  return 0;
+}
+
+uint64_t tt_logsink_dropped(const tt_logsink_t *ls) { return ls->dropped; }
+
+void tt_logsink_discard(tt_logsink_t *ls) {
+  if (ls->fd >= 0) close(ls->fd);
+  ls->fd = -1;
+  free(ls->buf);
+  ls->buf = NULL;
+}
+
+static void finish_close(tt_logsink_t *ls) {
+  free(ls->buf);
+  ls->buf = NULL;
+  ls->len = ls->cap = 0;
+  if (ls->fd >= 0) close(ls->fd);
+  ls->fd = -1;
+  if (ls->close_cb) ls->close_cb(ls);
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  tt_logsink_t *ls = h->data;
+  free(h);
+  finish_close(ls);
+}
+
+int tt_logsink_close(tt_logsink_t *ls, void (*cb)(tt_logsink_t *ls)) {
+  if (ls->closing) return 0;
+  if (ls->len > 0 && ls->fd >= 0) (void)write_now(ls, ls->buf, ls->len);
+  ls->len = 0;
+  ls->closing = 1;
+  if (ls->poll == NULL) {
+    finish_close(ls);
+    return 0;
+  }
+  ls->close_cb = cb;
+  uv_close((uv_handle_t *)ls->poll, on_poll_closed);
+  ls->poll = NULL;
+  return 1;
+}
