@@ -503,4 +503,431 @@ describe("outside use (issue 11)", function()
       assert.matches("cannot be used", table.concat(err))
     end)
   end
+
+  ---------------------------------------------------------------------------
+  -- hostile peers: raw frames written on the channel by a program that is
+  -- not tether
+
+  local function u32(n)
+    return string.char(n & 255, (n >> 8) & 255, (n >> 16) & 255, (n >> 24) & 255)
+  end
+  local function frame(kind, id, payload)
+    return u32(#payload) .. string.char(1, kind, 0, 0) .. u32(id) .. payload
+  end
+  -- a peer that writes `bytes` (`times` times) on fd 3, then lingers
+  local function raw_peer(bytes, opts, times, linger)
+    local path = H.tmpfile("raw" .. tostring(math.random(1 << 30)))
+    local f = assert(io.open(path, "wb"))
+    f:write(bytes)
+    f:close()
+    local cmd = ("for i in $(seq 1 %d); do cat %s; done >&3; sleep %s"):format(times or 1, path, linger or "1")
+    return assert(tether.spawn("sh", { "-c", cmd }, opts)), path
+  end
+
+  ---------------------------------------------------------------------------
+  -- [8] a worker's crash reaches its own stderr, with the traceback
+
+  it("[8] an uncaught error in a worker is written to the worker's stderr and log, with its traceback", function()
+    local script = H.script([[
+      local tether = require "tether"
+      local function deep() local t = nil; return t.x end
+      tether.timer(10, function() deep() end)]])
+    local c = assert(tether.fork(script, nil, { stdio = { stderr = "pipe" } }))
+    local err_text, reported = {}, nil
+    c.stderr:on("data", function(d) err_text[#err_text + 1] = d end)
+    c:on("error", function(e) reported = e end)
+    c:on("exit", H.expect(function(code) assert.equals(1, code) end))
+    H.run()
+    local text = table.concat(err_text)
+    assert.matches("ERR_WORKER_UNCAUGHT", text, 1, true)
+    assert.matches("attempt to index a nil value", text, 1, true)
+    assert.matches("stack traceback", text, 1, true)
+    assert.matches("in upvalue 'deep'", text, 1, true)
+    assert.equals("ERR_WORKER_UNCAUGHT", reported.code)
+    assert.matches("stack traceback", reported.traceback, 1, true)
+    -- under a supervisor, into its stderr log
+    local log = H.tmpfile("err8.log")
+    os.remove(log)
+    local sup = assert(tether.supervise { script = script, stderr = log, restart = "never" })
+    sup:on("error", function() end)
+    H.run(10)
+    local f = assert(io.open(log))
+    local logged = f:read("a")
+    f:close()
+    assert.matches("[1] ", logged, 1, true)
+    assert.matches("ERR_WORKER_UNCAUGHT", logged, 1, true)
+    assert.matches("stack traceback", logged, 1, true)
+  end)
+
+  it("[8] an unhandled \"error\" event is printed with its traceback", function()
+    local p = program(([[
+      local tether = require "tether"
+      local c = assert(tether.fork(%q, nil, { stdio = { stderr = "ignore" } }))
+      tether.run()
+    ]]):format(H.script([[
+      local tether = require "tether"
+      local function deep() error("deep trouble") end
+      tether.timer(10, function() deep() end)]])))
+    p:on("exit", H.expect(function(code) assert.equals(0, code) end))
+    H.run()
+    assert.matches("unhandled 'error' event: ERR_WORKER_UNCAUGHT", p.err(), 1, true)
+    assert.matches("deep trouble", p.err(), 1, true)
+    assert.matches("stack traceback", p.err(), 1, true)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [11] a detached child outlives its parent
+
+  for _, detached in ipairs { true, false } do
+    it("[11] a forked child " .. (detached and "with" or "without") .. " detached = true "
+        .. (detached and "outlives" or "dies with") .. " its parent", function()
+      local mark = H.tmpfile("alive11-" .. tostring(detached))
+      os.remove(mark)
+      local p = program(([[
+        local tether = require "tether"
+        local c = assert(tether.fork(%q, { %q }, { detached = %s, stdio = "ignore" }))
+        c:on("message", function() os.exit(0) end)
+        tether.run()
+      ]]):format(H.script([[
+        local tether = require "tether"
+        local mark = ...
+        tether.parent:send("up")
+        tether.timer(600, function()
+          local f = io.open(mark, "w") f:write("alive") f:close()
+        end)]]), mark, tostring(detached)))
+      p:on("exit", H.expect(function(code) assert.equals(0, code) end))
+      H.run()
+      H.sleep(1200 * H.scale)
+      local f = io.open(mark)
+      if detached then
+        assert.is_not_nil(f, "the detached child did not outlive its parent")
+        f:close()
+      else
+        assert.is_nil(f, "the child outlived its parent")
+      end
+      os.remove(mark)
+    end)
+  end
+
+  ---------------------------------------------------------------------------
+  -- [12] a decode budget: memory per received byte is bounded
+
+  local function varint(n)
+    local out = {}
+    repeat
+      local b = n & 127
+      n = n >> 7
+      out[#out + 1] = string.char(n > 0 and (b | 128) or b)
+    until n == 0
+    return table.concat(out)
+  end
+
+  for _, json in ipairs { false, true } do
+    it("[12] a 4 MB frame of empty tables is refused by the decode budget (" .. (json and "json" or "native") .. ")", function()
+      -- 1.4 million empty tables would be ~150 MB of Lua memory; the budget
+      -- is max(8 x max_message, 64 MiB)
+      local n = (4 << 20) // 3
+      local big = json and ("[" .. string.rep("{},", n - 1) .. "{}]\n")
+        or frame(1, 0, "\6" .. varint(n) .. "\0" .. string.rep("\6\0\0", n))
+      local c = raw_peer(big, { serialization = json and "json" or nil, max_message = 8 << 20 })
+      c:on("message", H.expect(nil, 0))
+      c:on("error", H.expect(function(e)
+        assert.equals("ERR_IPC_PROTOCOL", e.code)
+        assert.matches("decode budget", e.message, 1, true)
+      end))
+      c:on("disconnect", function() c:kill("SIGKILL") end)
+      H.run(20)
+    end)
+  end
+
+  it("[12] a legitimate message of 1,000,000 small tables still decodes", function()
+    local c = assert(tether.fork(H.fixture("echo.lua")))
+    local big = {}
+    for i = 1, 1000000 do big[i] = { i } end
+    c:on("message", function(m)
+      if m.ready then c:send(big) return end
+      assert.equals(1000000, #m)
+      assert.equals(777, m[777][1])
+      c:disconnect()
+    end)
+    H.run(30 * H.scale)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [13] a pool whose script cannot load fails fast, with the cause
+
+  for _, case in ipairs { { "syntax error", "local x = = 1", "unexpected symbol" },
+                          { "missing script", nil, "cannot open" } } do
+    for _, size in ipairs { 1, 2 } do
+      it("[13] a pool of " .. size .. " with a " .. case[1] .. " fails its tasks at once with the Lua error", function()
+        local script = case[2] and H.script(case[2]) or "/nonexistent/worker.lua"
+        local pool = assert(tether.pool { script = script, size = size, stderr = "ignore" })
+        pool:on("error", function() end)
+        local took, got
+        tether.go(function()
+          local t0 = tether.hrtime()
+          local r, err = pool:run({ 1 })
+          took = (tether.hrtime() - t0) / 1e6
+          assert.is_nil(r)
+          got = err
+        end)
+        H.run(20)
+        assert.equals("ERR_WORKER_INIT", got.code)
+        assert.matches(case[3], got.message, 1, true)
+        assert.is_true(took < 1000 * H.scale, "took " .. took .. " ms")
+      end)
+    end
+  end
+
+  ---------------------------------------------------------------------------
+  -- [15] automatic answers cannot grow our memory
+
+  for _, case in ipairs {
+    { "pings", function(i) return frame(6, i, "") end },
+    { "requests without a handler", function(i) return frame(2, i, "\64") end },
+  } do
+    it("[15] a peer flooding " .. case[1] .. " and never reading: the backlog stays bounded", function()
+      local parts = {}
+      for i = 1, 100000 do parts[i] = case[2](i) end
+      local c = raw_peer(table.concat(parts), nil, 20, "0.5")
+      local max_queued, dropped = 0, 0
+      local sampler = tether.every(5, function()
+        local q = c:stats().queued_bytes
+        if q > max_queued then max_queued = q end
+      end)
+      c:on("disconnect", function()
+        dropped = c:stats().auto_dropped
+        sampler:stop()
+      end)
+      c:on("error", function() end)
+      H.run(60)
+      assert.is_true(dropped > 0, "nothing was dropped")
+      assert.is_true(max_queued <= (1 << 20) + 4096, "queued " .. max_queued)
+    end)
+  end
+
+  ---------------------------------------------------------------------------
+  -- [16] nothing a peer sends raises out of run()
+
+  it("[16] malformed runner reports and requests without an id are errors, never raises", function()
+    local core = tether.core
+    local cases = {
+      { frame(5, 0, core.encode({ type = "error", code = {} })), "ERR_IPC_PROTOCOL", "code is" },
+      { frame(5, 0, core.encode({ type = "error", code = true })), "ERR_IPC_PROTOCOL", "code is" },
+      { frame(5, 0, core.encode({ type = "error", code = "ERR_WORKER_INIT", message = { 1 } })),
+        "ERR_WORKER_INIT", "table" },
+      { frame(2, 0, core.encode("no id")), "ERR_IPC_PROTOCOL", "without an id" },
+      { frame(3, 0, core.encode("no id")), "ERR_IPC_PROTOCOL", "without an id" },
+    }
+    for _, case in ipairs(cases) do
+      local c = raw_peer(case[1])
+      c:on("error", H.expect(function(e)
+        assert.equals(case[2], e.code)
+        assert.matches(case[3], e.message, 1, true)
+      end))
+      c:handle(function() return 1 end)
+      c:on("disconnect", function() c:kill("SIGKILL") end)
+      tether.timer(300, function() c:kill("SIGKILL") end)
+    end
+    H.run(10)
+  end)
+
+  it("[16] a worker whose main chunk raises an odd error object: ERR_WORKER_INIT with a printable message", function()
+    local script = H.script([[error({ message = { 1 } })]])
+    local c = assert(tether.fork(script, nil, { stdio = { stderr = "ignore" } }))
+    c:on("error", H.expect(function(e)
+      assert.equals("ERR_WORKER_INIT", e.code)
+      assert.is_string(e.message)
+    end))
+    local sup = assert(tether.supervise { script = script, restart = "never", stderr = "ignore" })
+    sup:on("error", H.expect(function(e)
+      assert.equals("ERR_WORKER_INIT", e.code)
+      assert.is_string(e.message)
+    end))
+    local pool = assert(tether.pool { script = script, size = 1, stderr = "ignore", max_restarts = 1 })
+    pool:on("error", function(e) assert.is_string(e.message) end)
+    tether.go(function()
+      local r, err = pool:run(1)
+      assert.is_nil(r)
+      assert.equals("ERR_WORKER_INIT", err.code)
+    end)
+    H.run(30)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [17] a pool worker's undecodable answer fails its task at once
+
+  it("[17] an answer that does not decode fails the task with ERR_IPC_PROTOCOL and replaces the worker", function()
+    local pool = assert(tether.pool { cmd = "sh", size = 1, timeout = 5000 * H.scale,
+      args = { "-c", [[sleep 0.3; printf '\001\000\000\000\001\003\000\000\001\000\000\000\010' >&3; sleep 5]] } })
+    local pool_errors, restarts = {}, 0
+    pool:on("error", function(e) pool_errors[#pool_errors + 1] = e.code end)
+    local took, got
+    tether.go(function()
+      local t0 = tether.hrtime()
+      local r, err = pool:run(1)
+      took = (tether.hrtime() - t0) / 1e6
+      got = err
+      tether.timer(200, function()
+        restarts = pool:workers()[1].restarts
+        pool:terminate()
+      end)
+    end)
+    H.run(20)
+    assert.equals("ERR_IPC_PROTOCOL", got.code)
+    assert.is_true(took < 2000 * H.scale)
+    assert.same({ "ERR_IPC_PROTOCOL" }, pool_errors)
+    assert.is_true(restarts >= 1, "the worker was not replaced")
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [18] JSON mode: user messages shaped like envelopes, sizes as written
+
+  local has_node = os.execute("command -v node >/dev/null 2>&1")
+  it("[18] a Node user's own message shaped like an old envelope reaches 'message'", function()
+    if not has_node then pending("node is not installed") return end
+    local js = H.tmpfile("user18.js")
+    local f = assert(io.open(js, "w"))
+    f:write([[
+      process.send({ tether_reply: 1, result: 'mine' });
+      process.send({ tether_task: 2, task: 'mine too' });
+      process.send({ tether_fault: 3, error: 'also mine' });
+      process.send({ cmd: 'TETHER_REPLYX', id: 1, result: 'still mine' });
+      process.disconnect();
+    ]])
+    f:close()
+    local c = assert(tether.spawn("node", { js }, { serialization = "json" }))
+    local got = {}
+    c:on("message", function(m) got[#got + 1] = m end)
+    H.run(20)
+    assert.same({ { tether_reply = 1, result = "mine" }, { tether_task = 2, task = "mine too" },
+      { tether_fault = 3, error = "also mine" }, { cmd = "TETHER_REPLYX", id = 1, result = "still mine" } }, got)
+  end)
+
+  it("[18] a JSON call over max_message once enveloped is refused at the sender; the channel lives", function()
+    local c = assert(tether.spawn(H.LUA, { tether._internal.runner_path(), H.script([[
+      require("tether").parent:handle(function(x) return #x end)]]) },
+      { serialization = "json", max_message = 1000, env = lua_env() }))
+    tether.go(function()
+      local r, err = c:call(string.rep("x", 995), { timeout = 5000 })
+      assert.is_nil(r)
+      assert.equals("ERR_SERIALIZE", err.code)
+      assert.matches("JSON line", err.message, 1, true)
+      local ok, serr = c:send(string.rep("y", 999)) -- 1001 with its quotes
+      assert.is_nil(ok)
+      assert.equals("ERR_SERIALIZE", serr.code)
+      assert.is_true(c.connected)
+      assert.equals(900, c:call(string.rep("z", 900), { timeout = 5000 }))
+      c:disconnect()
+    end)
+    c:on("error", H.expect(nil, 0))
+    H.run(20)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [19] stdin has backpressure
+
+  it("[19] child.stdin:write reports backpressure and drains", function()
+    local c = assert(tether.spawn("sh", { "-c", "sleep 0.3; cat > /dev/null" },
+      { stdio = { stdin = "pipe" }, channel = false }))
+    local chunk = string.rep("x", 65536)
+    local written, first_false, drains = 0, nil, 0
+    local TOTAL = 800 -- 50 MiB
+    local function pump()
+      while written < TOTAL do
+        written = written + 1
+        if not c.stdin:write(chunk) then
+          first_false = first_false or written
+          return
+        end
+      end
+      c.stdin["end"](c.stdin)
+    end
+    c.stdin:on("drain", function()
+      drains = drains + 1
+      pump()
+    end)
+    pump()
+    H.run(30 * H.scale)
+    assert.equals(TOTAL, written)
+    assert.is_true(first_false ~= nil and first_false <= 32, "no backpressure before " .. tostring(first_false))
+    assert.is_true(drains > 0)
+    assert.equals(0, c.exit_code)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [20] logs never block the loop
+
+  it("[20] a FIFO log without a reader blocks neither supervise() nor the loop", function()
+    local fifo = H.tmpfile("log20.fifo")
+    os.remove(fifo)
+    assert(os.execute("mkfifo " .. fifo))
+    local t0 = tether.hrtime()
+    local sup = assert(tether.supervise { stdout = fifo, instances = 2, script = H.script([[
+      local t = require "tether"
+      t.parent:on("message", function() end)
+      t.every(2, function() for i = 1, 20 do io.stdout:write(string.rep("l", 300), "\n") end io.stdout:flush() end)]]) })
+    assert.is_true((tether.hrtime() - t0) / 1e6 < 1000, "supervise() blocked")
+    local dropping, gap, last = nil, 0, tether.hrtime()
+    sup:on("error", function(e) dropping = dropping or e end)
+    local tick = tether.every(10, function()
+      local now = tether.hrtime()
+      gap = math.max(gap, (now - last) / 1e6)
+      last = now
+    end)
+    tether.timer(1500, function()
+      tick:stop()
+      sup:stop()
+    end)
+    H.run(20)
+    os.remove(fifo)
+    assert.is_true(gap < 300 * H.scale, "the loop stalled " .. gap .. " ms")
+    assert.is_not_nil(dropping)
+    assert.matches("not being read", dropping.message, 1, true)
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [23] the parent's files do not leak into what it starts
+
+  it("[23] files the parent opened are closed in the child; close_fds = false and pass_fds pass them", function()
+    local path = H.tmpfile("open23.txt")
+    local f = assert(io.open(path, "w"))
+    local fd
+    for n, target in pairs(H.fds()) do if target == path then fd = n end end
+    assert.is_not_nil(fd)
+    local function fds_of_child(opts)
+      opts.channel = false
+      opts.stdio = { stdout = "pipe" }
+      local c = assert(tether.spawn("sh", { "-c", "ls -l /proc/$$/fd" }, opts))
+      local out = {}
+      c.stdout:on("data", function(d) out[#out + 1] = d end)
+      H.run()
+      return table.concat(out)
+    end
+    assert.not_matches("open23", fds_of_child({}))
+    assert.matches("open23", fds_of_child({ close_fds = false }))
+    local passed = fds_of_child({ pass_fds = { fd } })
+    assert.matches(" " .. fd .. " %-> " .. path:gsub("%p", "%%%0"), passed)
+    f:close()
+  end)
+
+  ---------------------------------------------------------------------------
+  -- [25] sup:restart in the "restart" handler cannot loop
+
+  it("[25] restarting a worker from its own \"restart\" handler is refused, no loop", function()
+    local sup = assert(tether.supervise { script = H.script([[
+      local t = require "tether"
+      t.parent:on("message", function() end)]]) })
+    local refused, restarts = nil, 0
+    sup:on("restart", function(w)
+      restarts = restarts + 1
+      local ok, err = sup:restart(w.id)
+      refused = refused or (not ok and err.code)
+    end)
+    sup:once("start", function() assert.is_true(sup:restart(1)) end)
+    tether.timer(1500, function() sup:stop() end)
+    H.run(20)
+    assert.equals("EBUSY", refused)
+    assert.equals(1, restarts)
+  end)
 end)
