@@ -10,12 +10,12 @@ CHECK_FLAGS = $(shell pkg-config --cflags --libs check 2>/dev/null || echo -lche
 
 WARN    = -Wall -Wextra -Werror
 CFLAGS  ?= -O2 -g
-BASE    = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -Icore -Ilua $(LUA_INC) $(UV_CFLAGS)
+BASE    = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -Icore -Ibinding $(LUA_INC) $(UV_CFLAGS)
 SAN     = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 CORE_SRC = $(wildcard core/*.c)
-LUA_SRC  = $(wildcard lua/*.c)
-HDRS     = $(wildcard core/*.h lua/*.h)
+LUA_SRC  = $(wildcard binding/*.c)
+HDRS     = $(wildcard core/*.h binding/*.h)
 
 BUILD  = build
 ABUILD = build-asan
@@ -27,6 +27,8 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
 
 
 .PHONY: fuzz-deps
+
+.PHONY: rock rock-install
 .PHONY: all deps test test-c test-lua test-asan test-asan-lua test-valgrind test-valgrind-lua demo bench fuzz clean install-rock
 
 all: $(BUILD)/tether/core.so
@@ -43,7 +45,7 @@ $(ABUILD)/tether/core.so: $(CORE_SRC) $(LUA_SRC) $(HDRS)
 	$(CC) $(BASE) $(SAN) -fvisibility=hidden -shared $(CORE_SRC) $(LUA_SRC) $(UV_LIBS) -o $@
 
 # C probes of the value codec for spec/codec_spec.lua
-PROBE_SRC = test/codec_testmod.c lua/codec.c lua/util.c core/error.c
+PROBE_SRC = test/codec_testmod.c binding/codec.c binding/util.c core/error.c
 $(BUILD)/codec_test.so: $(PROBE_SRC) $(HDRS)
 	$(CC) $(BASE) $(CFLAGS) -shared $(PROBE_SRC) $(UV_LIBS) -o $@
 $(ABUILD)/codec_test.so: $(PROBE_SRC) $(HDRS)
@@ -101,13 +103,13 @@ bench: deps $(BUILD)/tether/core.so
 # seed corpus in fuzz/corpus/<name>; new inputs go to build-fuzz/<name>.
 FUZZ_SECS ?= 60
 FUZZ_CC = clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
-          -fno-sanitize-recover=undefined -Icore -Ilua $(LUA_INC) $(UV_CFLAGS)
+          -fno-sanitize-recover=undefined -Icore -Ibinding $(LUA_INC) $(UV_CFLAGS)
 build-fuzz/fuzz_frame: fuzz/fuzz_frame.c core/frame.c core/lines.c core/error.c $(HDRS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) fuzz/fuzz_frame.c core/frame.c core/lines.c core/error.c $(UV_LIBS) -o $@
-build-fuzz/fuzz_codec: fuzz/fuzz_codec.c lua/codec.c lua/util.c core/error.c $(HDRS)
+build-fuzz/fuzz_codec: fuzz/fuzz_codec.c binding/codec.c binding/util.c core/error.c $(HDRS)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) fuzz/fuzz_codec.c lua/codec.c lua/util.c core/error.c -llua5.4 $(UV_LIBS) -o $@
+	$(FUZZ_CC) fuzz/fuzz_codec.c binding/codec.c binding/util.c core/error.c -llua5.4 $(UV_LIBS) -o $@
 build-fuzz/fuzz_lines: fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c $(HDRS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c $(UV_LIBS) -o $@
@@ -126,6 +128,23 @@ fuzz: fuzz-deps build-fuzz/fuzz_frame build-fuzz/fuzz_codec build-fuzz/fuzz_line
 
 install-rock:
 	luarocks --lua-version=5.4 make rockspec/tether-scm-1.rockspec
+
+# For luarocks (rockspec/tether-scm-1.rockspec, the make backend): nothing is
+# written into the source tree but build-rock/, removed once installed.
+ROCK_BUILD = build-rock
+LUA_MODULES = lua/tether.lua $(wildcard lua/tether/*.lua)
+rock:
+	@mkdir -p $(ROCK_BUILD)/tether
+	$(CC) -std=c11 -D_GNU_SOURCE $(CFLAGS) -fvisibility=hidden -Icore -Ibinding \
+	  -I$(LUA_INCDIR) -I$(LIBUV_INCDIR) $(LIBFLAG) $(CORE_SRC) $(LUA_SRC) \
+	  -L$(LIBUV_LIBDIR) -luv -o $(ROCK_BUILD)/tether/core.so
+rock-install:
+	install -d $(INST_LIBDIR)/tether $(INST_LUADIR)/tether
+	install -m 755 $(ROCK_BUILD)/tether/core.so $(INST_LIBDIR)/tether/core.so
+	install -m 644 lua/tether.lua $(INST_LUADIR)/tether.lua
+	install -m 644 $(wildcard lua/tether/*.lua) $(INST_LUADIR)/tether/
+	install -m 644 examples/node/tether.js $(INST_LUADIR)/tether/tether.js
+	rm -rf $(ROCK_BUILD)
 
 clean:
 	rm -rf $(BUILD) $(ABUILD) build-fuzz

@@ -4,8 +4,8 @@
  * raise or a crash.  A success must re-encode (decoded values are always
  * serializable) and the re-encoding must decode again.
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icore -Ilua \
- *     -I/usr/include/lua5.4 fuzz/fuzz_codec.c lua/codec.c lua/util.c \
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icore -Ibinding \
+ *     -I/usr/include/lua5.4 fuzz/fuzz_codec.c binding/codec.c binding/util.c \
  *     core/error.c -llua5.4 -luv -o fuzz_codec
  *   ./fuzz_codec -max_total_time=60 corpus/
  */

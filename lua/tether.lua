@@ -23,6 +23,19 @@ if json.available then
 end
 tether._json = json
 
+-- examples/node/tether.js, the request/response helper for Node.js peers:
+-- installed beside the Lua modules (tether/tether.js), or in the source tree
+tether.node_helper = (function()
+  local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+  for _, p in ipairs { here .. "/tether/tether.js", here .. "/../examples/node/tether.js" } do
+    local f = io.open(p)
+    if f then
+      f:close()
+      return p
+    end
+  end
+end)()
+
 ---------------------------------------------------------------------------
 -- errors
 

@@ -19,26 +19,24 @@ dependencies = {
 external_dependencies = {
   LIBUV = { header = "uv.h", library = "uv" },
 }
+-- The make backend, not builtin: builtin copies a top-level lua/ folder
+-- wholesale and leaves .o files beside the sources.  `make rock` builds the
+-- one .so into build-rock/ (ignored), `make rock-install` installs exactly
+-- the modules (and the Node.js helper, tether/tether.js beside them) and
+-- removes build-rock/.
 build = {
-  type = "builtin",
-  modules = {
-    ["tether.core"] = {
-      sources = {
-        "core/backoff.c", "core/channel.c", "core/error.c", "core/fd.c", "core/frame.c", "core/lines.c",
-        "core/logsink.c",
-        "core/pool.c", "core/process.c", "core/rpc.c", "core/supervisor.c",
-        "lua/channel.c", "lua/child.c", "lua/codec.c", "lua/message.c",
-        "lua/pool.c", "lua/supervisor.c", "lua/tether_core.c", "lua/timer.c", "lua/util.c",
-      },
-      defines = { "_GNU_SOURCE" },
-      incdirs = { "core", "lua", "$(LIBUV_INCDIR)" },
-      libdirs = { "$(LIBUV_LIBDIR)" },
-      libraries = { "uv" },
-    },
-    tether = "lua/tether.lua",
-    ["tether.runner"] = "lua/tether/runner.lua",
-    ["tether.supervisor"] = "lua/tether/supervisor.lua",
-    ["tether.pool"] = "lua/tether/pool.lua",
-    ["tether.json"] = "lua/tether/json.lua",
+  type = "make",
+  build_target = "rock",
+  build_variables = {
+    CFLAGS = "$(CFLAGS)",
+    LIBFLAG = "$(LIBFLAG)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
+    LIBUV_INCDIR = "$(LIBUV_INCDIR)",
+    LIBUV_LIBDIR = "$(LIBUV_LIBDIR)",
+  },
+  install_target = "rock-install",
+  install_variables = {
+    INST_LIBDIR = "$(LIBDIR)",
+    INST_LUADIR = "$(LUADIR)",
   },
 }

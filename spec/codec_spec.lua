@@ -1,4 +1,4 @@
--- The native value codec (lua/codec.c, doc/codec-format.md).
+-- The native value codec (binding/codec.c, doc/codec-format.md).
 -- Runs against tether.core when it is built, else the codec_test module.
 -- The real module's encode/decode, plus the C probes of the test module
 -- (built next to it by the Makefile) for what Lua cannot see.

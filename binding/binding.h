@@ -166,7 +166,7 @@ typedef struct {
   char **argv, **env;
   int opts_ref;
 } tt_lworkers_t;
-/* Worker options from the facade's table at idx (see lua/supervisor.c):
+/* Worker options from the facade's table at idx (see binding/supervisor.c):
  * 0, or the count of results (nil, err) pushed.  On success w's arrays are
  * allocated (tt_lua_workers_free() if the start then fails) and, when
  * *encoded, the shutdown message sits in the state's encode buffer: call
