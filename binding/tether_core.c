@@ -597,6 +597,8 @@ static void close_stray(uv_handle_t *h, void *arg) {
 static int state_gc(lua_State *L) {
   tt_state_t *st = lua_touserdata(L, 1);
   if (st->closing) return 0;
+  /* Ending anyway: the parent's death must not signal us midway. */
+  tt_process_watch_parent(0, 0);
   /* What the program sent before it ended is delivered first (bounded by
    * the channels' flush timeouts), also when it never ran the loop. */
   flush_at_exit(st);

@@ -6,6 +6,8 @@
 -- asynchronous errors (callback, else "error" event, else stderr).
 local core = require "tether.core"
 local json = require "tether.json"
+local check = require "tether.check"
+local argerror = check.argerror
 
 local tether = {
   version = core.version,
@@ -81,8 +83,8 @@ local function listeners(self, event)
 end
 
 function Emitter:on(event, fn)
-  assert(type(event) == "string", "bad argument #1 to 'on' (string expected)")
-  assert(type(fn) == "function", "bad argument #2 to 'on' (function expected)")
+  if type(event) ~= "string" then argerror("on", 1, "string expected, got " .. type(event), 2) end
+  if type(fn) ~= "function" then argerror("on", 2, "function expected, got " .. type(fn), 2) end
   local list = listeners(self, event)
   list[#list + 1] = fn
   if self._listeners_changed then self:_listeners_changed(event) end
@@ -93,7 +95,8 @@ end
 local once_of = setmetatable({}, { __mode = "k" })
 
 function Emitter:once(event, fn)
-  assert(type(fn) == "function", "bad argument #2 to 'once' (function expected)")
+  if type(event) ~= "string" then argerror("once", 1, "string expected, got " .. type(event), 2) end
+  if type(fn) ~= "function" then argerror("once", 2, "function expected, got " .. type(fn), 2) end
   local wrapper
   wrapper = function(...)
     self:off(event, wrapper)
@@ -215,18 +218,33 @@ tether.hrtime = core.hrtime
 tether.fd = core.fd
 tether.timeout = core.timeout
 
+local function check_fn(fname, n, fn)
+  if type(fn) ~= "function" then argerror(fname, n, "function expected, got " .. type(fn), 3) end
+end
+
+local function check_ms(fname, n, ms, min)
+  if type(ms) ~= "number" or ms ~= ms or ms < min then
+    argerror(fname, n, ("number of ms >= %d expected, got %s"):format(min, check.describe(ms)), 3)
+  end
+end
+
 function tether.timer(ms, fn)
-  assert(type(ms) == "number" and ms >= 0, "bad argument #1 to 'timer' (non-negative number expected)")
+  check_ms("timer", 1, ms, 0)
+  check_fn("timer", 2, fn)
   return core.timer(math.floor(ms), 0, fn)
 end
 
 function tether.every(ms, fn)
-  assert(type(ms) == "number" and ms >= 1, "bad argument #1 to 'every' (number >= 1 expected)")
+  check_ms("every", 1, ms, 1)
+  check_fn("every", 2, fn)
   ms = math.floor(ms)
   return core.timer(ms, ms, fn)
 end
 
 function tether.on_signal(name, fn)
+  if type(name) ~= "string" then argerror("on_signal", 1, "signal name expected, got " .. type(name), 2) end
+  if not core.signal_number(name) then argerror("on_signal", 1, ("unknown signal '%s'"):format(name), 2) end
+  check_fn("on_signal", 2, fn)
   return core.signal(name, fn)
 end
 
@@ -259,7 +277,7 @@ tether._resume = resume
 --- tether.go(fn, ...): run fn(...) as a coroutine now, until it first
 -- suspends.  Returns the coroutine.
 function tether.go(fn, ...)
-  assert(type(fn) == "function", "bad argument #1 to 'go' (function expected)")
+  if type(fn) ~= "function" then argerror("go", 1, "function expected, got " .. type(fn), 2) end
   local co = coroutine.create(fn)
   tasks[co] = true
   resume(co, ...)
@@ -282,6 +300,7 @@ end
 -- coroutine until `done(...)` is called, and returns what it was given.
 -- Turns any callback API into a blocking call inside tether.go.
 function tether.await(start)
+  if type(start) ~= "function" then argerror("await", 1, "function expected, got " .. type(start), 2) end
   local co = current_task()
   if not co then return no_coroutine("tether.await") end
   local state, early = "starting", nil -- starting -> waiting -> done
@@ -301,7 +320,7 @@ end
 
 --- tether.sleep(ms): suspends the running tether coroutine.
 function tether.sleep(ms)
-  assert(type(ms) == "number" and ms >= 0, "bad argument #1 to 'sleep' (non-negative number expected)")
+  check_ms("sleep", 1, ms, 0)
   if not current_task() then return no_coroutine("tether.sleep") end
   return tether.await(function(done) core.timer(math.floor(ms), 0, function() done(true) end) end)
 end
@@ -309,66 +328,95 @@ end
 ---------------------------------------------------------------------------
 -- option parsing
 
-local function check_opt(opts, name, ty)
-  local v = opts[name]
-  if v ~= nil and type(v) ~= ty then
-    error(("bad option '%s' (%s expected, got %s)"):format(name, ty, type(v)), 3)
-  end
-  return v
-end
-
 local function build_env(extra)
   local env = {}
-  for k, v in pairs(extra) do
-    if type(k) ~= "string" or k:find("=", 1, true) then
-      error("bad option 'env' (keys must be variable names)", 3)
-    end
-    env[#env + 1] = k .. "=" .. tostring(v)
-  end
+  for k, v in pairs(extra) do env[#env + 1] = k .. "=" .. tostring(v) end
   return env
 end
 
+local STDIO_MODES = { inherit = true, pipe = true, ignore = true }
+
+-- stdio: "inherit" | "pipe" | "ignore", or {stdin =, stdout =, stderr =}
+-- each one of those or a file path (a path is only possible in the table)
+local function stdio_check(v)
+  if type(v) == "string" then
+    if STDIO_MODES[v] then return true end
+    local near = check.closest(v, STDIO_MODES)
+    return false, nil, ("%s is not \"inherit\", \"pipe\" or \"ignore\"%s"):format(check.describe(v),
+      near and (' (did you mean "' .. near .. '"?)')
+      or " (a file path goes in the table form: stdio = {stdout = \"out.log\"})")
+  end
+  if type(v) ~= "table" then return false, '"inherit", "pipe", "ignore" or a table' end
+  for k, x in pairs(v) do
+    if k ~= "stdin" and k ~= "stdout" and k ~= "stderr" then
+      local near = check.closest(k, { stdin = true, stdout = true, stderr = true })
+      return false, nil, ("unknown key %s%s (stdin, stdout and stderr expected)"):format(check.describe(k),
+        near and (" (did you mean '" .. near .. "'?)") or "")
+    end
+    if type(x) ~= "string" or x == "" then
+      return false, nil, ("stdio.%s is %s: \"inherit\", \"pipe\", \"ignore\" or a file path expected")
+        :format(k, check.describe(x))
+    end
+    -- a near miss of a mode is a typo, not a file name
+    if not STDIO_MODES[x] and not x:find("[/.]") then
+      local near = check.closest(x, STDIO_MODES)
+      if near then
+        return false, nil, ("stdio.%s is \"%s\": did you mean \"%s\"? (a file needs a '/' or a '.', e.g. \"./%s\")")
+          :format(k, x, near, x)
+      end
+    end
+  end
+  return true
+end
+
+local FD = function(v) return math.type(v) == "integer" and v >= 0 and v < 65536 end
+
+local SPAWN_OPTIONS = {
+  cwd = "string", env = check.env, stdio = stdio_check, detached = "boolean",
+  serialization = check.oneof("native", "json"), max_message = "bytes", high_water = "bytes",
+  flush_timeout = "ms", close_fds = "boolean", pass_fds = check.array_of(FD, "fd numbers"),
+  channel = "boolean",
+}
+local FORK_OPTIONS = {}
+for k, v in pairs(SPAWN_OPTIONS) do FORK_OPTIONS[k] = v end
+FORK_OPTIONS.lua, FORK_OPTIONS.channel = "string", nil
+
+-- the core's option table and the environment to add, from checked options
 local function spawn_options(opts)
   local o = {}
-  o.cwd = check_opt(opts, "cwd", "string")
-  o.detached = check_opt(opts, "detached", "boolean")
-  o.max_message = check_opt(opts, "max_message", "number")
-  o.high_water = check_opt(opts, "high_water", "number")
-  o.flush_timeout = check_opt(opts, "flush_timeout", "number")
-  o.close_fds = check_opt(opts, "close_fds", "boolean")
-  o.pass_fds = check_opt(opts, "pass_fds", "table")
-  local ser = check_opt(opts, "serialization", "string") or "native"
-  if ser == "json" then
-    if not json.available then error(json.why, 3) end
+  o.cwd, o.detached, o.max_message, o.high_water = opts.cwd, opts.detached, opts.max_message, opts.high_water
+  o.flush_timeout, o.close_fds, o.pass_fds = opts.flush_timeout, opts.close_fds, opts.pass_fds
+  if opts.serialization == "json" then
+    if not json.available then error(json.why, 4) end
     o.json = true
-  elseif ser ~= "native" then
-    error(("bad option 'serialization' (\"native\" or \"json\" expected, got '%s')"):format(ser), 2)
   end
-  if opts.channel ~= nil then o.channel = opts.channel and true or false end
+  if opts.channel ~= nil then o.channel = opts.channel end
   local stdio = opts.stdio or "inherit"
   if type(stdio) == "string" then
     o.stdin, o.stdout, o.stderr = stdio, stdio, stdio
-    if stdio ~= "inherit" and stdio ~= "pipe" and stdio ~= "ignore" then
-      o.stdin = "ignore" -- a file path: append stdout/stderr, no input
-    end
-  elseif type(stdio) == "table" then
-    o.stdin, o.stdout, o.stderr = stdio.stdin, stdio.stdout, stdio.stderr
-    for _, k in ipairs { "stdin", "stdout", "stderr" } do
-      if o[k] ~= nil and type(o[k]) ~= "string" then
-        error(("bad option 'stdio.%s' (string expected)"):format(k), 2)
-      end
-    end
   else
-    error("bad option 'stdio' (string or table expected)", 2)
+    o.stdin, o.stdout, o.stderr = stdio.stdin, stdio.stdout, stdio.stderr
   end
-  local env = check_opt(opts, "env", "table") or {}
   local extra = {}
-  for k, v in pairs(env) do extra[k] = v end
+  for k, v in pairs(opts.env or {}) do extra[k] = v end
   if o.max_message then extra.TETHER_MAX_MESSAGE = extra.TETHER_MAX_MESSAGE or o.max_message end
   -- as in Node, a detached child outlives its parent: a tether child is
   -- told not to end when the parent goes
   if o.detached then extra.TETHER_DETACHED = "1" end
   return o, extra
+end
+
+local function check_args(fname, args)
+  if args == nil then return {} end
+  if type(args) ~= "table" then argerror(fname, 2, "table expected, got " .. type(args), 4) end
+  local argv = {}
+  for i, v in ipairs(args) do
+    if type(v) ~= "string" and type(v) ~= "number" then
+      argerror(fname, 2, ("args[%d] is a %s, string expected"):format(i, type(v)), 4)
+    end
+    argv[i] = tostring(v)
+  end
+  return argv
 end
 
 ---------------------------------------------------------------------------
@@ -382,7 +430,7 @@ local Writable = class()
 
 function Writable:write(data)
   if type(data) ~= "string" then
-    error("bad argument #1 to 'write' (string expected, got " .. type(data) .. ")", 2)
+    argerror("write", 1, "string expected, got " .. type(data), 2)
   end
   return self._child._h:write(data)
 end
@@ -457,24 +505,10 @@ local function child_handler(self)
   end
 end
 
---- tether.spawn(cmd, [args], [opts]) -> child | nil, err
-function tether.spawn(cmd, args, opts)
-  assert(type(cmd) == "string", "bad argument #1 to 'spawn' (string expected)")
-  if args ~= nil and type(args) ~= "table" then
-    error("bad argument #2 to 'spawn' (table expected, got " .. type(args) .. ")", 2)
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("bad argument #3 to 'spawn' (table expected, got " .. type(opts) .. ")", 2)
-  end
-  local o, extra = spawn_options(opts or {})
+-- spawn as the user asked, with arguments already checked
+local function spawn(cmd, argv, opts)
+  local o, extra = spawn_options(opts)
   o.env = build_env(extra)
-  local argv = {}
-  for i, v in ipairs(args or {}) do
-    if type(v) ~= "string" and type(v) ~= "number" then
-      error(("bad argument #2 to 'spawn' (args[%d] is a %s, string expected)"):format(i, type(v)), 2)
-    end
-    argv[i] = tostring(v)
-  end
   local self = emitter({ connected = false }, Child)
   local h, err = core.spawn(cmd, argv, o, child_handler(self))
   if not h then return nil, err end
@@ -489,6 +523,14 @@ function tether.spawn(cmd, args, opts)
   return self
 end
 
+--- tether.spawn(cmd, [args], [opts]) -> child | nil, err
+function tether.spawn(cmd, args, opts)
+  if type(cmd) ~= "string" then argerror("spawn", 1, "string expected, got " .. type(cmd), 2) end
+  local argv = check_args("spawn", args)
+  opts = check.options("spawn", 3, opts, SPAWN_OPTIONS, 2)
+  return spawn(cmd, argv, opts)
+end
+
 -- the interpreter running us: the lowest index of `arg`, as lua.c sets it
 local function interpreter()
   if not arg or not arg[-1] then return "lua5.4" end
@@ -498,37 +540,30 @@ local function interpreter()
 end
 
 local runner_path
---- tether.fork(script, [args], [opts]) -> child | nil, err
-function tether.fork(script, args, opts)
-  assert(type(script) == "string", "bad argument #1 to 'fork' (string expected)")
-  if args ~= nil and type(args) ~= "table" then
-    error("bad argument #2 to 'fork' (table expected, got " .. type(args) .. ")", 2)
-  end
-  opts = opts or {}
-  if type(opts) ~= "table" then
-    error("bad argument #3 to 'fork' (table expected, got " .. type(opts) .. ")", 2)
-  end
+local function find_runner()
   runner_path = runner_path or assert(package.searchpath("tether.runner", package.path),
     "tether.runner not found in package.path")
-  local lua = check_opt(opts, "lua", "string") or interpreter()
-  local argv = { runner_path, script }
-  for i, v in ipairs(args or {}) do
-    if type(v) ~= "string" and type(v) ~= "number" then
-      error(("bad argument #2 to 'fork' (args[%d] is a %s, string expected)"):format(i, type(v)), 2)
-    end
-    argv[#argv + 1] = tostring(v)
-  end
+  return runner_path
+end
+
+--- tether.fork(script, [args], [opts]) -> child | nil, err
+function tether.fork(script, args, opts)
+  if type(script) ~= "string" then argerror("fork", 1, "string expected, got " .. type(script), 2) end
+  local argv = check_args("fork", args)
+  opts = check.options("fork", 3, opts, FORK_OPTIONS, 2)
+  table.insert(argv, 1, script)
+  table.insert(argv, 1, find_runner())
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
   local env = {}
-  for k, v in pairs(check_opt(opts, "env", "table") or {}) do env[k] = v end
+  for k, v in pairs(opts.env or {}) do env[k] = v end
   -- the child loads the same tether as we do, unless told otherwise
   if env.LUA_PATH == nil then env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path end
   if env.LUA_CPATH == nil then env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath end
   o.env = env
   o.lua = nil
   o.channel = true
-  return tether.spawn(lua, argv, o)
+  return spawn(opts.lua or interpreter(), argv, o)
 end
 
 --- A Node.js internal message ({cmd = "NODE_..."}) on a JSON channel: never
@@ -545,11 +580,8 @@ end
 tether._internal = {
   interpreter = interpreter,
   build_env = function(extra) return build_env(extra) end,
-  runner_path = function()
-    runner_path = runner_path or assert(package.searchpath("tether.runner", package.path),
-      "tether.runner not found in package.path")
-    return runner_path
-  end,
+  runner_path = find_runner,
+  stdio_check = stdio_check,
 }
 
 --- tether.supervise(spec) -> sup | nil, err
@@ -565,7 +597,7 @@ end
 --- tether.serve(fn), in a pool's worker: fn(task) returns the task's
 -- result (it may yield; raising fails the task with ERR_TASK_FAILED).
 function tether.serve(fn)
-  if type(fn) ~= "function" then error("bad argument #1 to 'serve' (function expected)", 2) end
+  if type(fn) ~= "function" then argerror("serve", 1, "function expected, got " .. type(fn), 2) end
   local parent = tether.parent
   if not parent then
     error("tether.serve: no parent channel (start this script with tether.pool or tether.fork)", 2)
@@ -581,9 +613,7 @@ function tether.serve(fn)
 end
 
 function Child:send(msg, cb)
-  if cb ~= nil and type(cb) ~= "function" then
-    error("bad argument #2 to 'send' (function expected)", 2)
-  end
+  if cb ~= nil and type(cb) ~= "function" then argerror("send", 2, "function expected, got " .. type(cb), 2) end
   local ok, err = self._h:send(msg, cb)
   if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
     defer(function()
@@ -603,11 +633,27 @@ local function calls_in_flight(self, delta)
   end
 end
 
+local CALL_OPTIONS = { timeout = "ms", retries = "count", backoff = check.backoff }
+
+--- checks call options (before anything else: a mistake is reported in a
+-- coroutine or not); `level` is the caller's
+local function call_options(fname, n, opts, level)
+  opts = check.options(fname, n, opts, CALL_OPTIONS, level + 1)
+  if (opts.retries or 0) > 0 and (opts.timeout or 0) <= 0 then
+    argerror(fname, n, "option 'retries' needs a 'timeout' (a retry follows a timeout)", level + 1)
+  end
+  local b = opts.backoff
+  if b and ((b.factor and b.factor < 1) or (b.initial and b.max and b.initial > b.max)) then
+    argerror(fname, n, "option 'backoff': needs initial <= max and factor >= 1", level + 1)
+  end
+  return opts
+end
+tether._call_options = call_options
+
 local function call(self, msg, opts, cb)
-  if type(opts) == "function" then opts, cb = nil, opts end
-  opts = opts or {}
-  if type(opts) ~= "table" then error("bad argument #2 to 'call' (table expected)", 3) end
-  if cb ~= nil and type(cb) ~= "function" then error("bad argument #3 to 'call' (function expected)", 3) end
+  if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
+  opts = call_options("call", 2, opts, 2)
+  if cb ~= nil and type(cb) ~= "function" then argerror("call", 3, "function expected, got " .. type(cb), 2) end
   local timeout, retries, backoff = opts.timeout, opts.retries, opts.backoff
   if cb then
     local ok, err = self._h:call(msg, timeout, retries, backoff, function(e, reply)
@@ -638,7 +684,7 @@ end
 --- child:handle(fn): answer the peer's calls with fn(request) (may yield;
 -- raising gives the caller ERR_TASK_FAILED).  fn == nil stops handling.
 local function handle(self, fn)
-  if fn ~= nil and type(fn) ~= "function" then error("bad argument #1 to 'handle' (function expected)", 3) end
+  if fn ~= nil and type(fn) ~= "function" then argerror("handle", 1, "function expected, got " .. type(fn), 2) end
   self._handler = fn
   if self._listeners_changed then self:_listeners_changed() end
   return self
@@ -735,7 +781,24 @@ local function delegate(class, names)
     class[name] = function(self, ...) return self._h[name](self._h, ...) end
   end
 end
-delegate(Child, { "kill", "stats", "write", "end_input" })
+delegate(Child, { "stats", "write", "end_input" })
+
+--- a signal name ("SIGTERM", "TERM") or number, checked: `level` is the
+-- caller's
+local function check_signal(fname, n, sig, level)
+  if sig == nil then return "SIGTERM" end
+  if math.type(sig) == "integer" then return sig end
+  if type(sig) ~= "string" then
+    argerror(fname, n, "signal name or number expected, got " .. type(sig), level + 1)
+  end
+  if not core.signal_number(sig) then argerror(fname, n, ("unknown signal '%s'"):format(sig), level + 1) end
+  return sig
+end
+tether._check_signal = check_signal
+
+function Child:kill(sig)
+  return self._h:kill(check_signal("kill", 1, sig, 2))
+end
 
 function Child:__tostring()
   return tostring(self._h)
@@ -840,6 +903,9 @@ tether.parent = open_parent()
 -- channel's flush_timeout for a peer that does not read; what is left is
 -- reported, never dropped silently.
 local function flush_before_exit()
+  -- we are ending anyway: the parent's death must not interrupt that (a
+  -- signal in the middle of the exit, e.g. of a sanitizer's leak check)
+  if tether.parent then core.watch_parent(false) end
   local left = core.flush_all()
   if left > 0 then
     io.stderr:write(("tether: exiting with %d bytes of queued messages not delivered "

@@ -32,7 +32,6 @@ end
 
 local function new_pool(t)
   t.script = t.script or WORKER
-  t.handle_signals = false
   local p = assert(tether.pool(t))
   return p
 end

@@ -10,14 +10,13 @@ local Pool = setmetatable({}, { __index = tether.Emitter })
 Pool.__index = Pool
 M.Pool = Pool
 
-local function count(spec, name, default, min)
-  local v = spec[name]
-  if v == nil then return default end
-  if math.type(v) ~= "integer" or v < min then
-    error(("bad option '%s' (integer >= %d expected)"):format(name, min), 4)
-  end
-  return v
-end
+local check = require "tether.check"
+
+local POOL_OPTIONS = {
+  size = "positive", concurrency = "positive", prefetch = "count", max_queue = "count",
+  timeout = "ms", retries = "count", max_tasks_per_worker = "count",
+}
+for k, v in pairs(supervisor.WORKER_OPTIONS) do POOL_OPTIONS[k] = v end
 
 local function handler(self)
   return function(event, a, b)
@@ -61,33 +60,25 @@ local function handler(self)
 end
 
 function M.new(spec)
-  if type(spec) ~= "table" then
-    error("bad argument #1 to 'pool' (table expected, got " .. type(spec) .. ")", 3)
-  end
+  if type(spec) ~= "table" then check.argerror("pool", 1, "table expected, got " .. type(spec), 2) end
+  check.options("pool", 1, spec, POOL_OPTIONS, 2)
   local copy = {}
   for k, v in pairs(spec) do copy[k] = v end
-  local size = count(spec, "size", tether.core.parallelism(), 1)
-  local concurrency = count(spec, "concurrency", 1, 1)
+  local size = spec.size or tether.core.parallelism()
+  local concurrency = spec.concurrency or 1
   copy.instances, copy.size, copy.restart = size, nil, nil
   -- tether.serve in the worker runs at most this many tasks at once and
   -- holds prefetched ones back, in order
-  if spec.env ~= nil and type(spec.env) ~= "table" then
-    error("bad option 'env' (table expected, got " .. type(spec.env) .. ")", 3)
-  end
   copy.env = {}
   for k, v in pairs(spec.env or {}) do copy.env[k] = v end
   copy.env.TETHER_POOL_CONCURRENCY = concurrency
-  local o = supervisor.options(copy, "pool")
-  o.max_queue = count(spec, "max_queue", 0, 0)
-  o.retries = count(spec, "retries", 1, 0)
-  o.max_tasks_per_worker = count(spec, "max_tasks_per_worker", 0, 0)
+  local o = supervisor.options(copy, "pool", 2)
+  o.max_queue = spec.max_queue or 0
+  o.retries = spec.retries or 1
+  o.max_tasks_per_worker = spec.max_tasks_per_worker or 0
   o.concurrency = concurrency
-  o.prefetch = count(spec, "prefetch", 2, 0)
-  local timeout = spec.timeout
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    error("bad option 'timeout' (non-negative number expected)", 3)
-  end
-  o.timeout = timeout
+  o.prefetch = spec.prefetch or 2
+  o.timeout = spec.timeout
   local self = setmetatable({ size = size, stopped = false, _total = 0, _done = 0 }, Pool)
   local h, err = tether.core.pool(o, handler(self))
   if not h then return nil, err end
@@ -100,7 +91,7 @@ end
 -- without cb a failure goes to the "error" event.
 function Pool:submit(task, cb)
   if cb ~= nil and type(cb) ~= "function" then
-    error("bad argument #2 to 'submit' (function expected)", 2)
+    check.argerror("submit", 2, "function expected, got " .. type(cb), 2)
   end
   local ok, err = self._h:submit(task, function(e, result)
     self._done = self._done + 1
@@ -137,6 +128,8 @@ function Pool:run(task)
   return result
 end
 
+local MAP_OPTIONS = { collect = "boolean" }
+
 --- pool:map(tasks, [opts]) inside tether.go: runs every task, results in
 -- the tasks' order.  Fails fast by default: the first error is returned
 -- (nil, err with err.index) and later results are dropped.  With
@@ -144,11 +137,12 @@ end
 -- each task that failed; nil when none did).  A full queue makes map wait
 -- for room rather than fail.
 function Pool:map(tasks, opts)
-  if type(tasks) ~= "table" then error("bad argument #1 to 'map' (table expected)", 2) end
+  if type(tasks) ~= "table" then check.argerror("map", 1, "table expected, got " .. type(tasks), 2) end
+  opts = check.options("map", 2, opts, MAP_OPTIONS, 2)
   if not tether.in_task() then
     return nil, tether.error("ERR_NO_COROUTINE", "pool:map must be called inside tether.go")
   end
-  local collect = opts ~= nil and opts.collect
+  local collect = opts.collect
   local n = #tasks
   local results, errors = {}, nil
   if n == 0 then return results end
@@ -216,7 +210,7 @@ end
 --- pool:close([cb]): no new tasks; the queued ones finish, then the
 -- workers stop; cb() once they have.
 function Pool:close(cb)
-  if cb ~= nil and type(cb) ~= "function" then error("bad argument #1 to 'close' (function expected)", 2) end
+  if cb ~= nil and type(cb) ~= "function" then check.argerror("close", 1, "function expected, got " .. type(cb), 2) end
   if cb then
     if self.stopped then tether.defer(cb) else self:once("stopped", cb) end
   end

@@ -10,47 +10,133 @@ local Supervisor = setmetatable({}, { __index = tether.Emitter })
 Supervisor.__index = Supervisor
 M.Supervisor = Supervisor
 
-local function bad(name, what, level)
-  error(("bad option '%s' (%s)"):format(name, what), level or 4)
-end
-
-local function opt(spec, name, ty)
-  local v = spec[name]
-  if v ~= nil and type(v) ~= ty then
-    bad(name, ("%s expected, got %s"):format(ty, type(v)))
-  end
-  return v
-end
-
-local function nonneg(spec, name, v)
-  v = v == nil and spec[name] or v
-  if v ~= nil and (math.type(v) == nil or v < 0 or v ~= v) then
-    bad(name, "non-negative number expected")
-  end
-  return v
-end
+local check = require "tether.check"
 
 local UNITS = { [""] = 1, B = 1, K = 1024, KB = 1024, M = 1024 ^ 2, MB = 1024 ^ 2,
   G = 1024 ^ 3, GB = 1024 ^ 3 }
 
---- "500M", "1.5G", "64K", "1024" or a number -> bytes
+--- "500M", "1.5G", "64K", "1024" or a number -> bytes, or nil
 local function parse_bytes(v)
   if type(v) == "number" then
-    if v > 0 then return math.floor(v) end
+    if v > 0 and v == v and v < math.huge then return math.floor(v) end
   elseif type(v) == "string" then
     local n, unit = v:upper():match("^%s*([%d%.]+)%s*(%a*)%s*$")
     n = tonumber(n)
     if n and UNITS[unit] and n > 0 then return math.floor(n * UNITS[unit]) end
   end
-  bad("max_memory", "bytes as a positive number or a string like \"500M\"", 5)
+  return nil
 end
 M.parse_bytes = parse_bytes
 
-local function stdio_target(spec, name)
-  local v = opt(spec, name, "string")
-  if v == nil or v == "inherit" or v == "ignore" then return v, nil end
-  if v == "pipe" then bad(name, "\"inherit\", \"ignore\" or a log file path expected") end
-  return nil, v -- a log file path
+local function memory_check(v)
+  return parse_bytes(v) ~= nil, 'bytes as a positive number or a string like "500M"'
+end
+
+local function log_target(v)
+  if type(v) ~= "string" or v == "" or v == "pipe" then
+    return false, '"inherit", "ignore" or a log file path'
+  end
+  if v ~= "inherit" and v ~= "ignore" and not v:find("[/.]") then
+    local near = check.closest(v, { inherit = true, ignore = true })
+    if near then
+      return false, nil, ('"%s": did you mean "%s"? (a log file needs a \'/\' or a \'.\', e.g. "./%s")')
+        :format(v, near, v)
+    end
+  end
+  return true
+end
+
+local function arg_item(v) return type(v) == "string" or type(v) == "number" end
+
+-- What supervisors and pools share: the worker and how it is kept.
+M.WORKER_OPTIONS = {
+  script = "string", cmd = "string", args = check.array_of(arg_item, "strings"), lua = "string",
+  env = check.env, cwd = "string", detached = "boolean", stdout = log_target, stderr = log_target,
+  max_message = "bytes", serialization = check.oneof("native", "json"), wait_ready = "boolean",
+  start_timeout = "ms", heartbeat = check.nested { interval = "ms", timeout = "ms" },
+  shutdown = check.nested { message = "any", timeout = "ms", kill_timeout = "ms" },
+  backoff = check.backoff, max_restarts = "count", within = "ms", min_uptime = "ms",
+  max_memory = memory_check, memory_interval = "ms",
+}
+local SUPERVISE_OPTIONS = {
+  instances = "positive", restart = check.oneof("always", "on-failure", "never"),
+  queue_limit = "count", handle_signals = "boolean",
+}
+for k, v in pairs(M.WORKER_OPTIONS) do SUPERVISE_OPTIONS[k] = v end
+
+--- The core's option table for workers (shared with tether.pool), from a
+-- spec already checked against its schema.  Errors are raised at `level`,
+-- counted from M.options (1: its caller).
+function M.options(spec, what, level)
+  local function bad(msg) check.argerror(what, 1, msg, level + 2) end
+  local internal = tether._internal
+  local o = {}
+  local script, cmd = spec.script, spec.cmd
+  if (script == nil) == (cmd == nil) then bad("exactly one of 'script' and 'cmd' expected") end
+  local env = {}
+  for k, v in pairs(spec.env or {}) do env[k] = v end
+  local argv = {}
+  if script then
+    o.file = spec.lua or internal.interpreter()
+    argv[1], argv[2] = internal.runner_path(), script
+    if env.LUA_PATH == nil then env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path end
+    if env.LUA_CPATH == nil then env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath end
+    o.wait_ready = true
+  else
+    if spec.lua then bad("option 'lua' is for a 'script', not a 'cmd'") end
+    o.file = cmd
+    o.wait_ready = spec.wait_ready or false
+  end
+  for _, v in ipairs(spec.args or {}) do argv[#argv + 1] = tostring(v) end
+  o.args = argv
+  local max_message = spec.max_message
+  if max_message then env.TETHER_MAX_MESSAGE = env.TETHER_MAX_MESSAGE or max_message end
+  o.max_message = max_message
+  o.env = internal.build_env(env)
+  o.cwd = spec.cwd
+  o.detached = spec.detached
+  for _, k in ipairs { "stdout", "stderr" } do
+    local v = spec[k]
+    if v == nil or v == "inherit" or v == "ignore" then o[k .. "_mode"] = v else o[k .. "_log"] = v end
+  end
+  o.instances = spec.instances or 1
+  o.restart = spec.restart or "always"
+  o.max_restarts = spec.max_restarts
+  o.within_ms = spec.within and spec.within * 1000
+  local b = spec.backoff
+  if b and ((b.factor and b.factor < 1) or ((b.initial or 100) > (b.max or 10000))) then
+    bad("option 'backoff': needs initial <= max and factor >= 1")
+  end
+  o.backoff = b
+  o.min_uptime = spec.min_uptime
+  if spec.max_memory ~= nil then o.max_memory = parse_bytes(spec.max_memory) end
+  o.memory_interval = spec.memory_interval
+  if o.memory_interval == 0 then bad("option 'memory_interval': must be above 0") end
+  local hb = spec.heartbeat
+  if hb then
+    if not hb.interval or hb.interval <= 0 then bad("option 'heartbeat.interval': ms > 0 expected") end
+    o.heartbeat_interval = hb.interval
+    o.heartbeat_timeout = hb.timeout or hb.interval * 2
+  end
+  o.start_timeout = spec.start_timeout
+  local shutdown = spec.shutdown
+  if shutdown then
+    if shutdown.message ~= nil then
+      o.has_shutdown_message = true
+      o.shutdown_message = shutdown.message
+    end
+    o.shutdown_timeout = shutdown.timeout
+    o.kill_timeout = shutdown.kill_timeout
+  end
+  o.queue_limit = spec.queue_limit
+  if spec.serialization == "json" then
+    -- Node.js workers (cmd = "node"): no ready frame and no heartbeat in
+    -- Node's format; a worker is running once spawned
+    if not tether._json.available then error(tether._json.why, level + 1) end
+    if hb then bad("option 'heartbeat' needs serialization = \"native\" (a tether peer answers pings)") end
+    o.json, o.wait_ready = true, false
+  end
+  return o
 end
 
 local Worker = {}
@@ -72,116 +158,12 @@ function Worker:__tostring()
   return ("tether.worker %d (pid %s)"):format(self.id, tostring(self.pid))
 end
 
---- The core's option table for workers (shared with tether.pool).
-function M.options(spec, what)
-  local internal = tether._internal
-  local o = {}
-  local script = opt(spec, "script", "string")
-  local cmd = opt(spec, "cmd", "string")
-  local args = opt(spec, "args", "table") or {}
-  if (script == nil) == (cmd == nil) then
-    error(("bad argument #1 to '%s' (exactly one of 'script' and 'cmd' expected)"):format(what), 4)
-  end
-  local env = {}
-  for k, v in pairs(opt(spec, "env", "table") or {}) do env[k] = v end
-  local argv = {}
-  if script then
-    o.file = opt(spec, "lua", "string") or internal.interpreter()
-    argv[1], argv[2] = internal.runner_path(), script
-    if env.LUA_PATH == nil then env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path end
-    if env.LUA_CPATH == nil then env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath end
-    o.wait_ready = true
-  else
-    o.file = cmd
-    o.wait_ready = opt(spec, "wait_ready", "boolean") or false
-  end
-  for i, v in ipairs(args) do
-    if type(v) ~= "string" and type(v) ~= "number" then
-      bad("args", ("args[%d] is a %s, string expected"):format(i, type(v)))
-    end
-    argv[#argv + 1] = tostring(v)
-  end
-  o.args = argv
-  local max_message = nonneg(spec, "max_message")
-  if max_message then env.TETHER_MAX_MESSAGE = env.TETHER_MAX_MESSAGE or max_message end
-  o.max_message = max_message
-  o.env = internal.build_env(env)
-  o.cwd = opt(spec, "cwd", "string")
-  o.detached = opt(spec, "detached", "boolean")
-  o.stdout_mode, o.stdout_log = stdio_target(spec, "stdout")
-  o.stderr_mode, o.stderr_log = stdio_target(spec, "stderr")
-
-  local instances = spec.instances or 1
-  if math.type(instances) ~= "integer" or instances < 1 then
-    bad("instances", "integer >= 1 expected")
-  end
-  o.instances = instances
-  local restart = opt(spec, "restart", "string") or "always"
-  if restart ~= "always" and restart ~= "on-failure" and restart ~= "never" then
-    bad("restart", "\"always\", \"on-failure\" or \"never\" expected")
-  end
-  o.restart = restart
-  local max_restarts = spec.max_restarts
-  if max_restarts ~= nil and (math.type(max_restarts) ~= "integer" or max_restarts < 0) then
-    bad("max_restarts", "integer >= 0 expected")
-  end
-  o.max_restarts = max_restarts
-  local within = nonneg(spec, "within")
-  o.within_ms = within and within * 1000
-  local backoff = opt(spec, "backoff", "table")
-  if backoff then
-    for _, k in ipairs { "initial", "max", "factor", "jitter" } do
-      if backoff[k] ~= nil and type(backoff[k]) ~= "number" then
-        bad("backoff." .. k, "number expected")
-      end
-    end
-    o.backoff = backoff
-  end
-  o.min_uptime = nonneg(spec, "min_uptime")
-  if spec.max_memory ~= nil then o.max_memory = parse_bytes(spec.max_memory) end
-  o.memory_interval = nonneg(spec, "memory_interval")
-  if o.memory_interval == 0 then bad("memory_interval", "must be above 0") end
-  local hb = opt(spec, "heartbeat", "table")
-  if hb then
-    local interval = nonneg(spec, "heartbeat.interval", hb.interval)
-    if not interval or interval <= 0 then bad("heartbeat.interval", "number > 0 expected") end
-    o.heartbeat_interval = interval
-    o.heartbeat_timeout = nonneg(spec, "heartbeat.timeout", hb.timeout) or interval * 2
-  end
-  o.start_timeout = nonneg(spec, "start_timeout")
-  local shutdown = opt(spec, "shutdown", "table")
-  if shutdown then
-    if shutdown.message ~= nil then
-      o.has_shutdown_message = true
-      o.shutdown_message = shutdown.message
-    end
-    o.shutdown_timeout = nonneg(spec, "shutdown.timeout", shutdown.timeout)
-    o.kill_timeout = nonneg(spec, "shutdown.kill_timeout", shutdown.kill_timeout)
-  end
-  o.queue_limit = nonneg(spec, "queue_limit")
-  local ser = opt(spec, "serialization", "string") or "native"
-  if ser == "json" then
-    -- Node.js workers (cmd = "node"): no ready frame and no heartbeat in
-    -- Node's format; a worker is running once spawned
-    if not tether._json.available then error(tether._json.why, 4) end
-    if hb then bad("heartbeat", "needs serialization = \"native\" (a tether peer answers pings)") end
-    o.json, o.wait_ready = true, false
-  elseif ser ~= "native" then
-    bad("serialization", "\"native\" or \"json\" expected")
-  end
-  return o
-end
-
 function M.new(spec)
-  if type(spec) ~= "table" then
-    error("bad argument #1 to 'supervise' (table expected, got " .. type(spec) .. ")", 3)
-  end
-  local o = M.options(spec, "supervise")
+  if type(spec) ~= "table" then check.argerror("supervise", 1, "table expected, got " .. type(spec), 2) end
+  check.options("supervise", 1, spec, SUPERVISE_OPTIONS, 2)
+  local o = M.options(spec, "supervise", 2)
   local instances = o.instances
   local handle_signals = spec.handle_signals
-  if handle_signals ~= nil and type(handle_signals) ~= "boolean" then
-    bad("handle_signals", "boolean expected")
-  end
 
   local self = setmetatable({ instances = instances, stopped = false,
     _workers = {}, _reload_cbs = {}, _signals = {} }, Supervisor)
@@ -259,10 +241,11 @@ function M.handler(self)
   end
 end
 
-local function worker_id(self, id)
+local function worker_id(self, id, fname)
   if type(id) == "table" and id._sup == self then return id.id end
   if math.type(id) ~= "integer" or id < 1 or id > self.instances then
-    error(("bad worker id %s (1..%d expected)"):format(tostring(id), self.instances), 3)
+    check.argerror(fname or "send", 1, ("worker id 1..%d expected, got %s"):format(self.instances,
+      check.describe(id)), 3)
   end
   return id
 end
@@ -272,15 +255,14 @@ end
 -- once: nil when the kernel took it, ERR_TIMEOUT after opts.timeout,
 -- ERR_CLOSED if the worker will not run again.  Without cb, failures go to
 -- the "error" event.
+local SEND_OPTIONS = { timeout = "ms" }
+
 function Supervisor:send(id, msg, opts, cb)
   id = worker_id(self, id)
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
-  if opts ~= nil and type(opts) ~= "table" then error("bad argument #3 to 'send' (table expected)", 2) end
-  if cb ~= nil and type(cb) ~= "function" then error("bad argument #4 to 'send' (function expected)", 2) end
-  local timeout = opts and opts.timeout
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    error("bad option 'timeout' (non-negative number expected)", 2)
-  end
+  opts = check.options("send", 3, opts, SEND_OPTIONS, 2)
+  if cb ~= nil and type(cb) ~= "function" then check.argerror("send", 4, "function expected, got " .. type(cb), 2) end
+  local timeout = opts.timeout
   local w = self._workers[id]
   return self._h:send(id, msg, timeout, function(err)
     if cb then
@@ -334,12 +316,12 @@ function Supervisor:workers()
 end
 
 function Supervisor:worker(id)
-  return self._workers[worker_id(self, id)]
+  return self._workers[worker_id(self, id, "worker")]
 end
 
 --- sup:reload([cb]): rolling restart; cb(err) when done.
 function Supervisor:reload(cb)
-  if cb ~= nil and type(cb) ~= "function" then error("bad argument #1 to 'reload' (function expected)", 2) end
+  if cb ~= nil and type(cb) ~= "function" then check.argerror("reload", 1, "function expected, got " .. type(cb), 2) end
   -- queued first: the core may finish (or fail) the reload at once
   local cbs = self._reload_cbs
   cbs[#cbs + 1] = cb or false
@@ -353,7 +335,7 @@ end
 
 --- sup:stop([cb]): graceful shutdown of every worker; cb() once stopped.
 function Supervisor:stop(cb)
-  if cb ~= nil and type(cb) ~= "function" then error("bad argument #1 to 'stop' (function expected)", 2) end
+  if cb ~= nil and type(cb) ~= "function" then check.argerror("stop", 1, "function expected, got " .. type(cb), 2) end
   if cb then
     if self.stopped then tether.defer(cb) else self:once("stopped", cb) end
   end
@@ -362,11 +344,11 @@ function Supervisor:stop(cb)
 end
 
 function Supervisor:restart(id)
-  return self._h:restart(worker_id(self, id))
+  return self._h:restart(worker_id(self, id, "restart"))
 end
 
 function Supervisor:kill(id, signal)
-  return self._h:kill(worker_id(self, id), signal)
+  return self._h:kill(worker_id(self, id, "kill"), tether._check_signal("kill", 2, signal, 2))
 end
 
 function Supervisor:reopen_logs()
