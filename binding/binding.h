@@ -59,6 +59,7 @@ struct tt_state_s {
   uv_loop_t loop;
   lua_State *L;     /* thread that runs callbacks (the caller of run) */
   int uncaught_ref; /* tether.on("uncaught") handler, or LUA_NOREF */
+  int exit_ref;     /* the facade's exit(code), for tether.exit in a callback */
   /* errors raised by callbacks, waiting for run() to raise them in order:
    * errors_ref[errors_head..errors_tail] */
   int errors_ref;

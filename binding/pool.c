@@ -127,7 +127,13 @@ static void on_task_done(void *arg, int status, unsigned kind,
     return;
   }
   if (status != 0) {
-    tt_lua_push_error(L, status, NULL);
+    if (payload != NULL) { /* why, in words */
+      tt_lua_push_error(L, status, lua_pushlstring(L, payload, len));
+      lua_replace(L, top + 2);
+      lua_settop(L, top + 2);
+    } else {
+      tt_lua_push_error(L, status, NULL);
+    }
     tt_call(st, L, 1);
     return;
   }
@@ -236,7 +242,7 @@ static int m_submit(lua_State *L) {
   int err;
   luaL_checkany(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, "pool is closed");
   st = c->o.st;
   if ((err = tt_lua_encode(L, st, 2, c->o.json)) != 0) return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
@@ -263,7 +269,7 @@ static int m_submit(lua_State *L) {
   if (err != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
     free(req);
-    return tt_lua_fail(L, err, NULL);
+    return tt_lua_fail(L, err, err == TT_ERR_CLOSED ? "pool is closed" : NULL);
   }
   lua_pushboolean(L, 1);
   return 1;

@@ -575,6 +575,11 @@ static int m_stop(lua_State *L) {
   return 1;
 }
 
+static int m_hurry(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  return result(L, c ? tt_supervisor_hurry(&c->s) : TT_ERR_CLOSED);
+}
+
 static int m_reopen_logs(lua_State *L) {
   tt_lsup_t *c = check(L);
   return result(L, c ? tt_supervisor_reopen_logs(&c->s) : TT_ERR_CLOSED);
@@ -597,6 +602,7 @@ void tt_open_supervisor(lua_State *L) {
       {"kill", m_kill},       {"info", m_info},
       {"reload", m_reload},   {"restart", m_restart},
       {"stop", m_stop},       {"reopen_logs", m_reopen_logs},
+      {"hurry", m_hurry},
       {NULL, NULL}};
   tt_lobj_class(L, TT_SUPERVISOR_MT, methods, m_tostring);
   lua_pushcfunction(L, l_supervise);

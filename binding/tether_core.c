@@ -357,12 +357,35 @@ int tt_call(tt_state_t *st, lua_State *L, int nargs) {
 
 /* ---- loop ---------------------------------------------------------------- */
 
+/* The callback's part of a traceback: "msg\nstack traceback:\n\tf1\n\t..."
+ * becomes "msg\n\tf1\n\t..." without the frames from run() outwards,
+ * which whoever catches the error (lua.c's handler) adds itself: one
+ * traceback, printed once. */
+static void push_callback_traceback(lua_State *L, const char *tb) {
+  const char *frames = strstr(tb, "\nstack traceback:\n");
+  const char *end;
+  luaL_Buffer b;
+  if (frames == NULL) {
+    lua_pushstring(L, tb);
+    return;
+  }
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, tb, (size_t)(frames - tb));
+  frames += strlen("\nstack traceback:");
+  /* up to the loop's entry: [C]: in function 'tether.run' (or core.run) */
+  end = strstr(frames, "\n\t[C]: in function 'tether.");
+  if (end == NULL) end = frames + strlen(frames);
+  luaL_addlstring(&b, frames, (size_t)(end - frames));
+  luaL_pushresult(&b);
+}
+
 /* Raises the {err, traceback} box on the stack top as run() reports a
  * callback's error. */
 static int raise_stashed(lua_State *L) {
   lua_rawgeti(L, -1, 1);
   if (lua_type(L, -1) == LUA_TSTRING) {
-    lua_rawgeti(L, -2, 2); /* the traceback starts with the message */
+    lua_rawgeti(L, -2, 2);
+    push_callback_traceback(L, lua_tostring(L, -1));
     return lua_error(L);
   }
   /* An error object is raised as it was, with the traceback added. */
@@ -398,6 +421,14 @@ static int l_run(lua_State *L) {
   st->running = 0;
   if (st->interrupted && !st->interrupt_stashed) tt_interrupted(st);
   if (pop_error(st, L)) {
+    if (is_exit_request(L) && st->exit_ref != LUA_NOREF) {
+      /* tether.exit() in a callback: the loop is unwound, now end */
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, st->exit_ref);
+      lua_getfield(L, -2, "code");
+      lua_call(L, 1, 0); /* does not return */
+      lua_pop(L, 1);
+    }
     lua_rawgeti(L, -1, 1);
     if (st->interrupt_stashed && lua_type(L, -1) == LUA_TSTRING &&
         strcmp(lua_tostring(L, -1), "interrupted!") == 0)
@@ -407,6 +438,16 @@ static int l_run(lua_State *L) {
   }
   lua_pushboolean(L, more != 0);
   return 1;
+}
+
+/* set_exit(fn): fn(code) ends the process (the facade's exit) */
+static int l_set_exit(lua_State *L) {
+  tt_state_t *st = tt_state(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, st->exit_ref);
+  lua_pushvalue(L, 1);
+  st->exit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
 }
 
 static int l_stop(lua_State *L) {
@@ -685,6 +726,7 @@ static const luaL_Reg funcs[] = {
     {"parent_alive", l_parent_alive},
     {"set_max_depth", l_set_max_depth},
     {"flush_all", l_flush_all},
+    {"set_exit", l_set_exit},
     {NULL, NULL}};
 
 __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
@@ -698,7 +740,7 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
     if ((err = uv_loop_init(&st->loop)) != 0)
       return luaL_error(L, "tether: cannot create the loop: %s",
                         uv_strerror(err));
-    st->uncaught_ref = st->errors_ref = LUA_NOREF;
+    st->uncaught_ref = st->errors_ref = st->exit_ref = LUA_NOREF;
     st->errors_head = 1;
     st->errors_tail = 0;
     st->json_encode_ref = st->json_decode_ref = LUA_NOREF;

@@ -13,6 +13,7 @@
  */
 #include "tt_pool.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -162,20 +163,27 @@ static void finish(tt_task_t *t, int status, unsigned kind,
   finish_on(t, status, kind, payload, len, NULL);
 }
 
+/* What tasks that end because the pool ended are told. */
+static const char *end_why(int status) {
+  return status == TT_ERR_CLOSED ? "pool is closed" : NULL;
+}
+
 static void fail_queue(tt_pool_t *p, int status) {
   tt_task_t *t;
+  const char *why = end_why(status);
   while ((t = p->q_head) != NULL) {
     queue_remove(p, t);
-    finish(t, status, 0, NULL, 0);
+    finish(t, status, 0, why, why ? strlen(why) : 0);
   }
 }
 
 static void fail_running(tt_pool_t *p, int status) {
+  const char *why = end_why(status);
   for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
     tt_task_t *t;
     while ((t = w->head) != NULL) {
       worker_remove(p, t);
-      finish(t, status, 0, NULL, 0);
+      finish(t, status, 0, why, why ? strlen(why) : 0);
     }
   }
 }
@@ -324,8 +332,6 @@ static void on_worker_exit(tt_supervisor_t *s, unsigned id, uint64_t serial,
   tt_pool_t *p = pool_of(s);
   tt_pool_worker_t *w = worker_of(p, serial);
   int crashed = 0;
-  (void)status;
-  (void)sig;
   if (w == NULL) { /* never started: maybe a replacement */
     replacement_settled(p, id, serial);
     return;
@@ -350,7 +356,18 @@ static void on_worker_exit(tt_supervisor_t *s, unsigned id, uint64_t serial,
     if (reason != TT_EXIT_TIMEOUT && started) {
       crashed = 1;
       if (t->reruns >= p->opts.retries) {
-        finish(t, TT_ERR_WORKER_CRASH, 0, NULL, 0);
+        char why[200];
+        const char *name = tt_signal_name(sig);
+        const char *what = tt_strerror(TT_ERR_WORKER_CRASH);
+        int n = sig != 0
+                    ? (name ? snprintf(why, sizeof why, "%s: worker %u was killed by %s", what, id, name)
+                            : snprintf(why, sizeof why, "%s: worker %u was killed by signal %d", what, id, sig))
+                    : snprintf(why, sizeof why, "%s: worker %u exited with code %lld", what, id,
+                               (long long)status);
+        if (n < 0 || (size_t)n >= sizeof why) n = 0;
+        snprintf(why + n, sizeof why - (size_t)n, " (%s; the task ran %u time%s)",
+                 tt_exit_reason_name(reason), t->reruns + 1, t->reruns ? "s" : "");
+        finish(t, TT_ERR_WORKER_CRASH, 0, why, strlen(why));
         continue;
       }
       t->reruns++;

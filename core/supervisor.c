@@ -712,6 +712,17 @@ static void give_up(tt_supervisor_t *s, const char *why) {
   tt_supervisor_stop(s);
 }
 
+int tt_supervisor_hurry(tt_supervisor_t *s) {
+  if (!(s->flags & S_STOPPING)) return UV_EINVAL;
+  for (tt_incarnation_t *w = s->all; w != NULL; w = w->all_next) {
+    if (w->flags & I_EXITED) continue;
+    w->flags |= I_SENT_KILL;
+    w->phase = 3;
+    tt_process_kill(&w->p, SIGKILL);
+  }
+  return 0;
+}
+
 int tt_supervisor_give_up(tt_supervisor_t *s, const char *why) {
   if (s->flags & (S_GAVE_UP | S_STOPPING)) return TT_ERR_CLOSED;
   give_up(s, why);

@@ -34,7 +34,8 @@ typedef struct tt_pool_worker_s tt_pool_worker_t;
 
 /* `ch` is the channel the answer came on (status 0), else NULL: an
  * answer the owner cannot decode is failed there (tt_channel_fail) and the
- * pool replaces that worker. */
+ * pool replaces that worker.  With an error status, `payload` may say why
+ * in words (`len` bytes, e.g. how the worker died), or be NULL. */
 typedef void (*tt_task_cb)(void *arg, int status, unsigned kind,
                            const char *payload, size_t len, tt_channel_t *ch);
 

@@ -232,6 +232,11 @@ int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial);
 /* The worker did useful work (see exempt_worked). */
 void tt_supervisor_mark_worked(tt_supervisor_t *s, uint64_t serial);
 
+/* Once stopping: kill every worker still alive now (SIGKILL), without
+ * waiting out the shutdown timeouts (a second Ctrl-C).  UV_EINVAL when not
+ * stopping. */
+int tt_supervisor_hurry(tt_supervisor_t *s);
+
 /* Gives up now, as when the intensity limit is hit: on_give_up(why),
  * every worker stopped, nothing restarted (e.g. the owner learnt that the
  * workers' script cannot even load).  TT_ERR_CLOSED once stopping. */

@@ -203,14 +203,10 @@ end
 
 local EXIT = {} -- metatable of the sentinel raised by tether.exit in a callback
 
-function tether.run(mode)
-  local ok, more = pcall(core.run, mode)
-  if ok then return more end
-  if getmetatable(more) == EXIT then
-    tether._exit_now(more.code)
-  end
-  error(more, 0)
-end
+-- run() is the core's own: an error raised by a callback comes out of it
+-- with the callback's frames, and lua5.4 adds the rest (one traceback); a
+-- tether.exit() in a callback ends the process through tether._exit_now
+tether.run = core.run
 
 tether.stop = core.stop
 tether.now = core.now
@@ -940,5 +936,6 @@ function tether.exit(code)
 end
 
 tether._EXIT = EXIT
+core.set_exit(function(code) tether._exit_now(code) end)
 
 return tether

@@ -82,8 +82,9 @@ if parent and parent.connected and not parent.json then parent._h:ready() end
 local ok2, e2 = pcall(tether.run)
 if not ok2 then
   local msg, tb = message_of(e2), type(e2) == "table" and type(e2.traceback) == "string" and e2.traceback or nil
-  local nl = msg:find("\nstack traceback:", 1, true)
-  if nl then msg, tb = msg:sub(1, nl - 1), msg:sub(nl + 1) end
+  -- a string error from a callback is "message\n\tframe\n\tframe..."
+  local nl = type(e2) == "string" and msg:find("\n\t", 1, true)
+  if nl then msg, tb = msg:sub(1, nl - 1), "stack traceback:" .. msg:sub(nl) end
   fail("ERR_WORKER_UNCAUGHT", msg, tb)
 end
 tether._exit_now(0)

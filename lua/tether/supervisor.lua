@@ -175,7 +175,11 @@ function M.new(spec)
   self._h = h
   self._json = o.json
   if handle_signals ~= false then
-    local function graceful() self:stop() end
+    -- the first SIGINT/SIGTERM stops gracefully, a second one kills the
+    -- workers still running at once (as systemd and PM2 users expect)
+    local function graceful()
+      if self._stopping then self._h:hurry() else self:stop() end
+    end
     self._signals = {
       tether.on_signal("SIGINT", graceful),
       tether.on_signal("SIGTERM", graceful),
@@ -339,6 +343,7 @@ function Supervisor:stop(cb)
   if cb then
     if self.stopped then tether.defer(cb) else self:once("stopped", cb) end
   end
+  self._stopping = true
   self._h:stop()
   return true
 end
