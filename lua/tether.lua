@@ -404,11 +404,11 @@ end
 
 local function check_args(fname, args)
   if args == nil then return {} end
-  if type(args) ~= "table" then argerror(fname, 2, "table expected, got " .. type(args), 4) end
+  if type(args) ~= "table" then argerror(fname, 2, "table expected, got " .. type(args), 3) end
   local argv = {}
   for i, v in ipairs(args) do
     if type(v) ~= "string" and type(v) ~= "number" then
-      argerror(fname, 2, ("args[%d] is a %s, string expected"):format(i, type(v)), 4)
+      argerror(fname, 2, ("args[%d] is a %s, string expected"):format(i, type(v)), 3)
     end
     argv[i] = tostring(v)
   end

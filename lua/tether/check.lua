@@ -45,7 +45,7 @@ function M.closest(key, schema)
     local d = distance(lk, k:lower():gsub("[-_ ]", ""))
     if d < (best_d or 99) or (d == best_d and k < best) then best, best_d = k, d end
   end
-  if best and best_d <= math.max(1, math.min(2, #key // 3)) then return best end
+  if best and best_d <= (#key <= 4 and 1 or 2) then return best end
   return nil
 end
 
