@@ -7,12 +7,12 @@
  * - acks holds one record per queued frame that has a callback, ordered by
  *   `end`; a record is popped (and its callback run) once written_total
  *   reaches its end, or failed when the channel ends.
- * - The poll watches READABLE while reading (and not paused) and WRITABLE
- *   only while a write hit EAGAIN; the flusher (idle) is active only while
- *   a flush or a paused read is pending.
+ * - The poll watches READABLE while reading and WRITABLE only while a write
+ *   hit EAGAIN; the flusher (idle) is active only while a flush or a paused
+ *   read is pending.
  * - Reading pauses once TT_CHANNEL_FRAMES_PER_TICK frames (or
  *   TT_CHANNEL_BYTES_PER_TICK bytes) were handed out in one iteration: the
- *   rest stays in the decoder, the poll stops watching READABLE, and the
+ *   rest stays in the decoder, readable events are ignored, and the
  *   flusher goes on with it in the next iteration, after our own writes.
  * - The loop is kept alive by the channel while bytes are queued or a
  *   disconnect is in progress, else only when the owner asked (ref).
@@ -81,8 +81,10 @@ static uint64_t queued(const tt_channel_t *ch) {
 static void update_poll(tt_channel_t *ch) {
   int events = 0;
   if (ch->flags & CH_CLOSING) return;
-  if ((ch->flags & (CH_READING | CH_PAUSED)) == CH_READING)
-    events |= UV_READABLE;
+  /* (also while paused: the flusher keeps the loop from blocking then, and
+   * readiness is ignored until the held-back frames are out; no epoll_ctl
+   * churn per batch) */
+  if (ch->flags & CH_READING) events |= UV_READABLE;
   if (ch->flags & CH_WRITE_BLOCKED) events |= UV_WRITABLE;
   if (events != ch->poll_events) {
     ch->poll_events = events;
@@ -488,7 +490,6 @@ static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
        ch->tick_bytes >= TT_CHANNEL_BYTES_PER_TICK)) {
     /* the rest waits for the next iteration (resume_reading) */
     ch->flags |= CH_PAUSED;
-    update_poll(ch);
     schedule_idle(ch);
     return 1;
   }
@@ -522,9 +523,7 @@ static void resume_reading(tt_channel_t *ch) {
   ch->tick_frames = 0;
   ch->tick_bytes = 0;
   ch->flags &= ~CH_PAUSED;
-  if (deliver_buffered(ch) != 0) return;
-  if (ch->flags & CH_PAUSED) return; /* more next time */
-  update_poll(ch);
+  deliver_buffered(ch); /* and more next time, if paused again */
 }
 
 /* Reads what is available (up to a bound).  Returns 1 at EOF or when the

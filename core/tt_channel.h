@@ -37,7 +37,7 @@
 #define TT_CHANNEL_DEFAULT_FLUSH_TIMEOUT 5000
 /* Received frames handed out per loop iteration (and bytes), so a burst
  * cannot keep a process from writing its answers or serving others. */
-#define TT_CHANNEL_FRAMES_PER_TICK 128
+#define TT_CHANNEL_FRAMES_PER_TICK 256
 #define TT_CHANNEL_BYTES_PER_TICK ((size_t)1 << 20)
 
 typedef struct tt_channel_s tt_channel_t;
