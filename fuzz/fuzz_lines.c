@@ -30,7 +30,7 @@
  *     is longer than max_message; the payload is not inside that line (and
  *     so inside the current buffer) or contains "\n"; kind is not 1..4; id
  *     is 0 for kinds 2..4 or not 0 for a MESSAGE; an envelope's payload does
- *     not start right after its prefix ({"tether_xxx":<id>,"field":) or is
+ *     not start right after its prefix ({"cmd":"TETHER_XXX","id":<id>,"field":) or is
  *     not closed by its "}"; the header differs from the reference model's;
  *   - tt_lines_pack(kind, id) + payload + tail, parsed again with
  *     tt_lines_parse(), does not give the same kind, id and payload;
@@ -222,7 +222,7 @@ static int on_frame(void *p, const tt_frame_header_t *h, const char *payload) {
     CHECK(h->id == 0);
     CHECK(payload == line && h->len == n);
   } else {
-    /* {"tether_xxx":<digits>,"field":<payload>} */
+    /* {"cmd":"TETHER_XXX","id":<digits>,"field":<payload>} */
     char head[TT_LINES_HEAD_MAX], tail[2];
     size_t hl, tl, kl, fl, i;
     uint64_t v = 0;
@@ -231,7 +231,10 @@ static int on_frame(void *p, const tt_frame_header_t *h, const char *payload) {
     CHECK(tt_lines_pack(h->kind, h->id, head, &hl, tail, &tl) == 0);
     CHECK(hl < TT_LINES_HEAD_MAX);
     head[hl] = '\0';
-    kl = (size_t)(strchr(head, ':') - head) + 1;
+    /* The key ends with "id": (the envelope starts with "cmd":, so the id's
+     * digits follow the second colon, not the first). */
+    CHECK(strstr(head, "\"id\":") != NULL);
+    kl = (size_t)(strstr(head, "\"id\":") - head) + 5;
     field = strrchr(head, ',');
     CHECK(field != NULL);
     fl = hl - (size_t)(field - head);
