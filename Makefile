@@ -51,7 +51,7 @@ $(BUILD)/codec_test.so: $(PROBE_SRC) $(HDRS)
 $(ABUILD)/codec_test.so: $(PROBE_SRC) $(HDRS)
 	$(CC) $(BASE) $(SAN) -shared $(PROBE_SRC) $(UV_LIBS) -o $@
 
-C_TESTS = test/check_main.c test/test_frame.c test/test_error.c test/test_backoff.c
+C_TESTS = $(wildcard test/check_main.c test/test_*.c test/loop_util.c test/children.c)
 $(BUILD)/run_c_tests: $(CORE_SRC) $(wildcard test/*.c test/*.h) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 -g $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@

@@ -155,6 +155,9 @@ int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
 #define TT_DECODE_FACTOR 8
 #define TT_DECODE_MIN ((size_t)64 << 20)
 size_t tt_lua_decode_budget(size_t max_message);
+/* nil, ERR_SERIALIZE "<what> of <len> bytes exceeds max_message (<max>
+ * bytes)": what core's size checks refused. */
+int tt_lua_too_large(lua_State *L, const char *what, size_t len, size_t max);
 /* Answers a heartbeat PING with a PONG carrying our Lua heap size; 1 when
  * the frame was a PING or PONG (then it is consumed). */
 int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,

@@ -110,8 +110,13 @@ static int check_too_big(lua_State *L, tt_channel_t *ch, tt_state_t *st,
                     (lua_Integer)len, (lua_Integer)tt_channel_max_message(ch),
                     (lua_Integer)(len + tt_lines_overhead(kind)));
   else
-    lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
-                    (lua_Integer)len, (lua_Integer)tt_channel_max_message(ch));
+    return tt_lua_too_large(L, "message", len, tt_channel_max_message(ch));
+  return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
+}
+
+int tt_lua_too_large(lua_State *L, const char *what, size_t len, size_t max) {
+  lua_pushfstring(L, "%s of %I bytes exceeds max_message (%I bytes)", what,
+                  (lua_Integer)len, (lua_Integer)max);
   return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
 }
 

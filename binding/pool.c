@@ -13,7 +13,6 @@
 
 #include "binding.h"
 #include "tt_error.h"
-#include "tt_lines.h"
 #include "tt_pool.h"
 
 typedef struct {
@@ -238,7 +237,7 @@ static int m_submit(lua_State *L) {
   tt_lpool_t *c = check(L);
   tt_send_req_t *req;
   tt_state_t *st;
-  size_t len, max;
+  size_t len;
   int err;
   luaL_checkany(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
@@ -246,16 +245,6 @@ static int m_submit(lua_State *L) {
   st = c->o.st;
   if ((err = tt_lua_encode(L, st, 2, c->o.json)) != 0) return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
-  max = c->p.opts.workers.process.channel_options.max_message;
-  if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;
-  /* as the worker will read it: a JSON line carries its envelope */
-  if (len > max ||
-      (c->o.json && len + tt_lines_overhead(TT_FRAME_REQUEST) > max)) {
-    tt_lua_encode_done(st);
-    lua_pushfstring(L, "task of %I bytes exceeds max_message (%I bytes)",
-                    (lua_Integer)len, (lua_Integer)max);
-    return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
-  }
   if ((req = malloc(sizeof *req)) == NULL) {
     tt_lua_encode_done(st);
     return tt_lua_fail(L, UV_ENOMEM, NULL);
@@ -269,6 +258,8 @@ static int m_submit(lua_State *L) {
   if (err != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
     free(req);
+    if (err == TT_ERR_SERIALIZE)
+      return tt_lua_too_large(L, "task", len, tt_pool_max_message(&c->p));
     return tt_lua_fail(L, err, err == TT_ERR_CLOSED ? "pool is closed" : NULL);
   }
   lua_pushboolean(L, 1);
@@ -280,15 +271,19 @@ static int m_send(lua_State *L) {
   tt_lpool_t *c = check(L);
   lua_Integer id = luaL_checkinteger(L, 2);
   tt_state_t *st;
+  size_t len;
   int err;
   luaL_checkany(L, 3);
   luaL_argcheck(L, id >= 1 && id <= UINT32_MAX, 2, "bad worker id");
   if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
   st = c->o.st;
   if ((err = tt_lua_encode(L, st, 3, c->o.json)) != 0) return err;
+  len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
   err = tt_pool_send(&c->p, (unsigned)id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                     st->wbuf.len - TT_FRAME_HEADER_SIZE);
+                     len);
   tt_lua_encode_done(st);
+  if (err == TT_ERR_SERIALIZE)
+    return tt_lua_too_large(L, "message", len, tt_pool_max_message(&c->p));
   if (err != 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);
   return 1;
@@ -363,7 +358,7 @@ static int m_tostring(lua_State *L) {
     lua_pushliteral(L, "tether.pool (closed)");
   else
     lua_pushfstring(L, "tether.pool (%d workers)",
-                    (int)c->p.opts.workers.instances);
+                    (int)tt_pool_size(&c->p));
   return 1;
 }
 

@@ -14,7 +14,6 @@
 
 #include "binding.h"
 #include "tt_error.h"
-#include "tt_lines.h"
 #include "tt_supervisor.h"
 
 typedef struct {
@@ -416,7 +415,7 @@ static int m_send(lua_State *L) {
   uint32_t fid = (uint32_t)luaL_optinteger(L, 7, 0);
   tt_send_req_t *req = NULL;
   tt_state_t *st;
-  size_t len, max;
+  size_t len;
   int err;
   luaL_checkany(L, 3);
   luaL_argcheck(L, timeout >= 0 && timeout < 9e15, 4, "timeout out of range");
@@ -426,14 +425,6 @@ static int m_send(lua_State *L) {
   st = c->o.st;
   if ((err = tt_lua_encode(L, st, 3, c->o.json)) != 0) return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
-  max = c->s.opts.process.channel_options.max_message;
-  if (max == 0) max = TT_FRAME_DEFAULT_MAX_MESSAGE;
-  if (len > max || (c->o.json && len + tt_lines_overhead(kind) > max)) {
-    tt_lua_encode_done(st);
-    lua_pushfstring(L, "message of %I bytes exceeds max_message (%I bytes)",
-                    (lua_Integer)len, (lua_Integer)max);
-    return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
-  }
   if (!lua_isnoneornil(L, 5)) {
     if ((req = malloc(sizeof *req)) == NULL) {
       tt_lua_encode_done(st);
@@ -453,6 +444,8 @@ static int m_send(lua_State *L) {
       luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
       free(req);
     }
+    if (err == TT_ERR_SERIALIZE)
+      return tt_lua_too_large(L, "message", len, tt_supervisor_max_message(&c->s));
     return tt_lua_fail(L, err, NULL);
   }
   lua_pushboolean(L, 1);
@@ -592,7 +585,7 @@ static int m_tostring(lua_State *L) {
     lua_pushliteral(L, "tether.supervisor (stopped)");
   else
     lua_pushfstring(L, "tether.supervisor (%d workers)",
-                    (int)c->s.opts.instances);
+                    (int)tt_supervisor_instances(&c->s));
   return 1;
 }
 

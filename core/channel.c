@@ -177,16 +177,28 @@ static const char *truncated(const tt_channel_t *ch) {
                        : "truncated frame at end of stream";
 }
 
+static int check_size(size_t max, int lines, unsigned kind, size_t len) {
+  /* in JSON mode the peer's limit is on the line as written, envelope
+   * included (the "\n" is not counted), whatever the id's digits */
+  if (len > max || (lines && len + tt_lines_overhead(kind) > max))
+    return TT_ERR_SERIALIZE;
+  return 0;
+}
+
 int tt_channel_check_size(const tt_channel_t *ch, unsigned kind, size_t len) {
-  if (ch->dec.lines) {
-    /* the peer's limit is on the line as written, envelope included (the
-     * "\n" is not counted), whatever the id's digits */
-    if (len > ch->dec.max_message ||
-        len + tt_lines_overhead(kind) > ch->dec.max_message)
-      return TT_ERR_SERIALIZE;
-    return 0;
-  }
-  return len > ch->dec.max_message ? TT_ERR_SERIALIZE : 0;
+  return check_size(ch->dec.max_message, ch->dec.lines, kind, len);
+}
+
+size_t tt_channel_options_max_message(const tt_channel_options_t *o) {
+  /* as tt_channel_init() clamps it: a frame's length is 32 bits */
+  if (o == NULL || o->max_message == 0) return TT_FRAME_DEFAULT_MAX_MESSAGE;
+  return o->max_message < UINT32_MAX ? o->max_message : UINT32_MAX;
+}
+
+int tt_channel_options_check_size(const tt_channel_options_t *o,
+                                  unsigned kind, size_t len) {
+  return check_size(tt_channel_options_max_message(o), o && o->lines, kind,
+                    len);
 }
 
 size_t tt_channel_max_message(const tt_channel_t *ch) {
@@ -640,10 +652,7 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
   ch->flush_timeout_ms = (opts && opts->flush_timeout_ms)
                              ? opts->flush_timeout_ms
                              : TT_CHANNEL_DEFAULT_FLUSH_TIMEOUT;
-  /* The wire carries 32-bit lengths. */
-  tt_frame_decoder_init(&ch->dec, opts && opts->max_message < UINT32_MAX
-                                      ? opts->max_message
-                                      : (opts ? UINT32_MAX : 0));
+  tt_frame_decoder_init(&ch->dec, tt_channel_options_max_message(opts));
   if (opts && opts->lines) tt_frame_decoder_use_lines(&ch->dec);
   if ((err = tt__set_flags(fd, 1, 1)) != 0) return err;
   {

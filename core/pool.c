@@ -502,6 +502,9 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
 int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
                    tt_task_cb cb, void *arg) {
   tt_task_t *t;
+  if (tt_channel_options_check_size(&p->opts.workers.process.channel_options,
+                                    TT_FRAME_REQUEST, len) != 0)
+    return TT_ERR_SERIALIZE;
   if (p->flags & PL_CLOSING)
     return p->end_status == TT_ERR_WORKER_INIT ? TT_ERR_WORKER_INIT
                                                : TT_ERR_CLOSED;
@@ -556,6 +559,15 @@ int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len) {
   if (p->flags & PL_SUP_CLOSED) return TT_ERR_CLOSED;
   return tt_supervisor_send(&p->sup, id, TT_FRAME_MESSAGE, 0, payload, len, 0,
                             NULL, NULL);
+}
+
+unsigned tt_pool_size(const tt_pool_t *p) {
+  return p->opts.workers.instances;
+}
+
+size_t tt_pool_max_message(const tt_pool_t *p) {
+  return tt_channel_options_max_message(
+      &p->opts.workers.process.channel_options);
 }
 
 int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out) {

@@ -120,16 +120,6 @@ struct tt_sup_msg_s {
   char payload[];
 };
 
-static const char *const reason_names[] = {
-#define XX(_, s) s,
-    TT_EXIT_REASON_MAP(XX)
-#undef XX
-};
-
-const char *tt_exit_reason_name(tt_exit_reason_t r) {
-  return (unsigned)r < TT__EXIT_COUNT ? reason_names[r] : "unknown";
-}
-
 const char *tt_worker_state_name(tt_worker_state_t st) {
   static const char *const names[] = {"starting", "running", "stopping",
                                       "down"};
@@ -230,8 +220,7 @@ static void maybe_closed(tt_supervisor_t *s) {
   s->env = NULL;
   free(s->shutdown_message);
   s->shutdown_message = NULL;
-  free(s->restart_times);
-  s->restart_times = NULL;
+  tt_policy_free(&s->policy);
   if (s->close_cb) s->close_cb(s);
 }
 
@@ -371,6 +360,9 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
   tt_slot_t *slot;
   tt_sup_msg_t *m;
   if (id < 1 || id > s->opts.instances) return UV_EINVAL;
+  if (tt_channel_options_check_size(&s->opts.process.channel_options, kind,
+                                    len) != 0)
+    return TT_ERR_SERIALIZE;
   slot = &s->slots[id - 1];
   if ((s->flags & S_STOPPING) || slot->dead) return TT_ERR_CLOSED;
   if (slot->queued >= s->opts.queue_limit) return TT_ERR_QUEUE_FULL;
@@ -390,6 +382,14 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
   msg_link_after(slot, m, slot->q_tail);
   msg_park(m);
   return 0;
+}
+
+unsigned tt_supervisor_instances(const tt_supervisor_t *s) {
+  return s->opts.instances;
+}
+
+size_t tt_supervisor_max_message(const tt_supervisor_t *s) {
+  return tt_channel_options_max_message(&s->opts.process.channel_options);
 }
 
 /* ---- logs --------------------------------------------------------------- */
@@ -692,19 +692,6 @@ static void close_process(tt_incarnation_t *w) {
   tt_process_close(&w->p, on_process_closed);
 }
 
-static int restart_allowed(tt_supervisor_t *s) {
-  uint64_t t = now(s);
-  unsigned max = s->opts.max_restarts;
-  if (max == 0) return 0;
-  if (s->restart_count == max &&
-      t - s->restart_times[s->restart_head] < s->opts.within_ms)
-    return 0;
-  s->restart_times[s->restart_head] = t;
-  s->restart_head = (s->restart_head + 1) % max;
-  if (s->restart_count < max) s->restart_count++;
-  return 1;
-}
-
 static void give_up(tt_supervisor_t *s, const char *why) {
   if (s->flags & (S_GAVE_UP | S_STOPPING)) return;
   s->flags |= S_GAVE_UP;
@@ -739,7 +726,7 @@ static void on_restart_timer(uv_timer_t *t) {
   tt_supervisor_t *s = slot->s;
   slot->restart_pending = 0;
   if (s->flags & S_STOPPING) return;
-  if (slot->restart_counted && !restart_allowed(s)) {
+  if (slot->restart_counted && !tt_policy_charge(&s->policy, now(s))) {
     char why[128];
     snprintf(why, sizeof why,
              "more than %u restarts within %llu ms (worker %u: %s)",
@@ -762,7 +749,6 @@ static void slot_down(tt_slot_t *slot) {
 static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
                        tt_exit_reason_t r) {
   tt_supervisor_t *s = slot->s;
-  int restart;
   uint64_t delay = 0;
   slot->cur = NULL;
   slot->requeue_pos = NULL;
@@ -774,26 +760,14 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
     slot->cur->flags |= I_PROMOTED;
     return;
   }
-  if ((w->flags & I_READY) && now(s) - w->started_at >= s->opts.min_uptime_ms)
+  if (tt_policy_healthy(&s->policy, (w->flags & I_READY) != 0,
+                        now(s) - w->started_at))
     slot->failures = 0;
   if (s->flags & S_STOPPING) {
     check_stopped(s);
     return;
   }
-  switch (r) {
-  case TT_EXIT_EXIT:
-    restart = s->opts.restart == TT_RESTART_ALWAYS;
-    break;
-  case TT_EXIT_STOP:
-    restart = 0;
-    break;
-  case TT_EXIT_RELOAD: /* tt_supervisor_restart(): at once, not counted */
-    restart = 1;
-    break;
-  default:
-    restart = s->opts.restart != TT_RESTART_NEVER;
-  }
-  if (!restart) {
+  if (!tt_policy_restarts(&s->policy, r)) {
     slot_down(slot);
     check_stopped(s);
     return;
@@ -802,8 +776,8 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
       r != TT_EXIT_RELOAD &&
       !(s->opts.exempt_worked && (w->flags & I_READY) &&
         ((w->flags & I_WORKED) || w->p.term_signal != 0));
-  if (slot->restart_counted)
-    delay = tt_backoff_delay(&s->opts.backoff, ++slot->failures, &s->seed);
+  if (slot->restart_counted) /* (tt_supervisor_restart(): at once) */
+    delay = tt_policy_delay(&s->policy, ++slot->failures);
   slot->restart_reason = r;
   slot->restart_pending = 1;
   tt__timer_start(&slot->timer, on_restart_timer, delay, 0);
@@ -1228,7 +1202,7 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
 int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
                         const tt_supervisor_options_t *opts) {
   size_t n = 0;
-  int err;
+  int err, policy_ready = 0;
   void *data = s->data;
   tt_supervisor_t z;
 
@@ -1253,14 +1227,11 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   if (s->opts.memory_interval_ms == 0) s->opts.memory_interval_ms = 1000;
   if (s->opts.queue_limit == 0) s->opts.queue_limit = 1024;
   s->opts.process.env = NULL;
-  s->seed = (uint64_t)uv_hrtime() ^ ((uint64_t)(uintptr_t)s << 16);
 
   for (char **e = opts->process.env; e && *e; e++) n++;
   s->env_len = n;
   s->env = calloc(n + 2, sizeof *s->env);
   s->slots = calloc(opts->instances, sizeof *s->slots);
-  if (opts->max_restarts > 0)
-    s->restart_times = calloc(opts->max_restarts, sizeof *s->restart_times);
   if (opts->shutdown_message != NULL) {
     s->shutdown_message = malloc(opts->shutdown_message_len + 1);
     if (s->shutdown_message != NULL)
@@ -1268,10 +1239,22 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
              opts->shutdown_message_len);
   }
   if (s->env == NULL || s->slots == NULL ||
-      (opts->max_restarts > 0 && s->restart_times == NULL) ||
       (opts->shutdown_message != NULL && s->shutdown_message == NULL)) {
     err = UV_ENOMEM;
     goto fail;
+  }
+  {
+    tt_policy_options_t po;
+    po.restart = opts->restart;
+    po.max_restarts = opts->max_restarts;
+    po.within_ms = opts->within_ms;
+    po.backoff = opts->backoff;
+    po.min_uptime_ms = opts->min_uptime_ms;
+    if ((err = tt_policy_init(&s->policy, &po,
+                              (uint64_t)uv_hrtime() ^
+                                  ((uint64_t)(uintptr_t)s << 16))) != 0)
+      goto fail;
+    policy_ready = 1;
   }
   /* the strings stay the caller's: they must outlive the supervisor */
   for (size_t i = 0; i < n; i++) s->env[i] = opts->process.env[i];
@@ -1309,13 +1292,12 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
 fail:
   for (int i = 0; i < 3; i++)
     if (s->log_open[i]) tt_logsink_discard(&s->logs[i]), s->log_open[i] = 0;
+  if (policy_ready) tt_policy_free(&s->policy);
   free(s->env);
   free(s->slots);
-  free(s->restart_times);
   free(s->shutdown_message);
   s->env = NULL;
   s->slots = NULL;
-  s->restart_times = NULL;
   s->shutdown_message = NULL;
   return err;
 }

@@ -135,7 +135,13 @@ int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
  * TT_ERR_SERIALIZE when the frame (or, in JSON mode, the line with its
  * envelope for `kind`, whatever the id) would exceed max_message. */
 int tt_channel_check_size(const tt_channel_t *ch, unsigned kind, size_t len);
+/* The same check before a channel exists (a supervisor's or pool's workers
+ * will be opened with `o`; NULL: the defaults). */
+int tt_channel_options_check_size(const tt_channel_options_t *o,
+                                  unsigned kind, size_t len);
 size_t tt_channel_max_message(const tt_channel_t *ch);
+/* max_message of channels opened with `o` (the default resolved). */
+size_t tt_channel_options_max_message(const tt_channel_options_t *o);
 int tt_channel_is_lines(const tt_channel_t *ch);
 /* Stops accepting sends and reading; queued frames are still written, then
  * the channel disconnects.  A backlog the peer has not taken within the

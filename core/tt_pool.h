@@ -98,8 +98,10 @@ struct tt_pool_s {
 
 /* Starts the workers.  On failure nothing needs closing. */
 int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o);
-/* Queues a task (the payload is copied).  0, or TT_ERR_QUEUE_FULL,
- * TT_ERR_CLOSED, UV_ENOMEM; then `cb` is not called. */
+/* Queues a task (the payload is copied).  0, or TT_ERR_SERIALIZE (larger
+ * than the workers' max_message), TT_ERR_QUEUE_FULL, TT_ERR_CLOSED,
+ * TT_ERR_WORKER_INIT (the pool gave up), UV_ENOMEM; then `cb` is not
+ * called. */
 int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
                    tt_task_cb cb, void *arg);
 /* Takes no more tasks; the queued and running ones finish, then the
@@ -117,6 +119,9 @@ int tt_pool_give_up(tt_pool_t *p, const char *why);
  * NODE_HANDLE_NACK), queued as tt_supervisor_send() does. */
 int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len);
 int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out);
+/* The number of workers and their max_message (the default resolved). */
+unsigned tt_pool_size(const tt_pool_t *p);
+size_t tt_pool_max_message(const tt_pool_t *p);
 /* Releases everything; `cb` when the memory may be freed.  With `abandon`
  * the workers are not waited for (the loop is being torn down). */
 void tt_pool_free(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p));

@@ -39,13 +39,8 @@
 
 #include "tt_backoff.h"
 #include "tt_logsink.h"
+#include "tt_policy.h"
 #include "tt_process.h"
-
-typedef enum {
-  TT_RESTART_ALWAYS = 0, /* any exit we did not ask for */
-  TT_RESTART_ON_FAILURE, /* non-zero exit, signal, watchdog */
-  TT_RESTART_NEVER
-} tt_restart_t;
 
 typedef enum {
   TT_WORKER_STARTING = 0,
@@ -54,30 +49,6 @@ typedef enum {
   TT_WORKER_DOWN
 } tt_worker_state_t;
 
-/* Why a worker ended.  The first group is found from the exit status, the
- * second is what the supervisor stopped it for. */
-#define TT_EXIT_REASON_MAP(XX)                                                \
-  XX(NONE, "none")                                                            \
-  XX(EXIT, "exit")       /* exit code 0 */                                    \
-  XX(CRASH, "crash")     /* non-zero exit code */                             \
-  XX(SIGNAL, "signal")   /* killed by a signal */                             \
-  XX(KILLED, "killed")   /* SIGKILL tether did not send: the OOM killer? */   \
-  XX(SPAWN, "spawn")     /* could not be started */                           \
-  XX(MEMORY, "memory")   /* RSS over max_memory */                            \
-  XX(UNRESPONSIVE, "unresponsive") /* heartbeat or start timeout */           \
-  XX(RELOAD, "reload")   /* replaced by a rolling reload */                   \
-  XX(STOP, "stop")       /* the supervisor stopped it */                      \
-  XX(RETIRED, "retired") /* replaced after its work (pools: recycling) */     \
-  XX(TIMEOUT, "timeout") /* stopped by its owner: a task took too long */
-
-typedef enum {
-#define XX(name, _) TT_EXIT_##name,
-  TT_EXIT_REASON_MAP(XX)
-#undef XX
-  TT__EXIT_COUNT
-} tt_exit_reason_t;
-
-const char *tt_exit_reason_name(tt_exit_reason_t r);
 const char *tt_worker_state_name(tt_worker_state_t s);
 
 typedef struct {
@@ -174,11 +145,9 @@ struct tt_supervisor_s {
   int log_open[3];
   uv_timer_t memory_timer;
   uv_timer_t start_timer; /* first spawns, on the next loop iteration */
-  uint64_t *restart_times; /* ring of the last max_restarts restarts */
-  unsigned restart_head, restart_count;
+  tt_policy_t policy;       /* restart decisions, intensity, backoff */
   unsigned reload_next; /* slot being reloaded (1-based), 0 when idle */
   unsigned start_next;  /* first spawns done so far */
-  uint64_t seed;
   int live;  /* incarnations not yet freed */
   int alive; /* incarnations not yet exited */
   int pending_closes;
@@ -205,9 +174,10 @@ int tt_supervisor_reload(tt_supervisor_t *s);
  * UV_ESRCH when it is down or already stopping. */
 int tt_supervisor_restart(tt_supervisor_t *s, unsigned id);
 
-/* Queues a frame for slot `id`.  0, or TT_ERR_QUEUE_FULL, TT_ERR_CLOSED,
- * UV_EINVAL (bad id), UV_ENOMEM; then `cb` is not called.  timeout_ms 0:
- * no limit. */
+/* Queues a frame for slot `id`.  0, or TT_ERR_SERIALIZE (larger than the
+ * workers' max_message, as tt_channel_check_size), TT_ERR_QUEUE_FULL,
+ * TT_ERR_CLOSED, UV_EINVAL (bad id), UV_ENOMEM; then `cb` is not called.
+ * timeout_ms 0: no limit. */
 int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
                        uint32_t frame_id, const void *payload, size_t len,
                        uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);
@@ -229,6 +199,10 @@ tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
                                            uint64_t serial);
 uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial);
 int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial);
+/* What an owner may read once started: the number of slots and the
+ * workers' max_message (the default resolved). */
+unsigned tt_supervisor_instances(const tt_supervisor_t *s);
+size_t tt_supervisor_max_message(const tt_supervisor_t *s);
 /* The worker did useful work (see exempt_worked). */
 void tt_supervisor_mark_worked(tt_supervisor_t *s, uint64_t serial);
 

@@ -194,6 +194,24 @@ describe("tether.pool", function()
     close_and_wait(pool)
   end)
 
+  it("refuses a task over the workers' max_message at the sender, in both serializations", function()
+    for _, ser in ipairs { "native", "json" } do
+      local pool = new_pool { size = 1, max_message = 1000, serialization = ser }
+      local function never() error("called back for a refused task") end
+      local ok, err = pool:submit(string.rep("x", 2000), never)
+      assert.is_nil(ok)
+      assert.equals("ERR_SERIALIZE", err.code)
+      assert.matches("task of %d+ bytes exceeds max_message %(1000 bytes%)", err.message)
+      -- the pool lives on: a task that fits runs
+      local got
+      assert.is_true(pool:submit({ n = 3 }, function(e, r) got = e or r end))
+      H.run_until(function() return got ~= nil end)
+      assert.equals(9, got.square)
+      assert.equals(0, pool:stats().failed)
+      close_and_wait(pool)
+    end
+  end)
+
   it("recycles workers after max_tasks_per_worker under a backlog, never at zero", function()
     local pool = new_pool { size = 2, max_tasks_per_worker = 3 }
     local pids, done, min_workers = {}, 0, math.huge

@@ -328,6 +328,22 @@ describe("tether.supervise", function()
     H.run_until(function() return sup.stopped end)
   end)
 
+  it("refuses a message over the workers' max_message at the sender, in both serializations", function()
+    for _, ser in ipairs { "native", "json" } do
+      local sup = assert(tether.supervise(spec { script = ECHO, max_message = 1000, serialization = ser }))
+      local got
+      sup:on("message", function(_, m) got = m end)
+      local ok, err = sup:send(1, string.rep("x", 2000), function() error("called back for a refused send") end)
+      assert.is_nil(ok)
+      assert.equals("ERR_SERIALIZE", err.code)
+      assert.matches("message of %d+ bytes exceeds max_message %(1000 bytes%)", err.message)
+      assert.is_true(sup:send(1, "small")) -- the worker lives on
+      H.run_until(function() return got ~= nil end)
+      assert.equals("small", got.got)
+      stop_and_wait(sup)
+    end
+  end)
+
   it("reload replaces every worker one at a time, never with fewer live", function()
     local sup = assert(tether.supervise(spec { script = ECHO, instances = 2,
       shutdown = { message = "exit0", timeout = 1000 } }))

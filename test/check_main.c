@@ -15,15 +15,25 @@
  * Exit status: 0 when every test passed, 1 otherwise.
  */
 #include <stdlib.h>
+#include <string.h>
 
+#include "loop_util.h"
 #include "suites.h"
 
-int main(void) {
-  SRunner *sr = srunner_create(frame_suite());
+int main(int argc, char **argv) {
+  SRunner *sr;
   int failed;
+  /* run again as a test's child (test/children.c) */
+  if (argc == 3 && strcmp(argv[1], "--child") == 0)
+    return tt_test_child_main(argv[2]);
+  sr = srunner_create(frame_suite());
 
   srunner_add_suite(sr, error_suite());
   srunner_add_suite(sr, backoff_suite());
+  srunner_add_suite(sr, policy_suite());
+  srunner_add_suite(sr, channel_suite());
+  srunner_add_suite(sr, process_suite());
+  srunner_add_suite(sr, supervisor_suite());
   srunner_run_all(sr, CK_ENV); /* CK_VERBOSITY, defaulting to CK_NORMAL */
   failed = srunner_ntests_failed(sr);
   srunner_free(sr);

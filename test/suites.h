@@ -7,5 +7,9 @@
 Suite *frame_suite(void);
 Suite *error_suite(void);
 Suite *backoff_suite(void);
+Suite *policy_suite(void);
+Suite *channel_suite(void);
+Suite *process_suite(void);
+Suite *supervisor_suite(void);
 
 #endif /* TT_TEST_SUITES_H */

@@ -1,0 +1,101 @@
+/*
+ * The children of the C tests: this binary run again as
+ * "run_c_tests --child NAME".  They use only core/ headers, as a binding in
+ * another language would:
+ *
+ *   echo        echoes messages, answers requests with a reply of the same
+ *               payload and pings with pongs; exits 0 at EOF
+ *   ready       sends the ready frame (a pong with id 0), then as echo
+ *   exit3       exits with code 3 at once
+ *   send-exit   sends 1000 messages "0".."999" and exits at once
+ *   stubborn    ignores SIGTERM, reads and answers nothing, never exits
+ *   silent      reads nothing, exits at SIGTERM
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "loop_util.h"
+#include "tt_channel.h"
+#include "tt_frame.h"
+
+static int answer(tt_channel_t *ch, const tt_frame_header_t *h,
+                  const char *payload) {
+  switch (h->kind) {
+  case TT_FRAME_MESSAGE:
+    return tt_channel_send(ch, TT_FRAME_MESSAGE, 0, payload, h->len, NULL,
+                           NULL);
+  case TT_FRAME_REQUEST:
+    return tt_channel_send(ch, TT_FRAME_REPLY, h->id, payload, h->len, NULL,
+                           NULL);
+  case TT_FRAME_PING:
+    return tt_channel_send_auto(ch, TT_FRAME_PONG, h->id, NULL, 0);
+  default:
+    return 0;
+  }
+}
+
+static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload) {
+  answer(ch, h, payload);
+}
+
+static void on_disconnect(tt_channel_t *ch) { tt_channel_close(ch, NULL); }
+
+static int open_channel(uv_loop_t *loop, tt_channel_t *ch) {
+  int fd, lines;
+  if (tt_channel_inherited_fd(&fd, &lines) != 0) return -1;
+  if (tt_channel_init(loop, ch, fd, NULL) != 0) return -1;
+  ch->on_disconnect = on_disconnect;
+  tt_channel_ref(ch, 1);
+  return 0;
+}
+
+static int run_echo(int ready) {
+  uv_loop_t loop;
+  tt_channel_t ch;
+  uv_loop_init(&loop);
+  if (open_channel(&loop, &ch) != 0) return 90;
+  ch.on_frame = on_frame;
+  if (ready) tt_channel_send(&ch, TT_FRAME_PONG, 0, NULL, 0, NULL, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  return 0;
+}
+
+static int run_send_exit(void) {
+  uv_loop_t loop;
+  tt_channel_t ch;
+  char buf[16];
+  uv_loop_init(&loop);
+  if (open_channel(&loop, &ch) != 0) return 90;
+  for (int i = 0; i < 1000; i++) {
+    int n = snprintf(buf, sizeof buf, "%d", i);
+    tt_channel_send(&ch, TT_FRAME_MESSAGE, 0, buf, (size_t)n, NULL, NULL);
+  }
+  /* what was queued goes to the kernel, then we are gone */
+  tt_channel_flush_sync(&ch, 5000);
+  _exit(0);
+}
+
+int tt_test_child_main(const char *name) {
+  /* a failed or killed test must not leave "stubborn" behind */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() == 1) return 98;
+  if (strcmp(name, "echo") == 0) return run_echo(0);
+  if (strcmp(name, "ready") == 0) return run_echo(1);
+  if (strcmp(name, "exit3") == 0) return 3;
+  if (strcmp(name, "send-exit") == 0) return run_send_exit();
+  if (strcmp(name, "stubborn") == 0) {
+    signal(SIGTERM, SIG_IGN);
+    for (;;) pause();
+  }
+  if (strcmp(name, "silent") == 0) {
+    for (;;) pause();
+  }
+  fprintf(stderr, "no child named %s\n", name);
+  return 99;
+}
