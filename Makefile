@@ -11,6 +11,9 @@ CHECK_FLAGS = $(shell pkg-config --cflags --libs check 2>/dev/null || echo -lche
 WARN    = -Wall -Wextra -Werror
 CFLAGS  ?= -O2 -g
 BASE    = -std=c11 -D_GNU_SOURCE -fPIC $(WARN) -Icore -Ibinding $(LUA_INC) $(UV_CFLAGS)
+# core/ alone, as a binding for another language would build it: no Lua
+# headers or library (the C tests and examples/c are built this way).
+CORE_BASE = -std=c11 -D_GNU_SOURCE $(WARN) -Icore $(UV_CFLAGS)
 SAN     = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 CORE_SRC = $(wildcard core/*.c)
@@ -29,7 +32,7 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
 .PHONY: fuzz-deps
 
 .PHONY: rock rock-install
-.PHONY: all deps test test-c test-lua test-asan test-asan-lua test-valgrind test-valgrind-lua demo bench fuzz clean install-rock
+.PHONY: squares all deps test test-c test-lua test-asan test-asan-lua test-valgrind test-valgrind-lua demo bench fuzz clean install-rock
 
 all: $(BUILD)/tether/core.so
 
@@ -54,10 +57,19 @@ $(ABUILD)/codec_test.so: $(PROBE_SRC) $(HDRS)
 C_TESTS = $(wildcard test/check_main.c test/test_*.c test/loop_util.c test/children.c)
 $(BUILD)/run_c_tests: $(CORE_SRC) $(wildcard test/*.c test/*.h) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE) -O1 -g $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
+	$(CC) $(CORE_BASE) -O1 -g $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
 $(ABUILD)/run_c_tests: $(CORE_SRC) $(wildcard test/*.c test/*.h) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE) $(SAN) $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
+	$(CC) $(CORE_BASE) $(SAN) $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
+
+# examples/c/squares.c: a pool of workers from C with core/ only.
+squares: $(BUILD)/squares
+$(BUILD)/squares: examples/c/squares.c $(CORE_SRC) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CORE_BASE) -O1 -g examples/c/squares.c $(CORE_SRC) $(UV_LIBS) -o $@
+$(ABUILD)/squares: examples/c/squares.c $(CORE_SRC) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CORE_BASE) $(SAN) examples/c/squares.c $(CORE_SRC) $(UV_LIBS) -o $@
 
 # Every suite, with a "N passed, N failed" total at the end.
 test: deps

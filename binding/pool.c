@@ -29,7 +29,10 @@ static void on_freed(tt_pool_t *p) {
 
 static void teardown(tt_lobj_t *o) {
   tt_lpool_t *c = (tt_lpool_t *)o;
-  tt_pool_free(&c->p, o->st->closing, on_freed);
+  if (o->st->closing) /* the loop goes away with the Lua state */
+    tt_pool_abandon(&c->p, on_freed);
+  else
+    tt_pool_close(&c->p, on_freed);
 }
 
 /* ---- events -------------------------------------------------------------- */
@@ -104,7 +107,7 @@ static void on_stopped(tt_pool_t *p) {
   if (L != NULL) tt_call(c->o.st, L, 1);
   if (!c->o.closing) {
     c->o.closing = 1;
-    tt_pool_free(&c->p, 0, on_freed);
+    tt_pool_close(&c->p, on_freed);
   }
 }
 
@@ -301,7 +304,7 @@ static int m_give_up(lua_State *L) {
 
 static int m_close(lua_State *L) {
   tt_lpool_t *c = check(L);
-  if (c != NULL) tt_pool_close(&c->p);
+  if (c != NULL) tt_pool_drain(&c->p);
   lua_pushboolean(L, 1);
   return 1;
 }

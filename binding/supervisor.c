@@ -55,7 +55,10 @@ void tt_lua_workers_closed(tt_lobj_t *o, tt_lworkers_t *w) {
 
 static void teardown(tt_lobj_t *o) {
   tt_lsup_t *c = (tt_lsup_t *)o;
-  tt_supervisor_close(&c->s, o->st->closing, on_sup_closed);
+  if (o->st->closing) /* the loop goes away with the Lua state */
+    tt_supervisor_abandon(&c->s, on_sup_closed);
+  else
+    tt_supervisor_close(&c->s, on_sup_closed);
 }
 
 /* ---- events ------------------------------------------------------------- */
@@ -175,7 +178,7 @@ static void on_stopped(tt_supervisor_t *s) {
   if (L != NULL) tt_call(c->o.st, L, 1);
   if (!c->o.closing) {
     c->o.closing = 1;
-    tt_supervisor_close(&c->s, 0, on_sup_closed);
+    tt_supervisor_close(&c->s, on_sup_closed);
   }
 }
 

@@ -195,17 +195,20 @@ static void on_poll_closed(uv_handle_t *h) {
   finish_close(ls);
 }
 
-int tt_logsink_close(tt_logsink_t *ls, void (*cb)(tt_logsink_t *ls)) {
-  if (ls->closing) return 0;
+static void on_closer_closed(uv_handle_t *h) { finish_close(h->data); }
+
+void tt_logsink_close(tt_logsink_t *ls, void (*cb)(tt_logsink_t *ls)) {
+  if (ls->closing) return;
   if (ls->len > 0 && ls->fd >= 0) (void)write_now(ls, ls->buf, ls->len);
   ls->len = 0;
   ls->closing = 1;
-  if (ls->poll == NULL) {
-    finish_close(ls);
-    return 0;
-  }
   ls->close_cb = cb;
-  uv_close((uv_handle_t *)ls->poll, on_poll_closed);
-  ls->poll = NULL;
-  return 1;
+  if (ls->poll != NULL) {
+    uv_close((uv_handle_t *)ls->poll, on_poll_closed);
+    ls->poll = NULL;
+  } else { /* nothing of ours to close: a handle made to be closed */
+    uv_timer_init(ls->loop, &ls->closer);
+    ls->closer.data = ls;
+    uv_close((uv_handle_t *)&ls->closer, on_closer_closed);
+  }
 }

@@ -533,7 +533,7 @@ static void maybe_end(tt_pool_t *p) {
   tt_supervisor_stop(&p->sup);
 }
 
-void tt_pool_close(tt_pool_t *p) {
+void tt_pool_drain(tt_pool_t *p) {
   p->flags |= PL_CLOSING;
   maybe_end(p);
 }
@@ -599,10 +599,10 @@ static void on_memory_timer_closed(uv_handle_t *h) {
   maybe_freed(p);
 }
 
-void tt_pool_free(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p)) {
-  if (p->flags & PL_FREEING) { /* a graceful free may turn into abandon */
+static void close_pool(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p)) {
+  if (p->flags & PL_FREEING) { /* a graceful close may turn into abandon */
     if (abandon && !(p->flags & PL_SUP_CLOSED))
-      tt_supervisor_close(&p->sup, 1, on_sup_closed);
+      tt_supervisor_abandon(&p->sup, on_sup_closed);
     return;
   }
   p->flags |= PL_FREEING;
@@ -614,5 +614,16 @@ void tt_pool_free(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p)) {
   tt_pool_terminate(p); /* every callback runs, with TT_ERR_CLOSED */
   p->pending_closes++;
   uv_close((uv_handle_t *)&p->memory_timer, on_memory_timer_closed);
-  tt_supervisor_close(&p->sup, abandon, on_sup_closed);
+  if (abandon)
+    tt_supervisor_abandon(&p->sup, on_sup_closed);
+  else
+    tt_supervisor_close(&p->sup, on_sup_closed);
+}
+
+void tt_pool_close(tt_pool_t *p, void (*cb)(tt_pool_t *p)) {
+  close_pool(p, 0, cb);
+}
+
+void tt_pool_abandon(tt_pool_t *p, void (*cb)(tt_pool_t *p)) {
+  close_pool(p, 1, cb);
 }

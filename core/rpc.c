@@ -77,11 +77,7 @@ static void drop_id(tt_rpc_t *rpc, tt_call_t *c) {
 
 /* ---- lifecycle of a call ------------------------------------------------- */
 
-static void on_timer_closed(uv_handle_t *h) {
-  tt_call_t *c = h->data;
-  tt_rpc_t *rpc = c->rpc;
-  free(c->payload);
-  free(c);
+static void timer_gone(tt_rpc_t *rpc) {
   if (--rpc->pending_timers == 0 && rpc->closing) {
     tt_rpc_close_cb cb = rpc->close_cb;
     rpc->close_cb = NULL;
@@ -90,6 +86,16 @@ static void on_timer_closed(uv_handle_t *h) {
     if (cb) cb(rpc);
   }
 }
+
+static void on_timer_closed(uv_handle_t *h) {
+  tt_call_t *c = h->data;
+  tt_rpc_t *rpc = c->rpc;
+  free(c->payload);
+  free(c);
+  timer_gone(rpc);
+}
+
+static void on_closer_closed(uv_handle_t *h) { timer_gone(h->data); }
 
 static void finish(tt_call_t *c, int status, unsigned kind,
                    const char *payload, size_t len) {
@@ -180,8 +186,10 @@ int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch) {
 
 int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
                 const tt_call_options_t *opts, tt_rpc_cb cb, void *arg) {
+  static const tt_call_options_t no_options; /* no timeout, no retries */
   tt_call_t *c;
   int err;
+  if (opts == NULL) opts = &no_options;
   if (rpc->closing || !tt_channel_is_connected(rpc->ch))
     return TT_ERR_IPC_CHANNEL_CLOSED;
   if (opts->retries > 0 &&
@@ -256,14 +264,13 @@ void tt_rpc_close(tt_rpc_t *rpc, tt_rpc_close_cb cb) {
   rpc->closing = 1;
   tt_rpc_fail_all(rpc, TT_ERR_IPC_CHANNEL_CLOSED);
   rpc->close_cb = cb;
-  /* Without timers left it is done now; else the last timer's close
-   * callback finishes (on_timer_closed). */
-  if (rpc->pending_timers == 0) {
-    free(rpc->slots);
-    rpc->slots = NULL;
-    rpc->close_cb = NULL;
-    if (cb) cb(rpc);
-  }
+  /* The last timer's close callback finishes (timer_gone); the closer is
+   * one more, so that even without calls `cb` comes from the loop, as
+   * every tt_X_close's does. */
+  uv_timer_init(rpc->loop, &rpc->closer);
+  rpc->closer.data = rpc;
+  rpc->pending_timers++;
+  uv_close((uv_handle_t *)&rpc->closer, on_closer_closed);
 }
 
 void tt_rpc_stats(const tt_rpc_t *rpc, tt_rpc_stats_t *out) {

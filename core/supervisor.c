@@ -201,7 +201,8 @@ static void close_logs(tt_supervisor_t *s) {
   for (int i = 0; i < 3; i++) {
     if (!s->log_open[i]) continue;
     s->log_open[i] = 0;
-    if (tt_logsink_close(&s->logs[i], on_log_closed)) s->pending_closes++;
+    s->pending_closes++;
+    tt_logsink_close(&s->logs[i], on_log_closed);
   }
 }
 
@@ -1080,8 +1081,8 @@ static void abandon_all(tt_supervisor_t *s) {
   maybe_closed(s);
 }
 
-void tt_supervisor_close(tt_supervisor_t *s, int abandon,
-                         void (*cb)(tt_supervisor_t *s)) {
+static void close_supervisor(tt_supervisor_t *s, int abandon,
+                             void (*cb)(tt_supervisor_t *s)) {
   if (s->flags & S_CLOSING) { /* a graceful close may turn into abandon */
     if (abandon) abandon_all(s);
     return;
@@ -1106,6 +1107,15 @@ void tt_supervisor_close(tt_supervisor_t *s, int abandon,
   tt_supervisor_stop(s);
   if (abandon) abandon_all(s);
   maybe_closed(s);
+}
+
+void tt_supervisor_close(tt_supervisor_t *s, void (*cb)(tt_supervisor_t *s)) {
+  close_supervisor(s, 0, cb);
+}
+
+void tt_supervisor_abandon(tt_supervisor_t *s,
+                           void (*cb)(tt_supervisor_t *s)) {
+  close_supervisor(s, 1, cb);
 }
 
 int tt_supervisor_replace(tt_supervisor_t *s, unsigned id, int keep_old) {

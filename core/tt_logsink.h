@@ -35,6 +35,7 @@ struct tt_logsink_s {
   int fd;
   int polling, closing, stalled;
   uv_poll_t *poll; /* made when the file first says EAGAIN */
+  uv_timer_t closer; /* defers the close callback when there is no poll */
   char *buf;
   size_t len, cap;
   uint64_t dropped;
@@ -53,9 +54,8 @@ uint64_t tt_logsink_dropped(const tt_logsink_t *ls);
 /* Closes a sink that was opened but never written to, at once. */
 void tt_logsink_discard(tt_logsink_t *ls);
 /* What still waits is given one last non-blocking try, then the file is
- * closed.  Returns 0 when that is all (no handle was ever needed: `cb` is
- * not called), or 1 when a poll handle must close first: then `cb` runs
- * from the loop once the memory may be freed. */
-int tt_logsink_close(tt_logsink_t *ls, void (*cb)(tt_logsink_t *ls));
+ * closed; `cb` runs from the loop (never from inside this call) once the
+ * memory may be freed.  Idempotent. */
+void tt_logsink_close(tt_logsink_t *ls, void (*cb)(tt_logsink_t *ls));
 
 #endif /* TT_LOGSINK_H */

@@ -106,7 +106,7 @@ int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
                    tt_task_cb cb, void *arg);
 /* Takes no more tasks; the queued and running ones finish, then the
  * workers stop (on_stopped). */
-void tt_pool_close(tt_pool_t *p);
+void tt_pool_drain(tt_pool_t *p);
 /* Fails every queued and running task with TT_ERR_CLOSED and stops the
  * workers now (on_stopped follows). */
 void tt_pool_terminate(tt_pool_t *p);
@@ -122,8 +122,12 @@ int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out);
 /* The number of workers and their max_message (the default resolved). */
 unsigned tt_pool_size(const tt_pool_t *p);
 size_t tt_pool_max_message(const tt_pool_t *p);
-/* Releases everything; `cb` when the memory may be freed.  With `abandon`
- * the workers are not waited for (the loop is being torn down). */
-void tt_pool_free(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p));
+/* Fails what is left with TT_ERR_CLOSED (as tt_pool_terminate), stops the
+ * workers and frees everything: `cb` runs from the loop, never from inside
+ * this call, when the memory may be freed.  Idempotent.  tt_pool_abandon
+ * does not wait for the workers (the loop is being torn down); it may
+ * follow a close that is still waiting. */
+void tt_pool_close(tt_pool_t *p, void (*cb)(tt_pool_t *p));
+void tt_pool_abandon(tt_pool_t *p, void (*cb)(tt_pool_t *p));
 
 #endif /* TT_POOL_H */

@@ -62,16 +62,18 @@ struct tt_rpc_s {
   uint32_t next_id;
   uint64_t seed;
   int closing;
-  unsigned pending_timers;
+  unsigned pending_timers; /* and the closer, once closing */
+  uv_timer_t closer;       /* closed at tt_rpc_close: defers the callback */
   tt_rpc_close_cb close_cb;
   tt_rpc_stats_t stats;
 };
 
 int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch);
-/* Starts a call.  0 (then `cb` runs exactly once, never from inside this
- * function), or an error (TT_ERR_IPC_CHANNEL_CLOSED, TT_ERR_SERIALIZE for a
- * payload over max_message, UV_EINVAL for bad options, UV_ENOMEM) and `cb`
- * is not called. */
+/* Starts a call (`opts` NULL: no timeout, no retries).  0 (then `cb` runs
+ * exactly once, never from inside this function), or an error
+ * (TT_ERR_IPC_CHANNEL_CLOSED, TT_ERR_SERIALIZE for a payload over
+ * max_message, UV_EINVAL for bad options, UV_ENOMEM) and `cb` is not
+ * called. */
 int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
                 const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
 /* Feeds an incoming frame: returns 1 when it was a REPLY or FAULT (consumed,
@@ -83,8 +85,9 @@ int tt_rpc_answer(tt_rpc_t *rpc, uint32_t id, unsigned kind,
                   const void *payload, size_t len);
 /* Ends every pending call with `err` (e.g. when the channel ended). */
 void tt_rpc_fail_all(tt_rpc_t *rpc, int err);
-/* Fails what is pending with TT_ERR_IPC_CHANNEL_CLOSED; `cb` once every
- * timer is closed.  Idempotent. */
+/* Fails what is pending with TT_ERR_IPC_CHANNEL_CLOSED; `cb` runs from the
+ * loop (never from inside this call) once every timer is closed: the
+ * memory may be freed then.  Idempotent. */
 void tt_rpc_close(tt_rpc_t *rpc, tt_rpc_close_cb cb);
 void tt_rpc_stats(const tt_rpc_t *rpc, tt_rpc_stats_t *out);
 

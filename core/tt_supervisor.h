@@ -222,10 +222,13 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *out);
 /* Re-opens the log files (after logrotate moved them). */
 int tt_supervisor_reopen_logs(tt_supervisor_t *s);
 
-/* Frees everything once stopped: `cb` runs when the memory may be freed.
- * Before on_stopped it stops first.  With `abandon`, workers are not waited
- * for (the whole loop is being torn down; they are SIGTERMed). */
-void tt_supervisor_close(tt_supervisor_t *s, int abandon,
-                         void (*cb)(tt_supervisor_t *s));
+/* Stops (if not stopped yet: no callbacks any more) and frees everything
+ * once every worker ended: `cb` runs from the loop, never from inside this
+ * call, when the memory may be freed.  Idempotent.  tt_supervisor_abandon
+ * does the same without waiting for workers (they are SIGTERMed: the loop
+ * is being torn down); it may follow a close that is still waiting. */
+void tt_supervisor_close(tt_supervisor_t *s, void (*cb)(tt_supervisor_t *s));
+void tt_supervisor_abandon(tt_supervisor_t *s,
+                           void (*cb)(tt_supervisor_t *s));
 
 #endif /* TT_SUPERVISOR_H */

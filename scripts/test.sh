@@ -38,6 +38,15 @@ if [ "$mode" != valgrind ]; then
   echo "C unit tests ($label): $p passed, $f failed"
   [ "$p" -gt 0 ] || { echo "C unit tests did not run"; status=1; f=$((f + 1)); }
   passed=$((passed + p)); failed=$((failed + f))
+  # core/ from C without Lua (examples/c/squares.c): builds and runs a pool
+  sbin=${cbin%/run_c_tests}/squares
+  if make -s "$sbin" && timeout 120 "$sbin"; then
+    echo "core without Lua ($label): 1 passed, 0 failed"
+    passed=$((passed + 1))
+  else
+    echo "core without Lua ($label): 0 passed, 1 failed"
+    failed=$((failed + 1)); status=1
+  fi
 fi
 
 case $mode in

@@ -8,7 +8,8 @@
  *   ready       sends the ready frame (a pong with id 0), then as echo
  *   exit3       exits with code 3 at once
  *   send-exit   sends 1000 messages "0".."999" and exits at once
- *   stubborn    ignores SIGTERM, reads and answers nothing, never exits
+ *   stubborn    ignores SIGTERM, sends the ready frame, then reads and
+ *               answers nothing, never exits
  *   silent      reads nothing, exits at SIGTERM
  */
 #include <signal.h>
@@ -90,7 +91,15 @@ int tt_test_child_main(const char *name) {
   if (strcmp(name, "exit3") == 0) return 3;
   if (strcmp(name, "send-exit") == 0) return run_send_exit();
   if (strcmp(name, "stubborn") == 0) {
+    uv_loop_t loop;
+    tt_channel_t ch;
     signal(SIGTERM, SIG_IGN);
+    /* ready only once SIGTERM is ignored (a slow start, e.g. under ASan,
+     * must not take the supervisor's SIGTERM for the escalation's) */
+    uv_loop_init(&loop);
+    if (open_channel(&loop, &ch) != 0) return 90;
+    tt_channel_send(&ch, TT_FRAME_PONG, 0, NULL, 0, NULL, NULL);
+    tt_channel_flush_sync(&ch, 5000);
     for (;;) pause();
   }
   if (strcmp(name, "silent") == 0) {

@@ -11,5 +11,6 @@ Suite *policy_suite(void);
 Suite *channel_suite(void);
 Suite *process_suite(void);
 Suite *supervisor_suite(void);
+Suite *rpc_suite(void);
 
 #endif /* TT_TEST_SUITES_H */

@@ -69,7 +69,7 @@ static void sup_start(uv_loop_t *loop, tt_supervisor_t *s, sup_seen_t *x,
 }
 
 static void sup_finish(uv_loop_t *loop, tt_supervisor_t *s, sup_seen_t *x) {
-  tt_supervisor_close(s, 0, s_closed);
+  tt_supervisor_close(s, s_closed);
   tt_test_run_until(loop, &x->closed, 20000);
   tt_test_loop_close(loop);
 }
@@ -119,6 +119,7 @@ START_TEST(test_stop_escalates_to_sigkill) {
   uint64_t t0;
   uv_loop_init(&loop);
   sup_options(&o, "stubborn"); /* ignores SIGTERM */
+  o.wait_ready = 1;             /* ...from its ready frame on */
   o.shutdown_timeout_ms = 50;
   o.kill_timeout_ms = 100;
   sup_start(&loop, &s, &x, &o);
@@ -141,6 +142,7 @@ START_TEST(test_hurry_kills_at_once) {
   uint64_t t0;
   uv_loop_init(&loop);
   sup_options(&o, "stubborn");
+  o.wait_ready = 1;
   o.instances = 2;
   o.shutdown_timeout_ms = 60000;
   o.kill_timeout_ms = 60000;
@@ -258,14 +260,14 @@ START_TEST(test_pool_runs_every_task_once) {
   ck_assert_int_eq(tt_pool_submit(&p, big, 64, on_task, &x), 0);
   for (int i = 0; i < 99; i++)
     ck_assert_int_eq(tt_pool_submit(&p, "t", 1, on_task, &x), 0);
-  tt_pool_close(&p);
+  tt_pool_drain(&p);
   ck_assert_int_eq(tt_pool_submit(&p, "t", 1, on_task, &x), TT_ERR_CLOSED);
   tt_test_run_until(&loop, &x.stopped, 20000);
   ck_assert_int_eq(x.answered, 100);
   ck_assert_int_eq(x.failed, 0);
   tt_pool_stats(&p, &st);
   ck_assert_uint_eq(st.done, 100);
-  tt_pool_free(&p, 0, p_closed);
+  tt_pool_close(&p, p_closed);
   tt_test_run_until(&loop, &x.closed, 20000);
   tt_test_loop_close(&loop);
 }
@@ -289,7 +291,7 @@ START_TEST(test_pool_times_a_silent_worker_out) {
   ck_assert_int_eq(x.last_status, TT_ERR_TIMEOUT);
   tt_pool_terminate(&p);
   tt_test_run_until(&loop, &x.stopped, 20000);
-  tt_pool_free(&p, 0, p_closed);
+  tt_pool_close(&p, p_closed);
   tt_test_run_until(&loop, &x.closed, 20000);
   tt_test_loop_close(&loop);
 }

@@ -1,0 +1,240 @@
+/* Tests of request/response (core/tt_rpc.h) over a real channel, the peer
+ * being the other end of a socketpair written by hand: correlation, late
+ * replies, timeouts and retries under new ids, and the close contract
+ * (callback deferred, idempotent), shared by the log sink. */
+#include <check.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "loop_util.h"
+#include "suites.h"
+#include "tt_error.h"
+#include "tt_logsink.h"
+#include "tt_rpc.h"
+
+typedef struct {
+  int ended, status, closed;
+  unsigned kind;
+  char payload[64];
+} call_seen_t;
+
+static void on_call(void *arg, int status, unsigned kind, const char *payload,
+                    size_t len) {
+  call_seen_t *x = arg;
+  x->ended++;
+  x->status = status;
+  x->kind = kind;
+  if (payload && len < sizeof x->payload) {
+    memcpy(x->payload, payload, len);
+    x->payload[len] = '\0';
+  }
+}
+
+static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload) {
+  tt_rpc_dispatch(ch->data, h, payload);
+}
+
+typedef struct {
+  uv_loop_t loop;
+  tt_channel_t ch;
+  tt_rpc_t rpc;
+  int peer;
+} rig_t;
+
+static void rig_up(rig_t *r) {
+  int sv[2];
+  ck_assert_int_eq(uv_loop_init(&r->loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(tt_channel_init(&r->loop, &r->ch, sv[0], NULL), 0);
+  ck_assert_int_eq(tt_rpc_init(&r->loop, &r->rpc, &r->ch), 0);
+  r->ch.data = &r->rpc;
+  r->ch.on_frame = on_frame;
+  tt_channel_ref(&r->ch, 1);
+  r->peer = sv[1];
+}
+
+static void on_rpc_closed(tt_rpc_t *rpc) { (*(int *)rpc->data)++; }
+
+static void rig_down(rig_t *r) {
+  int closed = 0;
+  r->rpc.data = &closed;
+  tt_rpc_close(&r->rpc, on_rpc_closed);
+  ck_assert_int_eq(closed, 0); /* never from inside tt_rpc_close */
+  tt_rpc_close(&r->rpc, on_rpc_closed); /* idempotent */
+  tt_channel_close(&r->ch, NULL);
+  close(r->peer);
+  tt_test_run_until(&r->loop, &closed, 5000);
+  tt_test_run_dry(&r->loop, 1000);
+  ck_assert_int_eq(closed, 1);
+  tt_test_loop_close(&r->loop);
+}
+
+/* Reads one whole frame from the peer's end (blocking, with the loop run in
+ * between so the channel writes). */
+static void peer_read(rig_t *r, tt_frame_header_t *h, char *payload,
+                      size_t cap) {
+  unsigned char hb[TT_FRAME_HEADER_SIZE];
+  const char *why;
+  size_t got = 0;
+  while (got < sizeof hb) {
+    ssize_t n = recv(r->peer, hb + got, sizeof hb - got, MSG_DONTWAIT);
+    if (n > 0)
+      got += (size_t)n;
+    else
+      uv_run(&r->loop, UV_RUN_NOWAIT);
+  }
+  ck_assert_int_eq(tt_frame_header_parse(hb, 1 << 20, h, &why), 0);
+  ck_assert_uint_le(h->len, cap);
+  ck_assert_int_eq(recv(r->peer, payload, h->len, MSG_WAITALL),
+                   (ssize_t)h->len);
+}
+
+static void peer_write(rig_t *r, unsigned kind, uint32_t id, const char *p) {
+  unsigned char h[TT_FRAME_HEADER_SIZE];
+  uint32_t len = (uint32_t)strlen(p);
+  tt_frame_header_pack(h, kind, 0, id, len);
+  ck_assert_int_eq(write(r->peer, h, sizeof h), (ssize_t)sizeof h);
+  if (len) ck_assert_int_eq(write(r->peer, p, len), (ssize_t)len);
+}
+
+START_TEST(test_replies_reach_their_calls) {
+  rig_t r;
+  call_seen_t a = {0}, b = {0};
+  tt_frame_header_t ha, hb;
+  char pa[16], pb[16];
+  tt_rpc_stats_t st;
+  rig_up(&r);
+  ck_assert_int_eq(tt_rpc_call(&r.rpc, "a", 1, NULL, on_call, &a), 0);
+  ck_assert_int_eq(tt_rpc_call(&r.rpc, "b", 1, NULL, on_call, &b), 0);
+  ck_assert_int_eq(a.ended + b.ended, 0); /* never from inside the call */
+  peer_read(&r, &ha, pa, sizeof pa);
+  peer_read(&r, &hb, pb, sizeof pb);
+  ck_assert_uint_eq(ha.kind, TT_FRAME_REQUEST);
+  ck_assert_uint_ne(ha.id, 0);
+  ck_assert_uint_ne(ha.id, hb.id);
+  /* answered out of order, one with a fault */
+  peer_write(&r, TT_FRAME_FAULT, hb.id, "no");
+  peer_write(&r, TT_FRAME_REPLY, ha.id, "yes");
+  peer_write(&r, TT_FRAME_REPLY, ha.id, "again"); /* a duplicate: late */
+  peer_write(&r, TT_FRAME_REPLY, 12345, "who?"); /* nobody's: late */
+  tt_test_run_until(&r.loop, &a.ended, 5000);
+  tt_test_run_until(&r.loop, &b.ended, 5000);
+  ck_assert_int_eq(a.status, 0);
+  ck_assert_uint_eq(a.kind, TT_FRAME_REPLY);
+  ck_assert_str_eq(a.payload, "yes");
+  ck_assert_uint_eq(b.kind, TT_FRAME_FAULT);
+  ck_assert_str_eq(b.payload, "no");
+  for (int i = 0; i < 20; i++) uv_run(&r.loop, UV_RUN_NOWAIT);
+  tt_rpc_stats(&r.rpc, &st);
+  ck_assert_uint_eq(st.replies, 1);
+  ck_assert_uint_eq(st.faults, 1);
+  ck_assert_uint_eq(st.late_replies, 2);
+  ck_assert_uint_eq(st.in_flight, 0);
+  ck_assert_int_eq(a.ended, 1);
+  rig_down(&r);
+}
+END_TEST
+
+START_TEST(test_retries_under_new_ids_then_times_out) {
+  rig_t r;
+  call_seen_t a = {0};
+  tt_call_options_t o;
+  tt_frame_header_t h[3];
+  char p[16];
+  tt_rpc_stats_t st;
+  uint64_t t0;
+  rig_up(&r);
+  memset(&o, 0, sizeof o);
+  o.timeout_ms = 30;
+  o.retries = 2;
+  tt_backoff_init(&o.backoff);
+  o.backoff.initial_ms = 5;
+  o.backoff.max_ms = 5;
+  o.backoff.jitter_ms = 0;
+  t0 = uv_hrtime();
+  ck_assert_int_eq(tt_rpc_call(&r.rpc, "x", 1, &o, on_call, &a), 0);
+  for (int i = 0; i < 3; i++) peer_read(&r, &h[i], p, sizeof p);
+  ck_assert_uint_ne(h[0].id, h[1].id);
+  ck_assert_uint_ne(h[1].id, h[2].id);
+  /* the first attempt's answer comes too late to count */
+  peer_write(&r, TT_FRAME_REPLY, h[0].id, "late");
+  tt_test_run_until(&r.loop, &a.ended, 5000);
+  ck_assert_int_eq(a.status, TT_ERR_TIMEOUT);
+  /* three attempts of 30 ms and two pauses of 5 ms */
+  ck_assert_uint_ge((uv_hrtime() - t0) / 1000000, 95);
+  tt_rpc_stats(&r.rpc, &st);
+  ck_assert_uint_eq(st.retries, 2);
+  ck_assert_uint_eq(st.timeouts, 1);
+  ck_assert_uint_eq(st.late_replies, 1);
+  /* retries without a timeout are refused, and nothing is called back */
+  o.timeout_ms = 0;
+  ck_assert_int_eq(tt_rpc_call(&r.rpc, "x", 1, &o, on_call, &a), UV_EINVAL);
+  rig_down(&r);
+}
+END_TEST
+
+START_TEST(test_close_fails_pending_calls) {
+  rig_t r;
+  call_seen_t a = {0};
+  int closed = 0;
+  rig_up(&r);
+  ck_assert_int_eq(tt_rpc_call(&r.rpc, "x", 1, NULL, on_call, &a), 0);
+  r.rpc.data = &closed;
+  tt_rpc_close(&r.rpc, on_rpc_closed);
+  ck_assert_int_eq(a.ended, 1);
+  ck_assert_int_eq(a.status, TT_ERR_IPC_CHANNEL_CLOSED);
+  ck_assert_int_eq(closed, 0);
+  ck_assert_int_eq(tt_rpc_call(&r.rpc, "y", 1, NULL, on_call, &a),
+                   TT_ERR_IPC_CHANNEL_CLOSED);
+  tt_channel_close(&r.ch, NULL);
+  close(r.peer);
+  tt_test_run_until(&r.loop, &closed, 5000);
+  tt_test_loop_close(&r.loop);
+  ck_assert_int_eq(a.ended, 1);
+}
+END_TEST
+
+/* The log sink keeps the same contract, with or without a poll handle. */
+static void on_sink_closed(tt_logsink_t *ls) { (*(int *)ls->data)++; }
+
+START_TEST(test_logsink_close_is_deferred) {
+  uv_loop_t loop;
+  tt_logsink_t ls;
+  char path[] = "/tmp/tether-logsink-XXXXXX";
+  int fd = mkstemp(path), closed = 0;
+  char buf[64] = {0};
+  ck_assert_int_ge(fd, 0);
+  uv_loop_init(&loop);
+  memset(&ls, 0, sizeof ls);
+  ls.data = &closed;
+  ck_assert_int_eq(tt_logsink_open(&loop, &ls, path), 0);
+  tt_logsink_write(&ls, "one\n", 4);
+  tt_logsink_close(&ls, on_sink_closed);
+  ck_assert_int_eq(closed, 0);
+  tt_logsink_close(&ls, on_sink_closed);
+  tt_test_run_until(&loop, &closed, 5000);
+  tt_test_run_dry(&loop, 1000);
+  ck_assert_int_eq(closed, 1);
+  tt_test_loop_close(&loop);
+  ck_assert_int_eq(read(fd, buf, sizeof buf - 1), 4);
+  ck_assert_str_eq(buf, "one\n");
+  close(fd);
+  unlink(path);
+}
+END_TEST
+
+Suite *rpc_suite(void) {
+  Suite *s = suite_create("rpc");
+  TCase *tc = tcase_create("rpc");
+  tcase_set_timeout(tc, 20);
+  tcase_add_test(tc, test_replies_reach_their_calls);
+  tcase_add_test(tc, test_retries_under_new_ids_then_times_out);
+  tcase_add_test(tc, test_close_fails_pending_calls);
+  tcase_add_test(tc, test_logsink_close_is_deferred);
+  suite_add_tcase(s, tc);
+  return s;
+}
