@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tt_handshake.h"
 #include "binding.h"
 #include "tt_error.h"
 
@@ -51,10 +52,8 @@ static int l_open_parent(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   memset(&opts, 0, sizeof opts);
   if (lua_isnoneornil(L, 2)) {
-    /* The parent's limit, passed down; not passed on to our children. */
-    const char *m = getenv("TETHER_MAX_MESSAGE");
-    opts.max_message = m ? (size_t)strtoull(m, NULL, 10) : 0;
-    unsetenv("TETHER_MAX_MESSAGE");
+    /* the parent's limit, passed down (tt_handshake.h) */
+    opts.max_message = tt_handshake()->max_message;
   } else {
     opts.max_message = (size_t)luaL_checkinteger(L, 2);
   }

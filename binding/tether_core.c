@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tt_handshake.h"
 #include "binding.h"
 #include "tt_error.h"
 #include "tt_process.h"
@@ -500,14 +501,24 @@ static int l_timeout(lua_State *L) {
   return 1;
 }
 
-/* take_env(name) -> value | nil: read and removed, so our own children
- * never inherit what was meant for us */
-static int l_take_env(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  const char *v = getenv(name);
-  if (v == NULL) return 0;
-  lua_pushstring(L, v);
-  unsetenv(name);
+/* handshake() -> {channel = bool, json = bool, max_message = n,
+ * concurrency = n, detached = bool, parent_pid = n}: what the parent told
+ * us through the environment (tt_handshake.h), read once by the core. */
+static int l_handshake(lua_State *L) {
+  const tt_handshake_t *h = tt_handshake();
+  lua_createtable(L, 0, 6);
+  lua_pushboolean(L, h->named);
+  lua_setfield(L, -2, "channel");
+  lua_pushboolean(L, h->lines);
+  lua_setfield(L, -2, "json");
+  lua_pushinteger(L, (lua_Integer)h->max_message);
+  lua_setfield(L, -2, "max_message");
+  lua_pushinteger(L, (lua_Integer)h->concurrency);
+  lua_setfield(L, -2, "concurrency");
+  lua_pushboolean(L, h->detached);
+  lua_setfield(L, -2, "detached");
+  lua_pushinteger(L, (lua_Integer)h->parent_pid);
+  lua_setfield(L, -2, "parent_pid");
   return 1;
 }
 
@@ -715,7 +726,7 @@ static const luaL_Reg funcs[] = {
     {"fd", l_fd},
     {"running", l_running},
     {"pid", l_pid},
-    {"take_env", l_take_env},
+    {"handshake", l_handshake},
     {"timeout", l_timeout},
     {"uncaught", l_uncaught},
     {"set_uncaught", l_set_uncaught},
@@ -731,6 +742,9 @@ static const luaL_Reg funcs[] = {
 
 __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_state_t *st;
+  /* read the handshake now: a Node.js parent does not say who it is, so
+   * it is whoever is our parent when we start */
+  (void)tt_handshake();
   lua_rawgetp(L, LUA_REGISTRYINDEX, &state_key);
   if (lua_isnil(L, -1)) {
     int err;

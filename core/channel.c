@@ -19,6 +19,7 @@
  * - Memory is freed only after the three handles' close callbacks.
  */
 #include "tt_channel.h"
+#include "tt_handshake.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -836,30 +837,12 @@ void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb) {
 }
 
 int tt_channel_inherited_fd(int *fd, int *lines) {
-  const char *s = getenv("TETHER_CHANNEL_FD");
-  const char *mode = getenv("NODE_CHANNEL_SERIALIZATION_MODE");
-  char *end;
-  long v;
-  struct stat st;
-  int err, node_advanced = 0;
-  *lines = 0;
-  if (s == NULL || *s == '\0') { /* started by Node.js, or by tether in JSON mode */
-    s = getenv("NODE_CHANNEL_FD");
-    *lines = 1;
-    node_advanced = mode != NULL && strcmp(mode, "json") != 0;
-  }
-  if (s == NULL || *s == '\0') return UV_ENOENT;
-  v = strtol(s, &end, 10);
-  unsetenv("TETHER_CHANNEL_FD");
-  unsetenv("NODE_CHANNEL_FD");
-  unsetenv("NODE_CHANNEL_SERIALIZATION_MODE");
-  /* stdin, stdout and stderr are never a channel: frames written into a
-   * terminal or a log would be garbage there */
-  if (*end != '\0' || v < 3 || v > 65535) return UV_EBADF;
-  if (node_advanced) return UV_ENOTSUP; /* V8's format: not ours */
-  if (fstat((int)v, &st) != 0) return UV_EBADF;
-  if (!S_ISSOCK(st.st_mode)) return UV_ENOTSOCK;
-  if ((err = tt__set_flags((int)v, 1, 1)) != 0) return err;
-  *fd = (int)v;
+  static int taken;
+  const tt_handshake_t *h = tt_handshake();
+  *lines = h->lines;
+  if (!h->named || taken) return UV_ENOENT;
+  if (h->channel_error != 0) return h->channel_error;
+  taken = 1; /* one owner for the fd */
+  *fd = h->fd;
   return 0;
 }

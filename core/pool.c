@@ -12,6 +12,7 @@
  * - stats.running and stats.queued always equal the list lengths.
  */
 #include "tt_pool.h"
+#include "tt_handshake.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -461,7 +462,9 @@ static void on_memory_timer(uv_timer_t *timer) {
 
 int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   tt_supervisor_options_t so = o->workers;
-  int err;
+  size_t n = 0;
+  char **env;
+  int err, given = 0;
   p->loop = loop;
   p->opts = *o;
   if (p->opts.concurrency == 0) p->opts.concurrency = 1;
@@ -488,7 +491,22 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   p->sup.on_error = on_error;
   p->sup.on_give_up = on_give_up;
   p->sup.on_stopped = on_stopped;
-  if ((err = tt_supervisor_start(loop, &p->sup, &so)) != 0) return err;
+  /* tether.serve in a worker runs at most `concurrency` tasks at once and
+   * holds prefetched ones back (tt_handshake.h); the supervisor copies the
+   * array, the string lives here */
+  snprintf(p->concurrency_var, sizeof p->concurrency_var,
+           TT_ENV_POOL_CONCURRENCY "=%u", p->opts.concurrency);
+  for (char **e = o->workers.process.env; e && *e; e++, n++)
+    if (strncmp(*e, TT_ENV_POOL_CONCURRENCY "=",
+                sizeof TT_ENV_POOL_CONCURRENCY) == 0)
+      given = 1;
+  if ((env = calloc(n + 2, sizeof *env)) == NULL) return UV_ENOMEM;
+  for (size_t i = 0; i < n; i++) env[i] = o->workers.process.env[i];
+  if (!given) env[n] = p->concurrency_var;
+  so.process.env = env;
+  err = tt_supervisor_start(loop, &p->sup, &so);
+  free(env);
+  if (err != 0) return err;
   uv_timer_init(loop, &p->memory_timer);
   p->memory_timer.data = p;
   if (p->opts.max_memory > 0) {

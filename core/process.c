@@ -9,6 +9,7 @@
  *   failed spawn (libuv requires that too).
  */
 #include "tt_process.h"
+#include "tt_handshake.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -74,37 +75,41 @@ static size_t env_key_len(const char *kv) {
   return eq ? (size_t)(eq - kv) : strlen(kv);
 }
 
-static int env_overridden(const char *kv, char **extra) {
-  /* the channel variables are ours to set, for our children only */
-  static const char *const own[] = {"TETHER_CHANNEL_FD", "TETHER_PARENT_PID",
-                                    "NODE_CHANNEL_FD",
-                                    "NODE_CHANNEL_SERIALIZATION_MODE"};
+static int in_list(const char *kv, char **list) {
   size_t n = env_key_len(kv);
-  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
-    if (n == strlen(own[i]) && strncmp(kv, own[i], n) == 0) return 1;
-  for (char **e = extra; e && *e; e++)
+  for (char **e = list; e && *e; e++)
     if (env_key_len(*e) == n && strncmp(*e, kv, n) == 0) return 1;
   return 0;
 }
 
-/* Ours, minus what `extra` replaces, plus `extra` and the channel variables.
- * The strings are borrowed; only the array is allocated. */
-static char **build_env(char **extra, int channel, char *fdvar, char *ppidvar,
-                        char *modevar) {
+static int env_overridden(const char *kv, char **extra) {
+  /* the handshake's variables are ours to set, for our children only */
+  static const char *const own[] = {
+      TT_ENV_CHANNEL_FD, TT_ENV_PARENT_PID,  TT_ENV_NODE_CHANNEL_FD,
+      TT_ENV_NODE_MODE,  TT_ENV_MAX_MESSAGE, TT_ENV_DETACHED,
+      TT_ENV_POOL_CONCURRENCY};
+  size_t n = env_key_len(kv);
+  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+    if (n == strlen(own[i]) && strncmp(kv, own[i], n) == 0) return 1;
+  return in_list(kv, extra);
+}
+
+/* Ours, minus what `extra` replaces, plus `extra` and the handshake's
+ * variables (`hs`, NULL-terminated) that `extra` does not set itself.  The
+ * strings are borrowed; only the array is allocated. */
+static char **build_env(char **extra, char **hs) {
   size_t n = 0, k = 0;
   char **env;
   for (char **e = environ; *e; e++) n++;
   for (char **e = extra; e && *e; e++) n++;
-  env = malloc((n + 4) * sizeof *env);
+  for (char **e = hs; *e; e++) n++;
+  env = malloc((n + 1) * sizeof *env);
   if (env == NULL) return NULL;
   for (char **e = environ; *e; e++)
     if (!env_overridden(*e, extra)) env[k++] = *e;
   for (char **e = extra; e && *e; e++) env[k++] = *e;
-  if (channel) {
-    env[k++] = fdvar;
-    env[k++] = ppidvar;
-    if (modevar != NULL) env[k++] = modevar;
-  }
+  for (char **e = hs; *e; e++)
+    if (!in_list(*e, extra)) env[k++] = *e;
   env[k] = NULL;
   return env;
 }
@@ -283,7 +288,10 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
   uv_stdio_container_t stdio[4];
   int sv[2] = {-1, -1};
   int files[3] = {-1, -1, -1};
-  char fdvar[32], ppidvar[48];
+  char fdvar[32], ppidvar[48], maxvar[48];
+  char modevar[] = TT_ENV_NODE_MODE "=json", detvar[] = TT_ENV_DETACHED "=1";
+  char *hs[6] = {NULL};
+  int nhs = 0;
   char **env = NULL;
   tt_fdmarks_t marks = {NULL, NULL, 0, 0};
   int err = 0, i;
@@ -335,12 +343,20 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
              opts->channel_options.lines ? "NODE_CHANNEL_FD"
                                          : "TETHER_CHANNEL_FD",
              TT_CHILD_CHANNEL_FD);
-    snprintf(ppidvar, sizeof ppidvar, "TETHER_PARENT_PID=%d", (int)getpid());
+    snprintf(ppidvar, sizeof ppidvar, TT_ENV_PARENT_PID "=%d", (int)getpid());
+    hs[nhs++] = fdvar;
+    hs[nhs++] = ppidvar;
+    if (opts->channel_options.lines) hs[nhs++] = modevar;
+    if (opts->channel_options.max_message > 0) {
+      /* the child's limit is ours unless told otherwise */
+      snprintf(maxvar, sizeof maxvar, TT_ENV_MAX_MESSAGE "=%llu",
+               (unsigned long long)tt_channel_options_max_message(
+                   &opts->channel_options));
+      hs[nhs++] = maxvar;
+    }
+    if (opts->detached) hs[nhs++] = detvar; /* it outlives us, as in Node */
   }
-  env = build_env(opts->env, opts->channel, fdvar, ppidvar,
-                  opts->channel_options.lines
-                      ? "NODE_CHANNEL_SERIALIZATION_MODE=json"
-                      : NULL);
+  env = build_env(opts->env, hs);
   if (env == NULL) {
     err = UV_ENOMEM;
     goto fail;
@@ -486,19 +502,7 @@ void tt_process_abandon(tt_process_t *p, tt_process_event_cb cb) {
 /* Our parent's pid as tether passed it down; read once and removed from the
  * environment, so our own children never see it.  0 when not a tether
  * child. */
-static int parent_pid(void) {
-  static int pid = -1;
-  if (pid == -1) {
-    const char *pp = getenv("TETHER_PARENT_PID");
-    /* Not started by tether (a Node.js parent): the parent is who we have
-     * now; the first call must come early (the facade makes it when it
-     * opens the channel). */
-    pid = pp ? atoi(pp) : (int)getppid();
-    if (pid == 1) pid = 0;
-    unsetenv("TETHER_PARENT_PID");
-  }
-  return pid;
-}
+static int parent_pid(void) { return tt_handshake()->parent_pid; }
 
 int tt_process_parent_alive(void) {
   return parent_pid() > 0 && parent_pid() == (int)getppid();

@@ -185,7 +185,8 @@ void tt_channel_close(tt_channel_t *ch, tt_channel_event_cb cb);
 /* In a child: the inherited channel fd named by TETHER_CHANNEL_FD, or by
  * NODE_CHANNEL_FD (a Node.js parent, or tether in JSON mode: then *lines
  * is set), made non-blocking and close-on-exec, the variables removed from
- * the environment.  UV_ENOENT when there is none, UV_EBADF/UV_ENOTSOCK when
+ * the environment (tt_handshake.h).  Handed out once: UV_ENOENT when there
+ * is none or it was taken, UV_EBADF/UV_ENOTSOCK when
  * it is unusable (fds 0-2 are never a channel), UV_ENOTSUP for Node's
  * "advanced" serialization. */
 int tt_channel_inherited_fd(int *fd, int *lines);

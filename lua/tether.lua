@@ -395,10 +395,8 @@ local function spawn_options(opts)
   end
   local extra = {}
   for k, v in pairs(opts.env or {}) do extra[k] = v end
-  if o.max_message then extra.TETHER_MAX_MESSAGE = extra.TETHER_MAX_MESSAGE or o.max_message end
-  -- as in Node, a detached child outlives its parent: a tether child is
-  -- told not to end when the parent goes
-  if o.detached then extra.TETHER_DETACHED = "1" end
+  -- (the core tells the child our max_message and whether it is
+  -- detached: tt_handshake.h)
   return o, extra
 end
 
@@ -600,8 +598,8 @@ function tether.serve(fn)
   end
   -- under a pool: at most `concurrency` tasks at once; the pool sends a
   -- few more ahead (prefetch), which wait here in order
-  local limit = tonumber(os.getenv("TETHER_POOL_CONCURRENCY"))
-  if limit and limit >= 1 and not parent._serve_limit then
+  local limit = core.handshake().concurrency
+  if limit >= 1 and not parent._serve_limit then
     parent._serve_limit, parent._active = limit, parent._active or 0
     parent._line = { first = 1, last = 0 }
   end
@@ -840,7 +838,7 @@ end
 delegate(Parent, { "stats", "flush" })
 
 local function open_parent()
-  if not os.getenv("TETHER_CHANNEL_FD") and not os.getenv("NODE_CHANNEL_FD") then return nil end
+  if not core.handshake().channel then return nil end
   local self = emitter({ connected = true }, Parent)
   core.parent_alive() -- who our parent is, learnt now (a Node.js parent does not say)
   local h, a_err = core.open_parent(function(event, a, b, c)
@@ -885,7 +883,7 @@ local function open_parent()
   self.json = h:json() -- started by Node.js (or by tether in JSON mode)
   -- started with detached = true: we outlive the parent (its death only
   -- ends the channel, as in Node)
-  self._detached = core.take_env("TETHER_DETACHED") == "1"
+  self._detached = core.handshake().detached
   core.watch_parent(not self._detached)
   return self
 end

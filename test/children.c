@@ -11,6 +11,7 @@
  *   stubborn    ignores SIGTERM, sends the ready frame, then reads and
  *               answers nothing, never exits
  *   silent      reads nothing, exits at SIGTERM
+ *   handshake   sends what tt_handshake() read, then exits
  */
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include "loop_util.h"
 #include "tt_channel.h"
 #include "tt_frame.h"
+#include "tt_handshake.h"
 
 static int answer(tt_channel_t *ch, const tt_frame_header_t *h,
                   const char *payload) {
@@ -82,6 +84,32 @@ static int run_send_exit(void) {
   _exit(0);
 }
 
+/* Sends what the handshake gave us, and how many of its variables are
+ * still in our environment (none should be). */
+static int run_handshake(void) {
+  static const char *const vars[] = {
+      TT_ENV_CHANNEL_FD,  TT_ENV_NODE_CHANNEL_FD, TT_ENV_NODE_MODE,
+      TT_ENV_PARENT_PID,  TT_ENV_MAX_MESSAGE,     TT_ENV_DETACHED,
+      TT_ENV_POOL_CONCURRENCY};
+  const tt_handshake_t *h = tt_handshake();
+  uv_loop_t loop;
+  tt_channel_t ch;
+  char buf[128];
+  int left = 0, n, fd, lines;
+  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+    left += getenv(vars[i]) != NULL;
+  uv_loop_init(&loop);
+  if (open_channel(&loop, &ch) != 0) return 90;
+  n = snprintf(buf, sizeof buf, "named=%d lines=%d max=%zu conc=%u det=%d "
+               "parent=%d left=%d again=%d",
+               h->named, h->lines, h->max_message, h->concurrency,
+               h->detached, h->parent_pid == (int)getppid(), left,
+               tt_channel_inherited_fd(&fd, &lines));
+  tt_channel_send(&ch, TT_FRAME_MESSAGE, 0, buf, (size_t)n, NULL, NULL);
+  tt_channel_flush_sync(&ch, 5000);
+  _exit(0);
+}
+
 int tt_test_child_main(const char *name) {
   /* a failed or killed test must not leave "stubborn" behind */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -90,6 +118,7 @@ int tt_test_child_main(const char *name) {
   if (strcmp(name, "ready") == 0) return run_echo(1);
   if (strcmp(name, "exit3") == 0) return 3;
   if (strcmp(name, "send-exit") == 0) return run_send_exit();
+  if (strcmp(name, "handshake") == 0) return run_handshake();
   if (strcmp(name, "stubborn") == 0) {
     uv_loop_t loop;
     tt_channel_t ch;

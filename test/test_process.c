@@ -15,7 +15,7 @@ typedef struct {
   int frames, exited, closed, disconnected, order_ok;
   int64_t status;
   int sig;
-  char last[32];
+  char last[128];
   int in_order; /* send-exit: frames "0".."999" in order */
 } run_t;
 
@@ -76,6 +76,35 @@ START_TEST(test_echo_and_lifecycle_order) {
   ck_assert_int_eq(r.status, 0);
   ck_assert_int_eq(r.sig, 0);
   ck_assert_int_eq(r.order_ok, 1); /* disconnect, exit, then closed */
+  tt_process_close(&p, NULL);
+  tt_test_loop_close(&loop);
+}
+END_TEST
+
+/* Both sides of the environment contract (tt_handshake.h): the parent's
+ * options become the child's handshake, which removes every variable; the
+ * caller's own value wins over ours; the channel fd is handed out once. */
+START_TEST(test_handshake_from_options) {
+  uv_loop_t loop;
+  tt_process_t p;
+  tt_process_options_t o;
+  run_t r;
+  char *env[] = {"TETHER_POOL_CONCURRENCY=3", "TETHER_DETACHED=1", NULL};
+  uv_loop_init(&loop);
+  memset(&r, 0, sizeof r);
+  tt_test_child_options(&o, "handshake");
+  o.channel_options.max_message = 5000;
+  o.env = env;
+  ck_assert_int_eq(tt_process_spawn(&loop, &p, &o), 0);
+  p.data = &r;
+  p.on_exit = on_exit_cb;
+  p.on_disconnect = on_disconnect;
+  p.on_closed = on_closed;
+  p.channel->data = &r;
+  p.channel->on_frame = on_frame;
+  tt_test_run_until(&loop, &r.closed, 10000);
+  ck_assert_str_eq(r.last, "named=1 lines=0 max=5000 conc=3 det=1 parent=1 "
+                           "left=0 again=-2");
   tt_process_close(&p, NULL);
   tt_test_loop_close(&loop);
 }
@@ -251,6 +280,7 @@ Suite *process_suite(void) {
   tcase_set_timeout(tc, 30);
   tcase_set_timeout(rp, 30);
   tcase_add_test(tc, test_echo_and_lifecycle_order);
+  tcase_add_test(tc, test_handshake_from_options);
   tcase_add_test(tc, test_exit_code_and_no_kill_after_reap);
   tcase_add_test(tc, test_everything_sent_before_exit_is_delivered);
   tcase_add_test(tc, test_failed_spawn_leaves_nothing);

@@ -67,11 +67,6 @@ function M.new(spec)
   local size = spec.size or tether.core.parallelism()
   local concurrency = spec.concurrency or 1
   copy.instances, copy.size, copy.restart = size, nil, nil
-  -- tether.serve in the worker runs at most this many tasks at once and
-  -- holds prefetched ones back, in order
-  copy.env = {}
-  for k, v in pairs(spec.env or {}) do copy.env[k] = v end
-  copy.env.TETHER_POOL_CONCURRENCY = concurrency
   local o = supervisor.options(copy, "pool", 2)
   o.max_queue = spec.max_queue or 0
   o.retries = spec.retries or 1

@@ -89,9 +89,7 @@ function M.options(spec, what, level)
   end
   for _, v in ipairs(spec.args or {}) do argv[#argv + 1] = tostring(v) end
   o.args = argv
-  local max_message = spec.max_message
-  if max_message then env.TETHER_MAX_MESSAGE = env.TETHER_MAX_MESSAGE or max_message end
-  o.max_message = max_message
+  o.max_message = spec.max_message -- told to the workers by the core
   o.env = internal.build_env(env)
   o.cwd = spec.cwd
   o.detached = spec.detached
