@@ -158,10 +158,9 @@ size_t tt_lua_decode_budget(size_t max_message);
 /* nil, ERR_SERIALIZE "<what> of <len> bytes exceeds max_message (<max>
  * bytes)": what core's size checks refused. */
 int tt_lua_too_large(lua_State *L, const char *what, size_t len, size_t max);
-/* Answers a heartbeat PING with a PONG carrying our Lua heap size; 1 when
- * the frame was a PING or PONG (then it is consumed). */
-int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
-                       lua_State *L);
+/* Our Lua heap in bytes (`L` a lua_State): the hook the peer protocol
+ * (tt_peer.h) puts in heartbeat answers and the ready signal. */
+uint64_t tt_lua_heap(void *L);
 
 /* What a supervisor or pool box keeps for its workers' command line: the
  * argv and env arrays the core points into, and a ref to the facade's

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tt_peer.h"
 #include "tt_handshake.h"
 #include "binding.h"
 #include "tt_error.h"
@@ -122,10 +123,11 @@ static int m_json(lua_State *L) {
 
 static int m_ready(lua_State *L) {
   tt_lchannel_t *c = check(L);
-  tt_frame_header_t h = {0, TT_FRAME_VERSION, TT_FRAME_PING, 0, 0};
+  int err;
   if (c == NULL || !tt_channel_is_connected(&c->ch))
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  tt_lua_answer_ping(&c->ch, &h, L); /* the answer to an implied PING 0 */
+  if ((err = tt_peer_ready(&c->ch, tt_lua_heap, L)) != 0)
+    return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tt_peer.h"
 #include "binding.h"
 #include "tt_error.h"
 #include "tt_lines.h"
@@ -277,19 +278,9 @@ int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
   return ok;
 }
 
-int tt_lua_answer_ping(tt_channel_t *ch, const tt_frame_header_t *h,
-                       lua_State *L) {
-  if (h->kind == TT_FRAME_PING) {
-    uint64_t heap = (uint64_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024u +
-                    (uint64_t)lua_gc(L, LUA_GCCOUNTB, 0);
-    unsigned char b[8];
-    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(heap >> (8 * i));
-    /* dropped (and counted) if the peer is not reading what we send: a
-     * flood of pings cannot grow our memory */
-    tt_channel_send_auto(ch, TT_FRAME_PONG, h->id, b, sizeof b);
-    return 1;
-  }
-  return h->kind == TT_FRAME_PONG;
+uint64_t tt_lua_heap(void *L) {
+  return (uint64_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024u +
+         (uint64_t)lua_gc(L, LUA_GCCOUNTB, 0);
 }
 
 void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
@@ -298,7 +289,7 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   tt_state_t *st = o->st;
   lua_State *L;
   int rc;
-  if (tt_lua_answer_ping(ch, h, st->L)) return;
+  if (tt_peer_heartbeat(ch, h, tt_lua_heap, st->L)) return;
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
   L = tt_lobj_begin(o, event_of(h->kind));
   if (L == NULL) return;

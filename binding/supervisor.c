@@ -514,8 +514,8 @@ void tt_lua_push_worker_info(lua_State *L, const tt_worker_info_t *in) {
     lua_pushinteger(L, (lua_Integer)in->rss);
     lua_setfield(L, -2, "rss");
   }
-  if (in->lua_heap >= 0) {
-    lua_pushinteger(L, (lua_Integer)in->lua_heap);
+  if (in->heap >= 0) {
+    lua_pushinteger(L, (lua_Integer)in->heap);
     lua_setfield(L, -2, "lua_heap");
   }
 }

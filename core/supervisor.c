@@ -18,6 +18,7 @@
  *   timers) not yet closed; the close callback runs when it and s->live are
  *   both 0.
  */
+#include "tt_peer.h"
 #include "tt_supervisor.h"
 
 #include <errno.h>
@@ -80,7 +81,7 @@ struct tt_incarnation_s {
   int phase; /* while stopping: 1 message sent, 2 SIGTERM sent, 3 SIGKILL */
   uint32_t ping_id;
   uint64_t started_at;
-  int64_t lua_heap;
+  int64_t heap;
   uv_timer_t timer;
   tt_line_t lines[3];
 };
@@ -625,19 +626,13 @@ static void became_running(tt_incarnation_t *w) {
 
 /* ---- frames ------------------------------------------------------------- */
 
-static uint64_t le64(const char *p) {
-  const unsigned char *u = (const unsigned char *)p;
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = (v << 8) | u[i];
-  return v;
-}
-
 static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
   tt_incarnation_t *w = ch->data;
   tt_supervisor_t *s = w->s;
   if (h->kind == TT_FRAME_PONG) {
-    if (h->len == 8) w->lua_heap = (int64_t)le64(payload);
+    uint64_t heap;
+    if (tt_peer_pong_heap(h, payload, &heap) == 0) w->heap = (int64_t)heap;
     if (h->id == 0) {
       if (w->state == TT_WORKER_STARTING) became_running(w);
     } else if (h->id == w->ping_id && (w->flags & I_PING_OUT) &&
@@ -862,7 +857,7 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   }
   w->s = s;
   w->slot = slot;
-  w->lua_heap = -1;
+  w->heap = -1;
   uv_update_time(s->loop); /* spawns take time: start timeouts count from now */
   w->started_at = now(s);
   snprintf(idvar, sizeof idvar, "TETHER_WORKER_ID=%u", slot->id);
@@ -1191,7 +1186,7 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   o->last_reason = slot->last_reason;
   o->last_status = slot->last_status;
   o->last_signal = slot->last_signal;
-  o->lua_heap = -1;
+  o->heap = -1;
   if (w == NULL || (w->flags & I_EXITED)) {
     o->state = (slot->restart_pending || slot->id > s->start_next) &&
                        !(s->flags & S_STOPPING)
@@ -1203,7 +1198,7 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   o->state = w->state;
   o->uptime_ms = now(s) - w->started_at;
   o->rss = rss_of(w->p.pid);
-  o->lua_heap = w->lua_heap;
+  o->heap = w->heap;
   return 0;
 }
 

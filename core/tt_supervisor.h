@@ -98,7 +98,8 @@ typedef struct {
   unsigned restarts;       /* total, this slot */
   uint64_t uptime_ms;      /* of the current worker, while it runs */
   uint64_t rss;            /* bytes, last measured; 0: unknown */
-  int64_t lua_heap;        /* bytes, last heartbeat; -1: unknown */
+  int64_t heap; /* bytes of the worker's runtime heap (its binding's
+                   say, from the last heartbeat); -1: unknown */
   size_t queued;           /* messages waiting for the worker */
   tt_exit_reason_t last_reason; /* NONE before the first exit */
   int64_t last_status;

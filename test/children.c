@@ -24,6 +24,7 @@
 #include "tt_channel.h"
 #include "tt_frame.h"
 #include "tt_handshake.h"
+#include "tt_peer.h"
 
 static int answer(tt_channel_t *ch, const tt_frame_header_t *h,
                   const char *payload) {
@@ -34,8 +35,6 @@ static int answer(tt_channel_t *ch, const tt_frame_header_t *h,
   case TT_FRAME_REQUEST:
     return tt_channel_send(ch, TT_FRAME_REPLY, h->id, payload, h->len, NULL,
                            NULL);
-  case TT_FRAME_PING:
-    return tt_channel_send_auto(ch, TT_FRAME_PONG, h->id, NULL, 0);
   default:
     return 0;
   }
@@ -43,6 +42,7 @@ static int answer(tt_channel_t *ch, const tt_frame_header_t *h,
 
 static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
+  if (tt_peer_heartbeat(ch, h, NULL, NULL)) return; /* pings, pongs */
   answer(ch, h, payload);
 }
 
@@ -63,7 +63,7 @@ static int run_echo(int ready) {
   uv_loop_init(&loop);
   if (open_channel(&loop, &ch) != 0) return 90;
   ch.on_frame = on_frame;
-  if (ready) tt_channel_send(&ch, TT_FRAME_PONG, 0, NULL, 0, NULL, NULL);
+  if (ready) tt_peer_ready(&ch, NULL, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
   return 0;
@@ -127,7 +127,7 @@ int tt_test_child_main(const char *name) {
      * must not take the supervisor's SIGTERM for the escalation's) */
     uv_loop_init(&loop);
     if (open_channel(&loop, &ch) != 0) return 90;
-    tt_channel_send(&ch, TT_FRAME_PONG, 0, NULL, 0, NULL, NULL);
+    tt_peer_ready(&ch, NULL, NULL);
     tt_channel_flush_sync(&ch, 5000);
     for (;;) pause();
   }

@@ -13,6 +13,7 @@
 #include "suites.h"
 #include "tt_error.h"
 #include "tt_logsink.h"
+#include "tt_peer.h"
 #include "tt_rpc.h"
 
 typedef struct {
@@ -198,6 +199,46 @@ START_TEST(test_close_fails_pending_calls) {
 }
 END_TEST
 
+/* ---- the peer protocol: heartbeats and readiness (tt_peer.h) ---------- */
+
+static uint64_t fake_heap(void *arg) { return *(uint64_t *)arg; }
+
+static void heartbeat_frame(tt_channel_t *ch, const tt_frame_header_t *h,
+                            const char *payload) {
+  static uint64_t heap = 0x0102030405060708ull;
+  (void)payload;
+  ck_assert_int_eq(tt_peer_heartbeat(ch, h, fake_heap, &heap),
+                   h->kind == TT_FRAME_PING || h->kind == TT_FRAME_PONG);
+}
+
+START_TEST(test_peer_heartbeat_and_ready) {
+  rig_t r;
+  tt_frame_header_t h;
+  char p[16];
+  uint64_t heap = 42, got = 0;
+  rig_up(&r);
+  r.ch.on_frame = heartbeat_frame;
+  ck_assert_int_eq(tt_peer_ready(&r.ch, fake_heap, &heap), 0);
+  peer_read(&r, &h, p, sizeof p);
+  ck_assert_uint_eq(h.kind, TT_FRAME_PONG);
+  ck_assert_uint_eq(h.id, 0); /* id 0: ready */
+  ck_assert_int_eq(tt_peer_pong_heap(&h, p, &got), 0);
+  ck_assert_uint_eq(got, 42);
+  peer_write(&r, TT_FRAME_PONG, 3, ""); /* consumed, not answered */
+  peer_write(&r, TT_FRAME_PING, 7, "");
+  peer_read(&r, &h, p, sizeof p);
+  ck_assert_uint_eq(h.kind, TT_FRAME_PONG);
+  ck_assert_uint_eq(h.id, 7);
+  ck_assert_int_eq(tt_peer_pong_heap(&h, p, &got), 0);
+  ck_assert_uint_eq(got, 0x0102030405060708ull); /* u64 little-endian */
+  ck_assert_uint_eq((unsigned char)p[0], 0x08);
+  h.len = 0; /* a pong without a size says nothing */
+  ck_assert_int_eq(tt_peer_pong_heap(&h, p, &got), -1);
+  r.ch.on_frame = on_frame;
+  rig_down(&r);
+}
+END_TEST
+
 /* The log sink keeps the same contract, with or without a poll handle. */
 static void on_sink_closed(tt_logsink_t *ls) { (*(int *)ls->data)++; }
 
@@ -235,6 +276,7 @@ Suite *rpc_suite(void) {
   tcase_add_test(tc, test_retries_under_new_ids_then_times_out);
   tcase_add_test(tc, test_close_fails_pending_calls);
   tcase_add_test(tc, test_logsink_close_is_deferred);
+  tcase_add_test(tc, test_peer_heartbeat_and_ready);
   suite_add_tcase(s, tc);
   return s;
 }

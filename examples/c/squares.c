@@ -17,6 +17,7 @@
 
 #include "tt_channel.h"
 #include "tt_error.h"
+#include "tt_peer.h"
 #include "tt_pool.h"
 
 #define TASKS 1000
@@ -28,10 +29,8 @@ static void worker_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                          const char *payload) {
   char in[32], out[32];
   int n;
-  if (h->kind == TT_FRAME_PING) { /* a heartbeat, if the owner asks */
-    tt_channel_send_auto(ch, TT_FRAME_PONG, h->id, NULL, 0);
-    return;
-  }
+  /* heartbeats, if the owner asks: the peer protocol answers them */
+  if (tt_peer_heartbeat(ch, h, NULL, NULL)) return;
   if (h->kind != TT_FRAME_REQUEST || h->len >= sizeof in) return;
   memcpy(in, payload, h->len);
   in[h->len] = '\0';
