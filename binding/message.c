@@ -517,16 +517,12 @@ int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = o->st;
   if ((err = tt_lua_encode(L, st, 3, o->json)) != 0) return err;
-  if (automatic) /* a refusal we give on our own: not if the peer never reads */
-    err = tt_channel_send_auto(o->rpc->ch, TT_FRAME_FAULT, (uint32_t)id,
-                               st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                               st->wbuf.len - TT_FRAME_HEADER_SIZE);
-  else
-    err = tt_rpc_answer(o->rpc, (uint32_t)id,
-                        fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
-                        st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                        st->wbuf.len - TT_FRAME_HEADER_SIZE);
-  if (err > 0) err = 0;
+  err = tt_peer_answer(o->rpc->ch, (uint32_t)id,
+                       automatic ? TT_ANSWER_REFUSAL
+                       : fault   ? TT_ANSWER_FAULT
+                                 : TT_ANSWER_REPLY,
+                       st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                       st->wbuf.len - TT_FRAME_HEADER_SIZE);
   tt_lua_encode_done(st);
   if (err != 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tt_peer.h"
 #include "binding.h"
 #include "tt_error.h"
 #include "tt_pool.h"
@@ -47,9 +48,9 @@ static void refuse_request(tt_lpool_t *c, tt_channel_t *ch, uint32_t id) {
   lua_pushliteral(L, "the pool has no request handler");
   lua_setfield(L, -2, "message");
   if (tt_lua_encode(L, c->o.st, -1, c->o.json) == 0) {
-    tt_channel_send_auto(ch, TT_FRAME_FAULT, id,
-                         c->o.st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                         c->o.st->wbuf.len - TT_FRAME_HEADER_SIZE);
+    tt_peer_answer(ch, id, TT_ANSWER_REFUSAL,
+                   c->o.st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                   c->o.st->wbuf.len - TT_FRAME_HEADER_SIZE);
     tt_lua_encode_done(c->o.st);
     lua_pop(L, 1);
   } else {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tt_peer.h"
 #include "binding.h"
 #include "tt_error.h"
 #include "tt_supervisor.h"
@@ -471,14 +472,12 @@ static int m_answer(lua_State *L) {
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = c->o.st;
   if ((err = tt_lua_encode(L, st, 4, c->o.json)) != 0) return err;
-  if (automatic) /* our own refusal: dropped if the worker never reads */
-    err = tt_channel_send_auto(ch, TT_FRAME_FAULT, (uint32_t)fid,
-                               st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                               st->wbuf.len - TT_FRAME_HEADER_SIZE);
-  else
-    err = tt_channel_send(ch, fault ? TT_FRAME_FAULT : TT_FRAME_REPLY,
-                          (uint32_t)fid, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                          st->wbuf.len - TT_FRAME_HEADER_SIZE, NULL, NULL);
+  err = tt_peer_answer(ch, (uint32_t)fid,
+                       automatic ? TT_ANSWER_REFUSAL
+                       : fault   ? TT_ANSWER_FAULT
+                                 : TT_ANSWER_REPLY,
+                       st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                       st->wbuf.len - TT_FRAME_HEADER_SIZE);
   tt_lua_encode_done(st);
   if (err < 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);

@@ -1,6 +1,8 @@
 /* The peer protocol: see tt_peer.h. */
 #include "tt_peer.h"
 
+#include <uv.h>
+
 static void pack_heap(unsigned char b[8], tt_peer_heap_cb heap, void *arg) {
   uint64_t v = heap ? heap(arg) : 0;
   for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
@@ -25,6 +27,26 @@ int tt_peer_ready(tt_channel_t *ch, tt_peer_heap_cb heap, void *arg) {
   pack_heap(b, heap, arg);
   rc = tt_channel_send(ch, TT_FRAME_PONG, 0, b, heap ? sizeof b : 0, NULL,
                        NULL);
+  return rc < 0 ? rc : 0;
+}
+
+int tt_peer_answer(tt_channel_t *ch, uint32_t id, tt_answer_t how,
+                   const void *payload, size_t len) {
+  int rc;
+  if (id == 0) return UV_EINVAL; /* id 0 is no request's */
+  switch (how) {
+  case TT_ANSWER_REPLY:
+  case TT_ANSWER_FAULT:
+    rc = tt_channel_send(ch,
+                         how == TT_ANSWER_REPLY ? TT_FRAME_REPLY : TT_FRAME_FAULT,
+                         id, payload, len, NULL, NULL);
+    break;
+  case TT_ANSWER_REFUSAL:
+    rc = tt_channel_send_auto(ch, TT_FRAME_FAULT, id, payload, len);
+    break;
+  default:
+    return UV_EINVAL;
+  }
   return rc < 0 ? rc : 0;
 }
 

@@ -246,13 +246,6 @@ int tt_rpc_dispatch(tt_rpc_t *rpc, const tt_frame_header_t *h,
   return 1;
 }
 
-int tt_rpc_answer(tt_rpc_t *rpc, uint32_t id, unsigned kind,
-                  const void *payload, size_t len) {
-  if (kind != TT_FRAME_REPLY && kind != TT_FRAME_FAULT) return UV_EINVAL;
-  int err = tt_channel_send(rpc->ch, kind, id, payload, len, NULL, NULL);
-  return err < 0 ? err : 0;
-}
-
 void tt_rpc_fail_all(tt_rpc_t *rpc, int err) {
   /* finish() may start new calls from callbacks; those fail at once since
    * the channel is gone, so this loop ends. */

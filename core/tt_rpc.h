@@ -12,7 +12,8 @@
  * Retries: a call with `retries` > 0 is re-sent, under a new id, after a
  * timeout, waiting the backoff policy's delay first (timers owned here).
  * Only timeouts are retried: the caller declares the request idempotent by
- * asking for retries.  Payloads are opaque bytes.
+ * asking for retries.  Payloads are opaque bytes.  This is the asking
+ * side; requests are answered with tt_peer_answer (tt_peer.h).
  */
 #ifndef TT_RPC_H
 #define TT_RPC_H
@@ -80,9 +81,6 @@ int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
  * delivered or counted late), 0 for any other kind. */
 int tt_rpc_dispatch(tt_rpc_t *rpc, const tt_frame_header_t *h,
                     const char *payload);
-/* Answers request `id` with a REPLY or FAULT frame. */
-int tt_rpc_answer(tt_rpc_t *rpc, uint32_t id, unsigned kind,
-                  const void *payload, size_t len);
 /* Ends every pending call with `err` (e.g. when the channel ended). */
 void tt_rpc_fail_all(tt_rpc_t *rpc, int err);
 /* Fails what is pending with TT_ERR_IPC_CHANNEL_CLOSED; `cb` runs from the

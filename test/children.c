@@ -33,8 +33,7 @@ static int answer(tt_channel_t *ch, const tt_frame_header_t *h,
     return tt_channel_send(ch, TT_FRAME_MESSAGE, 0, payload, h->len, NULL,
                            NULL);
   case TT_FRAME_REQUEST:
-    return tt_channel_send(ch, TT_FRAME_REPLY, h->id, payload, h->len, NULL,
-                           NULL);
+    return tt_peer_answer(ch, h->id, TT_ANSWER_REPLY, payload, h->len);
   default:
     return 0;
   }

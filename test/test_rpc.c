@@ -211,7 +211,7 @@ static void heartbeat_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                    h->kind == TT_FRAME_PING || h->kind == TT_FRAME_PONG);
 }
 
-START_TEST(test_peer_heartbeat_and_ready) {
+START_TEST(test_peer_heartbeat_ready_and_answers) {
   rig_t r;
   tt_frame_header_t h;
   char p[16];
@@ -234,6 +234,18 @@ START_TEST(test_peer_heartbeat_and_ready) {
   ck_assert_uint_eq((unsigned char)p[0], 0x08);
   h.len = 0; /* a pong without a size says nothing */
   ck_assert_int_eq(tt_peer_pong_heap(&h, p, &got), -1);
+  /* answers: a reply, a fault, a refusal; never to id 0 */
+  ck_assert_int_eq(tt_peer_answer(&r.ch, 9, TT_ANSWER_REPLY, "r", 1), 0);
+  ck_assert_int_eq(tt_peer_answer(&r.ch, 10, TT_ANSWER_FAULT, "f", 1), 0);
+  ck_assert_int_eq(tt_peer_answer(&r.ch, 11, TT_ANSWER_REFUSAL, "n", 1), 0);
+  ck_assert_int_eq(tt_peer_answer(&r.ch, 0, TT_ANSWER_REPLY, "x", 1),
+                   UV_EINVAL);
+  peer_read(&r, &h, p, sizeof p);
+  ck_assert(h.kind == TT_FRAME_REPLY && h.id == 9 && p[0] == 'r');
+  peer_read(&r, &h, p, sizeof p);
+  ck_assert(h.kind == TT_FRAME_FAULT && h.id == 10 && p[0] == 'f');
+  peer_read(&r, &h, p, sizeof p);
+  ck_assert(h.kind == TT_FRAME_FAULT && h.id == 11 && p[0] == 'n');
   r.ch.on_frame = on_frame;
   rig_down(&r);
 }
@@ -276,7 +288,7 @@ Suite *rpc_suite(void) {
   tcase_add_test(tc, test_retries_under_new_ids_then_times_out);
   tcase_add_test(tc, test_close_fails_pending_calls);
   tcase_add_test(tc, test_logsink_close_is_deferred);
-  tcase_add_test(tc, test_peer_heartbeat_and_ready);
+  tcase_add_test(tc, test_peer_heartbeat_ready_and_answers);
   suite_add_tcase(s, tc);
   return s;
 }

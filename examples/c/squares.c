@@ -36,7 +36,7 @@ static void worker_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   in[h->len] = '\0';
   n = snprintf(out, sizeof out, "%" PRId64,
                (int64_t)(atoll(in) * atoll(in)));
-  tt_channel_send(ch, TT_FRAME_REPLY, h->id, out, (size_t)n, NULL, NULL);
+  tt_peer_answer(ch, h->id, TT_ANSWER_REPLY, out, (size_t)n);
 }
 
 /* the pool closed our channel: we are done */
