@@ -43,10 +43,6 @@
 static_assert(sizeof(lua_Number) == 8, "the format carries IEEE doubles");
 static_assert(sizeof(lua_Integer) == 8, "the format carries 64-bit integers");
 
-/* Hard ceiling on max_depth: keeps the C recursion well inside a default
- * 8 MiB thread stack whatever the caller configures. */
-#define TT_CODEC_DEPTH_CAP 10000
-
 /* Tag bytes; see doc/codec-format.md. */
 enum {
   TAG_NIL = 0x00,

@@ -15,9 +15,11 @@
 #include <stddef.h>
 
 /* Nesting limit used by both ends unless configured otherwise.  The root
- * table has depth 1; max_depth <= 0 means this default, and values above
- * 10000 are clamped to 10000 (it bounds the C recursion). */
+ * table has depth 1; max_depth <= 0 means this default.  The cap bounds the
+ * C recursion (well inside a default 8 MiB thread stack): the codec clamps
+ * to it, and what a user configures is refused above it. */
 #define TT_CODEC_DEFAULT_MAX_DEPTH 2000
+#define TT_CODEC_DEPTH_CAP 10000
 
 /* Output buffer: grown with realloc(); its owner frees `data` with free(). */
 typedef struct {

@@ -587,7 +587,10 @@ static int l_parent_alive(lua_State *L) {
 static int l_set_max_depth(lua_State *L) {
   tt_state_t *st = tt_state(L);
   lua_Integer d = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, d > 0 && d < 1000000, 1, "depth out of range");
+  /* refused, not clamped: a limit set is the limit in force */
+  if (d < 1 || d > TT_CODEC_DEPTH_CAP)
+    return luaL_argerror(L, 1, lua_pushfstring(L, "depth must be 1 to %d",
+                                               TT_CODEC_DEPTH_CAP));
   st->max_depth = (int)d;
   return 0;
 }

@@ -167,6 +167,13 @@ describe("usability (issue 12)", function()
     assert.equals("up\nexit SIGKILL\nexit SIGKILL\nstopped\n", table.concat(out))
   end)
 
+  it("a nesting limit above the codec's cap is refused, not clamped in silence", function()
+    local ok, err = pcall(tether.core.set_max_depth, 1e6)
+    assert.is_false(ok)
+    assert.matches("depth must be 1 to 10000", err, 1, true)
+    assert.is_false((pcall(tether.core.set_max_depth, 0)))
+  end)
+
   it("tether.node_helper is the path of the Node.js helper", function()
     local f = assert(io.open(tether.node_helper))
     assert.matches("TETHER_REQUEST", f:read("a"), 1, true)
