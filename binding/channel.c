@@ -112,8 +112,6 @@ static int m_ref(lua_State *L) {
   return 0;
 }
 
-/* ready(): tells a supervising parent that the script's main chunk ran (a
- * PONG with id 0, carrying our heap size).  A plain parent ignores it. */
 /* json() -> whether the parent speaks Node's JSON lines */
 static int m_json(lua_State *L) {
   tt_lchannel_t *c = check(L);
@@ -121,6 +119,8 @@ static int m_json(lua_State *L) {
   return 1;
 }
 
+/* ready(): tells a supervising parent that the script's main chunk ran (a
+ * PONG with id 0, carrying our heap size).  A plain parent ignores it. */
 static int m_ready(lua_State *L) {
   tt_lchannel_t *c = check(L);
   int err;

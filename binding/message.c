@@ -44,8 +44,6 @@ void tt_lua_on_sent(void *arg, int status) {
   tt_call(st, L, 1);
 }
 
-/* Encodes the value at idx into the state's buffer, after room for a frame
- * header.  0, or the count of Lua results (nil, err) already pushed. */
 /* JSON: the facade's encoder, enc(value) -> text | nil, why */
 static int encode_json(lua_State *L, tt_state_t *st, int idx) {
   tt_wbuf_t *wb = &st->wbuf;
@@ -74,6 +72,8 @@ static int encode_json(lua_State *L, tt_state_t *st, int idx) {
   return 0;
 }
 
+/* Encodes the value at idx into the state's buffer, after room for a frame
+ * header.  0, or the count of Lua results (nil, err) already pushed. */
 int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json) {
   tt_wbuf_t *wb = &st->wbuf;
   if (wb->cap < TT_WBUF_INITIAL) {

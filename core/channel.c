@@ -259,10 +259,6 @@ static ssize_t send_iov(tt_channel_t *ch, struct iovec *iov, int n) {
   return w;
 }
 
-/* A large frame with nothing queued before it is written at once from the
- * caller's memory: no copy, no allocation.  Returns the bytes written; the
- * caller queues the rest.  A failure is left for the flush to meet again,
- * so the channel ends from the loop, not inside send(). */
 /* A frame as the three pieces that go on the wire: header (or a line's
  * envelope prefix), payload, and trailer (a line's end). */
 typedef struct {
@@ -270,6 +266,10 @@ typedef struct {
   size_t len[3];
 } tt_wire_t;
 
+/* A large frame with nothing queued before it is written at once from the
+ * caller's memory: no copy, no allocation.  Returns the bytes written; the
+ * caller queues the rest.  A failure is left for the flush to meet again,
+ * so the channel ends from the loop, not inside send(). */
 static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f) {
   struct iovec iov[3];
   int n = 0;
