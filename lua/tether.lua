@@ -135,6 +135,21 @@ local function printable(v)
 end
 tether._printable = printable
 
+-- The core calls an object's handler as (event, ...): `events` maps each
+-- event to function(self, ...).  Messages, the hot path, are looked for
+-- first; an event with no entry goes to events[false] (event, ...) if
+-- there is one, else is dropped.
+local function dispatcher(events, self)
+  local on_message, other = events.message, events[false]
+  return function(event, a, b, c, d, e)
+    if event == "message" then return on_message(self, a, b, c, d, e) end
+    local f = events[event]
+    if f then return f(self, a, b, c, d, e) end
+    if other then return other(self, event, a, b, c, d, e) end
+  end
+end
+tether._dispatcher = dispatcher
+
 function Emitter:emit(event, ...)
   local all = rawget(self, "_listeners")
   local list = all and all[event]
@@ -467,37 +482,36 @@ end
 
 local serve_request -- below, with call and handle
 
-local function child_handler(self)
-  return function(event, a, b, c)
-    if event == "message" then
-      if self._json and json.is_internal(a) then return tether._internal_message(self._h, a) end
-      self:emit("message", a)
-    elseif event == "exit" then
-      self.exit_code, self.signal = a, b
-      self:emit("exit", a, b)
-    elseif event == "close" then
-      self:emit("close", a, b)
-    elseif event == "disconnect" then
-      self.connected = false
-      self:emit("disconnect")
-    elseif event == "stdout" or event == "stderr" then
-      local s = self[event]
-      if a then s:emit("data", a) else s:emit("end") end
-    elseif event == "stdin_drain" then
-      if self.stdin then self.stdin:emit("drain") end
-    elseif event == "control" then
-      control(self, a)
-    elseif event == "request" then
-      serve_request(self, a, b)
-    elseif event == "drain" then
-      self:emit("drain")
-    elseif event == "error" then
-      self:emit("error", a)
-    else
-      self:emit(event, a, b, c)
-    end
-  end
+local function child_output(self, a, name)
+  local s = self[name]
+  if a then s:emit("data", a) else s:emit("end") end
 end
+
+local CHILD_EVENTS = {
+  message = function(self, a)
+    if self._json and json.is_internal(a) then return tether._internal_message(self._h, a) end
+    self:emit("message", a)
+  end,
+  exit = function(self, code, sig)
+    self.exit_code, self.signal = code, sig
+    self:emit("exit", code, sig)
+  end,
+  close = function(self, a, b) self:emit("close", a, b) end,
+  disconnect = function(self)
+    self.connected = false
+    self:emit("disconnect")
+  end,
+  stdout = function(self, a) child_output(self, a, "stdout") end,
+  stderr = function(self, a) child_output(self, a, "stderr") end,
+  stdin_drain = function(self) if self.stdin then self.stdin:emit("drain") end end,
+  control = function(self, a) control(self, a) end,
+  request = function(self, id, value) serve_request(self, id, value) end,
+  drain = function(self) self:emit("drain") end,
+  error = function(self, err) self:emit("error", err) end,
+  [false] = function(self, event, a, b, c) self:emit(event, a, b, c) end,
+}
+
+local function child_handler(self) return dispatcher(CHILD_EVENTS, self) end
 
 -- spawn as the user asked, with arguments already checked
 local function spawn(cmd, argv, opts)
@@ -837,40 +851,39 @@ end
 
 delegate(Parent, { "stats", "flush" })
 
+local PARENT_EVENTS = {
+  message = function(self, a)
+    if self.json and json.is_internal(a) then return tether._internal_message(self._h, a) end
+    self:emit("message", a)
+  end,
+  disconnect = function(self)
+    self.connected = false
+    self:emit("disconnect")
+    if not self._local_disconnect and not self._keep_alive and not self._detached then
+      -- The parent went away: we go too.  A parent that only
+      -- disconnected lets us finish our work, as in Node; the EOF may
+      -- come a moment before the kernel reparents us, so look again.
+      if not core.parent_alive() then tether.exit(0) end
+      local checks, again = 0, nil
+      again = core.timer(50, 50, function()
+        checks = checks + 1
+        if not core.parent_alive() then tether.exit(0) end
+        if checks >= 20 then again:stop() end -- a live parent: settled
+      end)
+      again:unref()
+    end
+  end,
+  request = function(self, id, value) serve_request(self, id, value) end,
+  drain = function(self) self:emit("drain") end,
+  error = function(self, err) self:emit("error", err) end,
+  [false] = function(self, event, a, b, c) self:emit(event, a, b, c) end,
+}
+
 local function open_parent()
   if not core.handshake().channel then return nil end
   local self = emitter({ connected = true }, Parent)
   core.parent_alive() -- who our parent is, learnt now (a Node.js parent does not say)
-  local h, a_err = core.open_parent(function(event, a, b, c)
-    if event == "message" then
-      if self.json and json.is_internal(a) then return tether._internal_message(self._h, a) end
-      self:emit("message", a)
-    elseif event == "disconnect" then
-      self.connected = false
-      self:emit("disconnect")
-      if not self._local_disconnect and not self._keep_alive and not self._detached then
-        -- The parent went away: we go too.  A parent that only
-        -- disconnected lets us finish our work, as in Node; the EOF may
-        -- come a moment before the kernel reparents us, so look again.
-        if not core.parent_alive() then tether.exit(0) end
-        local checks, again = 0, nil
-        again = core.timer(50, 50, function()
-          checks = checks + 1
-          if not core.parent_alive() then tether.exit(0) end
-          if checks >= 20 then again:stop() end -- a live parent: settled
-        end)
-        again:unref()
-      end
-    elseif event == "request" then
-      serve_request(self, a, b)
-    elseif event == "drain" then
-      self:emit("drain")
-    elseif event == "error" then
-      self:emit("error", a)
-    else
-      self:emit(event, a, b, c)
-    end
-  end)
+  local h, a_err = core.open_parent(dispatcher(PARENT_EVENTS, self))
   if not h then
     -- a channel was given but cannot be used: say so rather than run as if
     -- there were no parent (e.g. Node's "advanced" serialization: ENOTSUP)

@@ -18,46 +18,52 @@ local POOL_OPTIONS = {
 }
 for k, v in pairs(supervisor.WORKER_OPTIONS) do POOL_OPTIONS[k] = v end
 
-local function handler(self)
-  return function(event, a, b)
-    if event == "message" then
-      if self._json and tether._json.is_internal(b) then -- Node's own
-        -- a handle is refused, or Node would hold every later answer
-        if b.cmd == "NODE_HANDLE" then self._h:send(a, { cmd = "NODE_HANDLE_NACK" }) end
-        return
-      end
-      self:emit("message", a, b)
-    elseif event == "control" then
-      local err = tether._worker_error(b)
-      if err then
-        err.worker = a
-        if err.code == "ERR_WORKER_INIT" then
-          self._init_error = err.message
-          -- a script that cannot load will not load next time either: the
-          -- tasks fail now, with the cause, instead of after every restart
-          if err.load then self._h:give_up(err.message) end
-        end
-        self:emit("error", err)
-      end
-    elseif event == "error" then
-      b.worker = a
-      self:emit("error", b)
-    elseif event == "give_up" then
-      if self._init_error and not a:find(self._init_error, 1, true) then
-        a = a .. "; the last start failed with: " .. self._init_error
-      end
-      self.gave_up = a
-      self:emit("give_up", a)
-    elseif event == "stopped" then
-      self._final_stats = self._h:stats() -- the core lets go of them next
-      self.stopped = true
-      self:emit("stopped")
-    elseif event == "close" then
-      self.closed = true
-      self:emit("close")
+-- The core's events, (event, worker id, ...)
+local EVENTS = {
+  message = function(self, id, m)
+    if self._json and tether._json.is_internal(m) then -- Node's own
+      -- a handle is refused, or Node would hold every later answer
+      if m.cmd == "NODE_HANDLE" then self._h:send(id, { cmd = "NODE_HANDLE_NACK" }) end
+      return
     end
-  end
-end
+    self:emit("message", id, m)
+  end,
+  control = function(self, id, m)
+    local err = tether._worker_error(m)
+    if err then
+      err.worker = id
+      if err.code == "ERR_WORKER_INIT" then
+        self._init_error = err.message
+        -- a script that cannot load will not load next time either: the
+        -- tasks fail now, with the cause, instead of after every restart
+        if err.load then self._h:give_up(err.message) end
+      end
+      self:emit("error", err)
+    end
+  end,
+  error = function(self, id, err)
+    err.worker = id
+    self:emit("error", err)
+  end,
+  give_up = function(self, why)
+    if self._init_error and not why:find(self._init_error, 1, true) then
+      why = why .. "; the last start failed with: " .. self._init_error
+    end
+    self.gave_up = why
+    self:emit("give_up", why)
+  end,
+  stopped = function(self)
+    self._final_stats = self._h:stats() -- the core lets go of them next
+    self.stopped = true
+    self:emit("stopped")
+  end,
+  close = function(self)
+    self.closed = true
+    self:emit("close")
+  end,
+}
+
+local function handler(self) return tether._dispatcher(EVENTS, self) end
 
 function M.new(spec)
   if type(spec) ~= "table" then check.argerror("pool", 1, "table expected, got " .. type(spec), 2) end

@@ -190,58 +190,70 @@ function M.new(spec)
   return self
 end
 
-function M.handler(self)
-  return function(event, id, a, b, c, d)
-    local w = self._workers[id]
-    if event == "message" then
-      if self._json and tether._json.is_internal(a) then
-        if a.cmd == "NODE_HANDLE" then self._h:send(id, { cmd = "NODE_HANDLE_NACK" }, 0) end
-        return
-      end
-      self:emit("message", w, a)
-    elseif event == "start" then
-      w.pid = a
-      self:emit("start", w)
-    elseif event == "exit" then
-      -- d: the pid that exited (during a reload, not the slot's current one)
-      w.exit_code, w.signal, w.reason = a, b, c
-      self:emit("exit", w, a, b, c, d)
-    elseif event == "restart" then
-      -- b: the new process's pid; w.pid changes when it is running ("start")
-      w.restarts = w.restarts + 1
-      self:emit("restart", w, a, b)
-    elseif event == "give_up" then
-      self.gave_up = id
-      self:emit("give_up", id) -- the reason
-    elseif event == "control" then
-      local err = tether._worker_error(a)
-      if err then
-        err.worker = id
-        self:emit("error", err, w)
-      end
-    elseif event == "request" then
-      self._h:answer(c, b, { code = "ERR_NO_HANDLER",
-        message = "the supervisor has no request handler" }, true, true)
-    elseif event == "error" then
-      a.worker = id
-      self:emit("error", a, w)
-    elseif event == "reload" then
-      -- id is the error (or nil) here
-      local cb = table.remove(self._reload_cbs, 1)
-      if cb then cb(id) elseif id then self:emit("error", id) end
-    elseif event == "stopped" then
-      self._final = self:workers() -- the core lets go of its state next
-      self.stopped = true
-      for _, s in ipairs(self._signals) do s:stop() end
-      self._signals = {}
-      self:emit("stopped")
-    elseif event == "close" then
-      -- every handle, pipe and log file of the supervisor is closed
-      self.closed = true
-      self:emit("close")
+-- The core's events, (event, id, ...) with id the worker's slot
+local EVENTS = {
+  message = function(self, id, a)
+    if self._json and tether._json.is_internal(a) then
+      if a.cmd == "NODE_HANDLE" then self._h:send(id, { cmd = "NODE_HANDLE_NACK" }, 0) end
+      return
     end
-  end
-end
+    self:emit("message", self._workers[id], a)
+  end,
+  start = function(self, id, pid)
+    local w = self._workers[id]
+    w.pid = pid
+    self:emit("start", w)
+  end,
+  exit = function(self, id, code, sig, reason, pid)
+    -- pid: the one that exited (during a reload, not the slot's current one)
+    local w = self._workers[id]
+    w.exit_code, w.signal, w.reason = code, sig, reason
+    self:emit("exit", w, code, sig, reason, pid)
+  end,
+  restart = function(self, id, reason, pid)
+    -- pid: the new process's; w.pid changes when it is running ("start")
+    local w = self._workers[id]
+    w.restarts = w.restarts + 1
+    self:emit("restart", w, reason, pid)
+  end,
+  give_up = function(self, why)
+    self.gave_up = why
+    self:emit("give_up", why)
+  end,
+  control = function(self, id, a)
+    local err = tether._worker_error(a)
+    if err then
+      err.worker = id
+      self:emit("error", err, self._workers[id])
+    end
+  end,
+  request = function(self, _, _, frame_id, serial)
+    self._h:answer(serial, frame_id, { code = "ERR_NO_HANDLER",
+      message = "the supervisor has no request handler" }, true, true)
+  end,
+  error = function(self, id, err)
+    err.worker = id
+    self:emit("error", err, self._workers[id])
+  end,
+  reload = function(self, err)
+    local cb = table.remove(self._reload_cbs, 1)
+    if cb then cb(err) elseif err then self:emit("error", err) end
+  end,
+  stopped = function(self)
+    self._final = self:workers() -- the core lets go of its state next
+    self.stopped = true
+    for _, s in ipairs(self._signals) do s:stop() end
+    self._signals = {}
+    self:emit("stopped")
+  end,
+  close = function(self)
+    -- every handle, pipe and log file of the supervisor is closed
+    self.closed = true
+    self:emit("close")
+  end,
+}
+
+function M.handler(self) return tether._dispatcher(EVENTS, self) end
 
 local function worker_id(self, id, fname)
   if type(id) == "table" and id._sup == self then return id.id end
