@@ -6,8 +6,15 @@
 -- asynchronous errors (callback, else "error" event, else stderr).
 local core = require "tether.core"
 local json = require "tether.json"
-local check = require "tether.check"
-local argerror = check.argerror
+-- Option checking (tether/check.lua) is loaded on first use: a worker
+-- that never checks an option does not compile it at every spawn.
+local check = setmetatable({}, { __index = function(t, k)
+  local m = require "tether.check"
+  setmetatable(t, { __index = m })
+  return m[k]
+end })
+-- a tail call: the error level counts from our caller, as check's own
+local function argerror(...) return check.argerror(...) end
 
 local tether = {
   version = core.version,
@@ -382,15 +389,20 @@ end
 
 local FD = function(v) return math.type(v) == "integer" and v >= 0 and v < 65536 end
 
-local SPAWN_OPTIONS = {
-  cwd = "string", env = check.env, stdio = stdio_check, detached = "boolean",
-  serialization = check.oneof("native", "json"), max_message = "bytes", high_water = "bytes",
-  flush_timeout = "ms", close_fds = "boolean", pass_fds = check.array_of(FD, "fd numbers"),
-  channel = "boolean",
-}
-local FORK_OPTIONS = {}
-for k, v in pairs(SPAWN_OPTIONS) do FORK_OPTIONS[k] = v end
-FORK_OPTIONS.lua, FORK_OPTIONS.channel = "string", nil
+-- the schemas of spawn's and fork's options, built at first use (with check)
+local SPAWN_OPTIONS, FORK_OPTIONS
+local function spawn_schemas()
+  if SPAWN_OPTIONS then return end
+  SPAWN_OPTIONS = {
+    cwd = "string", env = check.env, stdio = stdio_check, detached = "boolean",
+    serialization = check.oneof("native", "json"), max_message = "bytes", high_water = "bytes",
+    flush_timeout = "ms", close_fds = "boolean", pass_fds = check.array_of(FD, "fd numbers"),
+    channel = "boolean",
+  }
+  FORK_OPTIONS = {}
+  for k, v in pairs(SPAWN_OPTIONS) do FORK_OPTIONS[k] = v end
+  FORK_OPTIONS.lua, FORK_OPTIONS.channel = "string", nil
+end
 
 -- the core's option table and the environment to add, from checked options
 local function spawn_options(opts)
@@ -535,6 +547,7 @@ end
 function tether.spawn(cmd, args, opts)
   if type(cmd) ~= "string" then argerror("spawn", 1, "string expected, got " .. type(cmd), 2) end
   local argv = check_args("spawn", args)
+  spawn_schemas()
   opts = check.options("spawn", 3, opts, SPAWN_OPTIONS, 2)
   return spawn(cmd, argv, opts)
 end
@@ -558,6 +571,7 @@ end
 function tether.fork(script, args, opts)
   if type(script) ~= "string" then argerror("fork", 1, "string expected, got " .. type(script), 2) end
   local argv = check_args("fork", args)
+  spawn_schemas()
   opts = check.options("fork", 3, opts, FORK_OPTIONS, 2)
   table.insert(argv, 1, script)
   table.insert(argv, 1, find_runner())
@@ -641,11 +655,12 @@ local function calls_in_flight(self, delta)
   end
 end
 
-local CALL_OPTIONS = { timeout = "ms", retries = "count", backoff = check.backoff }
+local CALL_OPTIONS -- built at first use (with check)
 
 --- checks call options (before anything else: a mistake is reported in a
 -- coroutine or not); `level` is the caller's
 local function call_options(fname, n, opts, level)
+  CALL_OPTIONS = CALL_OPTIONS or { timeout = "ms", retries = "count", backoff = check.backoff }
   opts = check.options(fname, n, opts, CALL_OPTIONS, level + 1)
   if (opts.retries or 0) > 0 and (opts.timeout or 0) <= 0 then
     argerror(fname, n, "option 'retries' needs a 'timeout' (a retry follows a timeout)", level + 1)
