@@ -129,8 +129,11 @@ int tt_lua_stats(lua_State *L, const tt_channel_t *ch, const tt_rpc_t *rpc);
 /* obj:call(value, timeout_ms, retries, backoff_table, fn): fn(err, reply)
  * runs once.  Returns true or nil, err (then fn never runs). */
 int tt_lua_call_method(lua_State *L, tt_lobj_t *o);
-/* obj:answer(id, value, is_fault) -> true | nil, err */
+/* obj:answer(id, value, is_fault, automatic) -> true | nil, err */
 int tt_lua_answer_method(lua_State *L, tt_lobj_t *o);
+/* The same with (id, value, is_fault, automatic) at stack index `at`, on
+ * `ch` (NULL: the asker is gone, ERR_IPC_CHANNEL_CLOSED). */
+int tt_lua_answer(lua_State *L, tt_lobj_t *o, tt_channel_t *ch, int at);
 
 /* A send's Lua callback (registry ref), run by tt_lua_on_sent. */
 typedef struct {

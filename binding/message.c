@@ -506,18 +506,18 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
   return 1;
 }
 
-int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
-  lua_Integer id = luaL_checkinteger(L, 2);
-  int fault = lua_toboolean(L, 4), automatic = lua_toboolean(L, 5);
+int tt_lua_answer(lua_State *L, tt_lobj_t *o, tt_channel_t *ch, int at) {
+  lua_Integer id = luaL_checkinteger(L, at);
+  int fault = lua_toboolean(L, at + 2), automatic = lua_toboolean(L, at + 3);
   tt_state_t *st;
   int err;
-  luaL_checkany(L, 3);
-  luaL_argcheck(L, id > 0 && id <= (lua_Integer)UINT32_MAX, 2, "bad id");
-  if (o == NULL || o->rpc == NULL)
+  luaL_checkany(L, at + 1);
+  luaL_argcheck(L, id > 0 && id <= (lua_Integer)UINT32_MAX, at, "bad id");
+  if (o == NULL || ch == NULL)
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = o->st;
-  if ((err = tt_lua_encode(L, st, 3, o->json)) != 0) return err;
-  err = tt_peer_answer(o->rpc->ch, (uint32_t)id,
+  if ((err = tt_lua_encode(L, st, at + 1, o->json)) != 0) return err;
+  err = tt_peer_answer(ch, (uint32_t)id,
                        automatic ? TT_ANSWER_REFUSAL
                        : fault   ? TT_ANSWER_FAULT
                                  : TT_ANSWER_REPLY,
@@ -527,4 +527,8 @@ int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
   if (err != 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+int tt_lua_answer_method(lua_State *L, tt_lobj_t *o) {
+  return tt_lua_answer(L, o, o && o->rpc ? o->rpc->ch : NULL, 2);
 }

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tt_peer.h"
 #include "binding.h"
 #include "tt_error.h"
 #include "tt_supervisor.h"
@@ -461,27 +460,9 @@ static int m_send(lua_State *L) {
 static int m_answer(lua_State *L) {
   tt_lsup_t *c = check(L);
   lua_Integer serial = luaL_checkinteger(L, 2);
-  lua_Integer fid = luaL_checkinteger(L, 3);
-  int fault = lua_toboolean(L, 5), automatic = lua_toboolean(L, 6);
-  tt_channel_t *ch;
-  tt_state_t *st;
-  int err;
-  luaL_checkany(L, 4);
-  if (c == NULL ||
-      (ch = tt_supervisor_worker_channel(&c->s, (uint64_t)serial)) == NULL)
-    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  st = c->o.st;
-  if ((err = tt_lua_encode(L, st, 4, c->o.json)) != 0) return err;
-  err = tt_peer_answer(ch, (uint32_t)fid,
-                       automatic ? TT_ANSWER_REFUSAL
-                       : fault   ? TT_ANSWER_FAULT
-                                 : TT_ANSWER_REPLY,
-                       st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                       st->wbuf.len - TT_FRAME_HEADER_SIZE);
-  tt_lua_encode_done(st);
-  if (err < 0) return tt_lua_fail(L, err, NULL);
-  lua_pushboolean(L, 1);
-  return 1;
+  return tt_lua_answer(
+      L, c ? &c->o : NULL,
+      c ? tt_supervisor_worker_channel(&c->s, (uint64_t)serial) : NULL, 3);
 }
 
 static int m_kill(lua_State *L) {
