@@ -35,7 +35,8 @@ typedef enum {
   TT_FRAME_CONTROL = 5, /* runner <-> parent housekeeping (error reports) */
   TT_FRAME_PING = 6,    /* liveness probe; answered by the peer's binding */
   TT_FRAME_PONG = 7,    /* answer (same id), or id 0: the worker is ready;
-                           payload: u64 LE Lua heap bytes, or empty */
+                           payload: u64 LE heap bytes of the peer's
+                           runtime (tt_peer.h), or empty */
   TT__FRAME_KIND_MAX = TT_FRAME_PONG
 } tt_frame_kind_t;
 
