@@ -33,7 +33,7 @@ typedef enum {
   TT_FRAME_REPLY = 3,   /* successful reply */
   TT_FRAME_FAULT = 4,   /* failed reply: the handler raised or is missing */
   TT_FRAME_CONTROL = 5, /* runner <-> parent housekeeping (error reports) */
-  TT_FRAME_PING = 6,    /* liveness probe; answered by the peer's binding */
+  TT_FRAME_PING = 6,    /* liveness probe; answered with a PONG (tt_peer.h) */
   TT_FRAME_PONG = 7,    /* answer (same id), or id 0: the worker is ready;
                            payload: u64 LE heap bytes of the peer's
                            runtime (tt_peer.h), or empty */
