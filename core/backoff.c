@@ -1,14 +1,15 @@
 /* Exponential backoff with a cap and jitter (see tt_backoff.h). */
 #include "tt_backoff.h"
+#include "tt_limits.h"
 
 #include <math.h>
 #include <uv.h>
 
 void tt_backoff_init(tt_backoff_t *b) {
-  b->initial_ms = 100;
-  b->max_ms = 10000;
-  b->factor = 2;
-  b->jitter_ms = 25;
+  b->initial_ms = TT_BACKOFF_DEFAULT_INITIAL_MS;
+  b->max_ms = TT_BACKOFF_DEFAULT_MAX_MS;
+  b->factor = TT_BACKOFF_DEFAULT_FACTOR;
+  b->jitter_ms = TT_BACKOFF_DEFAULT_JITTER_MS;
 }
 
 int tt_backoff_check(const tt_backoff_t *b) {

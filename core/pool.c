@@ -468,7 +468,8 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   p->loop = loop;
   p->opts = *o;
   if (p->opts.concurrency == 0) p->opts.concurrency = 1;
-  if (p->opts.memory_interval_ms == 0) p->opts.memory_interval_ms = 1000;
+  if (p->opts.memory_interval_ms == 0)
+    p->opts.memory_interval_ms = TT_SUP_DEFAULT_MEMORY_INTERVAL_MS;
   p->q_head = p->q_tail = NULL;
   p->workers = NULL;
   p->next_id = 0;

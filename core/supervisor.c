@@ -55,18 +55,11 @@ enum {
   I_WORKED = 1u << 8      /* tt_supervisor_mark_worked() */
 };
 
-/* After an exit, output still in the pipes is logged for at most this
- * long: a grandchild holding the pipe must not keep us waiting. */
-#define TT_DRAIN_MS 500
-
 /* A partial output line, waiting for its newline. */
 typedef struct {
   char *buf;
   size_t len, cap;
 } tt_line_t;
-
-/* Lines longer than this are written in pieces rather than held. */
-#define TT_LOG_MAX_LINE ((size_t)64 << 10)
 
 struct tt_incarnation_s {
   tt_process_t p;
@@ -131,13 +124,14 @@ void tt_supervisor_options_init(tt_supervisor_options_t *o) {
   memset(o, 0, sizeof *o);
   o->instances = 1;
   o->restart = TT_RESTART_ALWAYS;
-  o->max_restarts = 10;
-  o->within_ms = 60000;
+  o->max_restarts = TT_SUP_DEFAULT_MAX_RESTARTS;
+  o->within_ms = TT_SUP_DEFAULT_WITHIN_MS;
   tt_backoff_init(&o->backoff);
-  o->min_uptime_ms = 1000;
-  o->memory_interval_ms = 1000;
-  o->shutdown_timeout_ms = 5000;
-  o->kill_timeout_ms = 3000;
+  o->min_uptime_ms = TT_SUP_DEFAULT_MIN_UPTIME_MS;
+  o->memory_interval_ms = TT_SUP_DEFAULT_MEMORY_INTERVAL_MS;
+  o->shutdown_timeout_ms = TT_SUP_DEFAULT_SHUTDOWN_TIMEOUT_MS;
+  o->kill_timeout_ms = TT_SUP_DEFAULT_KILL_TIMEOUT_MS;
+  o->queue_limit = TT_SUP_DEFAULT_QUEUE_LIMIT;
 }
 
 static void spawn_worker(tt_slot_t *slot, int as_next);
@@ -939,11 +933,6 @@ failed:
   }
 }
 
-/* A few spawns per loop iteration: a fork+exec takes milliseconds, and
- * hundreds at once would keep the loop (signals, messages, timers of the
- * workers already up) waiting for seconds. */
-#define TT_SPAWNS_PER_TICK 8
-
 static void on_start_timer(uv_timer_t *t) {
   tt_supervisor_t *s = t->data;
   unsigned n = 0;
@@ -1229,8 +1218,9 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   if ((err = tt_backoff_check(&opts->backoff)) != 0) return err;
   if (opts->heartbeat_interval_ms > 0 && opts->heartbeat_timeout_ms == 0)
     s->opts.heartbeat_timeout_ms = opts->heartbeat_interval_ms;
-  if (s->opts.memory_interval_ms == 0) s->opts.memory_interval_ms = 1000;
-  if (s->opts.queue_limit == 0) s->opts.queue_limit = 1024;
+  if (s->opts.memory_interval_ms == 0)
+    s->opts.memory_interval_ms = TT_SUP_DEFAULT_MEMORY_INTERVAL_MS;
+  if (s->opts.queue_limit == 0) s->opts.queue_limit = TT_SUP_DEFAULT_QUEUE_LIMIT;
   s->opts.process.env = NULL;
 
   for (char **e = opts->process.env; e && *e; e++) n++;

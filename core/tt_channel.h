@@ -29,16 +29,7 @@
 #include <uv.h>
 
 #include "tt_frame.h"
-
-/* send() reports backpressure once more than this is queued (bytes). */
-#define TT_CHANNEL_DEFAULT_HIGH_WATER ((size_t)1 << 20)
-/* How long a disconnect (or an exit) waits for the peer to take the
- * backlog before dropping it, in ms. */
-#define TT_CHANNEL_DEFAULT_FLUSH_TIMEOUT 5000
-/* Received frames handed out per loop iteration (and bytes), so a burst
- * cannot keep a process from writing its answers or serving others. */
-#define TT_CHANNEL_FRAMES_PER_TICK 256
-#define TT_CHANNEL_BYTES_PER_TICK ((size_t)1 << 20)
+#include "tt_limits.h" /* the defaults: high water, flush timeout, budget */
 
 typedef struct tt_channel_s tt_channel_t;
 typedef struct tt_chunk_s tt_chunk_t;

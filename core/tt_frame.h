@@ -24,8 +24,7 @@
 
 #define TT_FRAME_HEADER_SIZE 12
 #define TT_FRAME_VERSION 1
-/* Default payload limit: 64 MiB.  The wire allows up to 4 GiB - 1. */
-#define TT_FRAME_DEFAULT_MAX_MESSAGE ((size_t)64 << 20)
+#include "tt_limits.h" /* TT_FRAME_DEFAULT_MAX_MESSAGE */
 
 typedef enum {
   TT_FRAME_MESSAGE = 1, /* user message */

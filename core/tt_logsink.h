@@ -18,8 +18,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* Bytes a sink holds for a stalled reader before it drops lines. */
-#define TT_LOGSINK_BUFFER ((size_t)1 << 20)
+#include "tt_limits.h" /* TT_LOGSINK_BUFFER */
 
 typedef struct tt_logsink_s tt_logsink_t;
 

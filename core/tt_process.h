@@ -20,8 +20,6 @@
 
 /* fd number of the channel in the child. */
 #define TT_CHILD_CHANNEL_FD 3
-/* A piped stdin reports backpressure once more than this waits (bytes). */
-#define TT_STDIN_HIGH_WATER ((size_t)1 << 20)
 
 typedef enum {
   TT_STDIO_INHERIT = 0,
