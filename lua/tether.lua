@@ -15,6 +15,11 @@ local check = setmetatable({}, { __index = function(t, k)
 end })
 -- a tail call: the error level counts from our caller, as check's own
 local function argerror(...) return check.argerror(...) end
+-- for the public function that calls it: the error names that function's
+-- caller (level 3)
+local function check_fn(fname, n, fn)
+  if type(fn) ~= "function" then argerror(fname, n, "function expected, got " .. type(fn), 3) end
+end
 
 local tether = {
   version = core.version,
@@ -91,7 +96,7 @@ end
 
 function Emitter:on(event, fn)
   if type(event) ~= "string" then argerror("on", 1, "string expected, got " .. type(event), 2) end
-  if type(fn) ~= "function" then argerror("on", 2, "function expected, got " .. type(fn), 2) end
+  check_fn("on", 2, fn)
   local list = listeners(self, event)
   list[#list + 1] = fn
   if self._listeners_changed then self:_listeners_changed(event) end
@@ -103,7 +108,7 @@ local once_of = setmetatable({}, { __mode = "k" })
 
 function Emitter:once(event, fn)
   if type(event) ~= "string" then argerror("once", 1, "string expected, got " .. type(event), 2) end
-  if type(fn) ~= "function" then argerror("once", 2, "function expected, got " .. type(fn), 2) end
+  check_fn("once", 2, fn)
   local wrapper
   wrapper = function(...)
     self:off(event, wrapper)
@@ -236,10 +241,6 @@ tether.hrtime = core.hrtime
 tether.fd = core.fd
 tether.timeout = core.timeout
 
-local function check_fn(fname, n, fn)
-  if type(fn) ~= "function" then argerror(fname, n, "function expected, got " .. type(fn), 3) end
-end
-
 local function check_ms(fname, n, ms, min)
   if type(ms) ~= "number" or ms ~= ms or ms < min then
     argerror(fname, n, ("number of ms >= %d expected, got %s"):format(min, check.describe(ms)), 3)
@@ -295,7 +296,7 @@ tether._resume = resume
 --- tether.go(fn, ...): run fn(...) as a coroutine now, until it first
 -- suspends.  Returns the coroutine.
 function tether.go(fn, ...)
-  if type(fn) ~= "function" then argerror("go", 1, "function expected, got " .. type(fn), 2) end
+  check_fn("go", 1, fn)
   local co = coroutine.create(fn)
   tasks[co] = true
   resume(co, ...)
@@ -318,7 +319,7 @@ end
 -- coroutine until `done(...)` is called, and returns what it was given.
 -- Turns any callback API into a blocking call inside tether.go.
 function tether.await(start)
-  if type(start) ~= "function" then argerror("await", 1, "function expected, got " .. type(start), 2) end
+  check_fn("await", 1, start)
   local co = current_task()
   if not co then return no_coroutine("tether.await") end
   local state, early = "starting", nil -- starting -> waiting -> done
@@ -591,9 +592,11 @@ end
 --- A Node.js internal message ({cmd = "NODE_..."}) on a JSON channel: never
 -- a user message.  A handle (fd) sent to us is refused, so Node does not
 -- hold every later message waiting for an answer; tether reads no fds, so
--- there is nothing to close.
-function tether._internal_message(h, m)
-  if m.cmd == "NODE_HANDLE" then h:send({ cmd = "NODE_HANDLE_NACK" }) end
+-- there is nothing to close.  `id`: the worker it came from, when `h` is a
+-- supervisor's or a pool's.
+function tether._internal_message(h, m, id)
+  if m.cmd ~= "NODE_HANDLE" then return end
+  if id then h:send(id, { cmd = "NODE_HANDLE_NACK" }) else h:send({ cmd = "NODE_HANDLE_NACK" }) end
 end
 
 ---------------------------------------------------------------------------
@@ -619,7 +622,7 @@ end
 --- tether.serve(fn), in a pool's worker: fn(task) returns the task's
 -- result (it may yield; raising fails the task with ERR_TASK_FAILED).
 function tether.serve(fn)
-  if type(fn) ~= "function" then argerror("serve", 1, "function expected, got " .. type(fn), 2) end
+  check_fn("serve", 1, fn)
   local parent = tether.parent
   if not parent then
     error("tether.serve: no parent channel (start this script with tether.pool or tether.fork)", 2)
@@ -635,7 +638,7 @@ function tether.serve(fn)
 end
 
 function Child:send(msg, cb)
-  if cb ~= nil and type(cb) ~= "function" then argerror("send", 2, "function expected, got " .. type(cb), 2) end
+  if cb ~= nil then check_fn("send", 2, cb) end
   local ok, err = self._h:send(msg, cb)
   if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
     defer(function()

@@ -316,6 +316,27 @@ describe("serialization = \"json\" (Node.js)", function()
     H.run_until(function() return closed and pool.closed end)
   end)
 
+  it("a supervisor refuses a handle from a node worker, and its messages go on", function()
+    local worker = js("handle_sup.js", [[
+      const net = require('net');
+      const srv = net.createServer().listen(0, '127.0.0.1', () => {
+        // Node holds every later message until the handle is ACKed or NACKed
+        process.send({ with: 'handle' }, srv);
+        process.send({ after: 'handle' });
+        setTimeout(() => srv.close(), 2000).unref();
+      });
+    ]])
+    local sup = assert(tether.supervise { cmd = NODE, args = { worker }, serialization = "json",
+      env = NODE_ENV, stderr = "ignore", handle_signals = false, restart = "never" })
+    local got = {}
+    sup:on("message", function(_, m) got[#got + 1] = m end)
+    H.run_until(function() return #got >= 1 end, 15)
+    assert.same({ { after = "handle" } }, got)
+    local stopped = false
+    sup:stop(function() stopped = true end)
+    H.run_until(function() return stopped and sup.closed end)
+  end)
+
   it("a Lua child of a Node parent in \"advanced\" mode is told, not left without a parent", function()
     local out = H.tmpfile("advanced.out")
     local child = H.script(([[

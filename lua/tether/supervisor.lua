@@ -193,10 +193,7 @@ end
 -- The core's events, (event, id, ...) with id the worker's slot
 local EVENTS = {
   message = function(self, id, a)
-    if self._json and tether._json.is_internal(a) then
-      if a.cmd == "NODE_HANDLE" then self._h:send(id, { cmd = "NODE_HANDLE_NACK" }, 0) end
-      return
-    end
+    if self._json and tether._json.is_internal(a) then return tether._internal_message(self._h, a, id) end
     self:emit("message", self._workers[id], a)
   end,
   start = function(self, id, pid)
