@@ -3,12 +3,15 @@
  *
  * Invariants:
  * - A task is in the pool's queue, or on exactly one worker's list (then
- *   its REQUEST went to that worker with the task's current id), or it has
- *   ended (its callback ran and it was freed).  A task keeps its payload
- *   until it ends, so a crash can send it again.
- * - A pool worker record exists from the supervisor's on_start until
+ *   it is a live request of that worker's rpc: its REQUEST went there, and
+ *   the rpc matches the answer), or it has ended (its callback ran and it
+ *   was freed).  A task keeps its payload until it ends, so a crash can
+ *   send it again.  Leaving a worker's list cancels the request, so an
+ *   answer that still comes is counted late by that rpc.
+ * - A pool worker record is listed from the supervisor's on_start until
  *   on_exit of that incarnation (its serial), so an answer is matched
- *   against the tasks of the very process that sent it.
+ *   against the tasks of the very process that sent it; it is freed once
+ *   its rpc has closed.
  * - stats.running and stats.queued always equal the list lengths.
  */
 #include "tt_pool.h"
@@ -31,10 +34,10 @@ enum {
 };
 
 struct tt_task_s {
-  tt_task_t *next, *prev;
+  TAILQ_ENTRY(tt_task_s) link; /* the queue, or its worker's tasks */
   tt_pool_t *pool;
   tt_pool_worker_t *w; /* while running */
-  uint32_t id;         /* of the current attempt */
+  tt_request_t req;    /* while running */
   unsigned reruns;     /* after crashes */
   int started;         /* among its worker's first `concurrency`: running */
   int done;            /* finished: only its timer's close remains */
@@ -47,48 +50,26 @@ struct tt_task_s {
 };
 
 struct tt_pool_worker_s {
-  tt_pool_worker_t *next, *prev;
+  TAILQ_ENTRY(tt_pool_worker_s) link;
+  tt_pool_t *pool;
   unsigned id;
   uint64_t serial;
   tt_channel_t *ch;          /* NULL once unusable */
-  tt_task_t *head, *tail;    /* running here */
+  tt_rpc_t rpc;              /* its tasks' requests */
+  struct tt_task_list tasks; /* running here, in the order sent */
   unsigned running, taken;
   int retiring, stopping;
   int awaiting; /* retiring: its replacement is starting */
 };
 
 static void dispatch(tt_pool_t *p);
+static void on_answer(tt_request_t *req, int status, unsigned kind,
+                      const char *payload, size_t len);
 static void maybe_end(tt_pool_t *p);
 static void maybe_freed(tt_pool_t *p);
 
-/* ---- lists -------------------------------------------------------------- */
-
-static void list_unlink(tt_task_t **head, tt_task_t **tail, tt_task_t *t) {
-  if (t->prev) t->prev->next = t->next;
-  else *head = t->next;
-  if (t->next) t->next->prev = t->prev;
-  else *tail = t->prev;
-  t->next = t->prev = NULL;
-}
-
-static void list_append(tt_task_t **head, tt_task_t **tail, tt_task_t *t) {
-  t->next = NULL;
-  t->prev = *tail;
-  if (*tail) (*tail)->next = t;
-  else *head = t;
-  *tail = t;
-}
-
-static void list_prepend(tt_task_t **head, tt_task_t **tail, tt_task_t *t) {
-  t->prev = NULL;
-  t->next = *head;
-  if (*head) (*head)->prev = t;
-  else *tail = t;
-  *head = t;
-}
-
 static void queue_remove(tt_pool_t *p, tt_task_t *t) {
-  list_unlink(&p->q_head, &p->q_tail, t);
+  TAILQ_REMOVE(&p->queue, t, link);
   p->stats.queued--;
 }
 
@@ -100,8 +81,8 @@ static void on_task_timeout(uv_timer_t *timer);
 static void start_clocks(tt_pool_t *p, tt_pool_worker_t *w) {
   unsigned n = 0;
   if (w->stopping) return; /* its tasks will run elsewhere */
-  for (tt_task_t *t = w->head; t != NULL && n < p->opts.concurrency;
-       t = t->next, n++) {
+  for (tt_task_t *t = TAILQ_FIRST(&w->tasks);
+       t != NULL && n < p->opts.concurrency; t = TAILQ_NEXT(t, link), n++) {
     if (t->started) continue;
     t->started = 1;
     if (p->opts.timeout_ms == 0) continue;
@@ -116,7 +97,8 @@ static void start_clocks(tt_pool_t *p, tt_pool_worker_t *w) {
 
 static void worker_remove(tt_pool_t *p, tt_task_t *t) {
   tt_pool_worker_t *w = t->w;
-  list_unlink(&w->head, &w->tail, t);
+  TAILQ_REMOVE(&w->tasks, t, link);
+  tt_rpc_cancel(&t->req); /* (a no-op when it was answered) */
   w->running--;
   t->w = NULL;
   p->stats.running--;
@@ -172,7 +154,7 @@ static const char *end_why(int status) {
 static void fail_queue(tt_pool_t *p, int status) {
   tt_task_t *t;
   const char *why = end_why(status);
-  while ((t = p->q_head) != NULL) {
+  while ((t = TAILQ_FIRST(&p->queue)) != NULL) {
     queue_remove(p, t);
     finish(t, status, 0, why, why ? strlen(why) : 0);
   }
@@ -180,9 +162,10 @@ static void fail_queue(tt_pool_t *p, int status) {
 
 static void fail_running(tt_pool_t *p, int status) {
   const char *why = end_why(status);
-  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
+  tt_pool_worker_t *w;
+  TAILQ_FOREACH(w, &p->workers, link) {
     tt_task_t *t;
-    while ((t = w->head) != NULL) {
+    while ((t = TAILQ_FIRST(&w->tasks)) != NULL) {
       worker_remove(p, t);
       finish(t, status, 0, why, why ? strlen(why) : 0);
     }
@@ -192,9 +175,27 @@ static void fail_running(tt_pool_t *p, int status) {
 /* ---- workers ------------------------------------------------------------- */
 
 static tt_pool_worker_t *worker_of(tt_pool_t *p, uint64_t serial) {
-  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next)
+  tt_pool_worker_t *w;
+  TAILQ_FOREACH(w, &p->workers, link)
     if (w->serial == serial) return w;
   return NULL;
+}
+
+static void on_worker_rpc_closed(tt_rpc_t *rpc) {
+  tt_pool_worker_t *w = rpc->data;
+  tt_pool_t *p = w->pool;
+  free(w);
+  p->pending_closes--;
+  maybe_freed(p);
+}
+
+/* Unlisted, without tasks: its record goes once its rpc has closed. */
+static void worker_release(tt_pool_t *p, tt_pool_worker_t *w) {
+  p->late_gone += w->rpc.stats.late_replies;
+  p->stats.workers--;
+  w->rpc.data = w;
+  p->pending_closes++;
+  tt_rpc_close(&w->rpc, on_worker_rpc_closed);
 }
 
 static void stop_worker(tt_pool_t *p, tt_pool_worker_t *w,
@@ -221,7 +222,8 @@ static void retire(tt_pool_t *p, tt_pool_worker_t *w) {
 /* Slot `id` got its replacement (or it failed to start): retiring workers
  * of the slot stop once idle. */
 static void replacement_settled(tt_pool_t *p, unsigned id, uint64_t serial) {
-  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
+  tt_pool_worker_t *w;
+  TAILQ_FOREACH(w, &p->workers, link) {
     if (w->id != id || w->serial == serial || !w->awaiting) continue;
     w->awaiting = 0;
     if (w->running == 0) stop_worker(p, w, TT_EXIT_RETIRED, 1);
@@ -254,8 +256,9 @@ static void on_task_timeout(uv_timer_t *timer) {
  * free, so it must not go to the first worker up while the others start. */
 static tt_pool_worker_t *least_loaded(tt_pool_t *p) {
   tt_pool_worker_t *best = NULL;
+  tt_pool_worker_t *w;
   unsigned able = 0, cap = p->opts.concurrency;
-  for (tt_pool_worker_t *w = p->workers; w != NULL; w = w->next) {
+  TAILQ_FOREACH(w, &p->workers, link) {
     if (w->ch == NULL || w->retiring || w->stopping) continue;
     able++;
     if (best == NULL || w->running < best->running) best = w;
@@ -266,6 +269,20 @@ static tt_pool_worker_t *least_loaded(tt_pool_t *p) {
   return best != NULL && best->running < cap ? best : NULL;
 }
 
+/* A worker answered task `req` (the rpc matched the id).  Only answers end
+ * a request here: the pool cancels its requests before their rpc closes. */
+static void on_answer(tt_request_t *req, int status, unsigned kind,
+                      const char *payload, size_t len) {
+  tt_task_t *t = req->data;
+  tt_pool_t *p = t->pool;
+  tt_pool_worker_t *w = t->w;
+  worker_remove(p, t);
+  finish_on(t, status, kind, payload, len, w->rpc.ch);
+  if (w->retiring && w->running == 0 && !w->awaiting)
+    stop_worker(p, w, TT_EXIT_RETIRED, 1);
+  dispatch(p);
+}
+
 static void dispatch(tt_pool_t *p) {
   if (p->dispatching) {
     p->again = 1;
@@ -274,21 +291,19 @@ static void dispatch(tt_pool_t *p) {
   p->dispatching = 1;
   do {
     p->again = 0;
-    while (p->q_head != NULL && !(p->flags & PL_ENDED)) {
+    while (!TAILQ_EMPTY(&p->queue) && !(p->flags & PL_ENDED)) {
       tt_pool_worker_t *w = least_loaded(p);
-      tt_task_t *t = p->q_head;
+      tt_task_t *t = TAILQ_FIRST(&p->queue);
       if (w == NULL) break;
-      if (++p->next_id == 0) p->next_id = 1;
-      if (tt_channel_send(w->ch, TT_FRAME_REQUEST, p->next_id, t->payload,
-                          t->len, NULL, NULL) < 0) {
+      if (tt_rpc_request(&w->rpc, &t->req, t->payload, t->len,
+                         on_answer) != 0) {
         w->ch = NULL; /* going away: its exit comes */
         continue;
       }
       queue_remove(p, t);
       if (w->taken == 0) tt_supervisor_mark_worked(&p->sup, w->serial);
-      t->id = p->next_id;
       t->w = w;
-      list_append(&w->head, &w->tail, t);
+      TAILQ_INSERT_TAIL(&w->tasks, t, link);
       w->running++;
       w->taken++;
       p->stats.running++;
@@ -316,12 +331,13 @@ static void on_start(tt_supervisor_t *s, unsigned id, uint64_t serial) {
     if (p->on_error) p->on_error(p, id, UV_ENOMEM, "worker record");
     return;
   }
+  w->pool = p;
   w->id = id;
   w->serial = serial;
   w->ch = tt_supervisor_worker_channel(s, serial);
-  w->next = p->workers;
-  if (p->workers) p->workers->prev = w;
-  p->workers = w;
+  TAILQ_INIT(&w->tasks);
+  tt_rpc_init(p->loop, &w->rpc, w->ch);
+  TAILQ_INSERT_HEAD(&p->workers, w, link);
   p->stats.workers++;
   replacement_settled(p, id, serial);
   dispatch(p);
@@ -337,13 +353,10 @@ static void on_worker_exit(tt_supervisor_t *s, unsigned id, uint64_t serial,
     replacement_settled(p, id, serial);
     return;
   }
-  if (w->prev) w->prev->next = w->next;
-  else p->workers = w->next;
-  if (w->next) w->next->prev = w->prev;
-  p->stats.workers--;
+  TAILQ_REMOVE(&p->workers, w, link);
   /* Its tasks go back to the front of the queue, in their order. */
-  while (w->tail != NULL) {
-    tt_task_t *t = w->tail;
+  while (!TAILQ_EMPTY(&w->tasks)) {
+    tt_task_t *t = TAILQ_LAST(&w->tasks, tt_task_list);
     int started = t->started;
     t->started = 0; /* (no clock to start on a dead worker) */
     worker_remove(p, t);
@@ -374,11 +387,11 @@ static void on_worker_exit(tt_supervisor_t *s, unsigned id, uint64_t serial,
       t->reruns++;
       p->stats.retried++;
     }
-    list_prepend(&p->q_head, &p->q_tail, t);
+    TAILQ_INSERT_HEAD(&p->queue, t, link);
     p->stats.queued++;
   }
   if (crashed) p->stats.crashes++;
-  free(w);
+  worker_release(p, w);
   dispatch(p);
 }
 
@@ -386,24 +399,14 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
                      tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
   tt_pool_t *p = pool_of(s);
-  tt_pool_worker_t *w;
-  tt_task_t *t = NULL;
-  if (h->kind != TT_FRAME_REPLY && h->kind != TT_FRAME_FAULT) {
-    if (p->on_frame) p->on_frame(p, id, ch, h, payload);
+  tt_pool_worker_t *w = worker_of(p, serial);
+  /* answers of tasks that timed out or were terminated count late there */
+  if (w != NULL && tt_rpc_dispatch(&w->rpc, h, payload)) return;
+  if (h->kind == TT_FRAME_REPLY || h->kind == TT_FRAME_FAULT) {
+    p->stats.late++; /* (no record: cannot happen while the worker runs) */
     return;
   }
-  if ((w = worker_of(p, serial)) != NULL)
-    for (t = w->head; t != NULL && t->id != h->id; t = t->next) {
-    }
-  if (t == NULL) { /* its task timed out or was terminated */
-    p->stats.late++;
-    return;
-  }
-  worker_remove(p, t);
-  finish_on(t, 0, h->kind, payload, h->len, ch);
-  if (w->retiring && w->running == 0 && !w->awaiting)
-    stop_worker(p, w, TT_EXIT_RETIRED, 1);
-  dispatch(p);
+  if (p->on_frame) p->on_frame(p, id, ch, h, payload);
 }
 
 /* The worker's channel ended but the process runs on (a frame was refused,
@@ -450,8 +453,8 @@ static void on_stopped(tt_supervisor_t *s) {
 static void on_memory_timer(uv_timer_t *timer) {
   tt_pool_t *p = timer->data;
   tt_pool_worker_t *w, *next;
-  for (w = p->workers; w != NULL; w = next) {
-    next = w->next;
+  for (w = TAILQ_FIRST(&p->workers); w != NULL; w = next) {
+    next = TAILQ_NEXT(w, link);
     if (w->retiring || w->stopping) continue;
     if (tt_supervisor_worker_rss(&p->sup, w->serial) > p->opts.max_memory)
       retire(p, w);
@@ -470,9 +473,9 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   if (p->opts.concurrency == 0) p->opts.concurrency = 1;
   if (p->opts.memory_interval_ms == 0)
     p->opts.memory_interval_ms = TT_SUP_DEFAULT_MEMORY_INTERVAL_MS;
-  p->q_head = p->q_tail = NULL;
-  p->workers = NULL;
-  p->next_id = 0;
+  TAILQ_INIT(&p->queue);
+  TAILQ_INIT(&p->workers);
+  p->late_gone = 0;
   p->end_status = 0;
   p->flags = 0;
   p->dispatching = p->again = 0;
@@ -537,7 +540,8 @@ int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
   t->arg = arg;
   t->len = len;
   if (len) memcpy(t->payload, payload, len);
-  list_append(&p->q_head, &p->q_tail, t);
+  t->req.data = t;
+  TAILQ_INSERT_TAIL(&p->queue, t, link);
   p->stats.queued++;
   p->stats.submitted++;
   dispatch(p);
@@ -546,7 +550,7 @@ int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
 
 static void maybe_end(tt_pool_t *p) {
   if (!(p->flags & PL_CLOSING) || (p->flags & PL_ENDED)) return;
-  if (p->q_head != NULL || p->stats.running > 0) return;
+  if (!TAILQ_EMPTY(&p->queue) || p->stats.running > 0) return;
   p->flags |= PL_ENDED;
   uv_timer_stop(&p->memory_timer);
   tt_supervisor_stop(&p->sup);
@@ -571,7 +575,10 @@ int tt_pool_give_up(tt_pool_t *p, const char *why) {
 }
 
 void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out) {
+  const tt_pool_worker_t *w;
   *out = p->stats;
+  out->late += p->late_gone;
+  TAILQ_FOREACH(w, &p->workers, link) out->late += w->rpc.stats.late_replies;
 }
 
 int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len) {
@@ -596,13 +603,14 @@ int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out) {
 
 static void maybe_freed(tt_pool_t *p) {
   if (!(p->flags & PL_FREEING) || (p->flags & PL_FREED)) return;
-  if (!(p->flags & PL_SUP_CLOSED) || p->pending_closes > 0) return;
-  p->flags |= PL_FREED;
-  while (p->workers != NULL) { /* abandoned: no exits were reported */
-    tt_pool_worker_t *w = p->workers;
-    p->workers = w->next;
-    free(w);
+  if (!(p->flags & PL_SUP_CLOSED)) return;
+  while (!TAILQ_EMPTY(&p->workers)) { /* abandoned: no exits were reported */
+    tt_pool_worker_t *w = TAILQ_FIRST(&p->workers);
+    TAILQ_REMOVE(&p->workers, w, link);
+    worker_release(p, w);
   }
+  if (p->pending_closes > 0) return;
+  p->flags |= PL_FREED;
   if (p->close_cb) p->close_cb(p);
 }
 

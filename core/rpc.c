@@ -2,11 +2,12 @@
  * Request/response: see tt_rpc.h.
  *
  * Invariants:
- * - Every live call is on the `calls` list; an attempt waiting for its
- *   reply is also in slots[id & mask] (at most half the slots are used, and
- *   ids only grow, so a stale id can never match a newer attempt).
- * - A call ends once: finish() unlinks it before running its callback; its
- *   memory goes after its timer's close callback (or at once without one).
+ * - Every request not ended is on the `live` list; an attempt waiting for
+ *   its reply is also in slots[id & mask] (at most half the slots are used,
+ *   and ids only grow, so a stale id can never match a newer attempt).
+ * - A request ends once: end() unlinks it before its callback runs.  A
+ *   call (tt_rpc_call) is a request the rpc owns: its memory goes after its
+ *   timer's close callback (or at once without one).
  */
 #include "tt_rpc.h"
 
@@ -20,17 +21,15 @@
 #define TT_RPC_MIN_SLOTS 64u
 
 struct tt_call_s {
-  tt_rpc_t *rpc;
-  tt_call_t *next, *prev; /* live calls */
-  uint32_t id;            /* current attempt; 0 while waiting to retry */
-  unsigned attempt;       /* 1 for the first send */
+  tt_request_t req;
+  unsigned attempt; /* 1 for the first send */
   tt_call_options_t opts;
   tt_rpc_cb cb;
   void *arg;
   char *payload; /* kept for re-sends only */
   size_t len;
   int has_timer;
-  int done; /* finish() ran: nothing may touch the call but its timer close */
+  int done; /* ended: nothing may touch the call but its timer close */
   uv_timer_t timer;
 };
 
@@ -38,13 +37,13 @@ struct tt_call_s {
 
 static int grow(tt_rpc_t *rpc) {
   uint32_t ncap = rpc->slots ? (rpc->mask + 1) * 2 : TT_RPC_MIN_SLOTS;
-  tt_call_t **ns = calloc(ncap, sizeof *ns);
+  tt_request_t **ns = calloc(ncap, sizeof *ns);
   if (ns == NULL) return UV_ENOMEM;
   if (rpc->slots != NULL) {
     for (uint32_t i = 0; i <= rpc->mask; i++) {
-      tt_call_t *c = rpc->slots[i];
+      tt_request_t *r = rpc->slots[i];
       /* Distinct under the old mask means distinct under the new one. */
-      if (c != NULL) ns[c->id & (ncap - 1)] = c;
+      if (r != NULL) ns[r->id & (ncap - 1)] = r;
     }
     free(rpc->slots);
   }
@@ -53,7 +52,7 @@ static int grow(tt_rpc_t *rpc) {
   return 0;
 }
 
-static int take_id(tt_rpc_t *rpc, tt_call_t *c) {
+static int take_id(tt_rpc_t *rpc, tt_request_t *r) {
   int err;
   if ((rpc->slots == NULL || rpc->stats.in_flight * 2 >= (uint64_t)rpc->mask) &&
       (err = grow(rpc)) != 0)
@@ -62,20 +61,86 @@ static int take_id(tt_rpc_t *rpc, tt_call_t *c) {
     uint32_t id = rpc->next_id++;
     if (id == 0) continue; /* 0 means "no id" on the wire */
     if (rpc->slots[id & rpc->mask] == NULL) {
-      rpc->slots[id & rpc->mask] = c;
-      c->id = id;
+      rpc->slots[id & rpc->mask] = r;
+      r->id = id;
       return 0;
     }
   }
 }
 
-static void drop_id(tt_rpc_t *rpc, tt_call_t *c) {
-  if (c->id != 0 && rpc->slots[c->id & rpc->mask] == c)
-    rpc->slots[c->id & rpc->mask] = NULL;
-  c->id = 0;
+static void drop_id(tt_rpc_t *rpc, tt_request_t *r) {
+  if (r->id != 0 && rpc->slots[r->id & rpc->mask] == r)
+    rpc->slots[r->id & rpc->mask] = NULL;
+  r->id = 0;
 }
 
-/* ---- lifecycle of a call ------------------------------------------------- */
+/* ---- requests ------------------------------------------------------------ */
+
+/* One attempt on the wire under a fresh id. */
+static int send_attempt(tt_request_t *r, const void *payload, size_t len) {
+  tt_rpc_t *rpc = r->rpc;
+  int err = take_id(rpc, r);
+  if (err != 0) return err;
+  err = tt_channel_send(rpc->ch, TT_FRAME_REQUEST, r->id, payload, len, NULL,
+                        NULL);
+  if (err < 0) {
+    drop_id(rpc, r);
+    return err;
+  }
+  return 0;
+}
+
+static void unlink_request(tt_request_t *r) {
+  tt_rpc_t *rpc = r->rpc;
+  r->live = 0;
+  drop_id(rpc, r);
+  TAILQ_REMOVE(&rpc->live, r, link);
+  rpc->stats.in_flight--;
+}
+
+static void end(tt_request_t *r, int status, unsigned kind,
+                const char *payload, size_t len) {
+  tt_rpc_t *rpc = r->rpc;
+  if (!r->live) return;
+  unlink_request(r);
+  if (status == 0)
+    kind == TT_FRAME_REPLY ? rpc->stats.replies++ : rpc->stats.faults++;
+  else if (status == TT_ERR_TIMEOUT)
+    rpc->stats.timeouts++;
+  else
+    rpc->stats.closed++;
+  r->cb(r, status, kind, payload, len);
+}
+
+static int start(tt_rpc_t *rpc, tt_request_t *r, const void *payload,
+                 size_t len, tt_request_cb cb) {
+  int err;
+  if (rpc->closing || !tt_channel_is_connected(rpc->ch))
+    return TT_ERR_IPC_CHANNEL_CLOSED;
+  r->rpc = rpc;
+  r->cb = cb;
+  r->id = 0;
+  if ((err = send_attempt(r, payload, len)) != 0) return err;
+  r->live = 1;
+  TAILQ_INSERT_TAIL(&rpc->live, r, link);
+  rpc->stats.calls++;
+  rpc->stats.in_flight++;
+  return 0;
+}
+
+int tt_rpc_request(tt_rpc_t *rpc, tt_request_t *req, const void *payload,
+                   size_t len, tt_request_cb cb) {
+  req->live = 0;
+  return start(rpc, req, payload, len, cb);
+}
+
+void tt_rpc_cancel(tt_request_t *req) {
+  if (!req->live) return;
+  unlink_request(req);
+  req->rpc->stats.cancelled++;
+}
+
+/* ---- calls: requests with timeouts and retries, owned here -------------- */
 
 static void timer_gone(tt_rpc_t *rpc) {
   if (--rpc->pending_timers == 0 && rpc->closing) {
@@ -89,7 +154,7 @@ static void timer_gone(tt_rpc_t *rpc) {
 
 static void on_timer_closed(uv_handle_t *h) {
   tt_call_t *c = h->data;
-  tt_rpc_t *rpc = c->rpc;
+  tt_rpc_t *rpc = c->req.rpc;
   free(c->payload);
   free(c);
   timer_gone(rpc);
@@ -97,80 +162,58 @@ static void on_timer_closed(uv_handle_t *h) {
 
 static void on_closer_closed(uv_handle_t *h) { timer_gone(h->data); }
 
-static void finish(tt_call_t *c, int status, unsigned kind,
-                   const char *payload, size_t len) {
-  tt_rpc_t *rpc = c->rpc;
-  if (c->done) return;
-  c->done = 1;
-  drop_id(rpc, c);
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    rpc->calls = c->next;
-  if (c->next) c->next->prev = c->prev;
-  rpc->stats.in_flight--;
-  if (status == 0)
-    kind == TT_FRAME_REPLY ? rpc->stats.replies++ : rpc->stats.faults++;
-  else if (status == TT_ERR_TIMEOUT)
-    rpc->stats.timeouts++;
-  else
-    rpc->stats.closed++;
+static void call_free(tt_call_t *c) {
   if (c->has_timer) {
-    uv_timer_stop(&c->timer);
-    rpc->pending_timers++;
+    c->req.rpc->pending_timers++;
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
-  }
-  c->cb(c->arg, status, kind, payload, len);
-  if (!c->has_timer) {
+  } else {
     free(c->payload);
     free(c);
   }
 }
 
-static int send_attempt(tt_call_t *c, const void *payload);
+static void on_call_ended(tt_request_t *r, int status, unsigned kind,
+                          const char *payload, size_t len) {
+  tt_call_t *c = r->data;
+  tt_rpc_cb cb = c->cb;
+  void *arg = c->arg;
+  c->done = 1;
+  if (c->has_timer) uv_timer_stop(&c->timer);
+  call_free(c);
+  cb(arg, status, kind, payload, len);
+}
+
 static void on_timer(uv_timer_t *t);
 
 static void on_retry(uv_timer_t *t) {
   tt_call_t *c = t->data;
   int err;
   if (c->done) return;
-  err = send_attempt(c, c->payload);
-  if (err != 0)
-    finish(c, err == UV_ENOMEM ? UV_ENOMEM : TT_ERR_IPC_CHANNEL_CLOSED, 0,
-           NULL, 0);
+  if ((err = send_attempt(&c->req, c->payload, c->len)) != 0) {
+    end(&c->req, err == UV_ENOMEM ? UV_ENOMEM : TT_ERR_IPC_CHANNEL_CLOSED, 0,
+        NULL, 0);
+    return;
+  }
+  c->attempt++;
+  tt__timer_start(&c->timer, on_timer, c->opts.timeout_ms, 0);
 }
 
 static void on_timer(uv_timer_t *t) {
   tt_call_t *c = t->data;
-  tt_rpc_t *rpc = c->rpc;
+  tt_rpc_t *rpc = c->req.rpc;
   /* The answer may be waiting in the socket: the process was stopped, or
    * busy, past the deadline, and timers run before the socket is read. */
   tt_channel_read_now(rpc->ch);
   if (c->done) return;
   if (c->attempt > c->opts.retries) {
-    finish(c, TT_ERR_TIMEOUT, 0, NULL, 0);
+    end(&c->req, TT_ERR_TIMEOUT, 0, NULL, 0);
     return;
   }
   /* A reply to this attempt from now on is late: it has no slot. */
-  drop_id(rpc, c);
+  drop_id(rpc, &c->req);
   rpc->stats.retries++;
   tt__timer_start(&c->timer, on_retry,
                  tt_backoff_delay(&c->opts.backoff, c->attempt, &rpc->seed), 0);
-}
-
-static int send_attempt(tt_call_t *c, const void *payload) {
-  tt_rpc_t *rpc = c->rpc;
-  int err = take_id(rpc, c);
-  if (err != 0) return err;
-  err = tt_channel_send(rpc->ch, TT_FRAME_REQUEST, c->id, payload, c->len,
-                        NULL, NULL);
-  if (err < 0) {
-    drop_id(rpc, c);
-    return err;
-  }
-  c->attempt++;
-  if (c->has_timer) tt__timer_start(&c->timer, on_timer, c->opts.timeout_ms, 0);
-  return 0;
 }
 
 /* ---- public ---------------------------------------------------------------- */
@@ -181,6 +224,7 @@ int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch) {
   rpc->ch = ch;
   rpc->next_id = 1;
   rpc->seed = uv_hrtime() ^ (uint64_t)(uintptr_t)rpc;
+  TAILQ_INIT(&rpc->live);
   return 0;
 }
 
@@ -197,7 +241,8 @@ int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
     return UV_EINVAL;
   c = calloc(1, sizeof *c);
   if (c == NULL) return UV_ENOMEM;
-  c->rpc = rpc;
+  c->req.data = c;
+  c->req.rpc = rpc;
   c->opts = *opts;
   c->cb = cb;
   c->arg = arg;
@@ -215,41 +260,33 @@ int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
     c->timer.data = c;
     c->has_timer = 1;
   }
-  if ((err = send_attempt(c, payload)) != 0) {
-    if (c->has_timer) {
-      rpc->pending_timers++;
-      uv_close((uv_handle_t *)&c->timer, on_timer_closed);
-    } else {
-      free(c->payload);
-      free(c);
-    }
+  if ((err = start(rpc, &c->req, payload, len, on_call_ended)) != 0) {
+    call_free(c);
     return err;
   }
-  c->next = rpc->calls;
-  if (c->next) c->next->prev = c;
-  rpc->calls = c;
-  rpc->stats.calls++;
-  rpc->stats.in_flight++;
+  c->attempt = 1;
+  if (c->has_timer) tt__timer_start(&c->timer, on_timer, c->opts.timeout_ms, 0);
   return 0;
 }
 
 int tt_rpc_dispatch(tt_rpc_t *rpc, const tt_frame_header_t *h,
                     const char *payload) {
-  tt_call_t *c;
+  tt_request_t *r;
   if (h->kind != TT_FRAME_REPLY && h->kind != TT_FRAME_FAULT) return 0;
-  c = rpc->slots ? rpc->slots[h->id & rpc->mask] : NULL;
-  if (c == NULL || c->id != h->id || h->id == 0) {
+  r = rpc->slots ? rpc->slots[h->id & rpc->mask] : NULL;
+  if (r == NULL || r->id != h->id || h->id == 0) {
     rpc->stats.late_replies++;
     return 1;
   }
-  finish(c, 0, h->kind, payload, h->len);
+  end(r, 0, h->kind, payload, h->len);
   return 1;
 }
 
 void tt_rpc_fail_all(tt_rpc_t *rpc, int err) {
-  /* finish() may start new calls from callbacks; those fail at once since
-   * the channel is gone, so this loop ends. */
-  while (rpc->calls != NULL) finish(rpc->calls, err, 0, NULL, 0);
+  /* Callbacks may start new requests; those fail at once since the channel
+   * is gone, so this loop ends. */
+  while (!TAILQ_EMPTY(&rpc->live))
+    end(TAILQ_FIRST(&rpc->live), err, 0, NULL, 0);
 }
 
 void tt_rpc_close(tt_rpc_t *rpc, tt_rpc_close_cb cb) {

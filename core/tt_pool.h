@@ -24,13 +24,17 @@
 #define TT_POOL_H
 
 #include <stdint.h>
+#include <sys/queue.h>
 #include <uv.h>
 
+#include "tt_rpc.h"
 #include "tt_supervisor.h"
 
 typedef struct tt_pool_s tt_pool_t;
 typedef struct tt_task_s tt_task_t;
 typedef struct tt_pool_worker_s tt_pool_worker_t;
+TAILQ_HEAD(tt_task_list, tt_task_s);
+TAILQ_HEAD(tt_pool_worker_list, tt_pool_worker_s);
 
 /* `ch` is the channel the answer came on (status 0), else NULL: an
  * answer the owner cannot decode is failed there (tt_channel_fail) and the
@@ -84,10 +88,10 @@ struct tt_pool_s {
   uv_loop_t *loop;
   tt_pool_options_t opts;
   tt_supervisor_t sup;
-  tt_task_t *q_head, *q_tail;
-  tt_pool_worker_t *workers;
+  struct tt_task_list queue;
+  struct tt_pool_worker_list workers;
   uv_timer_t memory_timer;
-  uint32_t next_id;
+  uint64_t late_gone; /* late answers counted by workers now gone */
   int end_status; /* once ended: what late tasks fail with */
   unsigned flags;
   int dispatching, again;

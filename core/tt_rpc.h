@@ -14,12 +14,18 @@
  * Only timeouts are retried: the caller declares the request idempotent by
  * asking for retries.  Payloads are opaque bytes.  This is the asking
  * side; requests are answered with tt_peer_answer (tt_peer.h).
+ *
+ * Two ways to ask: tt_rpc_call (the rpc owns the call: timeouts, retries)
+ * and tt_rpc_request (the caller owns a tt_request_t and its clocks, as a
+ * pool does, whose tasks' clocks start only when a worker begins them);
+ * both share the ids, the matching and the late-reply count.
  */
 #ifndef TT_RPC_H
 #define TT_RPC_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/queue.h>
 #include <uv.h>
 
 #include "tt_backoff.h"
@@ -27,6 +33,24 @@
 
 typedef struct tt_rpc_s tt_rpc_t;
 typedef struct tt_call_s tt_call_t;
+typedef struct tt_request_s tt_request_t;
+
+/* How a request ended: as tt_rpc_cb (below), with the request. */
+typedef void (*tt_request_cb)(tt_request_t *req, int status, unsigned kind,
+                              const char *payload, size_t len);
+
+/* One request waiting for its answer; the memory is the caller's and must
+ * stay until the callback ran or tt_rpc_cancel() returned. */
+struct tt_request_s {
+  void *data; /* owner's */
+  /* private */
+  tt_rpc_t *rpc;
+  TAILQ_ENTRY(tt_request_s) link; /* on rpc->live while it waits */
+  uint32_t id; /* of the attempt waiting; 0: none (a call between tries) */
+  int live;
+  tt_request_cb cb;
+};
+TAILQ_HEAD(tt_request_list, tt_request_s);
 
 /* status 0: the peer answered; `kind` is TT_FRAME_REPLY or TT_FRAME_FAULT
  * and the payload is valid during the call.  Otherwise status is
@@ -48,6 +72,7 @@ typedef struct {
   uint64_t timeouts;     /* ended with TT_ERR_TIMEOUT */
   uint64_t retries;      /* attempts re-sent */
   uint64_t closed;       /* ended by the channel closing */
+  uint64_t cancelled;    /* requests the caller withdrew */
   uint64_t late_replies; /* replies for no live attempt, dropped */
   uint64_t in_flight;
 } tt_rpc_stats_t;
@@ -57,8 +82,8 @@ struct tt_rpc_s {
   /* private */
   uv_loop_t *loop;
   tt_channel_t *ch;
-  tt_call_t *calls;  /* every live call */
-  tt_call_t **slots; /* slots[id & mask]: the live attempt with that id */
+  struct tt_request_list live; /* every request not ended */
+  tt_request_t **slots; /* slots[id & mask]: the live attempt with that id */
   uint32_t mask;
   uint32_t next_id;
   uint64_t seed;
@@ -77,6 +102,14 @@ int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch);
  * called. */
 int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
                 const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
+/* Sends a REQUEST for `req` (no timeout, no retry: the caller's).  0 (then
+ * `cb` runs exactly once, never from inside this function, unless the
+ * request is cancelled first), or an error as tt_rpc_call's. */
+int tt_rpc_request(tt_rpc_t *rpc, tt_request_t *req, const void *payload,
+                   size_t len, tt_request_cb cb);
+/* Withdraws a waiting request without its callback: an answer that still
+ * comes is counted late.  No-op for a request that has ended. */
+void tt_rpc_cancel(tt_request_t *req);
 /* Feeds an incoming frame: returns 1 when it was a REPLY or FAULT (consumed,
  * delivered or counted late), 0 for any other kind. */
 int tt_rpc_dispatch(tt_rpc_t *rpc, const tt_frame_header_t *h,

@@ -178,6 +178,62 @@ START_TEST(test_retries_under_new_ids_then_times_out) {
 }
 END_TEST
 
+/* Caller-owned requests (what a pool uses): answered ones call back once,
+ * cancelled ones never, and their answers count late. */
+typedef struct {
+  int ended, status;
+  char payload[16];
+} req_seen_t;
+
+static void on_request(tt_request_t *req, int status, unsigned kind,
+                       const char *payload, size_t len) {
+  req_seen_t *x = req->data;
+  (void)kind;
+  x->ended++;
+  x->status = status;
+  if (payload && len < sizeof x->payload) {
+    memcpy(x->payload, payload, len);
+    x->payload[len] = '\0';
+  }
+}
+
+START_TEST(test_requests_answered_and_cancelled) {
+  rig_t r;
+  tt_request_t qa, qb, qc;
+  req_seen_t a = {0}, b = {0}, c = {0};
+  tt_frame_header_t ha, hb, hc;
+  char p[16];
+  tt_rpc_stats_t st;
+  rig_up(&r);
+  qa.data = &a;
+  qb.data = &b;
+  qc.data = &c;
+  ck_assert_int_eq(tt_rpc_request(&r.rpc, &qa, "a", 1, on_request), 0);
+  ck_assert_int_eq(tt_rpc_request(&r.rpc, &qb, "b", 1, on_request), 0);
+  ck_assert_int_eq(tt_rpc_request(&r.rpc, &qc, "c", 1, on_request), 0);
+  peer_read(&r, &ha, p, sizeof p);
+  peer_read(&r, &hb, p, sizeof p);
+  peer_read(&r, &hc, p, sizeof p);
+  tt_rpc_cancel(&qb);
+  tt_rpc_cancel(&qb); /* a no-op the second time */
+  peer_write(&r, TT_FRAME_REPLY, hb.id, "late");
+  peer_write(&r, TT_FRAME_REPLY, ha.id, "yes");
+  tt_test_run_until(&r.loop, &a.ended, 5000);
+  for (int i = 0; i < 20; i++) uv_run(&r.loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(a.status, 0);
+  ck_assert_str_eq(a.payload, "yes");
+  ck_assert_int_eq(b.ended, 0);
+  tt_rpc_stats(&r.rpc, &st);
+  ck_assert_uint_eq(st.cancelled, 1);
+  ck_assert_uint_eq(st.late_replies, 1);
+  ck_assert_uint_eq(st.in_flight, 1);
+  /* the one left open ends when the rpc closes */
+  rig_down(&r);
+  ck_assert_int_eq(c.ended, 1);
+  ck_assert_int_eq(c.status, TT_ERR_IPC_CHANNEL_CLOSED);
+}
+END_TEST
+
 START_TEST(test_close_fails_pending_calls) {
   rig_t r;
   call_seen_t a = {0};
@@ -287,6 +343,7 @@ Suite *rpc_suite(void) {
   tcase_add_test(tc, test_replies_reach_their_calls);
   tcase_add_test(tc, test_retries_under_new_ids_then_times_out);
   tcase_add_test(tc, test_close_fails_pending_calls);
+  tcase_add_test(tc, test_requests_answered_and_cancelled);
   tcase_add_test(tc, test_logsink_close_is_deferred);
   tcase_add_test(tc, test_peer_heartbeat_ready_and_answers);
   suite_add_tcase(s, tc);
