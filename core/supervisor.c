@@ -18,6 +18,7 @@
  *   timers) not yet closed; the close callback runs when it and s->live are
  *   both 0.
  */
+#include "tt_outbox.h"
 #include "tt_peer.h"
 #include "tt_supervisor.h"
 
@@ -91,27 +92,12 @@ struct tt_slot_s {
   int dead; /* will never run again */
   tt_exit_reason_t restart_reason;
   uv_timer_t timer;
-  tt_sup_msg_t *q_head, *q_tail, *requeue_pos;
-  size_t queued;
+  tt_outbox_t outbox; /* the owner's frames, for whichever worker runs */
   tt_exit_reason_t last_reason;
   int64_t last_status;
   int last_signal;
   char prefix[24];
   size_t prefix_len;
-};
-
-struct tt_sup_msg_s {
-  tt_sup_msg_t *next, *prev;
-  tt_slot_t *slot;
-  unsigned kind;
-  uint32_t frame_id;
-  size_t len;
-  uint64_t deadline; /* loop time; 0: none */
-  tt_channel_send_cb cb;
-  void *arg;
-  int timer_init;
-  uv_timer_t timer;
-  char payload[];
 };
 
 const char *tt_worker_state_name(tt_worker_state_t st) {
@@ -135,7 +121,6 @@ void tt_supervisor_options_init(tt_supervisor_options_t *o) {
 }
 
 static void spawn_worker(tt_slot_t *slot, int as_next);
-static void flush_queue(tt_slot_t *slot);
 static void stop_worker(tt_incarnation_t *w, tt_exit_reason_t why, int polite);
 static void check_stopped(tt_supervisor_t *s);
 static void maybe_closed(tt_supervisor_t *s);
@@ -184,6 +169,12 @@ static void close_handle(tt_supervisor_t *s, uv_handle_t *h) {
   uv_close(h, on_handle_closed);
 }
 
+static void on_outbox_closed(tt_outbox_t *ob) {
+  tt_supervisor_t *s = ob->data;
+  s->pending_closes--;
+  maybe_closed(s);
+}
+
 static void on_log_closed(tt_logsink_t *ls) {
   tt_supervisor_t *s = ls->data;
   s->pending_closes--;
@@ -220,164 +211,20 @@ static void maybe_closed(tt_supervisor_t *s) {
   if (s->close_cb) s->close_cb(s);
 }
 
-/* ---- message queue ------------------------------------------------------ */
-
-static void msg_unlink(tt_sup_msg_t *m) {
-  tt_slot_t *slot = m->slot;
-  if (slot->requeue_pos == m) slot->requeue_pos = m->prev;
-  if (m->prev) m->prev->next = m->next;
-  else slot->q_head = m->next;
-  if (m->next) m->next->prev = m->prev;
-  else slot->q_tail = m->prev;
-  m->next = m->prev = NULL;
-  slot->queued--;
-}
-
-/* Inserts after `after` (NULL: at the head). */
-static void msg_link_after(tt_slot_t *slot, tt_sup_msg_t *m,
-                           tt_sup_msg_t *after) {
-  m->prev = after;
-  m->next = after ? after->next : slot->q_head;
-  if (m->next) m->next->prev = m;
-  else slot->q_tail = m;
-  if (after) after->next = m;
-  else slot->q_head = m;
-  slot->queued++;
-}
-
-static void on_msg_timer_closed(uv_handle_t *h) {
-  tt_sup_msg_t *m = h->data;
-  tt_supervisor_t *s = m->slot->s;
-  free(m);
-  s->pending_closes--;
-  maybe_closed(s);
-}
-
-static void msg_free(tt_sup_msg_t *m) {
-  if (m->timer_init) {
-    m->timer.data = m;
-    m->slot->s->pending_closes++;
-    uv_close((uv_handle_t *)&m->timer, on_msg_timer_closed);
-  } else {
-    free(m);
-  }
-}
-
-/* Runs the callback once and frees the message (already unlinked). */
-static void msg_done(tt_sup_msg_t *m, int status) {
-  tt_channel_send_cb cb = m->cb;
-  void *arg = m->arg;
-  if (m->timer_init) uv_timer_stop(&m->timer);
-  msg_free(m);
-  if (cb) cb(arg, status);
-}
-
-static void on_msg_timeout(uv_timer_t *t) {
-  tt_sup_msg_t *m = t->data;
-  msg_unlink(m);
-  msg_done(m, TT_ERR_TIMEOUT);
-}
-
-/* Waits in the queue, with its deadline armed. */
-static void msg_park(tt_sup_msg_t *m) {
-  uint64_t t = now(m->slot->s);
-  if (m->deadline == 0) return;
-  if (!m->timer_init) {
-    uv_timer_init(m->slot->s->loop, &m->timer);
-    m->timer_init = 1;
-  }
-  m->timer.data = m;
-  tt__timer_start(&m->timer, on_msg_timeout,
-                 m->deadline > t ? m->deadline - t : 0, 0);
-}
-
-static void fail_queue(tt_slot_t *slot, int err) {
-  tt_sup_msg_t *m;
-  while ((m = slot->q_head) != NULL) {
-    msg_unlink(m);
-    msg_done(m, err);
-  }
-}
-
-static void on_msg_sent(void *arg, int status) {
-  tt_sup_msg_t *m = arg;
-  tt_slot_t *slot = m->slot;
-  tt_supervisor_t *s = slot->s;
-  if (status != TT_ERR_IPC_CHANNEL_CLOSED) { /* delivered, or UV_ENOMEM */
-    msg_done(m, status);
-    return;
-  }
-  /* The worker went away before the kernel took it: it goes back to the
-   * queue, in order, for the next incarnation. */
-  if ((s->flags & S_STOPPING) || slot->dead) {
-    msg_done(m, TT_ERR_CLOSED);
-    return;
-  }
-  if (m->deadline != 0 && m->deadline <= now(s)) {
-    msg_done(m, TT_ERR_TIMEOUT);
-    return;
-  }
-  msg_link_after(slot, m, slot->requeue_pos);
-  slot->requeue_pos = m;
-  msg_park(m);
-  /* From a replaced worker, while the slot's current one runs: on to it
-   * (a dying current worker's channel refuses, and the queue waits). */
-  if (slot->cur != NULL && slot->cur->state == TT_WORKER_RUNNING &&
-      slot->cur->p.channel != NULL &&
-      tt_channel_is_connected(slot->cur->p.channel))
-    flush_queue(slot);
-}
-
-static int msg_deliver(tt_incarnation_t *w, tt_sup_msg_t *m) {
-  int rc;
-  if (w == NULL || w->state != TT_WORKER_RUNNING || w->p.channel == NULL)
-    return TT_ERR_IPC_CHANNEL_CLOSED;
-  rc = tt_channel_send(w->p.channel, m->kind, m->frame_id, m->payload,
-                       m->len, on_msg_sent, m);
-  return rc < 0 ? rc : 0;
-}
-
-static void flush_queue(tt_slot_t *slot) {
-  tt_sup_msg_t *m;
-  while ((m = slot->q_head) != NULL) {
-    msg_unlink(m);
-    if (m->timer_init) uv_timer_stop(&m->timer);
-    if (msg_deliver(slot->cur, m) != 0) {
-      msg_link_after(slot, m, NULL);
-      msg_park(m);
-      return;
-    }
-  }
-}
+/* ---- messages ---------------------------------------------------------- */
 
 int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
                        uint32_t frame_id, const void *payload, size_t len,
                        uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
   tt_slot_t *slot;
-  tt_sup_msg_t *m;
   if (id < 1 || id > s->opts.instances) return UV_EINVAL;
   if (tt_channel_options_check_size(&s->opts.process.channel_options, kind,
                                     len) != 0)
     return TT_ERR_SERIALIZE;
   slot = &s->slots[id - 1];
   if ((s->flags & S_STOPPING) || slot->dead) return TT_ERR_CLOSED;
-  if (slot->queued >= s->opts.queue_limit) return TT_ERR_QUEUE_FULL;
-  m = malloc(sizeof *m + len);
-  if (m == NULL) return UV_ENOMEM;
-  memset(m, 0, sizeof *m);
-  m->slot = slot;
-  m->kind = kind;
-  m->frame_id = frame_id;
-  m->len = len;
-  m->cb = cb;
-  m->arg = arg;
-  m->deadline = timeout_ms ? now(s) + timeout_ms : 0;
-  if (len) memcpy(m->payload, payload, len);
-  if (slot->q_head != NULL) flush_queue(slot); /* what may go, goes first */
-  if (slot->q_head == NULL && msg_deliver(slot->cur, m) == 0) return 0;
-  msg_link_after(slot, m, slot->q_tail);
-  msg_park(m);
-  return 0;
+  return tt_outbox_send(&slot->outbox, kind, frame_id, payload, len,
+                        timeout_ms, cb, arg);
 }
 
 unsigned tt_supervisor_instances(const tt_supervisor_t *s) {
@@ -570,6 +417,7 @@ static void stop_worker(tt_incarnation_t *w, tt_exit_reason_t why,
   if (w->state == TT_WORKER_STOPPING || (w->flags & I_EXITED)) return;
   w->state = TT_WORKER_STOPPING;
   w->stop_reason = why;
+  if (w == w->slot->cur) tt_outbox_target(&w->slot->outbox, NULL);
   w->flags &= ~I_PING_OUT;
   uv_timer_stop(&w->timer);
   if (polite && s->shutdown_message != NULL && w->p.channel != NULL &&
@@ -614,7 +462,7 @@ static void became_running(tt_incarnation_t *w) {
     s->reload_next++;
     reload_step(s);
   }
-  if (w == slot->cur) flush_queue(slot);
+  if (w == slot->cur) tt_outbox_target(&slot->outbox, w->p.channel);
   if (s->on_start) s->on_start(s, slot->id, w->serial);
 }
 
@@ -732,7 +580,7 @@ static void on_restart_timer(uv_timer_t *t) {
 
 static void slot_down(tt_slot_t *slot) {
   slot->dead = 1;
-  fail_queue(slot, TT_ERR_CLOSED);
+  tt_outbox_shut(&slot->outbox, TT_ERR_CLOSED);
 }
 
 /* The slot's current worker is gone (exited or never spawned). */
@@ -741,7 +589,7 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
   tt_supervisor_t *s = slot->s;
   uint64_t delay = 0;
   slot->cur = NULL;
-  slot->requeue_pos = NULL;
+  tt_outbox_target(&slot->outbox, NULL);
   if (slot->next != NULL) {
     /* It died while a reload was starting its successor: that one takes
      * its place (and finishes the reload's step once it is running). */
@@ -889,8 +737,8 @@ static void spawn_worker(tt_slot_t *slot, int as_next) {
   } else {
     slot->cur = w;
     slot->keep_old = 0;
+    tt_outbox_target(&slot->outbox, NULL); /* until it is running */
   }
-  slot->requeue_pos = NULL;
   if (slot->restart_reason != TT_EXIT_NONE || as_next) {
     slot->restarts++;
     if (s->on_restart)
@@ -1086,8 +934,12 @@ static void close_supervisor(tt_supervisor_t *s, int abandon,
    * synchronously the stop below completes. */
   close_handle(s, (uv_handle_t *)&s->memory_timer);
   close_handle(s, (uv_handle_t *)&s->start_timer);
-  for (unsigned i = 0; i < s->opts.instances; i++)
+  for (unsigned i = 0; i < s->opts.instances; i++) {
     close_handle(s, (uv_handle_t *)&s->slots[i].timer);
+    s->slots[i].outbox.data = s;
+    s->pending_closes++;
+    tt_outbox_close(&s->slots[i].outbox, on_outbox_closed);
+  }
   tt_supervisor_stop(s);
   if (abandon) abandon_all(s);
   maybe_closed(s);
@@ -1171,7 +1023,7 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   w = slot->cur;
   memset(o, 0, sizeof *o);
   o->restarts = slot->restarts;
-  o->queued = slot->queued;
+  o->queued = tt_outbox_queued(&slot->outbox);
   o->last_reason = slot->last_reason;
   o->last_status = slot->last_status;
   o->last_signal = slot->last_signal;
@@ -1271,6 +1123,7 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
                                         "[%u] ", slot->id);
     uv_timer_init(loop, &slot->timer);
     slot->timer.data = slot;
+    tt_outbox_init(loop, &slot->outbox, s->opts.queue_limit);
   }
   uv_timer_init(loop, &s->memory_timer);
   s->memory_timer.data = s;

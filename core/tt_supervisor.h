@@ -90,7 +90,6 @@ void tt_supervisor_options_init(tt_supervisor_options_t *o);
 typedef struct tt_supervisor_s tt_supervisor_t;
 typedef struct tt_incarnation_s tt_incarnation_t;
 typedef struct tt_slot_s tt_slot_t;
-typedef struct tt_sup_msg_s tt_sup_msg_t;
 
 typedef struct {
   int pid;                 /* 0 when down */

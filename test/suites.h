@@ -12,5 +12,6 @@ Suite *channel_suite(void);
 Suite *process_suite(void);
 Suite *supervisor_suite(void);
 Suite *rpc_suite(void);
+Suite *outbox_suite(void);
 
 #endif /* TT_TEST_SUITES_H */
