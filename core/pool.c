@@ -442,7 +442,6 @@ static void on_stopped(tt_supervisor_t *s) {
   tt_pool_t *p = pool_of(s);
   p->flags |= PL_CLOSING | PL_ENDED | PL_STOPPED;
   if (p->end_status == 0) p->end_status = TT_ERR_CLOSED;
-  uv_timer_stop(&p->memory_timer);
   fail_queue(p, p->end_status);
   fail_running(p, p->end_status);
   if (p->on_stopped) p->on_stopped(p);
@@ -450,15 +449,15 @@ static void on_stopped(tt_supervisor_t *s) {
 
 /* ---- memory -------------------------------------------------------------- */
 
-static void on_memory_timer(uv_timer_t *timer) {
-  tt_pool_t *p = timer->data;
-  tt_pool_worker_t *w, *next;
-  for (w = TAILQ_FIRST(&p->workers); w != NULL; w = next) {
-    next = TAILQ_NEXT(w, link);
-    if (w->retiring || w->stopping) continue;
-    if (tt_supervisor_worker_rss(&p->sup, w->serial) > p->opts.max_memory)
-      retire(p, w);
-  }
+/* The supervisor's memory watch found `serial` over max_memory: it is
+ * retired, not stopped mid-task. */
+static void on_memory(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                      uint64_t rss) {
+  tt_pool_t *p = pool_of(s);
+  tt_pool_worker_t *w = worker_of(p, serial);
+  (void)id;
+  (void)rss;
+  if (w != NULL && !w->retiring && !w->stopping) retire(p, w);
 }
 
 /* ---- API ----------------------------------------------------------------- */
@@ -471,8 +470,6 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   p->loop = loop;
   p->opts = *o;
   if (p->opts.concurrency == 0) p->opts.concurrency = 1;
-  if (p->opts.memory_interval_ms == 0)
-    p->opts.memory_interval_ms = TT_SUP_DEFAULT_MEMORY_INTERVAL_MS;
   TAILQ_INIT(&p->queue);
   TAILQ_INIT(&p->workers);
   p->late_gone = 0;
@@ -485,7 +482,8 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
 
   so.restart = TT_RESTART_ALWAYS;
   so.exempt_worked = 1;
-  so.max_memory = 0; /* ours: a worker is retired, not stopped mid-task */
+  so.max_memory = o->max_memory; /* on_memory: retired, not stopped */
+  if (o->memory_interval_ms > 0) so.memory_interval_ms = o->memory_interval_ms;
   memset(&p->sup, 0, sizeof p->sup);
   p->sup.data = p;
   p->sup.on_start = on_start;
@@ -495,6 +493,7 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   p->sup.on_error = on_error;
   p->sup.on_give_up = on_give_up;
   p->sup.on_stopped = on_stopped;
+  p->sup.on_memory = on_memory;
   /* tether.serve in a worker runs at most `concurrency` tasks at once and
    * holds prefetched ones back (tt_handshake.h); the supervisor copies the
    * array, the string lives here */
@@ -510,15 +509,7 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   so.process.env = env;
   err = tt_supervisor_start(loop, &p->sup, &so);
   free(env);
-  if (err != 0) return err;
-  uv_timer_init(loop, &p->memory_timer);
-  p->memory_timer.data = p;
-  if (p->opts.max_memory > 0) {
-    tt__timer_start(&p->memory_timer, on_memory_timer,
-                   p->opts.memory_interval_ms, p->opts.memory_interval_ms);
-    uv_unref((uv_handle_t *)&p->memory_timer);
-  }
-  return 0;
+  return err;
 }
 
 int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
@@ -552,7 +543,6 @@ static void maybe_end(tt_pool_t *p) {
   if (!(p->flags & PL_CLOSING) || (p->flags & PL_ENDED)) return;
   if (!TAILQ_EMPTY(&p->queue) || p->stats.running > 0) return;
   p->flags |= PL_ENDED;
-  uv_timer_stop(&p->memory_timer);
   tt_supervisor_stop(&p->sup);
 }
 
@@ -620,12 +610,6 @@ static void on_sup_closed(tt_supervisor_t *s) {
   maybe_freed(p);
 }
 
-static void on_memory_timer_closed(uv_handle_t *h) {
-  tt_pool_t *p = h->data;
-  p->pending_closes--;
-  maybe_freed(p);
-}
-
 static void close_pool(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p)) {
   if (p->flags & PL_FREEING) { /* a graceful close may turn into abandon */
     if (abandon && !(p->flags & PL_SUP_CLOSED))
@@ -639,8 +623,6 @@ static void close_pool(tt_pool_t *p, int abandon, void (*cb)(tt_pool_t *p)) {
   p->on_give_up = NULL;
   p->on_stopped = NULL;
   tt_pool_terminate(p); /* every callback runs, with TT_ERR_CLOSED */
-  p->pending_closes++;
-  uv_close((uv_handle_t *)&p->memory_timer, on_memory_timer_closed);
   if (abandon)
     tt_supervisor_abandon(&p->sup, on_sup_closed);
   else

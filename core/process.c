@@ -497,6 +497,23 @@ void tt_process_abandon(tt_process_t *p, tt_process_event_cb cb) {
   tt_process_close(p, cb);
 }
 
+/* ---- resources ---------------------------------------------------------- */
+
+uint64_t tt_process_rss(int pid) {
+  char path[64], buf[128];
+  unsigned long long size, resident;
+  ssize_t n;
+  int fd;
+  snprintf(path, sizeof path, "/proc/%d/statm", pid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return 0;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  if (sscanf(buf, "%llu %llu", &size, &resident) != 2) return 0;
+  return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
 /* ---- parent watch (child side) ------------------------------------------ */
 
 /* Our parent's pid as tether passed it down; read once and removed from the

@@ -90,7 +90,6 @@ struct tt_pool_s {
   tt_supervisor_t sup;
   struct tt_task_list queue;
   struct tt_pool_worker_list workers;
-  uv_timer_t memory_timer;
   uint64_t late_gone; /* late answers counted by workers now gone */
   int end_status; /* once ended: what late tasks fail with */
   unsigned flags;

@@ -89,6 +89,9 @@ int tt_process_kill(tt_process_t *p, int signum);
 int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len);
 int tt_process_stdin_end(tt_process_t *p);
 int tt_process_has_exited(const tt_process_t *p);
+/* Resident set size of process `pid` in bytes (Linux /proc); 0 when it is
+ * unknown (no such process, or no /proc). */
+uint64_t tt_process_rss(int pid);
 /* Idempotent.  Does not kill: the memory is released (cb) once the child
  * has exited and every handle is closed. */
 void tt_process_close(tt_process_t *p, tt_process_event_cb cb);

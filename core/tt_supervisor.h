@@ -35,6 +35,7 @@
 #define TT_SUPERVISOR_H
 
 #include <stdint.h>
+#include <sys/queue.h>
 #include <uv.h>
 
 #include "tt_backoff.h"
@@ -128,6 +129,11 @@ struct tt_supervisor_s {
   /* Spawn failures, channel errors, log write errors. */
   void (*on_error)(tt_supervisor_t *s, unsigned id, int err, const char *why);
   void (*on_reload)(tt_supervisor_t *s, int status);
+  /* A worker's RSS is over max_memory.  Without this hook it is stopped
+   * gracefully (reason MEMORY); with it, the owner decides (a pool retires
+   * it once its tasks are done).  Asked again at every check. */
+  void (*on_memory)(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                    uint64_t rss);
   /* Every worker is down and none will start again. */
   void (*on_stopped)(tt_supervisor_t *s);
 
@@ -138,7 +144,8 @@ struct tt_supervisor_s {
   char **env; /* template env + room for TETHER_WORKER_ID */
   size_t env_len;
   tt_slot_t *slots;
-  tt_incarnation_t *all; /* every incarnation not yet exited */
+  /* every incarnation not yet freed */
+  TAILQ_HEAD(tt_incarnation_list, tt_incarnation_s) all;
   uint64_t serial;       /* last one given */
   unsigned flags;
   tt_logsink_t logs[3];
@@ -197,7 +204,6 @@ int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,
                               int signum);
 tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
                                            uint64_t serial);
-uint64_t tt_supervisor_worker_rss(tt_supervisor_t *s, uint64_t serial);
 int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial);
 /* What an owner may read once started: the number of slots and the
  * workers' max_message (the default resolved). */
