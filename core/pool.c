@@ -464,9 +464,6 @@ static void on_memory(tt_supervisor_t *s, unsigned id, uint64_t serial,
 
 int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   tt_supervisor_options_t so = o->workers;
-  size_t n = 0;
-  char **env;
-  int err, given = 0;
   p->loop = loop;
   p->opts = *o;
   if (p->opts.concurrency == 0) p->opts.concurrency = 1;
@@ -495,21 +492,13 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
   p->sup.on_stopped = on_stopped;
   p->sup.on_memory = on_memory;
   /* tether.serve in a worker runs at most `concurrency` tasks at once and
-   * holds prefetched ones back (tt_handshake.h); the supervisor copies the
-   * array, the string lives here */
+   * holds prefetched ones back (tt_handshake.h); the strings live here */
   snprintf(p->concurrency_var, sizeof p->concurrency_var,
            TT_ENV_POOL_CONCURRENCY "=%u", p->opts.concurrency);
-  for (char **e = o->workers.process.env; e && *e; e++, n++)
-    if (strncmp(*e, TT_ENV_POOL_CONCURRENCY "=",
-                sizeof TT_ENV_POOL_CONCURRENCY) == 0)
-      given = 1;
-  if ((env = calloc(n + 2, sizeof *env)) == NULL) return UV_ENOMEM;
-  for (size_t i = 0; i < n; i++) env[i] = o->workers.process.env[i];
-  if (!given) env[n] = p->concurrency_var;
-  so.process.env = env;
-  err = tt_supervisor_start(loop, &p->sup, &so);
-  free(env);
-  return err;
+  p->handshake[0] = p->concurrency_var;
+  p->handshake[1] = NULL;
+  so.process.handshake = p->handshake;
+  return tt_supervisor_start(loop, &p->sup, &so);
 }
 
 int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,

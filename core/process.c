@@ -95,20 +95,24 @@ static int env_overridden(const char *kv, char **extra) {
 }
 
 /* Ours, minus what `extra` replaces, plus `extra` and the handshake's
- * variables (`hs`, NULL-terminated) that `extra` does not set itself.  The
- * strings are borrowed; only the array is allocated. */
-static char **build_env(char **extra, char **hs) {
+ * variables (`hs` and the caller's `more`, NULL-terminated) that `extra`
+ * does not set itself.  The strings are borrowed; only the array is
+ * allocated. */
+static char **build_env(char **extra, char **hs, char **more) {
   size_t n = 0, k = 0;
   char **env;
   for (char **e = environ; *e; e++) n++;
   for (char **e = extra; e && *e; e++) n++;
   for (char **e = hs; *e; e++) n++;
+  for (char **e = more; e && *e; e++) n++;
   env = malloc((n + 1) * sizeof *env);
   if (env == NULL) return NULL;
   for (char **e = environ; *e; e++)
     if (!env_overridden(*e, extra)) env[k++] = *e;
   for (char **e = extra; e && *e; e++) env[k++] = *e;
   for (char **e = hs; *e; e++)
+    if (!in_list(*e, extra)) env[k++] = *e;
+  for (char **e = more; e && *e; e++)
     if (!in_list(*e, extra)) env[k++] = *e;
   env[k] = NULL;
   return env;
@@ -356,7 +360,7 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
     }
     if (opts->detached) hs[nhs++] = detvar; /* it outlives us, as in Node */
   }
-  env = build_env(opts->env, hs);
+  env = build_env(opts->env, hs, opts->handshake);
   if (env == NULL) {
     err = UV_ENOMEM;
     goto fail;

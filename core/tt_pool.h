@@ -96,6 +96,7 @@ struct tt_pool_s {
   int dispatching, again;
   int pending_closes;
   char concurrency_var[48]; /* the workers' TETHER_POOL_CONCURRENCY */
+  char *handshake[2];
   tt_pool_stats_t stats;
   void (*close_cb)(tt_pool_t *p);
 };

@@ -32,6 +32,10 @@ typedef struct {
   const char *file;  /* program; searched in PATH when it has no slash */
   char **args;       /* argv, NULL-terminated; args[0] is the program name */
   char **env;        /* "K=V" added to (or replacing in) ours; NULL-ended */
+  /* More handshake variables ("K=V", NULL-ended; tt_handshake.h), e.g. a
+   * pool's TETHER_POOL_CONCURRENCY: like tether's own, set unless `env`
+   * sets them (the caller wins). */
+  char **handshake;
   const char *cwd;   /* NULL: ours */
   tt_stdio_mode_t stdio[3];
   const char *stdio_path[3]; /* for TT_STDIO_FILE */

@@ -83,18 +83,20 @@ END_TEST
 
 /* Both sides of the environment contract (tt_handshake.h): the parent's
  * options become the child's handshake, which removes every variable; the
- * caller's own value wins over ours; the channel fd is handed out once. */
-START_TEST(test_handshake_from_options) {
+ * caller's own value wins over ours and over the `handshake` option's; the
+ * channel fd is handed out once. */
+static void handshake_run(char **env, const char *want) {
   uv_loop_t loop;
   tt_process_t p;
   tt_process_options_t o;
   run_t r;
-  char *env[] = {"TETHER_POOL_CONCURRENCY=3", "TETHER_DETACHED=1", NULL};
+  char *more[] = {"TETHER_POOL_CONCURRENCY=7", NULL};
   uv_loop_init(&loop);
   memset(&r, 0, sizeof r);
   tt_test_child_options(&o, "handshake");
   o.channel_options.max_message = 5000;
   o.env = env;
+  o.handshake = more;
   ck_assert_int_eq(tt_process_spawn(&loop, &p, &o), 0);
   p.data = &r;
   p.on_exit = on_exit_cb;
@@ -103,10 +105,18 @@ START_TEST(test_handshake_from_options) {
   p.channel->data = &r;
   p.channel->on_frame = on_frame;
   tt_test_run_until(&loop, &r.closed, 10000);
-  ck_assert_str_eq(r.last, "named=1 lines=0 max=5000 conc=3 det=1 parent=1 "
-                           "left=0 again=-2");
+  ck_assert_str_eq(r.last, want);
   tt_process_close(&p, NULL);
   tt_test_loop_close(&loop);
+}
+
+START_TEST(test_handshake_from_options) {
+  char *env[] = {"TETHER_POOL_CONCURRENCY=3", "TETHER_DETACHED=1", NULL};
+  char *env2[] = {"TETHER_DETACHED=1", NULL};
+  handshake_run(env, "named=1 lines=0 max=5000 conc=3 det=1 parent=1 "
+                     "left=0 again=-2");
+  handshake_run(env2, "named=1 lines=0 max=5000 conc=7 det=1 parent=1 "
+                      "left=0 again=-2");
 }
 END_TEST
 
