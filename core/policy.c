@@ -70,3 +70,9 @@ uint64_t tt_policy_delay(tt_policy_t *p, unsigned failures) {
 int tt_policy_healthy(const tt_policy_t *p, int ready, uint64_t uptime_ms) {
   return ready && uptime_ms >= p->opts.min_uptime_ms;
 }
+
+int tt_policy_counts(const tt_policy_t *p, tt_exit_reason_t why, int ready,
+                     int worked, int signaled) {
+  if (why == TT_EXIT_RELOAD) return 0;
+  return !(p->opts.exempt_worked && ready && (worked || signaled));
+}

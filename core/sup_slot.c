@@ -162,10 +162,9 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
     tt__sup_check_stopped(s);
     return;
   }
-  slot->restart_counted =
-      r != TT_EXIT_RELOAD &&
-      !(s->opts.exempt_worked && (w->flags & I_READY) &&
-        ((w->flags & I_WORKED) || w->p.term_signal != 0));
+  slot->restart_counted = tt_policy_counts(
+      &s->policy, r, (w->flags & I_READY) != 0, (w->flags & I_WORKED) != 0,
+      w->p.term_signal != 0);
   if (slot->restart_counted) /* (tt_supervisor_restart(): at once) */
     delay = tt_policy_delay(&s->policy, ++slot->failures);
   slot->restart_reason = r;

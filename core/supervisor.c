@@ -506,6 +506,7 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
     po.within_ms = opts->within_ms;
     po.backoff = opts->backoff;
     po.min_uptime_ms = opts->min_uptime_ms;
+    po.exempt_worked = opts->exempt_worked;
     if ((err = tt_policy_init(&s->policy, &po,
                               (uint64_t)uv_hrtime() ^
                                   ((uint64_t)(uintptr_t)s << 16))) != 0)

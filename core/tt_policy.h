@@ -57,6 +57,11 @@ typedef struct {
   uint64_t within_ms;
   tt_backoff_t backoff;
   uint64_t min_uptime_ms;
+  /* Runs that got ready and did useful work (or were killed by a signal
+   * while they could have been doing it) are not failures: their restarts
+   * are neither counted nor delayed (a pool's worker dying mid-task is the
+   * task's failure, not a failing start). */
+  int exempt_worked;
 } tt_policy_options_t;
 
 typedef struct {
@@ -87,6 +92,11 @@ int tt_policy_charge(tt_policy_t *p, uint64_t now_ms);
  * of consecutive failed runs including this one. */
 uint64_t tt_policy_delay(tt_policy_t *p, unsigned failures);
 
+/* Whether the restart after a run that ended for `why` counts: charged
+ * against the intensity window and delayed by the backoff.  A restart on
+ * request (RELOAD) never does; see exempt_worked for the others. */
+int tt_policy_counts(const tt_policy_t *p, tt_exit_reason_t why, int ready,
+                     int worked, int signaled);
 /* Whether a run resets the worker's failure count: it got ready and ran
  * at least min_uptime_ms. */
 int tt_policy_healthy(const tt_policy_t *p, int ready, uint64_t uptime_ms);

@@ -38,8 +38,10 @@ end
 tether._json = json
 
 -- examples/node/tether.js, the request/response helper for Node.js peers:
--- installed beside the Lua modules (tether/tether.js), or in the source tree
-tether.node_helper = (function()
+-- installed beside the Lua modules (tether/tether.js), or in the source
+-- tree.  tether.node_helper is found on first use (a worker that never asks
+-- does not probe the file system at every require).
+local function find_node_helper()
   local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
   for _, p in ipairs { here .. "/tether/tether.js", here .. "/../examples/node/tether.js" } do
     local f = io.open(p)
@@ -48,7 +50,7 @@ tether.node_helper = (function()
       return p
     end
   end
-end)()
+end
 
 ---------------------------------------------------------------------------
 -- errors
@@ -966,5 +968,13 @@ end
 
 tether._EXIT = EXIT
 core.set_exit(function(code) tether._exit_now(code) end)
+
+setmetatable(tether, { __index = function(t, k)
+  if k == "node_helper" then
+    local p = find_node_helper()
+    if p then rawset(t, k, p) end
+    return p
+  end
+end })
 
 return tether

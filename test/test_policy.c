@@ -15,6 +15,7 @@ static tt_policy_options_t options(tt_restart_t restart, unsigned max,
   tt_backoff_init(&o.backoff);
   o.backoff.jitter_ms = 0;
   o.min_uptime_ms = 1000;
+  o.exempt_worked = 0;
   return o;
 }
 
@@ -113,10 +114,34 @@ START_TEST(test_reason_names) {
 }
 END_TEST
 
+/* Which restarts count: ready x worked x signaled, with and without
+ * exempt_worked; a reload's never. */
+START_TEST(test_which_restarts_count) {
+  tt_policy_t p, q;
+  tt_policy_options_t o = options(TT_RESTART_ALWAYS, 5, 1000);
+  ck_assert_int_eq(tt_policy_init(&p, &o, 1), 0);
+  o.exempt_worked = 1;
+  ck_assert_int_eq(tt_policy_init(&q, &o, 1), 0);
+  for (int ready = 0; ready < 2; ready++)
+    for (int worked = 0; worked < 2; worked++)
+      for (int sig = 0; sig < 2; sig++) {
+        tt_exit_reason_t why = sig ? TT_EXIT_SIGNAL : TT_EXIT_CRASH;
+        ck_assert_int_eq(tt_policy_counts(&p, why, ready, worked, sig), 1);
+        ck_assert_int_eq(tt_policy_counts(&q, why, ready, worked, sig),
+                         !(ready && (worked || sig)));
+        ck_assert_int_eq(
+            tt_policy_counts(&q, TT_EXIT_RELOAD, ready, worked, sig), 0);
+      }
+  tt_policy_free(&p);
+  tt_policy_free(&q);
+}
+END_TEST
+
 Suite *policy_suite(void) {
   Suite *s = suite_create("policy");
   TCase *tc = tcase_create("policy");
   tcase_add_test(tc, test_restart_decisions);
+  tcase_add_test(tc, test_which_restarts_count);
   tcase_add_test(tc, test_intensity_is_a_sliding_window);
   tcase_add_test(tc, test_zero_max_restarts_gives_up_at_once);
   tcase_add_test(tc, test_delay_grows_and_healthy_runs_reset);
