@@ -160,7 +160,7 @@ local function measure(pool, fn, tasks, label)
 end
 
 local function tether_case(conc)
-  local pool, err = tether.pool { script = WORKER, size = SIZE, handle_signals = false,
+  local pool, err = tether.pool { script = WORKER, size = SIZE,
     concurrency = conc }
   if not pool then
     check("pool_tether_c" .. conc, false, "tether.pool: " .. tostring(err))
@@ -203,7 +203,7 @@ end
 --- the N items in tasks of k items each: items/s through pool:map at
 -- concurrency 1, every item checked
 local function tether_chunked()
-  local pool, err = tether.pool { script = WORKER, size = SIZE, handle_signals = false }
+  local pool, err = tether.pool { script = WORKER, size = SIZE }
   if not pool then
     check("pool_tether_chunked", false, "tether.pool: " .. tostring(err))
     return
