@@ -4,7 +4,8 @@
  * another language would:
  *
  *   echo        echoes messages, answers requests with a reply of the same
- *               payload and pings with pongs; exits 0 at EOF
+ *               payload and pings with pongs; exits 0 at EOF; a request
+ *               "die" makes it exit 1 at once (a crash mid-task)
  *   ready       sends the ready frame (a pong with id 0), then as echo
  *   exit3       exits with code 3 at once
  *   send-exit   sends 1000 messages "0".."999" and exits at once
@@ -33,6 +34,7 @@ static int answer(tt_channel_t *ch, const tt_frame_header_t *h,
     return tt_channel_send(ch, TT_FRAME_MESSAGE, 0, payload, h->len, NULL,
                            NULL);
   case TT_FRAME_REQUEST:
+    if (h->len == 3 && memcmp(payload, "die", 3) == 0) _exit(1);
     return tt_peer_answer(ch, h->id, TT_ANSWER_REPLY, payload, h->len);
   default:
     return 0;

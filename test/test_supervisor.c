@@ -297,6 +297,77 @@ START_TEST(test_pool_times_a_silent_worker_out) {
 }
 END_TEST
 
+/* A task whose worker dies runs again (once: retries 1), then fails with
+ * TT_ERR_WORKER_CRASH; the tasks around it are answered, each once. */
+START_TEST(test_pool_reruns_after_a_crash_then_fails) {
+  uv_loop_t loop;
+  tt_pool_t p;
+  tt_pool_options_t o;
+  pool_seen_t x = {0, 0, 0, 0, 0};
+  tt_pool_stats_t st;
+  uv_loop_init(&loop);
+  memset(&o, 0, sizeof o);
+  sup_options(&o.workers, "echo");
+  o.workers.instances = 2;
+  o.retries = 1;
+  memset(&p, 0, sizeof p);
+  p.data = &x;
+  p.on_stopped = p_stopped;
+  ck_assert_int_eq(tt_pool_start(&loop, &p, &o), 0);
+  for (int i = 0; i < 20; i++)
+    ck_assert_int_eq(tt_pool_submit(&p, i == 7 ? "die" : "t", i == 7 ? 3 : 1,
+                                    on_task, &x),
+                     0);
+  tt_test_run_until_n(&loop, &x.answered, 19, 20000);
+  tt_test_run_until(&loop, &x.failed, 20000);
+  ck_assert_int_eq(x.last_status, TT_ERR_WORKER_CRASH);
+  tt_pool_stats(&p, &st);
+  ck_assert_uint_eq(st.retried, 1);
+  ck_assert_uint_eq(st.crashes, 2);
+  ck_assert_uint_eq(st.done, 19);
+  ck_assert_uint_eq(st.failed, 1);
+  ck_assert_uint_eq(st.running + st.queued, 0);
+  tt_pool_drain(&p);
+  tt_test_run_until(&loop, &x.stopped, 20000);
+  ck_assert_int_eq(x.answered, 19);
+  ck_assert_int_eq(x.failed, 1);
+  tt_pool_close(&p, p_closed);
+  tt_test_run_until(&loop, &x.closed, 20000);
+  tt_test_loop_close(&loop);
+}
+END_TEST
+
+/* max_tasks_per_worker: a worker is replaced after its 3rd task, without
+ * a task lost or run twice. */
+START_TEST(test_pool_recycles_after_max_tasks) {
+  uv_loop_t loop;
+  tt_pool_t p;
+  tt_pool_options_t o;
+  pool_seen_t x = {0, 0, 0, 0, 0};
+  tt_pool_stats_t st;
+  uv_loop_init(&loop);
+  memset(&o, 0, sizeof o);
+  sup_options(&o.workers, "echo");
+  o.max_tasks_per_worker = 3;
+  memset(&p, 0, sizeof p);
+  p.data = &x;
+  p.on_stopped = p_stopped;
+  ck_assert_int_eq(tt_pool_start(&loop, &p, &o), 0);
+  for (int i = 0; i < 10; i++)
+    ck_assert_int_eq(tt_pool_submit(&p, "t", 1, on_task, &x), 0);
+  tt_pool_drain(&p);
+  tt_test_run_until(&loop, &x.stopped, 20000);
+  ck_assert_int_eq(x.answered, 10);
+  ck_assert_int_eq(x.failed, 0);
+  tt_pool_stats(&p, &st);
+  ck_assert_uint_ge(st.recycled, 3);
+  ck_assert_uint_eq(st.late, 0);
+  tt_pool_close(&p, p_closed);
+  tt_test_run_until(&loop, &x.closed, 20000);
+  tt_test_loop_close(&loop);
+}
+END_TEST
+
 Suite *supervisor_suite(void) {
   Suite *s = suite_create("supervisor");
   TCase *tc = tcase_create("supervisor");
@@ -311,6 +382,8 @@ Suite *supervisor_suite(void) {
   tcase_add_test(tc, test_restart_of_a_starting_worker_is_refused);
   tcase_add_test(pc, test_pool_runs_every_task_once);
   tcase_add_test(pc, test_pool_times_a_silent_worker_out);
+  tcase_add_test(pc, test_pool_reruns_after_a_crash_then_fails);
+  tcase_add_test(pc, test_pool_recycles_after_max_tasks);
   suite_add_tcase(s, tc);
   suite_add_tcase(s, pc);
   return s;
