@@ -30,6 +30,7 @@
 #define TT_SIGNAL_MT "tether.signal"
 #define TT_SUPERVISOR_MT "tether.supervisor"
 #define TT_POOL_MT "tether.pool"
+#define TT_HANDLE_MT "tether.handle"
 
 typedef struct tt_state_s tt_state_t;
 typedef struct tt_lobj_s tt_lobj_t;
@@ -197,6 +198,12 @@ void tt_open_child(lua_State *L);
 void tt_open_pool(lua_State *L);
 void tt_open_supervisor(lua_State *L);
 void tt_open_channel(lua_State *L);
+void tt_open_handle(lua_State *L);
+/* A new handle owning `fd`. */
+int tt_lua_push_handle(lua_State *L, int fd);
+/* The fd of the handle at `idx`: -1 when it is empty, -2 when the value is
+ * not a handle. */
+int tt_lua_handle_fd(lua_State *L, int idx);
 void tt_open_timer(lua_State *L);
 
 #endif

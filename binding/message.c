@@ -122,7 +122,8 @@ int tt_lua_too_large(lua_State *L, const char *what, size_t len, size_t max) {
 }
 
 static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
-                      int idx, int cb_idx, unsigned kind, uint32_t id) {
+                      int idx, int cb_idx, unsigned kind, uint32_t id,
+                      int fd) {
   tt_state_t *st = o->st;
   tt_send_req_t *req = NULL;
   int rc;
@@ -138,31 +139,47 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
     lua_pushvalue(L, cb_idx);
     req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  rc = tt_channel_send(ch, kind, id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                       st->wbuf.len - TT_FRAME_HEADER_SIZE,
-                       req ? tt_lua_on_sent : NULL, req);
+  if (fd >= 0)
+    rc = tt_channel_send_fd(ch, kind, id,
+                            st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                            st->wbuf.len - TT_FRAME_HEADER_SIZE, fd,
+                            req ? tt_lua_on_sent : NULL, req);
+  else
+    rc = tt_channel_send(ch, kind, id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                         st->wbuf.len - TT_FRAME_HEADER_SIZE,
+                         req ? tt_lua_on_sent : NULL, req);
   tt_lua_encode_done(st);
   if (rc < 0) {
     if (req != NULL) {
       luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
       free(req);
     }
+    if (rc == UV_ENOTSUP)
+      return tt_lua_fail(L, rc, "handles cannot travel over a JSON channel "
+                                "yet (Node's NODE_HANDLE): use native mode");
     return tt_lua_fail(L, rc, NULL);
   }
   lua_pushboolean(L, rc == 1);
   return 1;
 }
 
+/* h:send(value, [cb], [kind], [id], [handle]) */
 int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
   unsigned kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
   uint32_t id = (uint32_t)luaL_optinteger(L, 5, 0);
   int cb = lua_isnoneornil(L, 3) ? 0 : 3;
+  int fd = -1;
   luaL_checkany(L, 2);
   if (cb) luaL_checktype(L, 3, LUA_TFUNCTION);
   luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
+  if (!lua_isnoneornil(L, 6)) {
+    fd = tt_lua_handle_fd(L, 6);
+    luaL_argcheck(L, fd != -2, 6, "handle expected");
+    if (fd < 0) return tt_lua_fail(L, TT_ERR_CLOSED, "the handle is empty");
+  }
   if (o == NULL) return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   if (ch == NULL) return tt_lua_fail(L, TT_ERR_NO_CHANNEL, NULL);
-  return send_value(L, o, ch, 2, cb, kind, id);
+  return send_value(L, o, ch, 2, cb, kind, id, fd);
 }
 
 size_t tt_lua_decode_budget(size_t max_message) {
@@ -307,7 +324,13 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
     return;
   }
   if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
-    tt_call(st, L, 2);
+    int fd = tt_channel_take_fd(ch);
+    if (fd >= 0) {
+      tt_lua_push_handle(L, fd); /* the handler's now; __gc if dropped */
+      tt_call(st, L, 3);
+    } else {
+      tt_call(st, L, 2);
+    }
   } else {
     lua_pushinteger(L, (lua_Integer)h->id);
     tt_call(st, L, 3);

@@ -803,5 +803,6 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_open_supervisor(L);
   tt_open_pool(L);
   tt_open_channel(L);
+  tt_open_handle(L);
   return 1;
 }

@@ -48,6 +48,9 @@
 #define TT_CHANNEL_SNDBUF (4 << 20)
 /* Reads per readable event, so one busy peer cannot starve the loop. */
 #define TT_CHANNEL_MAX_READS 32
+/* Descriptors taken per recvmsg(); more in one read is a protocol error
+ * (the kernel closes those that do not fit: MSG_CTRUNC). */
+#define TT_CHANNEL_MAX_RX_FDS 16
 
 enum {
   CH_CONNECTED = 1u << 0,     /* sends accepted */
@@ -151,6 +154,52 @@ static size_t ack_run(tt_channel_t *ch, int status) {
   return silent;
 }
 
+/* ---- descriptors ----------------------------------------------------------- */
+
+/* Room for one more, so that a push after it cannot fail. */
+static int fdq_reserve(tt_fd_queue_t *q) {
+  size_t ncap;
+  tt_fd_at_t *nv;
+  if (q->len < q->cap) return 0;
+  ncap = q->cap ? q->cap * 2 : 4;
+  if ((nv = malloc(ncap * sizeof *nv)) == NULL) return UV_ENOMEM;
+  for (size_t i = 0; i < q->len; i++) nv[i] = q->v[(q->head + i) % q->cap];
+  free(q->v);
+  q->v = nv;
+  q->cap = ncap;
+  q->head = 0;
+  return 0;
+}
+
+static int fdq_push(tt_fd_queue_t *q, uint64_t pos, int fd) {
+  int err = fdq_reserve(q);
+  if (err != 0) return err;
+  q->v[(q->head + q->len) % q->cap] = (tt_fd_at_t){pos, fd};
+  q->len++;
+  return 0;
+}
+
+static tt_fd_at_t *fdq_at(tt_fd_queue_t *q, size_t i) {
+  return i < q->len ? &q->v[(q->head + i) % q->cap] : NULL;
+}
+
+static int fdq_pop(tt_fd_queue_t *q) {
+  int fd = q->v[q->head].fd;
+  q->head = (q->head + 1) % q->cap;
+  q->len--;
+  return fd;
+}
+
+static void fdq_close_all(tt_fd_queue_t *q) {
+  while (q->len > 0) close(fdq_pop(q));
+}
+
+static void fdq_free(tt_fd_queue_t *q) {
+  fdq_close_all(q);
+  free(q->v);
+  memset(q, 0, sizeof *q);
+}
+
 /* ---- send queue ------------------------------------------------------------ */
 
 static void queue_free(tt_channel_t *ch) {
@@ -162,6 +211,7 @@ static void queue_free(tt_channel_t *ch) {
   }
   ch->head = ch->tail = NULL;
   ch->written_total = ch->queued_total;
+  fdq_close_all(&ch->tx_fds); /* never sent: the peer got none */
 }
 
 static void queue_append(tt_channel_t *ch, tt_chunk_t *c) {
@@ -243,13 +293,29 @@ static int queued_frame(tt_channel_t *ch, unsigned kind, size_t total,
   return 1;
 }
 
-/* One sendmsg(): bytes written, 0 when the socket is full, or -errno. */
-static ssize_t send_iov(tt_channel_t *ch, struct iovec *iov, int n) {
+/* One sendmsg(), with descriptor `fd` on its first byte when fd >= 0:
+ * bytes written, 0 when the socket is full, or -errno. */
+static ssize_t send_iov(tt_channel_t *ch, struct iovec *iov, int n, int fd) {
   struct msghdr msg;
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cm;
   ssize_t w;
   memset(&msg, 0, sizeof msg);
   msg.msg_iov = iov;
   msg.msg_iovlen = (size_t)n;
+  if (fd >= 0) {
+    struct cmsghdr *c;
+    memset(&cm, 0, sizeof cm);
+    msg.msg_control = cm.buf;
+    msg.msg_controllen = sizeof cm.buf;
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
   do
     w = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (w < 0 && errno == EINTR);
@@ -279,7 +345,7 @@ static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f) {
     iov[n].iov_base = (void *)f->part[i];
     iov[n++].iov_len = f->len[i];
   }
-  w = send_iov(ch, iov, n);
+  w = send_iov(ch, iov, n, -1);
   return w > 0 ? (size_t)w : 0;
 }
 
@@ -296,17 +362,24 @@ static void copy_wire(char *dst, const tt_wire_t *f, size_t from) {
   }
 }
 
-int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
-                    const void *payload, size_t len, tt_channel_send_cb cb,
-                    void *arg) {
+/* Queues a frame; `fd` >= 0 is a descriptor of ours (a duplicate) that
+ * goes with it, closed here on failure. */
+static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
+                      const void *payload, size_t len, int fd,
+                      tt_channel_send_cb cb, void *arg) {
   size_t total, done = 0, rest;
+  uint64_t start = ch->queued_total;
   char head[TT_LINES_HEAD_MAX > TT_FRAME_HEADER_SIZE ? TT_LINES_HEAD_MAX
                                                       : TT_FRAME_HEADER_SIZE];
   char tail[2];
   tt_wire_t f;
   tt_chunk_t *c = ch->tail;
   int err = check_send(ch, kind, len);
-  if (err != 0) return err;
+  if (err == 0 && fd >= 0) err = fdq_reserve(&ch->tx_fds);
+  if (err != 0) {
+    if (fd >= 0) close(fd);
+    return err;
+  }
 
   f.part[0] = head;
   f.part[1] = payload;
@@ -319,12 +392,15 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
         (len > 0 && memchr(payload, '\n', len) != NULL))
       return UV_EINVAL;
   } else {
-    tt_frame_header_pack((unsigned char *)head, kind, 0, id, (uint32_t)len);
+    tt_frame_header_pack((unsigned char *)head, kind,
+                         fd >= 0 ? TT_FRAME_F_HANDLE : 0, id, (uint32_t)len);
     f.len[0] = TT_FRAME_HEADER_SIZE;
     f.len[2] = 0;
   }
   total = f.len[0] + len + f.len[2];
-  if (total > TT_CHANNEL_COALESCE_MAX && queued(ch) == 0 &&
+  /* (a frame with a descriptor goes through the queue: write_some puts the
+   * descriptor on its first byte) */
+  if (fd < 0 && total > TT_CHANNEL_COALESCE_MAX && queued(ch) == 0 &&
       !(ch->flags & CH_WRITE_BLOCKED)) {
     done = write_direct(ch, &f);
     if (done == total) return queued_frame(ch, kind, total, done, cb, arg);
@@ -334,6 +410,7 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
     size_t cap = rest > TT_CHANNEL_COALESCE_MAX ? rest : TT_CHANNEL_CHUNK_SIZE;
     c = malloc(sizeof *c + cap);
     if (c == NULL) {
+      if (fd >= 0) close(fd);
       if (done == 0) return UV_ENOMEM;
       /* Part of the frame is on the wire: the stream cannot go on.  It
        * ends from the loop (the flusher), never inside send(). */
@@ -350,7 +427,33 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
   }
   copy_wire(c->data + c->len, &f, done); /* what was not written yet */
   c->len += rest;
+  if (fd >= 0) fdq_push(&ch->tx_fds, start, fd); /* reserved: cannot fail */
   return queued_frame(ch, kind, total, total - rest, cb, arg);
+}
+
+int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
+                    const void *payload, size_t len, tt_channel_send_cb cb,
+                    void *arg) {
+  return send_frame(ch, kind, id, payload, len, -1, cb, arg);
+}
+
+int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
+                       const void *payload, size_t len, int fd,
+                       tt_channel_send_cb cb, void *arg) {
+  int dup;
+  if (ch->dec.lines) return UV_ENOTSUP;
+  if (kind != TT_FRAME_MESSAGE && kind != TT_FRAME_REQUEST &&
+      kind != TT_FRAME_REPLY)
+    return UV_EINVAL;
+  if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_CHANNEL_CLOSED;
+  if ((dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) return -errno;
+  return send_frame(ch, kind, id, payload, len, dup, cb, arg);
+}
+
+int tt_channel_take_fd(tt_channel_t *ch) {
+  int fd = ch->cur_fd;
+  ch->cur_fd = -1;
+  return fd;
 }
 
 int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
@@ -386,23 +489,38 @@ static void queue_consume(tt_channel_t *ch, size_t n) {
   }
 }
 
-/* One sendmsg() of as much as is queued.  Returns bytes written, 0 when the
+/* One sendmsg() of as much as is queued.  A descriptor goes on the first
+ * byte of its frame: a sendmsg() that starts there carries it, and one
+ * that does not stops short of it.  Returns bytes written, 0 when the
  * socket is full, or a negative error. */
 static ssize_t write_some(tt_channel_t *ch) {
   struct iovec iov[TT_CHANNEL_MAX_IOV];
-  int n = 0;
+  int n = 0, fd = -1;
+  uint64_t limit = UINT64_MAX;
   ssize_t w;
+  tt_fd_at_t *next = fdq_at(&ch->tx_fds, 0);
 
-  for (tt_chunk_t *c = ch->head; c != NULL && n < TT_CHANNEL_MAX_IOV;
+  if (next != NULL && next->pos == ch->written_total) {
+    fd = next->fd;
+    next = fdq_at(&ch->tx_fds, 1);
+  }
+  if (next != NULL) limit = next->pos - ch->written_total;
+  for (tt_chunk_t *c = ch->head; c != NULL && n < TT_CHANNEL_MAX_IOV &&
+                                 limit > 0;
        c = c->next) {
-    if (c->len == c->off) continue;
+    size_t k = c->len - c->off;
+    if (k == 0) continue;
+    if (k > limit) k = (size_t)limit;
     iov[n].iov_base = c->data + c->off;
-    iov[n].iov_len = c->len - c->off;
+    iov[n].iov_len = k;
+    limit -= k;
     n++;
   }
   if (n == 0) return 0;
-  w = send_iov(ch, iov, n);
+  w = send_iov(ch, iov, n, fd);
   if (w > 0) {
+    /* the peer has its own copy now */
+    if (fd >= 0) close(fdq_pop(&ch->tx_fds));
     queue_consume(ch, (size_t)w);
     ch->written_total += (uint64_t)w;
   }
@@ -490,12 +608,45 @@ static void schedule_flush(tt_channel_t *ch) {
 
 /* ---- reading ----------------------------------------------------------- */
 
+/* Pairs a native frame with its descriptor.  A descriptor comes with its
+ * frame's first byte, so one that arrived with a read ending at `pos` must
+ * be taken by a frame that starts before `pos`.  0, or 1 after ending the
+ * channel (a protocol error). */
+static int pair_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
+  uint64_t start = ch->rx_pos;
+  tt_fd_at_t *f = fdq_at(&ch->rx_fds, 0);
+  ch->rx_pos += TT_FRAME_HEADER_SIZE + (uint64_t)h->len;
+  if (f != NULL && f->pos <= start) {
+    channel_end(ch, TT_ERR_IPC_PROTOCOL, "a descriptor came without its frame");
+    return 1;
+  }
+  if (!(h->flags & TT_FRAME_F_HANDLE)) return 0;
+  if (h->kind != TT_FRAME_MESSAGE && h->kind != TT_FRAME_REQUEST &&
+      h->kind != TT_FRAME_REPLY) {
+    channel_end(ch, TT_ERR_IPC_PROTOCOL,
+                "a descriptor on a frame kind that cannot carry one");
+    return 1;
+  }
+  if (f == NULL) {
+    channel_end(ch, TT_ERR_IPC_PROTOCOL,
+                "a frame that carries a descriptor came without one");
+    return 1;
+  }
+  ch->cur_fd = fdq_pop(&ch->rx_fds);
+  return 0;
+}
+
 static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
   tt_channel_t *ch = ctx;
+  if (!ch->dec.lines && pair_fd(ch, h) != 0) return 1;
   if (h->kind < TT_FRAME_PING) ch->stats.messages_received++;
   ch->tick_frames++;
   ch->tick_bytes += TT_FRAME_HEADER_SIZE + (size_t)h->len;
   ch->on_frame(ch, h, payload);
+  if (ch->cur_fd >= 0) { /* nobody took it */
+    close(ch->cur_fd);
+    ch->cur_fd = -1;
+  }
   /* The owner may have ended or closed the channel from the callback. */
   if (!(ch->flags & CH_READING)) return 1;
   if (!(ch->flags & CH_UNBOUNDED) &&
@@ -539,6 +690,62 @@ static void resume_reading(tt_channel_t *ch) {
   deliver_buffered(ch); /* and more next time, if paused again */
 }
 
+/* Takes the descriptors that came with a read ending at stream offset
+ * `end`.  0, or 1 after ending the channel. */
+static int take_rx_fds(tt_channel_t *ch, struct msghdr *mh, uint64_t end) {
+  const char *why = NULL;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c != NULL;
+       c = CMSG_NXTHDR(mh, c)) {
+    size_t n;
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      /* JSON lines: Node's handles are not taken yet (the binding refuses
+       * them with NODE_HANDLE_NACK); ours are closed as they come */
+      if (ch->dec.lines || why != NULL ||
+          fdq_push(&ch->rx_fds, end, fd) != 0) {
+        close(fd);
+        if (!ch->dec.lines && why == NULL) why = "out of memory for a descriptor";
+      }
+    }
+  }
+  if (why == NULL && (mh->msg_flags & MSG_CTRUNC) && !ch->dec.lines)
+    why = "more descriptors in one read than a frame stream can carry";
+  if (why == NULL) return 0;
+  channel_end(ch, TT_ERR_IPC_PROTOCOL, why);
+  return 1;
+}
+
+/* recv() that also takes descriptors (close-on-exec); as recv(), and -1
+ * with errno EPROTO after ending the channel on a descriptor error. */
+static ssize_t receive(tt_channel_t *ch, char *base, size_t room) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * TT_CHANNEL_MAX_RX_FDS)];
+  } cm;
+  struct iovec iov;
+  struct msghdr mh;
+  ssize_t n;
+  iov.iov_base = base;
+  iov.iov_len = room;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  do {
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    n = recvmsg(ch->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n > 0 && mh.msg_controllen > 0 &&
+      take_rx_fds(ch, &mh, ch->stats.bytes_received + (uint64_t)n) != 0) {
+    errno = EPROTO;
+    return -1;
+  }
+  return n;
+}
+
 /* Reads what is available (up to a bound).  Returns 1 at EOF or when the
  * channel ended, 0 when the socket is drained for now or the budget of this
  * iteration is spent (CH_PAUSED). */
@@ -553,11 +760,10 @@ static int read_some(tt_channel_t *ch, int max_reads) {
       channel_end(ch, err, "out of memory for a frame");
       return 1;
     }
-    do
-      n = recv(ch->fd, base, room, MSG_DONTWAIT);
-    while (n < 0 && errno == EINTR);
+    n = receive(ch, base, room);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      if (ch->flags & CH_ENDED) return 1; /* a descriptor error ended it */
       if (errno == ECONNRESET) {
         channel_end(ch, 0, NULL);
       } else {
@@ -648,6 +854,7 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
   memset(ch, 0, sizeof *ch);
   ch->loop = loop;
   ch->fd = fd;
+  ch->cur_fd = -1;
   ch->high_water = (opts && opts->high_water) ? opts->high_water
                                               : TT_CHANNEL_DEFAULT_HIGH_WATER;
   ch->flush_timeout_ms = (opts && opts->flush_timeout_ms)
@@ -693,6 +900,7 @@ static void channel_end_lost(tt_channel_t *ch, int err, const char *why,
     uv_timer_stop(&ch->drain_timer);
   }
   if (err != 0 && ch->on_error) ch->on_error(ch, err, why);
+  fdq_close_all(&ch->rx_fds); /* nothing more is handed out */
   {
     /* Frames already with the kernel succeeded; the rest are lost, and
      * nothing is lost silently: those without a callback are reported as
@@ -821,6 +1029,8 @@ static void on_handle_closed(uv_handle_t *h) {
   tt_frame_decoder_free(&ch->dec);
   free(ch->acks);
   ch->acks = NULL;
+  fdq_free(&ch->tx_fds);
+  fdq_free(&ch->rx_fds);
   if (ch->close_cb) ch->close_cb(ch);
 }
 

@@ -19,6 +19,13 @@
  * reported together through on_error), and I/O stops; the owner then calls
  * tt_channel_close(), whose callback tells it the memory may be freed.
  *
+ * Descriptors (native frames only): tt_channel_send_fd() sends a frame with
+ * one descriptor (a duplicate, closed once the kernel took the frame's
+ * first byte, or with the frame's failure); a received one is paired with
+ * its frame and handed out during on_frame through tt_channel_take_fd(),
+ * else closed when on_frame returns.  Every descriptor that arrived is
+ * closed on every path where no owner took it (PROTOCOL.md, "Handles").
+ *
  * Every callback may call any channel function, including close.
  */
 #ifndef TT_CHANNEL_H
@@ -65,6 +72,18 @@ typedef struct {
                               queued because the peer was not reading */
 } tt_channel_stats_t;
 
+/* A descriptor in flight: to send (`pos`: the stream offset of its frame's
+ * first byte) or received (`pos`: the offset its read ended at). */
+typedef struct {
+  uint64_t pos;
+  int fd;
+} tt_fd_at_t;
+
+typedef struct {
+  tt_fd_at_t *v;
+  size_t cap, head, len;
+} tt_fd_queue_t;
+
 typedef struct {
   uint64_t end; /* queued_total when the frame's last byte is written */
   tt_channel_send_cb cb;
@@ -99,6 +118,9 @@ struct tt_channel_s {
   uint64_t queued_total, written_total;
   tt_send_ack_t *acks; /* ring of pending send callbacks */
   size_t acks_cap, acks_head, acks_len;
+  tt_fd_queue_t tx_fds, rx_fds; /* descriptors to send, received */
+  uint64_t rx_pos; /* stream offset of the next frame handed out */
+  int cur_fd;      /* the frame being handed out's descriptor, until taken */
   tt_channel_stats_t stats;
 };
 
@@ -120,6 +142,16 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
  * i.e. the peer is not reading; then it is dropped and counted
  * (stats.auto_dropped), so a peer cannot grow our memory by asking.
  * 1 when queued, 0 when dropped, or a negative error. */
+/* As tt_channel_send(), with descriptor `fd` (the caller's stays open: a
+ * duplicate travels).  Native frames of kind MESSAGE, REQUEST or REPLY
+ * only: UV_EINVAL for other kinds, UV_ENOTSUP on a JSON-lines channel; a
+ * failed dup (UV_EMFILE, UV_EBADF) is returned as is. */
+int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
+                       const void *payload, size_t len, int fd,
+                       tt_channel_send_cb cb, void *arg);
+/* During on_frame: the frame's descriptor, now the caller's (close-on-exec),
+ * or -1 when it carries none or it was taken. */
+int tt_channel_take_fd(tt_channel_t *ch);
 int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
                          const void *payload, size_t len);
 /* The size limit a payload of `len` bytes meets on the wire: 0, or

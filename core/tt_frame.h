@@ -39,6 +39,12 @@ typedef enum {
   TT__FRAME_KIND_MAX = TT_FRAME_PONG
 } tt_frame_kind_t;
 
+/* Header flags (the decoder hands them on; flags are the channel's).
+ * TT_FRAME_F_HANDLE: the frame carries one descriptor, sent as SCM_RIGHTS
+ * with the frame's first byte (PROTOCOL.md, "Handles"); only MESSAGE,
+ * REQUEST and REPLY may, which tt_channel checks. */
+enum { TT_FRAME_F_HANDLE = 1u << 0 };
+
 typedef struct {
   uint32_t len;
   uint8_t version;

@@ -503,9 +503,9 @@ local function child_output(self, a, name)
 end
 
 local CHILD_EVENTS = {
-  message = function(self, a)
+  message = function(self, a, handle)
     if self._json and json.is_internal(a) then return tether._internal_message(self._h, a) end
-    self:emit("message", a)
+    self:emit("message", a, handle)
   end,
   exit = function(self, code, sig)
     self.exit_code, self.signal = code, sig
@@ -639,9 +639,13 @@ function tether.serve(fn)
   return parent:handle(fn)
 end
 
-function Child:send(msg, cb)
-  if cb ~= nil then check_fn("send", 2, cb) end
-  local ok, err = self._h:send(msg, cb)
+--- send(msg, [handle], [cb]): a handle (tether.listen, tether.handle, or
+-- one received) travels with the message; the sender's stays open.
+function Child:send(msg, a, b)
+  local handle, cb = nil, a
+  if core.is_handle(a) then handle, cb = a, b end
+  if cb ~= nil then check_fn("send", handle and 3 or 2, cb) end
+  local ok, err = self._h:send(msg, cb, nil, nil, handle)
   if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
     defer(function()
       if cb then cb(err) else self:emit("error", err) end
@@ -872,9 +876,9 @@ end
 delegate(Parent, { "stats", "flush" })
 
 local PARENT_EVENTS = {
-  message = function(self, a)
+  message = function(self, a, handle)
     if self.json and json.is_internal(a) then return tether._internal_message(self._h, a) end
-    self:emit("message", a)
+    self:emit("message", a, handle)
   end,
   disconnect = function(self)
     self.connected = false
@@ -965,6 +969,30 @@ function tether.exit(code)
   end
   tether._exit_now(code)
 end
+
+---------------------------------------------------------------------------
+-- handles (PROTOCOL.md "Handles")
+
+local LISTEN_OPTIONS = { backlog = "count", reuseport = "boolean" }
+
+--- tether.listen(address, [opts]): a listening socket to pass to workers:
+-- "tcp://127.0.0.1:8080", "tcp://[::1]:0", "unix:/path".  opts.backlog
+-- (511), opts.reuseport (SO_REUSEPORT).  handle | nil, err
+function tether.listen(address, opts)
+  if type(address) ~= "string" then argerror("listen", 1, "string expected, got " .. type(address)) end
+  if opts ~= nil then check.options("listen", 2, opts, LISTEN_OPTIONS, 2) end
+  opts = opts or {}
+  return core.listen(address, opts.backlog or 0, opts.reuseport or false)
+end
+
+--- tether.handle(fd): a handle on a duplicate of `fd` (the caller's stays
+-- the caller's), e.g. from luv's uv.fileno(h) or LuaSocket's getfd().
+function tether.handle(fd)
+  if math.type(fd) ~= "integer" then argerror("handle", 1, "integer expected, got " .. type(fd)) end
+  return core.handle(fd)
+end
+
+tether.is_handle = core.is_handle
 
 tether._EXIT = EXIT
 core.set_exit(function(code) tether._exit_now(code) end)

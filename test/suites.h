@@ -13,5 +13,6 @@ Suite *process_suite(void);
 Suite *supervisor_suite(void);
 Suite *rpc_suite(void);
 Suite *outbox_suite(void);
+Suite *handles_suite(void);
 
 #endif /* TT_TEST_SUITES_H */

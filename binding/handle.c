@@ -1,0 +1,162 @@
+/*
+ * tether.handle: a descriptor that can travel over a channel
+ * (core/tt_handle.h, PROTOCOL.md "Handles").  The userdata owns its fd
+ * (-1 once detached or closed); __gc and __close close what is still
+ * owned, so a handle nobody keeps never leaks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "binding.h"
+#include "tt_error.h"
+#include "tt_handle.h"
+
+typedef struct {
+  int fd;
+} tt_lhandle_t;
+
+static tt_lhandle_t *check_handle(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TT_HANDLE_MT);
+}
+
+int tt_lua_push_handle(lua_State *L, int fd) {
+  tt_lhandle_t *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->fd = fd;
+  luaL_setmetatable(L, TT_HANDLE_MT);
+  return 1;
+}
+
+int tt_lua_handle_fd(lua_State *L, int idx) {
+  tt_lhandle_t *h = luaL_testudata(L, idx, TT_HANDLE_MT);
+  return h != NULL ? h->fd : -2;
+}
+
+/* core.listen(address, backlog, reuseport) -> handle | nil, err */
+static int l_listen(lua_State *L) {
+  const char *address = luaL_checkstring(L, 1);
+  lua_Integer backlog = luaL_optinteger(L, 2, 0);
+  int reuseport = lua_toboolean(L, 3);
+  int fd, err;
+  luaL_argcheck(L, backlog >= 0 && backlog <= 65535, 2, "bad backlog");
+  err = tt_listen(address, (int)backlog, reuseport ? TT_LISTEN_REUSEPORT : 0,
+                  &fd);
+  if (err == UV_EINVAL) {
+    lua_pushfstring(L, "bad address '%s' (expected tcp://HOST:PORT, "
+                       "tcp://[IPv6]:PORT or unix:PATH)", address);
+    return tt_lua_fail(L, err, lua_tostring(L, -1));
+  }
+  if (err != 0) {
+    lua_pushfstring(L, "listen on %s: %s", address, uv_strerror(err));
+    return tt_lua_fail(L, err, lua_tostring(L, -1));
+  }
+  return tt_lua_push_handle(L, fd);
+}
+
+static int l_is_handle(lua_State *L) {
+  lua_pushboolean(L, luaL_testudata(L, 1, TT_HANDLE_MT) != NULL);
+  return 1;
+}
+
+/* core.handle(fd) -> handle (of a duplicate) | nil, err */
+static int l_handle(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  int dup;
+  luaL_argcheck(L, fd >= 0 && fd <= 0x7fffffff, 1, "bad descriptor");
+  if ((dup = fcntl((int)fd, F_DUPFD_CLOEXEC, 3)) < 0)
+    return tt_lua_fail(L, -errno, NULL);
+  return tt_lua_push_handle(L, dup);
+}
+
+static int m_fd(lua_State *L) {
+  tt_lhandle_t *h = check_handle(L, 1);
+  if (h->fd < 0) return tt_lua_fail(L, TT_ERR_CLOSED, "handle is empty");
+  lua_pushinteger(L, h->fd);
+  return 1;
+}
+
+static int m_detach(lua_State *L) {
+  tt_lhandle_t *h = check_handle(L, 1);
+  if (h->fd < 0) return tt_lua_fail(L, TT_ERR_CLOSED, "handle is empty");
+  lua_pushinteger(L, h->fd);
+  h->fd = -1;
+  return 1;
+}
+
+static int m_close(lua_State *L) {
+  tt_lhandle_t *h = check_handle(L, 1);
+  if (h->fd >= 0) {
+    close(h->fd);
+    h->fd = -1;
+  }
+  return 0;
+}
+
+/* host, port for TCP and UDP; the path for Unix sockets */
+static int m_address(lua_State *L) {
+  tt_lhandle_t *h = check_handle(L, 1);
+  char host[256];
+  int port, err;
+  if (h->fd < 0) return tt_lua_fail(L, TT_ERR_CLOSED, "handle is empty");
+  if ((err = tt_handle_address(h->fd, host, sizeof host, &port)) != 0)
+    return tt_lua_fail(L, err, NULL);
+  lua_pushstring(L, host);
+  if (port < 0) return 1;
+  lua_pushinteger(L, port);
+  return 2;
+}
+
+static int m_index(lua_State *L) {
+  tt_lhandle_t *h = check_handle(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k != NULL && strcmp(k, "kind") == 0) {
+    if (h->fd < 0)
+      lua_pushnil(L);
+    else
+      lua_pushstring(L, tt_handle_kind_name(tt_handle_kind(h->fd)));
+    return 1;
+  }
+  lua_getmetatable(L, 1);
+  lua_getfield(L, -1, "methods");
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int m_tostring(lua_State *L) {
+  tt_lhandle_t *h = check_handle(L, 1);
+  if (h->fd < 0)
+    lua_pushliteral(L, "tether.handle (empty)");
+  else
+    lua_pushfstring(L, "tether.handle (%s, fd %d)",
+                    tt_handle_kind_name(tt_handle_kind(h->fd)), h->fd);
+  return 1;
+}
+
+void tt_open_handle(lua_State *L) {
+  static const luaL_Reg methods[] = {{"fd", m_fd},
+                                     {"detach", m_detach},
+                                     {"close", m_close},
+                                     {"address", m_address},
+                                     {NULL, NULL}};
+  luaL_newmetatable(L, TT_HANDLE_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "methods");
+  lua_pushcfunction(L, m_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, m_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, m_close);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, m_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_listen);
+  lua_setfield(L, -2, "listen");
+  lua_pushcfunction(L, l_handle);
+  lua_setfield(L, -2, "handle");
+  lua_pushcfunction(L, l_is_handle);
+  lua_setfield(L, -2, "is_handle");
+}

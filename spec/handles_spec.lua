@@ -1,0 +1,164 @@
+-- Handles: descriptors over channels (PROTOCOL.md "Handles", CONTRACT.md
+-- "Handles").  A listening socket made by tether.listen goes to a forked
+-- worker, which serves on it with luv; the sender's copy stays open; a
+-- handle the receiver drops is closed; bad input gets clear errors.
+local tether = require "tether"
+local H = require "helper"
+
+local has_luv = pcall(require, "luv")
+
+describe("handles", function()
+  H.leak_guard(before_each, after_each)
+
+  it("tether.listen makes listening sockets; their kind and address", function()
+    local s = assert(tether.listen("tcp://127.0.0.1:0"))
+    assert.equals("tcp-server", s.kind)
+    local host, port = s:address()
+    assert.equals("127.0.0.1", host)
+    assert.is_true(port > 0)
+    -- a second handle on a duplicate: same socket, its own descriptor
+    local d = assert(tether.handle(s:fd()))
+    assert.is_not.equals(s:fd(), d:fd())
+    assert.equals(port, select(2, d:address()))
+    d:close()
+    assert.equals(port, select(2, s:address())) -- still open
+    -- the port is taken
+    local again, err = tether.listen("tcp://127.0.0.1:" .. port)
+    assert.is_nil(again)
+    assert.equals("EADDRINUSE", err.code)
+    s:close()
+    s:close() -- idempotent
+    assert.is_nil(s.kind)
+    local fd, e2 = s:fd()
+    assert.is_nil(fd)
+    assert.equals("ERR_CLOSED", e2.code)
+    -- Unix paths
+    local path = H.tmpfile("listen.sock")
+    local u = assert(tether.listen("unix:" .. path))
+    assert.equals("unix-server", u.kind)
+    assert.equals(path, u:address())
+    do
+      local closing <close> = u
+    end
+    assert.is_nil(u.kind) -- closed by __close
+    os.remove(path)
+  end)
+
+  it("refuses bad addresses and descriptors with clear errors", function()
+    for _, a in ipairs { "127.0.0.1:80", "tcp://127.0.0.1", "tcp://::1:0", "http://x:1", "unix:" } do
+      local h, err = tether.listen(a)
+      assert.is_nil(h, a)
+      assert.equals("EINVAL", err.code)
+      assert.matches("bad address", err.message)
+    end
+    local h, err = tether.handle(987654)
+    assert.is_nil(h)
+    assert.equals("EBADF", err.code)
+    assert.has_error(function() tether.handle("3") end)
+    assert.has_error(function() tether.listen("tcp://127.0.0.1:0", { backlog = -1 }) end)
+    assert.has_error(function() tether.listen("tcp://127.0.0.1:0", { nope = 1 }) end)
+  end)
+
+  it("a worker serves HTTP on a listening socket sent to it (luv)", function()
+    if not has_luv then pending("luv is not installed") return end
+    local uv = require "luv"
+    local script = H.script [[
+      local tether = require "tether"
+      local uv = require "luv"
+      tether.parent:on("message", function(m, h)
+        assert(h and h.kind == "tcp-server", "no listening handle")
+        local server = uv.new_tcp()
+        assert(server:open(h:detach()))
+        assert(server:listen(16, function()
+          local c = uv.new_tcp()
+          server:accept(c)
+          c:read_start(function(err, data)
+            if data and data:find("\r\n\r\n", 1, true) then
+              local body = "hello " .. m.who
+              c:write("HTTP/1.1 200 OK\r\nContent-Length: " .. #body ..
+                      "\r\nConnection: close\r\n\r\n" .. body, function()
+                c:close()
+                server:close()
+              end)
+            end
+          end)
+        end))
+        tether.parent:send({ listening = true })
+        tether.parent:flush() -- out before we block in luv's loop
+        uv.run() -- until the one request is served
+        tether.parent:send({ served = true })
+      end)
+    ]]
+    local s = assert(tether.listen("tcp://127.0.0.1:0"))
+    local _, port = s:address()
+    local c = assert(tether.fork(script))
+    local reply, served, sent_err = nil, false, "no callback"
+    assert.is_true(c:send({ who = "tether" }, s, function(err) sent_err = err end))
+    c:on("message", function(m)
+      if m.listening then
+        -- the parent's copy is still open, yet the worker accepts: same
+        -- socket; connect from here with luv (blocking until answered)
+        local client = uv.new_tcp()
+        local buf = {}
+        client:connect("127.0.0.1", port, function(err)
+          assert(not err, err)
+          client:write("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+          client:read_start(function(e, data)
+            if data then buf[#buf + 1] = data else client:close() end
+          end)
+        end)
+        uv.run()
+        reply = table.concat(buf)
+      elseif m.served then
+        served = true
+        c:disconnect()
+      end
+    end)
+    H.run_until(function() return served end, 20)
+    assert.is_nil(sent_err)
+    assert.matches("hello tether$", reply)
+    assert.equals("tcp-server", s.kind) -- the sender's copy stays open
+    s:close()
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+  end)
+
+  it("a handle the receiver drops is closed for it", function()
+    local c = assert(tether.fork(H.fixture("echo.lua")))
+    local counts = {}
+    c:on("message", function(m)
+      if m.ready then
+        c:send({ cmd = "fds" })
+      elseif m.sockets then
+        counts[#counts + 1] = m.sockets
+        if #counts == 1 then
+          local s = assert(tether.listen("tcp://127.0.0.1:0"))
+          for _ = 1, 5 do c:send("take this", s) end
+          s:close() -- ours; theirs travel as duplicates
+          c:send({ cmd = "fds" })
+        else
+          c:disconnect()
+        end
+      end
+    end)
+    H.run_until(function() return c.exit_code ~= nil end, 20)
+    assert.equals(2, #counts)
+    assert.equals(counts[1], counts[2])
+  end)
+
+  it("sending a closed handle fails clearly; the callback comes third", function()
+    local c = assert(tether.fork(H.fixture("echo.lua")))
+    local done = false
+    c:on("message", function(m)
+      if not m.ready then return end
+      local s = assert(tether.listen("tcp://127.0.0.1:0"))
+      s:close()
+      local ok, err = c:send("x", s)
+      assert.is_nil(ok)
+      assert.equals("ERR_CLOSED", err.code)
+      assert.has_error(function() c:send("x", s, 42) end)
+      c:disconnect()
+      done = true
+    end)
+    H.run_until(function() return done and c.exit_code ~= nil end, 10)
+  end)
+end)

@@ -1,0 +1,340 @@
+/* Tests of descriptors over a channel (tt_channel_send_fd,
+ * tt_channel_take_fd; PROTOCOL.md "Handles"): two channels on one
+ * socketpair in one loop, and a hostile peer writing by hand.  Every test
+ * counts the open descriptors of the process before and after: none may
+ * leak on any path. */
+#include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "loop_util.h"
+#include "suites.h"
+#include "tt_channel.h"
+#include "tt_error.h"
+#include "tt_handle.h"
+
+/* Open descriptors of this process.  libuv keeps two of its own for the
+ * process's life from the first loop on: made before any count. */
+static int open_fds(void) {
+  static int warm;
+  int n = 0;
+  if (!warm) {
+    uv_loop_t l;
+    warm = 1;
+    uv_loop_init(&l);
+    uv_loop_close(&l);
+  }
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  ck_assert_ptr_nonnull(d);
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n - 1; /* the directory's own */
+}
+
+typedef struct {
+  int frames, errors, disconnects, take;
+  int fds[8];      /* taken, by frame number */
+  unsigned flags[8];
+  char why[160];
+} side_t;
+
+static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload) {
+  side_t *s = ch->data;
+  (void)payload;
+  if (s->frames < 8) {
+    s->flags[s->frames] = h->flags;
+    s->fds[s->frames] = s->take ? tt_channel_take_fd(ch) : -1;
+  }
+  s->frames++;
+}
+
+static void on_error(tt_channel_t *ch, int err, const char *why) {
+  side_t *s = ch->data;
+  (void)err;
+  s->errors++;
+  snprintf(s->why, sizeof s->why, "%s", why ? why : "");
+}
+
+static void on_disconnect(tt_channel_t *ch) {
+  ((side_t *)ch->data)->disconnects++;
+}
+
+static void side_up(uv_loop_t *loop, tt_channel_t *ch, side_t *s, int fd) {
+  memset(s, 0, sizeof *s);
+  for (int i = 0; i < 8; i++) s->fds[i] = -1;
+  ck_assert_int_eq(tt_channel_init(loop, ch, fd, NULL), 0);
+  ch->data = s;
+  ch->on_frame = on_frame;
+  ch->on_error = on_error;
+  ch->on_disconnect = on_disconnect;
+  tt_channel_ref(ch, 1);
+}
+
+static int closed_count;
+static void on_closed(tt_channel_t *ch) {
+  (void)ch;
+  closed_count++;
+}
+
+/* Same file? */
+static int same_file(int a, int b) {
+  struct stat sa, sb;
+  ck_assert_int_eq(fstat(a, &sa), 0);
+  ck_assert_int_eq(fstat(b, &sb), 0);
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Frames with and without descriptors, queued in one iteration (so they
+ * are coalesced), arrive each with its own, in order; the sender's copies
+ * stay open; a descriptor nobody takes is closed by the channel. */
+START_TEST(test_descriptors_travel_with_their_frames) {
+  uv_loop_t loop;
+  tt_channel_t a, b;
+  side_t sa, sb;
+  int sv[2], p1[2], p2[2], before;
+  char buf[8];
+  before = open_fds();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe2(p1, O_CLOEXEC), 0);
+  ck_assert_int_eq(pipe2(p2, O_CLOEXEC), 0);
+  side_up(&loop, &a, &sa, sv[0]);
+  side_up(&loop, &b, &sb, sv[1]);
+  sb.take = 1;
+  ck_assert_int_ge(tt_channel_send(&a, TT_FRAME_MESSAGE, 0, "a", 1, NULL,
+                                   NULL), 0);
+  ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_MESSAGE, 0, "b", 1, p1[1],
+                                      NULL, NULL), 0);
+  ck_assert_int_ge(tt_channel_send(&a, TT_FRAME_MESSAGE, 0, "c", 1, NULL,
+                                   NULL), 0);
+  ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_REQUEST, 9, "d", 1, p2[1],
+                                      NULL, NULL), 0);
+  /* kinds that cannot carry one, and JSON lines, are refused */
+  ck_assert_int_eq(tt_channel_send_fd(&a, TT_FRAME_PING, 1, NULL, 0, p1[1],
+                                      NULL, NULL), UV_EINVAL);
+  ck_assert_int_eq(tt_channel_send_fd(&a, TT_FRAME_MESSAGE, 0, "x", 1, -1,
+                                      NULL, NULL), UV_EBADF);
+  tt_test_run_until_n(&loop, &sb.frames, 4, 5000);
+  ck_assert_int_eq(sb.errors, 0);
+  ck_assert_int_eq(sb.fds[0], -1);
+  ck_assert_int_eq(sb.fds[2], -1);
+  ck_assert_int_ge(sb.fds[1], 0);
+  ck_assert_int_ge(sb.fds[3], 0);
+  ck_assert_uint_eq(sb.flags[1], TT_FRAME_F_HANDLE);
+  ck_assert(same_file(sb.fds[1], p1[1]));
+  ck_assert(same_file(sb.fds[3], p2[1]));
+  ck_assert_int_eq(fcntl(sb.fds[1], F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  /* it works: what goes in the received end comes out of our pipe */
+  ck_assert_int_eq(write(sb.fds[3], "hi", 2), 2);
+  ck_assert_int_eq(read(p2[0], buf, sizeof buf), 2);
+  close(sb.fds[1]);
+  close(sb.fds[3]);
+  /* one not taken is closed for the receiver */
+  sb.take = 0;
+  ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_MESSAGE, 0, "e", 1, p1[1],
+                                      NULL, NULL), 0);
+  tt_test_run_until_n(&loop, &sb.frames, 5, 5000);
+  ck_assert_uint_eq(sb.flags[4], TT_FRAME_F_HANDLE);
+  closed_count = 0;
+  tt_channel_close(&a, on_closed);
+  tt_channel_close(&b, on_closed);
+  tt_test_run_until_n(&loop, &closed_count, 2, 5000);
+  tt_test_loop_close(&loop);
+  close(p1[0]), close(p1[1]), close(p2[0]), close(p2[1]);
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
+/* A frame that says it carries a descriptor and comes without one, and a
+ * descriptor that comes without its frame, are protocol errors; the
+ * descriptor is closed, nothing leaks. */
+static void hostile(unsigned kind, int with_flag, int with_fd,
+                    const char *want) {
+  uv_loop_t loop;
+  tt_channel_t b;
+  side_t sb;
+  int sv[2], p[2], before;
+  unsigned char h[TT_FRAME_HEADER_SIZE];
+  struct iovec iov = {h, sizeof h};
+  struct msghdr mh;
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cm;
+  before = open_fds();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  side_up(&loop, &b, &sb, sv[1]);
+  sb.take = 1;
+  tt_frame_header_pack(h, kind, with_flag ? TT_FRAME_F_HANDLE : 0, 1, 0);
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (with_fd) {
+    struct cmsghdr *c;
+    memset(&cm, 0, sizeof cm);
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &p[1], sizeof(int));
+  }
+  ck_assert_int_eq(sendmsg(sv[0], &mh, 0), (ssize_t)sizeof h);
+  if (with_fd && !with_flag) { /* the frame after the descriptor's */
+    tt_frame_header_pack(h, TT_FRAME_MESSAGE, 0, 0, 0);
+    ck_assert_int_eq(write(sv[0], h, sizeof h), (ssize_t)sizeof h);
+  }
+  close(p[1]);
+  tt_test_run_until(&loop, &sb.disconnects, 5000);
+  ck_assert_int_eq(sb.errors, 1);
+  ck_assert_str_eq(sb.why, want);
+  closed_count = 0;
+  tt_channel_close(&b, on_closed);
+  tt_test_run_until(&loop, &closed_count, 5000);
+  tt_test_loop_close(&loop);
+  /* every copy of the pipe's write end is gone: its reader sees EOF */
+  {
+    char c;
+    ck_assert_int_eq(read(p[0], &c, 1), 0);
+  }
+  close(p[0]);
+  close(sv[0]);
+  ck_assert_int_eq(open_fds(), before);
+}
+
+START_TEST(test_flagged_frame_without_descriptor) {
+  hostile(TT_FRAME_MESSAGE, 1, 0,
+          "a frame that carries a descriptor came without one");
+}
+END_TEST
+
+START_TEST(test_descriptor_on_a_ping) {
+  hostile(TT_FRAME_PING, 1, 1,
+          "a descriptor on a frame kind that cannot carry one");
+}
+END_TEST
+
+START_TEST(test_descriptor_without_its_frame) {
+  hostile(TT_FRAME_MESSAGE, 0, 1, "a descriptor came without its frame");
+}
+END_TEST
+
+/* Descriptors queued when the channel closes (the peer never read) are
+ * closed: none leaks. */
+START_TEST(test_unsent_descriptors_are_closed) {
+  uv_loop_t loop;
+  tt_channel_t a;
+  side_t sa;
+  int sv[2], p[2], before, mid;
+  before = open_fds();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  side_up(&loop, &a, &sa, sv[0]);
+  mid = open_fds();
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_MESSAGE, 0, "m", 1, p[1],
+                                        NULL, NULL), 0);
+  ck_assert_int_eq(open_fds(), mid + 3); /* 3 duplicates wait */
+  closed_count = 0;
+  tt_channel_close(&a, on_closed); /* before the loop wrote anything */
+  tt_test_run_until(&loop, &closed_count, 5000);
+  tt_test_loop_close(&loop);
+  close(sv[1]);
+  close(p[0]);
+  close(p[1]);
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
+/* tt_listen, tt_handle_kind, tt_handle_address. */
+START_TEST(test_listen_kinds_and_addresses) {
+  int l, c, a, p[2], u, port = 0, before = open_fds();
+  char host[128], path[64], addr[96];
+  struct sockaddr_in sin;
+  ck_assert_int_eq(tt_listen("tcp://127.0.0.1:0", 0, 0, &l), 0);
+  ck_assert_int_eq(tt_handle_kind(l), TT_HANDLE_TCP_SERVER);
+  ck_assert_str_eq(tt_handle_kind_name(tt_handle_kind(l)), "tcp-server");
+  ck_assert_int_eq(tt_handle_address(l, host, sizeof host, &port), 0);
+  ck_assert_str_eq(host, "127.0.0.1");
+  ck_assert_int_gt(port, 0);
+  ck_assert_int_eq(fcntl(l, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  ck_assert_int_eq(fcntl(l, F_GETFL) & O_NONBLOCK, O_NONBLOCK);
+  /* a connection: both ends are "tcp" */
+  c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&sin, 0, sizeof sin);
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons((uint16_t)port);
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(connect(c, (struct sockaddr *)&sin, sizeof sin), 0);
+  while ((a = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0) usleep(1000);
+  ck_assert_int_eq(tt_handle_kind(c), TT_HANDLE_TCP);
+  ck_assert_int_eq(tt_handle_kind(a), TT_HANDLE_TCP);
+  /* the port is taken now: a second listener on it fails */
+  snprintf(addr, sizeof addr, "tcp://127.0.0.1:%d", port);
+  ck_assert_int_eq(tt_listen(addr, 0, 0, &u), UV_EADDRINUSE);
+  close(a), close(c), close(l);
+  /* Unix paths */
+  snprintf(path, sizeof path, "/tmp/tt-handle-%d.sock", (int)getpid());
+  unlink(path);
+  snprintf(addr, sizeof addr, "unix:%s", path);
+  ck_assert_int_eq(tt_listen(addr, 16, 0, &l), 0);
+  ck_assert_int_eq(tt_handle_kind(l), TT_HANDLE_UNIX_SERVER);
+  ck_assert_int_eq(tt_handle_address(l, host, sizeof host, &port), 0);
+  ck_assert_str_eq(host, path);
+  ck_assert_int_eq(port, -1);
+  close(l);
+  unlink(path);
+  /* other descriptors */
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  ck_assert_int_eq(tt_handle_kind(p[0]), TT_HANDLE_FD);
+  ck_assert_int_eq(tt_handle_address(p[0], host, sizeof host, &port),
+                   UV_ENOTSOCK);
+  close(p[0]), close(p[1]);
+  u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_eq(tt_handle_kind(u), TT_HANDLE_UDP);
+  close(u);
+  /* malformed addresses */
+  ck_assert_int_eq(tt_listen("127.0.0.1:80", 0, 0, &l), UV_EINVAL);
+  ck_assert_int_eq(tt_listen("tcp://127.0.0.1", 0, 0, &l), UV_EINVAL);
+  ck_assert_int_eq(tt_listen("tcp://127.0.0.1:99999", 0, 0, &l), UV_EINVAL);
+  ck_assert_int_eq(tt_listen("tcp://::1:0", 0, 0, &l), UV_EINVAL);
+  ck_assert_int_eq(tt_listen("tcp://[::1:0", 0, 0, &l), UV_EINVAL);
+  ck_assert_int_eq(tt_listen("unix:", 0, 0, &l), UV_EINVAL);
+  memset(path, 'x', sizeof path - 1);
+  path[sizeof path - 1] = '\0';
+  {
+    char longp[200];
+    snprintf(longp, sizeof longp, "unix:/tmp/%s%s", path, path);
+    ck_assert_int_eq(tt_listen(longp, 0, 0, &l), UV_ENAMETOOLONG);
+  }
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
+Suite *handles_suite(void) {
+  Suite *s = suite_create("handles");
+  TCase *tc = tcase_create("handles");
+  tcase_set_timeout(tc, 20);
+  tcase_add_test(tc, test_descriptors_travel_with_their_frames);
+  tcase_add_test(tc, test_flagged_frame_without_descriptor);
+  tcase_add_test(tc, test_descriptor_without_its_frame);
+  tcase_add_test(tc, test_descriptor_on_a_ping);
+  tcase_add_test(tc, test_unsent_descriptors_are_closed);
+  tcase_add_test(tc, test_listen_kinds_and_addresses);
+  suite_add_tcase(s, tc);
+  return s;
+}
