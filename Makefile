@@ -127,11 +127,15 @@ build-fuzz/fuzz_lines: fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c 
 	$(FUZZ_CC) fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c $(UV_LIBS) -o $@
 fuzz-deps:
 	@sh scripts/deps.sh clang libclang-rt-14-dev
-fuzz: fuzz-deps build-fuzz/fuzz_frame build-fuzz/fuzz_codec build-fuzz/fuzz_lines
-	@for t in frame codec lines; do \
+build-fuzz/fuzz_handles: fuzz/fuzz_handles.c $(CORE_SRC) $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) fuzz/fuzz_handles.c $(CORE_SRC) $(UV_LIBS) -o $@
+fuzz: fuzz-deps build-fuzz/fuzz_frame build-fuzz/fuzz_codec build-fuzz/fuzz_lines build-fuzz/fuzz_handles
+	@for t in frame codec lines handles; do \
 	  mkdir -p build-fuzz/$$t; \
+	  ml=80000; [ $$t = handles ] && ml=4096; \
 	  echo "== fuzz_$$t for $(FUZZ_SECS) s"; \
-	  if ! build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECS) -max_len=80000 -print_final_stats=1 \
+	  if ! build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECS) -max_len=$$ml -print_final_stats=1 \
 	      -artifact_prefix=build-fuzz/ build-fuzz/$$t fuzz/corpus/$$t >build-fuzz/$$t.log 2>&1; then \
 	    tail -40 build-fuzz/$$t.log; echo "fuzz_$$t FAILED"; exit 1; \
 	  fi; \

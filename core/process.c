@@ -50,7 +50,7 @@ enum {
 
 int tt_signal_number(const char *name) {
 #define XX(s)                                                                 \
-  if (strcmp(name, #s) == 0 || strcmp(name, #s + 3) == 0) return s;
+  if (strcmp(name, #s) == 0 || strcmp(name, &#s[3]) == 0) return s;
   TT_SIGNAL_MAP(XX)
 #undef XX
   return 0;

@@ -1,0 +1,158 @@
+/*
+ * libFuzzer target for descriptors over a channel (core/channel.c,
+ * PROTOCOL.md "Handles"): a hostile peer writes bytes and descriptors in
+ * any order over a real socketpair; the channel must pair, deliver or
+ * close every one of them.
+ *
+ * Build and run: `make fuzz` (build-fuzz/fuzz_handles, seeds in
+ * fuzz/corpus/handles).
+ *
+ * Input: a script of operations, each an op byte then its operands:
+ *   op % 4 == 0  raw bytes: n = next byte, then n bytes, one sendmsg
+ *   op % 4 == 1  the same, with one descriptor (a /dev/null) attached
+ *   op % 4 == 2  a frame header: kind = next byte % 8, flags = next byte
+ *                % 4, len = next byte; written with a descriptor when
+ *                op & 4; then `len` zero bytes (a valid payload for the
+ *                owner does not matter: the channel never decodes it)
+ *   op % 4 == 3  run the loop once (the channel reads)
+ * The owner takes the descriptor of every other frame (and closes it).
+ *
+ * Invariant checked (abort() on violation): after the peer closes and the
+ * channel and loop are closed, the process has exactly the descriptors it
+ * had before the input.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "tt_channel.h"
+#include "tt_error.h"
+
+/* Open descriptors.  libuv keeps two of its own from the first loop on:
+ * made before the first count. */
+static int open_fds(void) {
+  static int warm;
+  int n = 0;
+  if (!warm) {
+    uv_loop_t l;
+    warm = 1;
+    uv_loop_init(&l);
+    uv_loop_close(&l);
+  }
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  if (d == NULL) abort();
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n - 1;
+}
+
+static int frames, ended, closed;
+
+static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
+                     const char *payload) {
+  (void)h, (void)payload;
+  if (frames++ % 2 == 0) {
+    int fd = tt_channel_take_fd(ch);
+    if (fd >= 0) close(fd);
+  }
+}
+
+static void on_disconnect(tt_channel_t *ch) {
+  (void)ch;
+  ended = 1;
+}
+
+static void on_closed(tt_channel_t *ch) {
+  (void)ch;
+  closed = 1;
+}
+
+/* One sendmsg of `n` bytes, with a descriptor when `with_fd`; the loop
+ * runs while the socket is full. */
+static void peer_send(uv_loop_t *loop, int s, const void *p, size_t n,
+                      int with_fd) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cm;
+  struct iovec iov = {(void *)p, n};
+  struct msghdr mh;
+  int fd = -1, tries = 0;
+  if (n == 0) return;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (with_fd && (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) {
+    struct cmsghdr *c;
+    memset(&cm, 0, sizeof cm);
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  while (sendmsg(s, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && tries++ < 100)
+    uv_run(loop, UV_RUN_NOWAIT); /* full (or the channel ended: give up) */
+  if (fd >= 0) close(fd); /* ours; the peer has its copy, or none */
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  uv_loop_t loop;
+  tt_channel_t ch;
+  int sv[2], before = open_fds();
+  size_t i = 0;
+  static const char zeros[256];
+  frames = ended = closed = 0;
+  if (uv_loop_init(&loop) != 0) abort();
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) abort();
+  if (tt_channel_init(&loop, &ch, sv[0], NULL) != 0) abort();
+  ch.on_frame = on_frame;
+  ch.on_disconnect = on_disconnect;
+  tt_channel_ref(&ch, 1); /* else UV_RUN_NOWAIT finds the loop idle */
+  while (i < size) {
+    uint8_t op = data[i++];
+    switch (op % 4) {
+    case 0:
+    case 1: {
+      size_t n = i < size ? data[i++] : 0;
+      if (n > size - i) n = size - i;
+      peer_send(&loop, sv[1], data + i, n, op % 4 == 1);
+      i += n;
+      break;
+    }
+    case 2: {
+      unsigned char h[TT_FRAME_HEADER_SIZE];
+      unsigned kind = i < size ? data[i++] % 8 : 1;
+      unsigned flags = i < size ? data[i++] % 4 : 0;
+      uint32_t len = i < size ? data[i++] : 0;
+      tt_frame_header_pack(h, kind, flags, 1, len);
+      peer_send(&loop, sv[1], h, sizeof h, (op & 4) != 0);
+      peer_send(&loop, sv[1], zeros, len, 0);
+      break;
+    }
+    default:
+      uv_run(&loop, UV_RUN_NOWAIT);
+      break;
+    }
+  }
+  close(sv[1]);
+  for (int k = 0; k < 1000 && !ended; k++) uv_run(&loop, UV_RUN_NOWAIT);
+  tt_channel_close(&ch, on_closed);
+  while (!closed) uv_run(&loop, UV_RUN_NOWAIT);
+  if (uv_loop_close(&loop) != 0) abort();
+  if (open_fds() != before) {
+    fprintf(stderr, "descriptors leaked: %d before, %d after\n", before,
+            open_fds());
+    abort();
+  }
+  return 0;
+}
