@@ -149,7 +149,9 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
     lua_pushinteger(L, (lua_Integer)serial); /* answered on its channel */
     tt_call(c->o.st, L, 5);
   } else {
-    tt_call(c->o.st, L, 3);
+    int fd = h->kind == TT_FRAME_MESSAGE ? tt_channel_take_fd(ch) : -1;
+    if (fd >= 0) tt_lua_push_handle(L, fd); /* the handler's now */
+    tt_call(c->o.st, L, fd >= 0 ? 4 : 3);
   }
 }
 
@@ -419,7 +421,12 @@ static int m_send(lua_State *L) {
   tt_send_req_t *req = NULL;
   tt_state_t *st;
   size_t len;
-  int err;
+  int err, fd = -1;
+  if (!lua_isnoneornil(L, 8)) { /* a handle */
+    fd = tt_lua_handle_fd(L, 8);
+    luaL_argcheck(L, fd != -2, 8, "handle expected");
+    if (fd < 0) return tt_lua_fail(L, TT_ERR_CLOSED, "the handle is empty");
+  }
   luaL_checkany(L, 3);
   luaL_argcheck(L, timeout >= 0 && timeout < 9e15, 4, "timeout out of range");
   if (!lua_isnoneornil(L, 5)) luaL_checktype(L, 5, LUA_TFUNCTION);
@@ -437,10 +444,10 @@ static int m_send(lua_State *L) {
     lua_pushvalue(L, 5);
     req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  err = tt_supervisor_send(&c->s, id, kind, fid,
-                           st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
-                           (uint64_t)(timeout + 0.5),
-                           req ? tt_lua_on_sent : NULL, req);
+  err = tt_supervisor_send_fd(&c->s, id, kind, fid,
+                              st->wbuf.data + TT_FRAME_HEADER_SIZE, len, fd,
+                              (uint64_t)(timeout + 0.5),
+                              req ? tt_lua_on_sent : NULL, req);
   tt_lua_encode_done(st);
   if (err != 0) {
     if (req != NULL) {

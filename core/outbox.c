@@ -10,8 +10,11 @@
  */
 #include "tt_outbox.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "tt_error.h"
@@ -25,6 +28,7 @@ struct tt_outbox_msg_s {
   uint64_t deadline; /* loop time; 0: none */
   tt_channel_send_cb cb;
   void *arg;
+  int fd; /* a duplicate, ours until the frame is done; -1: none */
   int timer_init;
   uv_timer_t timer;
   char payload[];
@@ -76,6 +80,8 @@ static void done(tt_outbox_msg_t *m, int status) {
   tt_outbox_t *ob = m->ob;
   tt_channel_send_cb cb = m->cb;
   void *arg = m->arg;
+  if (m->fd >= 0) close(m->fd); /* the peer has its own, or gets none */
+  m->fd = -1;
   if (m->timer_init) {
     uv_timer_stop(&m->timer);
     m->timer.data = m;
@@ -134,8 +140,12 @@ static void on_sent(void *arg, int status) {
 static int deliver(tt_outbox_t *ob, tt_outbox_msg_t *m) {
   int rc;
   if (ob->target == NULL) return TT_ERR_IPC_CHANNEL_CLOSED;
-  rc = tt_channel_send(ob->target, m->kind, m->frame_id, m->payload, m->len,
-                       on_sent, m);
+  if (m->fd >= 0)
+    rc = tt_channel_send_fd(ob->target, m->kind, m->frame_id, m->payload,
+                            m->len, m->fd, on_sent, m);
+  else
+    rc = tt_channel_send(ob->target, m->kind, m->frame_id, m->payload,
+                         m->len, on_sent, m);
   if (rc < 0) return rc;
   ob->in_flight++;
   return 0;
@@ -144,13 +154,17 @@ static int deliver(tt_outbox_t *ob, tt_outbox_msg_t *m) {
 static void flush(tt_outbox_t *ob) {
   tt_outbox_msg_t *m;
   while ((m = TAILQ_FIRST(&ob->queue)) != NULL) {
+    int rc;
     unlink_msg(m);
     if (m->timer_init) uv_timer_stop(&m->timer);
-    if (deliver(ob, m) != 0) {
-      link_after(ob, m, NULL);
-      park(m);
-      return;
+    if ((rc = deliver(ob, m)) == 0) continue;
+    if (rc != TT_ERR_IPC_CHANNEL_CLOSED) { /* this frame's own trouble */
+      done(m, rc);                          /* (e.g. EMFILE): it alone fails */
+      continue;
     }
+    link_after(ob, m, NULL); /* no channel now: it waits, first in line */
+    park(m);
+    return;
   }
 }
 
@@ -166,12 +180,28 @@ void tt_outbox_init(uv_loop_t *loop, tt_outbox_t *ob, size_t limit) {
 int tt_outbox_send(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                    const void *payload, size_t len, uint64_t timeout_ms,
                    tt_channel_send_cb cb, void *arg) {
+  return tt_outbox_send_fd(ob, kind, frame_id, payload, len, -1, timeout_ms,
+                           cb, arg);
+}
+
+int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
+                      const void *payload, size_t len, int fd,
+                      uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
   tt_outbox_msg_t *m;
+  int dup = -1;
   if (ob->shut) return TT_ERR_CLOSED;
   if (ob->limit > 0 && ob->queued >= ob->limit) return TT_ERR_QUEUE_FULL;
+  if (fd >= 0 && kind != TT_FRAME_MESSAGE && kind != TT_FRAME_REQUEST &&
+      kind != TT_FRAME_REPLY)
+    return UV_EINVAL;
+  if (fd >= 0 && (dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) return -errno;
   m = malloc(sizeof *m + len);
-  if (m == NULL) return UV_ENOMEM;
+  if (m == NULL) {
+    if (dup >= 0) close(dup);
+    return UV_ENOMEM;
+  }
   memset(m, 0, sizeof *m);
+  m->fd = dup;
   m->ob = ob;
   m->kind = kind;
   m->frame_id = frame_id;
@@ -181,7 +211,15 @@ int tt_outbox_send(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
   m->deadline = timeout_ms ? now(ob) + timeout_ms : 0;
   if (len) memcpy(m->payload, payload, len);
   if (!TAILQ_EMPTY(&ob->queue)) flush(ob); /* what may go, goes first */
-  if (TAILQ_EMPTY(&ob->queue) && deliver(ob, m) == 0) return 0;
+  if (TAILQ_EMPTY(&ob->queue)) {
+    int rc = deliver(ob, m);
+    if (rc == 0) return 0;
+    if (rc != TT_ERR_IPC_CHANNEL_CLOSED) { /* refused for itself: say so */
+      if (m->fd >= 0) close(m->fd);
+      free(m);
+      return rc;
+    }
+  }
   link_after(ob, m, TAILQ_LAST(&ob->queue, tt_outbox_queue));
   park(m);
   return 0;

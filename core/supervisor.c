@@ -115,9 +115,10 @@ void tt__sup_maybe_closed(tt_supervisor_t *s) {
 
 /* ---- messages ---------------------------------------------------------- */
 
-int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
-                       uint32_t frame_id, const void *payload, size_t len,
-                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
+int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
+                          uint32_t frame_id, const void *payload, size_t len,
+                          int fd, uint64_t timeout_ms, tt_channel_send_cb cb,
+                          void *arg) {
   tt_slot_t *slot;
   if (id < 1 || id > s->opts.instances) return UV_EINVAL;
   if (tt_channel_options_check_size(&s->opts.process.channel_options, kind,
@@ -125,8 +126,16 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
     return TT_ERR_SERIALIZE;
   slot = &s->slots[id - 1];
   if ((s->flags & S_STOPPING) || slot->dead) return TT_ERR_CLOSED;
-  return tt_outbox_send(&slot->outbox, kind, frame_id, payload, len,
-                        timeout_ms, cb, arg);
+  if (fd >= 0 && s->opts.process.channel_options.lines) return UV_ENOTSUP;
+  return tt_outbox_send_fd(&slot->outbox, kind, frame_id, payload, len, fd,
+                           timeout_ms, cb, arg);
+}
+
+int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
+                       uint32_t frame_id, const void *payload, size_t len,
+                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
+  return tt_supervisor_send_fd(s, id, kind, frame_id, payload, len, -1,
+                               timeout_ms, cb, arg);
 }
 
 unsigned tt_supervisor_instances(const tt_supervisor_t *s) {

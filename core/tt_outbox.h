@@ -47,10 +47,18 @@ void tt_outbox_init(uv_loop_t *loop, tt_outbox_t *ob, size_t limit);
 /* Queues or sends a frame (the payload is copied).  0 (then `cb`, which
  * may be NULL, runs exactly once: 0 when the kernel took the frame, or the
  * error), or TT_ERR_CLOSED (shut), TT_ERR_QUEUE_FULL, UV_ENOMEM, and `cb`
- * is not called.  Sizes are the caller's to check. */
+ * is not called; or the error a target's channel refuses this frame with
+ * (e.g. UV_EMFILE): at once when there is a target, else through `cb`.
+ * Sizes are the caller's to check. */
 int tt_outbox_send(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                    const void *payload, size_t len, uint64_t timeout_ms,
                    tt_channel_send_cb cb, void *arg);
+/* As tt_outbox_send, with descriptor `fd` (a duplicate is kept, so the
+ * caller's stays the caller's, until the frame is done).  UV_EBADF,
+ * UV_EMFILE from the dup. */
+int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
+                      const void *payload, size_t len, int fd,
+                      uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);
 /* Where frames go from now on (NULL: nowhere, they wait); a channel gets
  * what waits at once. */
 void tt_outbox_target(tt_outbox_t *ob, tt_channel_t *ch);

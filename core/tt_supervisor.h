@@ -185,6 +185,12 @@ int tt_supervisor_restart(tt_supervisor_t *s, unsigned id);
  * workers' max_message, as tt_channel_check_size), TT_ERR_QUEUE_FULL,
  * TT_ERR_CLOSED, UV_EINVAL (bad id), UV_ENOMEM; then `cb` is not called.
  * timeout_ms 0: no limit. */
+/* As tt_supervisor_send, with descriptor `fd` (the caller's stays open;
+ * a duplicate waits with the frame). */
+int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
+                          uint32_t frame_id, const void *payload, size_t len,
+                          int fd, uint64_t timeout_ms, tt_channel_send_cb cb,
+                          void *arg);
 int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
                        uint32_t frame_id, const void *payload, size_t len,
                        uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);

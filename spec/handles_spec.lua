@@ -161,4 +161,40 @@ describe("handles", function()
     end)
     H.run_until(function() return done and c.exit_code ~= nil end, 10)
   end)
+
+  it("supervisors send handles to workers (queued before they run) and get them back", function()
+    local script = H.script [[
+      local tether = require "tether"
+      tether.parent:on("message", function(m, h)
+        local _, port = h:address()
+        -- back to the supervisor, with the same socket
+        tether.parent:send({ id = m.id, kind = h.kind, port = port }, h)
+        h:close()
+      end)
+    ]]
+    local s = assert(tether.listen("tcp://127.0.0.1:0"))
+    local _, port = s:address()
+    local sup = assert(tether.supervise { script = script, instances = 2, handle_signals = false })
+    -- the workers are not running yet: the frames (and duplicates) wait
+    for id = 1, 2 do assert.is_true(sup:send(id, { id = id }, s)) end
+    local back, sent = {}, 0
+    assert.is_true(sup:send(1, { id = 1 }, s, { timeout = 10000 }, function(err)
+      assert.is_nil(err)
+      sent = sent + 1
+    end))
+    sup:on("message", function(w, m, h)
+      assert.equals(w.id, m.id)
+      assert.equals("tcp-server", m.kind)
+      assert.equals(port, m.port)
+      assert.equals("tcp-server", h.kind)
+      assert.equals(port, select(2, h:address()))
+      h:close()
+      back[#back + 1] = m.id
+    end)
+    H.run_until(function() return #back == 3 and sent == 1 end, 20)
+    s:close()
+    local stopped = false
+    sup:stop(function() stopped = true end)
+    H.run_until(function() return stopped and sup.closed end, 20)
+  end)
 end)

@@ -19,6 +19,7 @@
 #include "tt_channel.h"
 #include "tt_error.h"
 #include "tt_handle.h"
+#include "tt_outbox.h"
 
 /* Open descriptors of this process.  libuv keeps two of its own for the
  * process's life from the first loop on: made before any count. */
@@ -325,6 +326,61 @@ START_TEST(test_listen_kinds_and_addresses) {
 }
 END_TEST
 
+static int sent_status = 1;
+static void on_sent(void *arg, int status) {
+  (void)arg;
+  sent_status = status;
+}
+
+static void on_outbox_closed(tt_outbox_t *ob) {
+  (void)ob;
+  closed_count++;
+}
+
+/* An outbox keeps a duplicate while the frame waits for a channel, hands
+ * it over with the frame, and closes it; a kind that cannot carry one is
+ * refused at once. */
+START_TEST(test_outbox_carries_descriptors) {
+  uv_loop_t loop;
+  tt_outbox_t ob;
+  tt_channel_t a, b;
+  side_t sa, sb;
+  int sv[2], p[2], before, mid;
+  before = open_fds();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  side_up(&loop, &a, &sa, sv[0]);
+  side_up(&loop, &b, &sb, sv[1]);
+  sb.take = 1;
+  memset(&ob, 0, sizeof ob);
+  tt_outbox_init(&loop, &ob, 0);
+  mid = open_fds();
+  ck_assert_int_eq(tt_outbox_send_fd(&ob, TT_FRAME_PING, 1, NULL, 0, p[1], 0,
+                                     on_sent, NULL),
+                   UV_EINVAL);
+  ck_assert_int_eq(tt_outbox_send_fd(&ob, TT_FRAME_MESSAGE, 0, "m", 1, p[1],
+                                     0, on_sent, NULL),
+                   0);
+  ck_assert_int_eq(open_fds(), mid + 1); /* the duplicate waits */
+  tt_outbox_target(&ob, &a);
+  tt_test_run_until(&loop, &sb.frames, 5000);
+  ck_assert_int_ge(sb.fds[0], 0);
+  ck_assert(same_file(sb.fds[0], p[1]));
+  close(sb.fds[0]);
+  ck_assert_int_eq(sent_status, 0);
+  ck_assert_int_eq(open_fds(), mid); /* ours closed once delivered */
+  closed_count = 0;
+  tt_outbox_close(&ob, on_outbox_closed);
+  tt_channel_close(&a, on_closed);
+  tt_channel_close(&b, on_closed);
+  tt_test_run_until_n(&loop, &closed_count, 3, 5000);
+  tt_test_loop_close(&loop);
+  close(p[0]), close(p[1]);
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
 Suite *handles_suite(void) {
   Suite *s = suite_create("handles");
   TCase *tc = tcase_create("handles");
@@ -335,6 +391,7 @@ Suite *handles_suite(void) {
   tcase_add_test(tc, test_descriptor_on_a_ping);
   tcase_add_test(tc, test_unsent_descriptors_are_closed);
   tcase_add_test(tc, test_listen_kinds_and_addresses);
+  tcase_add_test(tc, test_outbox_carries_descriptors);
   suite_add_tcase(s, tc);
   return s;
 }

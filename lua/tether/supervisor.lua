@@ -140,8 +140,8 @@ end
 local Worker = {}
 Worker.__index = Worker
 
-function Worker:send(msg, opts, cb)
-  return self._sup:send(self.id, msg, opts, cb)
+function Worker:send(msg, ...)
+  return self._sup:send(self.id, msg, ...)
 end
 
 function Worker:kill(signal)
@@ -192,9 +192,9 @@ end
 
 -- The core's events, (event, id, ...) with id the worker's slot
 local EVENTS = {
-  message = function(self, id, a)
+  message = function(self, id, a, handle)
     if self._json and tether._json.is_internal(a) then return tether._internal_message(self._h, a, id) end
-    self:emit("message", self._workers[id], a)
+    self:emit("message", self._workers[id], a, handle)
   end,
   start = function(self, id, pid)
     local w = self._workers[id]
@@ -261,15 +261,18 @@ local function worker_id(self, id, fname)
   return id
 end
 
---- sup:send(id, msg, [opts], [cb]) -> true | nil, err.  Queued while the
--- worker is not running and delivered to its next incarnation; cb(err)
--- once: nil when the kernel took it, ERR_TIMEOUT after opts.timeout,
--- ERR_CLOSED if the worker will not run again.  Without cb, failures go to
--- the "error" event.
+--- sup:send(id, msg, [handle], [opts], [cb]) -> true | nil, err.  Queued
+-- while the worker is not running and delivered to its next incarnation;
+-- cb(err) once: nil when the kernel took it, ERR_TIMEOUT after
+-- opts.timeout, ERR_CLOSED if the worker will not run again.  Without cb,
+-- failures go to the "error" event.  A handle (tether.listen, ...) travels
+-- with the message; the sender's stays open.
 local SEND_OPTIONS = { timeout = "ms" }
 
-function Supervisor:send(id, msg, opts, cb)
+function Supervisor:send(id, msg, opts, cb, ...)
   id = worker_id(self, id)
+  local handle
+  if tether.is_handle(opts) then handle, opts, cb = opts, cb, ... end
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
   opts = check.options("send", 3, opts, SEND_OPTIONS, 2)
   if cb ~= nil and type(cb) ~= "function" then check.argerror("send", 4, "function expected, got " .. type(cb), 2) end
@@ -282,7 +285,7 @@ function Supervisor:send(id, msg, opts, cb)
       err.worker = id
       self:emit("error", err, w)
     end
-  end)
+  end, nil, nil, handle)
 end
 
 --- sup:broadcast(msg, [cb]) -> count queued | nil, err; cb(err, w) per
