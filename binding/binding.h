@@ -199,6 +199,12 @@ void tt_open_pool(lua_State *L);
 void tt_open_supervisor(lua_State *L);
 void tt_open_channel(lua_State *L);
 void tt_open_handle(lua_State *L);
+/* The descriptor a received native MESSAGE carries, taken; -1: none (and
+ * always on a JSON-lines channel, where the facade claims one for a
+ * NODE_HANDLE message with take_handle). */
+int tt_lua_frame_fd(tt_channel_t *ch, const tt_frame_header_t *h);
+/* take_handle(): a handle on the oldest unclaimed descriptor, or nil. */
+int tt_lua_take_handle(lua_State *L, tt_channel_t *ch);
 /* A new handle owning `fd`. */
 int tt_lua_push_handle(lua_State *L, int fd);
 /* The fd of the handle at `idx`: -1 when it is empty, -2 when the value is

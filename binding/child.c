@@ -307,6 +307,10 @@ static int m_send(lua_State *L) {
   return tt_lua_send_method(L, c ? &c->o : NULL, live_channel(c));
 }
 
+static int m_take_handle(lua_State *L) {
+  return tt_lua_take_handle(L, live_channel(check(L)));
+}
+
 static int m_disconnect(lua_State *L) {
   tt_lchild_t *c = check(L);
   tt_channel_t *ch = live_channel(c);
@@ -400,6 +404,7 @@ static int m_tostring(lua_State *L) {
 void tt_open_child(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"send", m_send},           {"disconnect", m_disconnect},
+      {"take_handle", m_take_handle},
       {"connected", m_connected}, {"kill", m_kill},
       {"stats", m_stats},         {"pid", m_pid},
       {"write", m_write},         {"end_input", m_end},

@@ -154,9 +154,6 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
       luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
       free(req);
     }
-    if (rc == UV_ENOTSUP)
-      return tt_lua_fail(L, rc, "handles cannot travel over a JSON channel "
-                                "yet (Node's NODE_HANDLE): use native mode");
     return tt_lua_fail(L, rc, NULL);
   }
   lua_pushboolean(L, rc == 1);
@@ -300,6 +297,22 @@ uint64_t tt_lua_heap(void *L) {
          (uint64_t)lua_gc(L, LUA_GCCOUNTB, 0);
 }
 
+int tt_lua_frame_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
+  /* JSON lines: the facade claims one for a NODE_HANDLE message
+   * (take_handle), the only line that may have one */
+  if (h->kind != TT_FRAME_MESSAGE || tt_channel_is_lines(ch)) return -1;
+  return tt_channel_take_fd(ch);
+}
+
+int tt_lua_take_handle(lua_State *L, tt_channel_t *ch) {
+  int fd = ch != NULL ? tt_channel_take_fd(ch) : -1;
+  if (fd < 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  return tt_lua_push_handle(L, fd);
+}
+
 void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
   tt_lobj_t *o = ch->data;
@@ -324,7 +337,7 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
     return;
   }
   if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
-    int fd = tt_channel_take_fd(ch);
+    int fd = tt_lua_frame_fd(ch, h);
     if (fd >= 0) {
       tt_lua_push_handle(L, fd); /* the handler's now; __gc if dropped */
       tt_call(st, L, 3);

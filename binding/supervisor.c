@@ -20,6 +20,7 @@ typedef struct {
   tt_lobj_t o;
   tt_supervisor_t s;
   tt_lworkers_t w;
+  tt_channel_t *frame_ch; /* during on_frame: the channel it came on */
 } tt_lsup_t;
 
 static tt_lsup_t *of(tt_supervisor_t *s) { return s->data; }
@@ -134,6 +135,7 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
     return; /* replies: we make no calls to supervised workers */
   }
   if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
+  c->frame_ch = ch;
   lua_pushinteger(L, id);
   rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json,
                      tt_channel_max_message(ch));
@@ -141,6 +143,7 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
     char why[256];
     snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
     lua_pop(L, 4); /* handler, event, id, why */
+    c->frame_ch = NULL;
     tt_channel_fail(ch, rc == 0 ? TT_ERR_IPC_PROTOCOL : UV_ENOMEM, why);
     return;
   }
@@ -149,10 +152,11 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
     lua_pushinteger(L, (lua_Integer)serial); /* answered on its channel */
     tt_call(c->o.st, L, 5);
   } else {
-    int fd = h->kind == TT_FRAME_MESSAGE ? tt_channel_take_fd(ch) : -1;
+    int fd = tt_lua_frame_fd(ch, h);
     if (fd >= 0) tt_lua_push_handle(L, fd); /* the handler's now */
     tt_call(c->o.st, L, fd >= 0 ? 4 : 3);
   }
+  c->frame_ch = NULL;
 }
 
 static void on_error(tt_supervisor_t *s, unsigned id, int err,
@@ -472,6 +476,13 @@ static int m_answer(lua_State *L) {
       c ? tt_supervisor_worker_channel(&c->s, (uint64_t)serial) : NULL, 3);
 }
 
+/* take_handle(): during a "message" event from a JSON worker, the
+ * descriptor its NODE_HANDLE line came with, or nil. */
+static int m_take_handle(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  return tt_lua_take_handle(L, c ? c->frame_ch : NULL);
+}
+
 static int m_kill(lua_State *L) {
   tt_lsup_t *c = check(L);
   unsigned id = check_id(L, 2);
@@ -582,6 +593,7 @@ static int m_tostring(lua_State *L) {
 void tt_open_supervisor(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"send", m_send},       {"answer", m_answer},
+      {"take_handle", m_take_handle},
       {"kill", m_kill},       {"info", m_info},
       {"reload", m_reload},   {"restart", m_restart},
       {"stop", m_stop},       {"reopen_logs", m_reopen_logs},

@@ -51,6 +51,9 @@
 /* Descriptors taken per recvmsg(); more in one read is a protocol error
  * (the kernel closes those that do not fit: MSG_CTRUNC). */
 #define TT_CHANNEL_MAX_RX_FDS 16
+/* JSON lines: descriptors waiting for their NODE_HANDLE line (Node keeps
+ * one pending handle); more than this unclaimed is a protocol error. */
+#define TT_CHANNEL_MAX_PENDING_FDS 16
 
 enum {
   CH_CONNECTED = 1u << 0,     /* sends accepted */
@@ -441,9 +444,11 @@ int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
                        const void *payload, size_t len, int fd,
                        tt_channel_send_cb cb, void *arg) {
   int dup;
-  if (ch->dec.lines) return UV_ENOTSUP;
-  if (kind != TT_FRAME_MESSAGE && kind != TT_FRAME_REQUEST &&
-      kind != TT_FRAME_REPLY)
+  /* a JSON line carries one as Node's NODE_HANDLE message, which the
+   * binding writes */
+  if (kind != TT_FRAME_MESSAGE &&
+      (ch->dec.lines ||
+       (kind != TT_FRAME_REQUEST && kind != TT_FRAME_REPLY)))
     return UV_EINVAL;
   if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_CHANNEL_CLOSED;
   if ((dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) return -errno;
@@ -453,6 +458,8 @@ int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
 int tt_channel_take_fd(tt_channel_t *ch) {
   int fd = ch->cur_fd;
   ch->cur_fd = -1;
+  /* JSON lines pair nothing: the oldest pending one is the claimant's */
+  if (fd < 0 && ch->dec.lines && ch->rx_fds.len > 0) fd = fdq_pop(&ch->rx_fds);
   return fd;
 }
 
@@ -702,17 +709,17 @@ static int take_rx_fds(tt_channel_t *ch, struct msghdr *mh, uint64_t end) {
     for (size_t i = 0; i < n; i++) {
       int fd;
       memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      /* JSON lines: Node's handles are not taken yet (the binding refuses
-       * them with NODE_HANDLE_NACK); ours are closed as they come */
-      if (ch->dec.lines || why != NULL ||
-          fdq_push(&ch->rx_fds, end, fd) != 0) {
+      if (why == NULL && ch->dec.lines &&
+          ch->rx_fds.len >= TT_CHANNEL_MAX_PENDING_FDS)
+        why = "too many descriptors without their NODE_HANDLE messages";
+      if (why != NULL || fdq_push(&ch->rx_fds, end, fd) != 0) {
         close(fd);
-        if (!ch->dec.lines && why == NULL) why = "out of memory for a descriptor";
+        if (why == NULL) why = "out of memory for a descriptor";
       }
     }
   }
-  if (why == NULL && (mh->msg_flags & MSG_CTRUNC) && !ch->dec.lines)
-    why = "more descriptors in one read than a frame stream can carry";
+  if (why == NULL && (mh->msg_flags & MSG_CTRUNC))
+    why = "more descriptors in one read than a channel takes";
   if (why == NULL) return 0;
   channel_end(ch, TT_ERR_IPC_PROTOCOL, why);
   return 1;

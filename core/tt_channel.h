@@ -25,6 +25,9 @@
  * its frame and handed out during on_frame through tt_channel_take_fd(),
  * else closed when on_frame returns.  Every descriptor that arrived is
  * closed on every path where no owner took it (PROTOCOL.md, "Handles").
+ * On a JSON-lines channel (Node's format) nothing pairs a descriptor with
+ * a line: it waits (up to 16) until the binding claims it for a
+ * NODE_HANDLE line with tt_channel_take_fd(), or the channel ends.
  *
  * Every callback may call any channel function, including close.
  */
@@ -143,14 +146,15 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
  * (stats.auto_dropped), so a peer cannot grow our memory by asking.
  * 1 when queued, 0 when dropped, or a negative error. */
 /* As tt_channel_send(), with descriptor `fd` (the caller's stays open: a
- * duplicate travels).  Native frames of kind MESSAGE, REQUEST or REPLY
- * only: UV_EINVAL for other kinds, UV_ENOTSUP on a JSON-lines channel; a
+ * duplicate travels).  Kinds MESSAGE, REQUEST or REPLY (on a JSON-lines
+ * channel MESSAGE only: Node's NODE_HANDLE line); UV_EINVAL for others; a
  * failed dup (UV_EMFILE, UV_EBADF) is returned as is. */
 int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
                        const void *payload, size_t len, int fd,
                        tt_channel_send_cb cb, void *arg);
 /* During on_frame: the frame's descriptor, now the caller's (close-on-exec),
- * or -1 when it carries none or it was taken. */
+ * or -1 when it carries none or it was taken.  On a JSON-lines channel:
+ * the oldest descriptor not yet claimed, or -1. */
 int tt_channel_take_fd(tt_channel_t *ch);
 int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
                          const void *payload, size_t len);

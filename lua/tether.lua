@@ -502,9 +502,76 @@ local function child_output(self, a, name)
   if a then s:emit("data", a) else s:emit("end") end
 end
 
+-- JSON mode's handles (below, with Child:send)
+local NODE_TYPES, write_node_handle, send_now
+local MAX_HANDLE_RETRANSMISSIONS = 3
+
+-- The peer answered the handle we sent (JSON mode): ACK ends it, NACK
+-- sends it again (up to 3 times); then what waited behind it goes, in
+-- order, until the next handle stops the line again.
+local function handle_answer(self, acked)
+  local p = self._handle_out
+  if not p then return end
+  local err
+  if not acked then
+    if p.tries < MAX_HANDLE_RETRANSMISSIONS then
+      p.tries = p.tries + 1
+      local ok, e = write_node_handle(self, p)
+      if ok ~= nil then return end
+      err = e
+    else
+      err = new_error("ERR_HANDLE_NOT_RECEIVED",
+        ("the peer refused the handle %d times (NODE_HANDLE_NACK)"):format(p.tries + 1))
+    end
+  end
+  self._handle_out = nil
+  p.handle:close()
+  if p.cb then defer(function() p.cb(err) end) elseif err then self:emit("error", err) end
+  local q = self._handle_queue
+  self._handle_queue = nil
+  for i = 1, #q do
+    if self._handle_queue then -- stopped again: the rest waits behind it
+      local nq = self._handle_queue
+      for j = i, #q do nq[#nq + 1] = q[j] end
+      return
+    end
+    local e = q[i]
+    local ok, serr = send_now(self, e[1], e[2], e[3])
+    if ok == nil then
+      if e[3] then defer(function() e[3](serr) end) else self:emit("error", serr) end
+    end
+  end
+end
+
+-- The channel ended with a handle unanswered: it and what waited behind
+-- it fail with ERR_IPC_CHANNEL_CLOSED.
+local function fail_handle_line(self)
+  local p, q = self._handle_out, self._handle_queue
+  if not q then return end
+  self._handle_out, self._handle_queue = nil, nil
+  local err = new_error("ERR_IPC_CHANNEL_CLOSED", "the channel closed before the peer took the handle")
+  local function fail(cb)
+    if cb then defer(function() cb(err) end) else self:emit("error", err) end
+  end
+  if p then
+    p.handle:close()
+    fail(p.cb)
+  end
+  for _, e in ipairs(q) do
+    if e[2] then e[2]:close() end
+    fail(e[3])
+  end
+end
+
+local function on_node_internal(self, m, id, deliver)
+  return tether._internal_message(self, m, id, deliver, handle_answer)
+end
+
 local CHILD_EVENTS = {
   message = function(self, a, handle)
-    if self._json and json.is_internal(a) then return tether._internal_message(self._h, a) end
+    if self._json and json.is_internal(a) then
+      return on_node_internal(self, a, nil, function(msg, h) self:emit("message", msg, h) end)
+    end
     self:emit("message", a, handle)
   end,
   exit = function(self, code, sig)
@@ -514,6 +581,7 @@ local CHILD_EVENTS = {
   close = function(self, a, b) self:emit("close", a, b) end,
   disconnect = function(self)
     self.connected = false
+    fail_handle_line(self)
     self:emit("disconnect")
   end,
   stdout = function(self, a) child_output(self, a, "stdout") end,
@@ -591,14 +659,24 @@ function tether.fork(script, args, opts)
   return spawn(opts.lua or interpreter(), argv, o)
 end
 
---- A Node.js internal message ({cmd = "NODE_..."}) on a JSON channel: never
--- a user message.  A handle (fd) sent to us is refused, so Node does not
--- hold every later message waiting for an answer; tether reads no fds, so
--- there is nothing to close.  `id`: the worker it came from, when `h` is a
--- supervisor's or a pool's.
-function tether._internal_message(h, m, id)
-  if m.cmd ~= "NODE_HANDLE" then return end
-  if id then h:send(id, { cmd = "NODE_HANDLE_NACK" }) else h:send({ cmd = "NODE_HANDLE_NACK" }) end
+--- A Node.js internal message ({cmd = "NODE_..."}) on a JSON channel is
+-- never a user message.  Node's internal messages (JSON mode).  NODE_HANDLE: the descriptor its
+-- line came with is claimed now (take_handle); ACK and deliver(msg,
+-- handle), or NACK when none came.  NODE_HANDLE_ACK/NACK answer a handle
+-- we sent: answered(obj, acked).  `obj._h` is the core object; `id` the
+-- worker, for supervisors and pools.
+function tether._internal_message(obj, m, id, deliver, answered)
+  local h, cmd = obj._h, m.cmd
+  if cmd == "NODE_HANDLE" then
+    local handle = h.take_handle and h:take_handle()
+    local reply = { cmd = handle and "NODE_HANDLE_ACK" or "NODE_HANDLE_NACK" }
+    if id then h:send(id, reply) else h:send(reply) end
+    if handle then
+      if deliver then deliver(m.msg, handle) else handle:close() end
+    end
+  elseif (cmd == "NODE_HANDLE_ACK" or cmd == "NODE_HANDLE_NACK") and answered then
+    answered(obj, cmd == "NODE_HANDLE_ACK")
+  end
 end
 
 ---------------------------------------------------------------------------
@@ -639,13 +717,66 @@ function tether.serve(fn)
   return parent:handle(fn)
 end
 
+-- Handles in JSON mode travel as Node's: {cmd="NODE_HANDLE", type, msg}
+-- with the descriptor, then every later send waits until the peer answers
+-- NODE_HANDLE_ACK (NACK: sent again, up to 3 times, as Node does).
+NODE_TYPES = {
+  ["tcp-server"] = "net.Server", ["unix-server"] = "net.Server",
+  tcp = "net.Socket", unix = "net.Socket", udp = "dgram.Socket",
+}
+
+-- p = { msg, handle (our duplicate), cb, tries }
+function write_node_handle(self, p)
+  local wrapped = { cmd = "NODE_HANDLE", type = NODE_TYPES[p.handle.kind], msg = p.msg }
+  if wrapped.type == "dgram.Socket" then
+    wrapped.dgramType = (p.handle:address() or ""):find(":", 1, true) and "udp6" or "udp4"
+  end
+  return self._h:send(wrapped, nil, nil, nil, p.handle)
+end
+
+function send_now(self, msg, handle, cb)
+  if handle and (self._json or self.json) then
+    -- ours until answered: the caller may close theirs at once
+    local p = { msg = msg, handle = handle, cb = cb, tries = 0 }
+    local ok, err = write_node_handle(self, p)
+    if ok == nil then
+      handle:close()
+      return nil, err
+    end
+    self._handle_out, self._handle_queue = p, {}
+    return true
+  end
+  return self._h:send(msg, cb, nil, nil, handle)
+end
+
 --- send(msg, [handle], [cb]): a handle (tether.listen, tether.handle, or
 -- one received) travels with the message; the sender's stays open.
 function Child:send(msg, a, b)
   local handle, cb = nil, a
   if core.is_handle(a) then handle, cb = a, b end
   if cb ~= nil then check_fn("send", handle and 3 or 2, cb) end
-  local ok, err = self._h:send(msg, cb, nil, nil, handle)
+  if self._json or self.json then
+    if handle then
+      if not NODE_TYPES[handle.kind] then
+        return nil, new_error("ERR_SERIALIZE", "a Node peer takes sockets only, not a " .. tostring(handle.kind or "closed") .. " handle")
+      end
+      local fd, ferr = handle:fd()
+      if not fd then return nil, ferr end
+      local dup, derr = core.handle(fd)
+      if not dup then return nil, derr end
+      handle = dup
+    end
+    local q = self._handle_queue
+    if q then -- a handle is waiting for its answer: in line behind it
+      if not self.connected then
+        if handle then handle:close() end
+        return nil, new_error("ERR_IPC_CHANNEL_CLOSED")
+      end
+      q[#q + 1] = { msg, handle, cb }
+      return true
+    end
+  end
+  local ok, err = send_now(self, msg, handle, cb)
   if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
     defer(function()
       if cb then cb(err) else self:emit("error", err) end
@@ -877,11 +1008,14 @@ delegate(Parent, { "stats", "flush" })
 
 local PARENT_EVENTS = {
   message = function(self, a, handle)
-    if self.json and json.is_internal(a) then return tether._internal_message(self._h, a) end
+    if self.json and json.is_internal(a) then
+      return on_node_internal(self, a, nil, function(msg, h) self:emit("message", msg, h) end)
+    end
     self:emit("message", a, handle)
   end,
   disconnect = function(self)
     self.connected = false
+    fail_handle_line(self)
     self:emit("disconnect")
     if not self._local_disconnect and not self._keep_alive and not self._detached then
       -- The parent went away: we go too.  A parent that only

@@ -154,7 +154,7 @@ describe("serialization = \"json\" (Node.js)", function()
     assert.is_true(ordered)
   end)
 
-  it("keeps Node's internal messages out and refuses a sent handle (NACK)", function()
+  it("keeps Node's internal messages out and takes a sent handle (ACK)", function()
     local c = spawn_node(js("internal.js", [[
       const net = require('net');
       const srv = net.createServer().listen(0, '127.0.0.1', () => {
@@ -164,17 +164,18 @@ describe("serialization = \"json\" (Node.js)", function()
       });
       process.on('message', (m) => { if (m === 'bye') { srv.close(); process.disconnect(); } });
     ]]), { stdio = { stderr = "ignore" } })
-    local got = {}
-    c:on("message", function(m)
+    local got, kinds = {}, {}
+    c:on("message", function(m, h)
       got[#got + 1] = m
-      c:send("bye")
+      kinds[#got] = h and h.kind or "none"
+      if h then h:close() end
+      if #got == 2 then c:send("bye") end
     end)
-    local fds_before = #H.new_fds({})
     H.run(10)
-    -- the handle never surfaced (Node gave it up after its retransmissions)
-    -- and did not hold up the next message; no fd of it stayed with us
-    assert.same({ { after = "handle" } }, got)
-    assert.is_true(#H.new_fds({}) <= fds_before)
+    -- the wrapper never surfaces: the message comes with its handle, and
+    -- the ACK let Node send the next one
+    assert.same({ { with = "handle" }, { after = "handle" } }, got)
+    assert.same({ "tcp-server", "none" }, kinds)
   end)
 
   it("a Lua script forked by Node finds tether.parent in JSON mode", function()
@@ -316,7 +317,7 @@ describe("serialization = \"json\" (Node.js)", function()
     H.run_until(function() return closed and pool.closed end)
   end)
 
-  it("a supervisor refuses a handle from a node worker, and its messages go on", function()
+  it("a supervisor takes a handle from a node worker, and its messages go on", function()
     local worker = js("handle_sup.js", [[
       const net = require('net');
       const srv = net.createServer().listen(0, '127.0.0.1', () => {
@@ -328,10 +329,15 @@ describe("serialization = \"json\" (Node.js)", function()
     ]])
     local sup = assert(tether.supervise { cmd = NODE, args = { worker }, serialization = "json",
       env = NODE_ENV, stderr = "ignore", handle_signals = false, restart = "never" })
-    local got = {}
-    sup:on("message", function(_, m) got[#got + 1] = m end)
-    H.run_until(function() return #got >= 1 end, 15)
-    assert.same({ { after = "handle" } }, got)
+    local got, kinds = {}, {}
+    sup:on("message", function(_, m, h)
+      got[#got + 1] = m
+      kinds[#got] = h and h.kind or "none"
+      if h then h:close() end
+    end)
+    H.run_until(function() return #got >= 2 end, 15)
+    assert.same({ { with = "handle" }, { after = "handle" } }, got)
+    assert.same({ "tcp-server", "none" }, kinds)
     local stopped = false
     sup:stop(function() stopped = true end)
     H.run_until(function() return stopped and sup.closed end)

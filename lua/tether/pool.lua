@@ -21,7 +21,7 @@ for k, v in pairs(supervisor.WORKER_OPTIONS) do POOL_OPTIONS[k] = v end
 -- The core's events, (event, worker id, ...)
 local EVENTS = {
   message = function(self, id, m)
-    if self._json and tether._json.is_internal(m) then return tether._internal_message(self._h, m, id) end
+    if self._json and tether._json.is_internal(m) then return tether._internal_message(self, m, id) end
     self:emit("message", id, m)
   end,
   control = function(self, id, m)

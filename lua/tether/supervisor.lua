@@ -193,7 +193,11 @@ end
 -- The core's events, (event, id, ...) with id the worker's slot
 local EVENTS = {
   message = function(self, id, a, handle)
-    if self._json and tether._json.is_internal(a) then return tether._internal_message(self._h, a, id) end
+    if self._json and tether._json.is_internal(a) then
+      return tether._internal_message(self, a, id, function(msg, h)
+        self:emit("message", self._workers[id], msg, h)
+      end)
+    end
     self:emit("message", self._workers[id], a, handle)
   end,
   start = function(self, id, pid)

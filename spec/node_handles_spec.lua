@@ -1,0 +1,117 @@
+-- Handles between tether and Node.js in JSON mode: Node's NODE_HANDLE
+-- wrapper with the descriptor, NODE_HANDLE_ACK, and the stop-and-wait line
+-- behind a handle, both directions (ports of the intent of Node's
+-- test-child-process-fork-net-server and test-child-process-recv-handle).
+local tether = require "tether"
+local H = require "helper"
+
+local NODE = os.getenv("TETHER_NODE") or "node"
+local NODE_ENV = { LD_PRELOAD = "" } -- node must not run under the sanitizer
+
+local function js(name, src)
+  local path = H.tmpfile(name)
+  local f = assert(io.open(path, "w"))
+  f:write(src)
+  f:close()
+  return path
+end
+
+local function read_json(path)
+  local f = assert(io.open(path))
+  local text = f:read("a")
+  f:close()
+  os.remove(path)
+  local ok, v = tether._json.decode(text)
+  assert(ok, text)
+  return v
+end
+
+describe("handles with Node.js (JSON mode)", function()
+  H.leak_guard(before_each, after_each)
+
+  it("a Lua parent sends a listening socket to a Node child (net.Server)", function()
+    local child = js("server-child.js", [[
+      process.on('message', (m, server) => {
+        if (!server) return process.send({ plain: m });
+        const report = () => {
+          process.send({ got: m, type: server.constructor.name, port: server.address().port });
+          server.close();
+        };
+        if (server.listening) report(); else server.on('listening', report);
+      });
+    ]])
+    local c = assert(tether.spawn(NODE, { child }, { serialization = "json", env = NODE_ENV }))
+    local s = assert(tether.listen("tcp://127.0.0.1:0"))
+    local _, port = s:address()
+    local acked, got = "no callback", {}
+    assert.is_true(c:send({ n = 1 }, s, function(err) acked = err end))
+    assert.is_true(c:send("after")) -- waits for the ACK, as in Node
+    s:close() -- ours: a duplicate travels
+    c:on("message", function(m)
+      got[#got + 1] = m
+      if #got == 2 then c:disconnect() end
+    end)
+    H.run_until(function() return c.exit_code ~= nil end, 15)
+    assert.is_nil(acked)
+    assert.same({ got = { n = 1 }, type = "Server", port = port }, got[1])
+    assert.same({ plain = "after" }, got[2]) -- in order, after the handle
+  end)
+
+  it("a Node parent sends a server to a Lua child, which sends one back", function()
+    local out = H.tmpfile("node-handles.out")
+    local child = H.script [[
+      local tether = require "tether"
+      tether.parent:on("message", function(m, h)
+        if not h then return tether.parent:send({ plain = m }) end
+        local _, port = h:address()
+        h:close()
+        -- and one of our own, the other way
+        local mine = assert(tether.listen("tcp://127.0.0.1:0"))
+        local _, myport = mine:address()
+        tether.parent:send({ kind = "tcp-server", port = port, mine = myport }, mine, function(err)
+          assert(err == nil, tostring(err))
+          mine:close()
+          tether.parent:send("done")
+        end)
+      end)
+      tether.run() -- run by Node's fork: not under tether's runner
+    ]]
+    local parent = js("handles-parent.js", ([[
+      const { fork } = require('child_process');
+      const net = require('net');
+      const fs = require('fs');
+      const seen = [];
+      const server = net.createServer();
+      server.listen(0, '127.0.0.1', () => {
+        const port = server.address().port;
+        const c = fork(%q, [], { execPath: %q, execArgv: [], stdio: 'inherit',
+          env: { ...process.env, LUA_PATH: %q, LUA_CPATH: %q, LD_PRELOAD: %q } });
+        c.on('message', (m, h) => {
+          if (h) { m.theirs = h.address().port; m.type = h.constructor.name; h.close(); }
+          seen.push(m);
+          if (m === 'done') c.send('bye');
+          else if (m.plain === 'bye') c.disconnect();
+        });
+        c.send({ hello: 1 }, server);
+        c.on('exit', (code) => {
+          server.close();
+          fs.writeFileSync(%q, JSON.stringify({ seen, code, port }));
+        });
+      });
+    ]]):format(child, H.LUA, package.path, package.cpath, os.getenv("LD_PRELOAD") or "", out))
+    local p = assert(tether.spawn(NODE, { parent }, { channel = false, env = NODE_ENV }))
+    local code
+    p:on("exit", function(c) code = c end)
+    H.run_until(function() return code ~= nil end, 20)
+    assert.equals(0, code)
+    local res = read_json(out)
+    assert.equals(0, res.code)
+    local first = res.seen[1]
+    assert.equals("tcp-server", first.kind)
+    assert.equals(res.port, first.port) -- the Lua child got Node's server
+    assert.equals("Server", first.type) -- Node got ours as a net.Server
+    assert.equals(first.mine, first.theirs)
+    assert.equals("done", res.seen[2])
+    assert.same({ plain = "bye" }, res.seen[3])
+  end)
+end)
