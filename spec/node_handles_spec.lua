@@ -6,6 +6,8 @@ local tether = require "tether"
 local H = require "helper"
 
 local NODE = os.getenv("TETHER_NODE") or "node"
+-- (loaded here, not in a test: luv's default loop opens descriptors once)
+local HAS_LUV = pcall(require, "luv")
 local NODE_ENV = { LD_PRELOAD = "" } -- node must not run under the sanitizer
 
 local function js(name, src)
@@ -113,5 +115,51 @@ describe("handles with Node.js (JSON mode)", function()
     assert.equals(first.mine, first.theirs)
     assert.equals("done", res.seen[2])
     assert.same({ plain = "bye" }, res.seen[3])
+  end)
+
+  it("a Node parent hands an accepted connection to a Lua child, which answers on it", function()
+    if not HAS_LUV then pending("luv is not installed") return end
+    local out = H.tmpfile("node-socket.out")
+    local child = H.script [[
+      local tether = require "tether"
+      local uv = require "luv"
+      tether.parent:on("message", function(m, h)
+        assert(h and h.kind == "tcp", "no connection: " .. tostring(h and h.kind))
+        local tcp = uv.new_tcp()
+        assert(tcp:open(h:detach()))
+        tcp:write("hello " .. m.to .. " from lua", function()
+          tcp:shutdown(function() tcp:close() end)
+        end)
+        uv.run()
+        tether.parent:send("answered")
+      end)
+      tether.run()
+    ]]
+    local parent = js("socket-parent.js", ([[
+      const { fork } = require('child_process');
+      const net = require('net');
+      const fs = require('fs');
+      let reply = '';
+      const c = fork(%q, [], { execPath: %q, execArgv: [], stdio: 'inherit',
+        env: { ...process.env, LUA_PATH: %q, LUA_CPATH: %q, LD_PRELOAD: %q } });
+      const server = net.createServer((sock) => {
+        c.send({ to: 'node' }, sock); // the connection goes to the child
+      });
+      server.listen(0, '127.0.0.1', () => {
+        const client = net.connect(server.address().port, '127.0.0.1');
+        client.on('data', (d) => { reply += d; });
+        client.on('end', () => { server.close(); });
+      });
+      c.on('message', (m) => { if (m === 'answered') c.disconnect(); });
+      c.on('exit', (code) => fs.writeFileSync(%q, JSON.stringify({ reply, code })));
+    ]]):format(child, H.LUA, package.path, package.cpath, os.getenv("LD_PRELOAD") or "", out))
+    local p = assert(tether.spawn(NODE, { parent }, { channel = false, env = NODE_ENV }))
+    local code
+    p:on("exit", function(c) code = c end)
+    H.run_until(function() return code ~= nil end, 20)
+    assert.equals(0, code)
+    local res = read_json(out)
+    assert.equals(0, res.code)
+    assert.equals("hello node from lua", res.reply)
   end)
 end)
