@@ -460,6 +460,9 @@ static int m_send(lua_State *L) {
     }
     if (err == TT_ERR_SERIALIZE)
       return tt_lua_too_large(L, "message", len, tt_supervisor_max_message(&c->s));
+    if (err == UV_ENOTSUP)
+      return tt_lua_fail(L, err, "a supervisor cannot send handles to JSON "
+                                 "(Node) workers yet");
     return tt_lua_fail(L, err, NULL);
   }
   lua_pushboolean(L, 1);

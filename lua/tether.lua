@@ -502,6 +502,16 @@ local function child_output(self, a, name)
   if a then s:emit("data", a) else s:emit("end") end
 end
 
+-- A message that came with a handle: a listener that raises does not keep
+-- it (closed as the error goes on, traceback intact); one that returns owns
+-- it (kept, detached, or closed by __gc when dropped).
+local CLOSE_ON_ERROR = { __close = function(g, err) if err ~= nil then g.h:close() end end }
+local function emit_with_handle(obj, handle, ...)
+  local guard <close> = setmetatable({ h = handle }, CLOSE_ON_ERROR)
+  obj:emit(...)
+end
+tether._emit_with_handle = emit_with_handle
+
 -- JSON mode's handles (below, with Child:send)
 local NODE_TYPES, write_node_handle, send_now
 local MAX_HANDLE_RETRANSMISSIONS = 3
@@ -570,9 +580,10 @@ end
 local CHILD_EVENTS = {
   message = function(self, a, handle)
     if self._json and json.is_internal(a) then
-      return on_node_internal(self, a, nil, function(msg, h) self:emit("message", msg, h) end)
+      return on_node_internal(self, a, nil, function(msg, h) emit_with_handle(self, h, "message", msg, h) end)
     end
-    self:emit("message", a, handle)
+    if handle then return emit_with_handle(self, handle, "message", a, handle) end
+    self:emit("message", a)
   end,
   exit = function(self, code, sig)
     self.exit_code, self.signal = code, sig
@@ -1009,9 +1020,10 @@ delegate(Parent, { "stats", "flush" })
 local PARENT_EVENTS = {
   message = function(self, a, handle)
     if self.json and json.is_internal(a) then
-      return on_node_internal(self, a, nil, function(msg, h) self:emit("message", msg, h) end)
+      return on_node_internal(self, a, nil, function(msg, h) emit_with_handle(self, h, "message", msg, h) end)
     end
-    self:emit("message", a, handle)
+    if handle then return emit_with_handle(self, handle, "message", a, handle) end
+    self:emit("message", a)
   end,
   disconnect = function(self)
     self.connected = false

@@ -197,4 +197,29 @@ describe("handles", function()
     sup:stop(function() stopped = true end)
     H.run_until(function() return stopped and sup.closed end, 20)
   end)
+
+  it("a listener that raises does not keep the handle", function()
+    local script = H.script [[
+      local tether = require "tether"
+      tether.parent:on("message", function(m, h)
+        tether.parent:send("back", h) -- the same socket, back to the parent
+        h:close()
+      end)
+    ]]
+    local c = assert(tether.fork(script))
+    local s = assert(tether.listen("tcp://127.0.0.1:0"))
+    c:send("there", s)
+    s:close()
+    local received
+    c:on("message", function(m, h)
+      received = h
+      error("listener failed")
+    end)
+    local ok, err = pcall(tether.run) -- (raises the listener's error)
+    assert.is_false(ok)
+    assert.matches("listener failed", tostring(err))
+    assert.is_nil(received.kind) -- closed as the error went on
+    c:disconnect()
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+  end)
 end)

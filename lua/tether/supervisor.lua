@@ -195,10 +195,11 @@ local EVENTS = {
   message = function(self, id, a, handle)
     if self._json and tether._json.is_internal(a) then
       return tether._internal_message(self, a, id, function(msg, h)
-        self:emit("message", self._workers[id], msg, h)
+        tether._emit_with_handle(self, h, "message", self._workers[id], msg, h)
       end)
     end
-    self:emit("message", self._workers[id], a, handle)
+    if handle then return tether._emit_with_handle(self, handle, "message", self._workers[id], a, handle) end
+    self:emit("message", self._workers[id], a)
   end,
   start = function(self, id, pid)
     local w = self._workers[id]
