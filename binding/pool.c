@@ -20,6 +20,7 @@ typedef struct {
   tt_lobj_t o;
   tt_pool_t p;
   tt_lworkers_t w;
+  tt_channel_t *frame_ch; /* during on_frame: the channel it came on */
 } tt_lpool_t;
 
 static tt_lpool_t *of(tt_pool_t *p) { return p->data; }
@@ -71,6 +72,7 @@ static void on_frame(tt_pool_t *p, unsigned id, tt_channel_t *ch,
     return;
   }
   if (event == NULL || (L = tt_lobj_begin(&c->o, event)) == NULL) return;
+  c->frame_ch = ch;
   lua_pushinteger(L, id);
   if ((rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json,
                           tt_channel_max_message(ch))) != 1) {
@@ -80,11 +82,13 @@ static void on_frame(tt_pool_t *p, unsigned id, tt_channel_t *ch,
     char why[256];
     snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
     lua_pop(L, 4); /* handler, event, id, why */
+    c->frame_ch = NULL;
     if (rc != -2)
       tt_channel_fail(ch, rc == 0 ? TT_ERR_IPC_PROTOCOL : UV_ENOMEM, why);
     return;
   }
   tt_call(c->o.st, L, 3);
+  c->frame_ch = NULL;
 }
 
 static void on_error(tt_pool_t *p, unsigned id, int err, const char *why) {
@@ -355,6 +359,14 @@ static int m_info(lua_State *L) {
   return 1;
 }
 
+/* take_handle(): during a "message" event from a JSON worker, the
+ * descriptor its NODE_HANDLE line came with (the facade closes it: pools
+ * take no handles), or nil. */
+static int m_take_handle(lua_State *L) {
+  tt_lpool_t *c = check(L);
+  return tt_lua_take_handle(L, c ? c->frame_ch : NULL);
+}
+
 static int m_tostring(lua_State *L) {
   tt_box_t *box = luaL_checkudata(L, 1, TT_POOL_MT);
   tt_lpool_t *c = (tt_lpool_t *)box->o;
@@ -370,6 +382,7 @@ void tt_open_pool(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"submit", m_submit}, {"close", m_close}, {"terminate", m_terminate},
       {"send", m_send},     {"give_up", m_give_up},
+      {"take_handle", m_take_handle},
       {"stats", m_stats},   {"info", m_info},   {NULL, NULL}};
   tt_lobj_class(L, TT_POOL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_pool);

@@ -51,8 +51,9 @@
 /* Descriptors taken per recvmsg(); more in one read is a protocol error
  * (the kernel closes those that do not fit: MSG_CTRUNC). */
 #define TT_CHANNEL_MAX_RX_FDS 16
-/* JSON lines: descriptors waiting for their NODE_HANDLE line (Node keeps
- * one pending handle); more than this unclaimed is a protocol error. */
+/* Descriptors received and not yet handed out (a native frame's comes with
+ * its first byte, a JSON line's waits for its NODE_HANDLE message): more
+ * is a protocol error, so a peer cannot make us hold descriptors. */
 #define TT_CHANNEL_MAX_PENDING_FDS 16
 
 enum {
@@ -392,8 +393,10 @@ static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
     /* a raw newline inside would split the message in two for the peer */
     if ((err = tt_lines_pack(kind, id, head, &f.len[0], tail, &f.len[2])) !=
             0 ||
-        (len > 0 && memchr(payload, '\n', len) != NULL))
+        (len > 0 && memchr(payload, '\n', len) != NULL)) {
+      if (fd >= 0) close(fd);
       return UV_EINVAL;
+    }
   } else {
     tt_frame_header_pack((unsigned char *)head, kind,
                          fd >= 0 ? TT_FRAME_F_HANDLE : 0, id, (uint32_t)len);
@@ -709,9 +712,10 @@ static int take_rx_fds(tt_channel_t *ch, struct msghdr *mh, uint64_t end) {
     for (size_t i = 0; i < n; i++) {
       int fd;
       memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      if (why == NULL && ch->dec.lines &&
-          ch->rx_fds.len >= TT_CHANNEL_MAX_PENDING_FDS)
-        why = "too many descriptors without their NODE_HANDLE messages";
+      if (why == NULL && ch->rx_fds.len >= TT_CHANNEL_MAX_PENDING_FDS)
+        why = ch->dec.lines
+                  ? "too many descriptors without their NODE_HANDLE messages"
+                  : "too many descriptors waiting for their frames";
       if (why != NULL || fdq_push(&ch->rx_fds, end, fd) != 0) {
         close(fd);
         if (why == NULL) why = "out of memory for a descriptor";
@@ -719,7 +723,8 @@ static int take_rx_fds(tt_channel_t *ch, struct msghdr *mh, uint64_t end) {
     }
   }
   if (why == NULL && (mh->msg_flags & MSG_CTRUNC))
-    why = "more descriptors in one read than a channel takes";
+    why = "descriptors lost in a read (more than 16 at once, or we are out "
+          "of descriptors: EMFILE)";
   if (why == NULL) return 0;
   channel_end(ch, TT_ERR_IPC_PROTOCOL, why);
   return 1;
@@ -745,7 +750,8 @@ static ssize_t receive(tt_channel_t *ch, char *base, size_t room) {
     mh.msg_controllen = sizeof cm.buf;
     n = recvmsg(ch->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
-  if (n > 0 && mh.msg_controllen > 0 &&
+  /* (MSG_CTRUNC may come without any control data: at RLIMIT_NOFILE) */
+  if (n > 0 && (mh.msg_controllen > 0 || (mh.msg_flags & MSG_CTRUNC)) &&
       take_rx_fds(ch, &mh, ch->stats.bytes_received + (uint64_t)n) != 0) {
     errno = EPROTO;
     return -1;

@@ -508,7 +508,7 @@ end
 local CLOSE_ON_ERROR = { __close = function(g, err) if err ~= nil then g.h:close() end end }
 local function emit_with_handle(obj, handle, ...)
   local guard <close> = setmetatable({ h = handle }, CLOSE_ON_ERROR)
-  obj:emit(...)
+  if not obj:emit(...) then handle:close() end -- no listener: not taken
 end
 tether._emit_with_handle = emit_with_handle
 
@@ -534,9 +534,15 @@ local function handle_answer(self, acked)
         ("the peer refused the handle %d times (NODE_HANDLE_NACK)"):format(p.tries + 1))
     end
   end
+  -- the line is made consistent first; user code (callbacks, "error")
+  -- runs after, from the loop
+  local function report(cb, e)
+    if cb then defer(function() cb(e) end)
+    elseif e then defer(function() self:emit("error", e) end) end
+  end
   self._handle_out = nil
   p.handle:close()
-  if p.cb then defer(function() p.cb(err) end) elseif err then self:emit("error", err) end
+  report(p.cb, err)
   local q = self._handle_queue
   self._handle_queue = nil
   for i = 1, #q do
@@ -547,9 +553,7 @@ local function handle_answer(self, acked)
     end
     local e = q[i]
     local ok, serr = send_now(self, e[1], e[2], e[3])
-    if ok == nil then
-      if e[3] then defer(function() e[3](serr) end) else self:emit("error", serr) end
-    end
+    if ok == nil then report(e[3], serr) end
   end
 end
 
@@ -779,9 +783,13 @@ function Child:send(msg, a, b)
     end
     local q = self._handle_queue
     if q then -- a handle is waiting for its answer: in line behind it
-      if not self.connected then
+      if not self.connected then -- as an unqueued send to a closed channel
         if handle then handle:close() end
-        return nil, new_error("ERR_IPC_CHANNEL_CLOSED")
+        local err = new_error("ERR_IPC_CHANNEL_CLOSED")
+        defer(function()
+          if cb then cb(err) else self:emit("error", err) end
+        end)
+        return false
       end
       q[#q + 1] = { msg, handle, cb }
       return true

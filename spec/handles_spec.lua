@@ -222,4 +222,35 @@ describe("handles", function()
     c:disconnect()
     H.run_until(function() return c.exit_code ~= nil end, 10)
   end)
+
+  it("a handle that arrives with no message listener is closed at once", function()
+    local out = H.tmpfile("no-listener.out")
+    local script = H.script([[
+      collectgarbage("stop") -- so only tether can have closed them
+      local tether = require "tether"
+      local lfs = require "lfs"
+      tether.parent:keep_alive(true) -- no "message" listener at all
+      tether.timer(500, function()
+        local sockets = 0
+        for name in lfs.dir("/proc/self/fd") do
+          local a = tonumber(name) and lfs.symlinkattributes("/proc/self/fd/" .. name)
+          if a and a.target and a.target:match("^socket:") then sockets = sockets + 1 end
+        end
+        local f = assert(io.open(]] .. ("%q"):format(out) .. [[, "w"))
+        f:write(sockets)
+        f:close()
+        tether.exit(0)
+      end)
+    ]])
+    local c = assert(tether.fork(script))
+    local s = assert(tether.listen("tcp://127.0.0.1:0"))
+    for _ = 1, 5 do c:send("unwanted", s) end
+    s:close()
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+    local f = assert(io.open(out))
+    local sockets = tonumber(f:read("a"))
+    f:close()
+    os.remove(out)
+    assert.equals(1, sockets) -- the channel only
+  end)
 end)

@@ -233,6 +233,55 @@ START_TEST(test_descriptor_without_its_frame) {
 }
 END_TEST
 
+/* A peer cannot make us hold descriptors: a flagged frame whose payload
+ * trickles in a byte at a time, each byte with a descriptor, ends the
+ * channel once 16 wait; all are closed. */
+START_TEST(test_descriptors_waiting_are_bounded) {
+  uv_loop_t loop;
+  tt_channel_t b;
+  side_t sb;
+  int sv[2], p[2], before;
+  unsigned char h[TT_FRAME_HEADER_SIZE];
+  before = open_fds();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  side_up(&loop, &b, &sb, sv[1]);
+  tt_frame_header_pack(h, TT_FRAME_MESSAGE, TT_FRAME_F_HANDLE, 0, 1 << 20);
+  ck_assert_int_eq(write(sv[0], h, sizeof h), (ssize_t)sizeof h);
+  for (int i = 0; i < 40 && !sb.disconnects; i++) {
+    union {
+      struct cmsghdr align;
+      char buf[CMSG_SPACE(sizeof(int))];
+    } cm;
+    struct iovec iov = {"x", 1};
+    struct msghdr mh;
+    struct cmsghdr *c;
+    memset(&mh, 0, sizeof mh);
+    memset(&cm, 0, sizeof cm);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &p[1], sizeof(int));
+    if (sendmsg(sv[0], &mh, MSG_NOSIGNAL) < 0) break; /* (it closed) */
+    for (int k = 0; k < 5; k++) uv_run(&loop, UV_RUN_NOWAIT);
+  }
+  tt_test_run_until(&loop, &sb.disconnects, 5000);
+  ck_assert_str_eq(sb.why, "too many descriptors waiting for their frames");
+  closed_count = 0;
+  tt_channel_close(&b, on_closed);
+  tt_test_run_until(&loop, &closed_count, 5000);
+  tt_test_loop_close(&loop);
+  close(sv[0]), close(p[0]), close(p[1]);
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
 /* Descriptors queued when the channel closes (the peer never read) are
  * closed: none leaks. */
 START_TEST(test_unsent_descriptors_are_closed) {
@@ -389,6 +438,7 @@ Suite *handles_suite(void) {
   tcase_add_test(tc, test_flagged_frame_without_descriptor);
   tcase_add_test(tc, test_descriptor_without_its_frame);
   tcase_add_test(tc, test_descriptor_on_a_ping);
+  tcase_add_test(tc, test_descriptors_waiting_are_bounded);
   tcase_add_test(tc, test_unsent_descriptors_are_closed);
   tcase_add_test(tc, test_listen_kinds_and_addresses);
   tcase_add_test(tc, test_outbox_carries_descriptors);
