@@ -162,4 +162,45 @@ describe("handles with Node.js (JSON mode)", function()
     assert.equals(0, res.code)
     assert.equals("hello node from lua", res.reply)
   end)
+
+  it("a Lua parent sends a UDP socket to a Node child (dgram.Socket)", function()
+    if not HAS_LUV then pending("luv is not installed") return end
+    local uv = require "luv"
+    local child = js("dgram-child.js", [[
+      process.on('message', (m, sock) => {
+        if (!sock) return;
+        sock.on('message', (data) => {
+          process.send({ datagram: String(data), type: sock.constructor.name });
+          sock.close();
+        });
+        process.send({ port: sock.address().port });
+      });
+    ]])
+    local c = assert(tether.spawn(NODE, { child }, { serialization = "json", env = NODE_ENV }))
+    local u = uv.new_udp()
+    assert(u:bind("127.0.0.1", 0))
+    local port = u:getsockname().port
+    local h = assert(tether.handle(uv.fileno(u)))
+    assert.equals("udp", h.kind)
+    u:close()
+    uv.run("nowait")
+    local acked = "no callback"
+    assert.is_true(c:send({ take = "this" }, h, function(err) acked = err end))
+    h:close()
+    local got
+    c:on("message", function(m)
+      if m.port then
+        assert.equals(port, m.port) -- the same socket, bound by us
+        local s = uv.new_udp()
+        s:send("ping", "127.0.0.1", port, function() s:close() end)
+        uv.run()
+      elseif m.datagram then
+        got = m
+        c:disconnect()
+      end
+    end)
+    H.run_until(function() return c.exit_code ~= nil end, 15)
+    assert.is_nil(acked)
+    assert.same({ datagram = "ping", type = "Socket" }, got)
+  end)
 end)
