@@ -6,6 +6,7 @@ local tether = require "tether"
 local H = require "helper"
 
 local has_luv = pcall(require, "luv")
+local has_socket = pcall(require, "socket")
 
 describe("handles", function()
   H.leak_guard(before_each, after_each)
@@ -252,5 +253,43 @@ describe("handles", function()
     f:close()
     os.remove(out)
     assert.equals(1, sockets) -- the channel only
+  end)
+
+  it("a worker serves on a passed listening socket with LuaSocket (setfd)", function()
+    if not has_socket then pending("LuaSocket is not installed") return end
+    local socket = require "socket"
+    local script = H.script [[
+      local tether = require "tether"
+      local socket = require "socket"
+      tether.parent:on("message", function(m, h)
+        local server = socket.tcp() -- (no descriptor of its own yet)
+        server:setfd(h:detach())
+        assert(server:listen(16)) -- already listening: a LuaSocket server now
+        tether.parent:send("ready")
+        tether.parent:flush()
+        local c = assert(server:accept())
+        c:send("hi from luasocket\n")
+        c:close()
+        server:close()
+        tether.parent:send("served")
+      end)
+    ]]
+    local s = assert(tether.listen("tcp://127.0.0.1:0"))
+    local _, port = s:address()
+    local c = assert(tether.fork(script))
+    c:send("take it", s)
+    s:close()
+    local line
+    c:on("message", function(m)
+      if m == "ready" then
+        local client = assert(socket.connect("127.0.0.1", port))
+        line = client:receive("*l")
+        client:close()
+      elseif m == "served" then
+        c:disconnect()
+      end
+    end)
+    H.run_until(function() return c.exit_code ~= nil end, 15)
+    assert.equals("hi from luasocket", line)
   end)
 end)
