@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "suites.h"
 #include "tt_channel.h"
 #include "tt_error.h"
+#include "tt_acceptor.h"
 #include "tt_handle.h"
 #include "tt_outbox.h"
 
@@ -430,6 +432,119 @@ START_TEST(test_outbox_carries_descriptors) {
 }
 END_TEST
 
+static int accepted[8], n_accepted, acceptor_closed;
+static void on_connection(tt_acceptor_t *a, int fd) {
+  (void)a;
+  if (n_accepted < 8) accepted[n_accepted] = fd;
+  else close(fd);
+  n_accepted++;
+}
+static void on_acceptor_closed(tt_acceptor_t *a) {
+  (void)a;
+  acceptor_closed = 1;
+}
+
+static int connect_to(int port) {
+  struct sockaddr_in sin;
+  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&sin, 0, sizeof sin);
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons((uint16_t)port);
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ck_assert_int_eq(connect(c, (struct sockaddr *)&sin, sizeof sin), 0);
+  return c;
+}
+
+/* The acceptor hands out connections as they come; paused, they wait in
+ * the backlog and come once resumed; its close is deferred and leaves the
+ * listening socket open. */
+START_TEST(test_acceptor_hands_out_connections) {
+  uv_loop_t loop;
+  tt_acceptor_t a;
+  int l, port, clients[4], before = open_fds();
+  char host[64];
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(tt_listen("tcp://127.0.0.1:0", 0, 0, &l), 0);
+  ck_assert_int_eq(tt_handle_address(l, host, sizeof host, &port), 0);
+  memset(&a, 0, sizeof a);
+  n_accepted = acceptor_closed = 0;
+  ck_assert_int_eq(tt_acceptor_start(&loop, &a, l), UV_EINVAL); /* no cb */
+  a.on_connection = on_connection;
+  ck_assert_int_eq(tt_acceptor_start(&loop, &a, l), 0);
+  clients[0] = connect_to(port);
+  clients[1] = connect_to(port);
+  tt_test_run_until_n(&loop, &n_accepted, 2, 5000);
+  ck_assert_int_eq(tt_handle_kind(accepted[0]), TT_HANDLE_TCP);
+  ck_assert_int_eq(fcntl(accepted[0], F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  tt_acceptor_pause(&a, 1);
+  clients[2] = connect_to(port); /* (the kernel completes it: backlog) */
+  clients[3] = connect_to(port);
+  for (int i = 0; i < 20; i++) uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(n_accepted, 2);
+  tt_acceptor_pause(&a, 0);
+  tt_test_run_until_n(&loop, &n_accepted, 4, 5000);
+  tt_acceptor_close(&a, on_acceptor_closed);
+  tt_acceptor_close(&a, on_acceptor_closed);
+  ck_assert_int_eq(acceptor_closed, 0);
+  tt_test_run_until(&loop, &acceptor_closed, 5000);
+  tt_test_loop_close(&loop);
+  ck_assert_int_eq(tt_handle_kind(l), TT_HANDLE_TCP_SERVER); /* still ours */
+  for (int i = 0; i < 4; i++) close(accepted[i]), close(clients[i]);
+  close(l);
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
+static int acceptor_errors, last_acceptor_err;
+static void on_acceptor_error(tt_acceptor_t *a, int err) {
+  (void)a;
+  acceptor_errors++;
+  last_acceptor_err = err;
+}
+
+/* Out of descriptors: accepting stalls (the connections wait), the owner
+ * is told once, and it goes on by itself once descriptors are free. */
+START_TEST(test_acceptor_survives_emfile) {
+  uv_loop_t loop;
+  tt_acceptor_t a;
+  struct rlimit old, low;
+  int l, port, clients[3];
+  char host[64];
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(tt_listen("tcp://127.0.0.1:0", 0, 0, &l), 0);
+  ck_assert_int_eq(tt_handle_address(l, host, sizeof host, &port), 0);
+  memset(&a, 0, sizeof a);
+  n_accepted = acceptor_closed = acceptor_errors = 0;
+  a.on_connection = on_connection;
+  a.on_error = on_acceptor_error;
+  ck_assert_int_eq(tt_acceptor_start(&loop, &a, l), 0);
+  for (int i = 0; i < 3; i++) clients[i] = connect_to(port);
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  {
+    int lowest = dup(0); /* the lowest free number: every one below it is */
+    close(lowest);       /* taken, so with it as the limit none is free */
+    low.rlim_cur = (rlim_t)lowest;
+  }
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+  for (int i = 0; i < 20 && acceptor_errors == 0; i++) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(acceptor_errors, 1);
+  ck_assert_int_eq(last_acceptor_err, UV_EMFILE);
+  ck_assert_int_eq(n_accepted, 0);
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+  tt_test_run_until_n(&loop, &n_accepted, 3, 5000); /* after the retry */
+  ck_assert_int_eq(acceptor_errors, 1);
+  tt_acceptor_close(&a, on_acceptor_closed);
+  tt_test_run_until(&loop, &acceptor_closed, 5000);
+  tt_test_loop_close(&loop);
+  for (int i = 0; i < 3; i++) close(accepted[i]), close(clients[i]);
+  close(l);
+}
+END_TEST
+
 Suite *handles_suite(void) {
   Suite *s = suite_create("handles");
   TCase *tc = tcase_create("handles");
@@ -442,6 +557,8 @@ Suite *handles_suite(void) {
   tcase_add_test(tc, test_unsent_descriptors_are_closed);
   tcase_add_test(tc, test_listen_kinds_and_addresses);
   tcase_add_test(tc, test_outbox_carries_descriptors);
+  tcase_add_test(tc, test_acceptor_hands_out_connections);
+  tcase_add_test(tc, test_acceptor_survives_emfile);
   suite_add_tcase(s, tc);
   return s;
 }
