@@ -113,6 +113,19 @@ static int listen_unix(const char *path, int backlog, unsigned flags,
                      backlog, flags, fd);
 }
 
+/* getaddrinfo's failure as libuv names it. */
+static int resolve_error(int rc) {
+  switch (rc) {
+  case EAI_SYSTEM: return -errno;
+  case EAI_MEMORY: return UV_ENOMEM;
+  case EAI_AGAIN: return UV_EAI_AGAIN;
+  case EAI_NONAME: return UV_EAI_NONAME;
+  case EAI_FAMILY: return UV_EAI_FAMILY;
+  case EAI_SERVICE: return UV_EAI_SERVICE;
+  default: return UV_EAI_FAIL;
+  }
+}
+
 static int listen_tcp(const char *hostport, int backlog, unsigned flags,
                       int *fd) {
   char host[256];
@@ -124,7 +137,7 @@ static int listen_tcp(const char *hostport, int backlog, unsigned flags,
     const char *close_br = strchr(hostport, ']');
     if (close_br == NULL || close_br[1] != ':') return UV_EINVAL;
     hl = (size_t)(close_br - hostport - 1);
-    if (hl >= sizeof host) return UV_EINVAL;
+    if (hl == 0 || hl >= sizeof host) return UV_EINVAL; /* "[]" is no host */
     memcpy(host, hostport + 1, hl);
     port = close_br + 2;
   } else {
@@ -144,15 +157,19 @@ static int listen_tcp(const char *hostport, int backlog, unsigned flags,
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   rc = getaddrinfo(hl ? host : NULL, port, &hints, &res);
-  if (rc != 0)
-    return rc == EAI_SYSTEM ? -errno : rc == EAI_MEMORY ? UV_ENOMEM : UV_EINVAL;
-  s = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (s < 0) {
-    rc = -errno;
-    freeaddrinfo(res);
-    return rc;
+  if (rc != 0) return resolve_error(rc);
+  /* the first address that binds (a name may resolve to several) */
+  rc = UV_EADDRNOTAVAIL;
+  for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+    s = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+      rc = -errno;
+      continue;
+    }
+    if ((rc = bind_listen(s, ai->ai_addr, ai->ai_addrlen, backlog, flags,
+                          fd)) == 0)
+      break;
   }
-  rc = bind_listen(s, res->ai_addr, res->ai_addrlen, backlog, flags, fd);
   freeaddrinfo(res);
   return rc;
 }

@@ -35,8 +35,10 @@ enum { TT_LISTEN_REUSEPORT = 1u << 0 /* SO_REUSEPORT before bind */ };
  * address, "[IPv6]" or a name; PORT 0 picks one), or "unix:PATH".
  * `backlog` 0: 511 (libuv's and Node's).  On success *fd is non-blocking
  * and close-on-exec.  0, or a negative error: UV_EINVAL (a malformed
- * address, with no `why` beyond it), UV_ENAMETOOLONG (a Unix path),
- * UV_EADDRINUSE, UV_EACCES, ... */
+ * address, with no `why` beyond it), UV_EAI_NONAME and the other UV_EAI_*
+ * (a name that does not resolve), UV_ENAMETOOLONG (a Unix path),
+ * UV_EADDRINUSE, UV_EACCES, ...  A name is bound at the first of its
+ * addresses that takes it. */
 int tt_listen(const char *address, int backlog, unsigned flags, int *fd);
 
 #endif /* TT_HANDLE_H */

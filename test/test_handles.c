@@ -365,6 +365,11 @@ START_TEST(test_listen_kinds_and_addresses) {
   ck_assert_int_eq(tt_listen("tcp://127.0.0.1:99999", 0, 0, &l), UV_EINVAL);
   ck_assert_int_eq(tt_listen("tcp://::1:0", 0, 0, &l), UV_EINVAL);
   ck_assert_int_eq(tt_listen("tcp://[::1:0", 0, 0, &l), UV_EINVAL);
+  ck_assert_int_eq(tt_listen("tcp://[]:0", 0, 0, &l), UV_EINVAL);
+  /* a name: resolved (localhost is in /etc/hosts, no DNS needed) */
+  ck_assert_int_eq(tt_listen("tcp://localhost:0", 0, 0, &l), 0);
+  ck_assert_int_eq(tt_handle_kind(l), TT_HANDLE_TCP_SERVER);
+  close(l);
   ck_assert_int_eq(tt_listen("unix:", 0, 0, &l), UV_EINVAL);
   memset(path, 'x', sizeof path - 1);
   path[sizeof path - 1] = '\0';
