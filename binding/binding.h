@@ -210,6 +210,9 @@ int tt_lua_push_handle(lua_State *L, int fd);
 /* The fd of the handle at `idx`: -1 when it is empty, -2 when the value is
  * not a handle. */
 int tt_lua_handle_fd(lua_State *L, int idx);
+/* An optional handle argument at `idx`: its fd, -1 when absent, -2 when
+ * the handle is empty; an argument error for another value. */
+int tt_lua_opt_handle_fd(lua_State *L, int idx);
 void tt_open_timer(lua_State *L);
 
 #endif

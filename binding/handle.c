@@ -33,6 +33,14 @@ int tt_lua_handle_fd(lua_State *L, int idx) {
   return h != NULL ? h->fd : -2;
 }
 
+int tt_lua_opt_handle_fd(lua_State *L, int idx) {
+  int fd;
+  if (lua_isnoneornil(L, idx)) return -1;
+  fd = tt_lua_handle_fd(L, idx);
+  luaL_argcheck(L, fd != -2, idx, "handle expected");
+  return fd < 0 ? -2 : fd;
+}
+
 /* core.listen(address, backlog, reuseport) -> handle | nil, err */
 static int l_listen(lua_State *L) {
   const char *address = luaL_checkstring(L, 1);

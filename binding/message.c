@@ -165,15 +165,12 @@ int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
   unsigned kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
   uint32_t id = (uint32_t)luaL_optinteger(L, 5, 0);
   int cb = lua_isnoneornil(L, 3) ? 0 : 3;
-  int fd = -1;
+  int fd;
   luaL_checkany(L, 2);
   if (cb) luaL_checktype(L, 3, LUA_TFUNCTION);
   luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
-  if (!lua_isnoneornil(L, 6)) {
-    fd = tt_lua_handle_fd(L, 6);
-    luaL_argcheck(L, fd != -2, 6, "handle expected");
-    if (fd < 0) return tt_lua_fail(L, TT_ERR_CLOSED, "the handle is empty");
-  }
+  if ((fd = tt_lua_opt_handle_fd(L, 6)) == -2)
+    return tt_lua_fail(L, TT_ERR_CLOSED, "the handle is empty");
   if (o == NULL) return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   if (ch == NULL) return tt_lua_fail(L, TT_ERR_NO_CHANNEL, NULL);
   return send_value(L, o, ch, 2, cb, kind, id, fd);

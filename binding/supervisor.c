@@ -425,12 +425,9 @@ static int m_send(lua_State *L) {
   tt_send_req_t *req = NULL;
   tt_state_t *st;
   size_t len;
-  int err, fd = -1;
-  if (!lua_isnoneornil(L, 8)) { /* a handle */
-    fd = tt_lua_handle_fd(L, 8);
-    luaL_argcheck(L, fd != -2, 8, "handle expected");
-    if (fd < 0) return tt_lua_fail(L, TT_ERR_CLOSED, "the handle is empty");
-  }
+  int err, fd;
+  if ((fd = tt_lua_opt_handle_fd(L, 8)) == -2)
+    return tt_lua_fail(L, TT_ERR_CLOSED, "the handle is empty");
   luaL_checkany(L, 3);
   luaL_argcheck(L, timeout >= 0 && timeout < 9e15, 4, "timeout out of range");
   if (!lua_isnoneornil(L, 5)) luaL_checktype(L, 5, LUA_TFUNCTION);

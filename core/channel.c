@@ -449,9 +449,8 @@ int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
   int dup;
   /* a JSON line carries one as Node's NODE_HANDLE message, which the
    * binding writes */
-  if (kind != TT_FRAME_MESSAGE &&
-      (ch->dec.lines ||
-       (kind != TT_FRAME_REQUEST && kind != TT_FRAME_REPLY)))
+  if (!tt_frame_kind_carries_fd(kind) ||
+      (ch->dec.lines && kind != TT_FRAME_MESSAGE))
     return UV_EINVAL;
   if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_CHANNEL_CLOSED;
   if ((dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) return -errno;
@@ -631,8 +630,7 @@ static int pair_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
     return 1;
   }
   if (!(h->flags & TT_FRAME_F_HANDLE)) return 0;
-  if (h->kind != TT_FRAME_MESSAGE && h->kind != TT_FRAME_REQUEST &&
-      h->kind != TT_FRAME_REPLY) {
+  if (!tt_frame_kind_carries_fd(h->kind)) {
     channel_end(ch, TT_ERR_IPC_PROTOCOL,
                 "a descriptor on a frame kind that cannot carry one");
     return 1;

@@ -191,9 +191,7 @@ int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
   int dup = -1;
   if (ob->shut) return TT_ERR_CLOSED;
   if (ob->limit > 0 && ob->queued >= ob->limit) return TT_ERR_QUEUE_FULL;
-  if (fd >= 0 && kind != TT_FRAME_MESSAGE && kind != TT_FRAME_REQUEST &&
-      kind != TT_FRAME_REPLY)
-    return UV_EINVAL;
+  if (fd >= 0 && !tt_frame_kind_carries_fd(kind)) return UV_EINVAL;
   if (fd >= 0 && (dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) return -errno;
   m = malloc(sizeof *m + len);
   if (m == NULL) {

@@ -45,6 +45,12 @@ typedef enum {
  * REQUEST and REPLY may, which tt_channel checks. */
 enum { TT_FRAME_F_HANDLE = 1u << 0 };
 
+/* Whether a frame of `kind` may carry a descriptor. */
+static inline int tt_frame_kind_carries_fd(unsigned kind) {
+  return kind == TT_FRAME_MESSAGE || kind == TT_FRAME_REQUEST ||
+         kind == TT_FRAME_REPLY;
+}
+
 typedef struct {
   uint32_t len;
   uint8_t version;

@@ -512,6 +512,14 @@ local function emit_with_handle(obj, handle, ...)
 end
 tether._emit_with_handle = emit_with_handle
 
+-- A send that failed after it was accepted: its callback, else "error",
+-- from the loop (never from inside the call that failed).
+local function fail_later(self, cb, err)
+  defer(function()
+    if cb then cb(err) else self:emit("error", err) end
+  end)
+end
+
 -- JSON mode's handles (below, with Child:send)
 local NODE_TYPES, write_node_handle, send_now
 local MAX_HANDLE_RETRANSMISSIONS = 3
@@ -536,13 +544,9 @@ local function handle_answer(self, acked)
   end
   -- the line is made consistent first; user code (callbacks, "error")
   -- runs after, from the loop
-  local function report(cb, e)
-    if cb then defer(function() cb(e) end)
-    elseif e then defer(function() self:emit("error", e) end) end
-  end
   self._handle_out = nil
   p.handle:close()
-  report(p.cb, err)
+  if p.cb or err then fail_later(self, p.cb, err) end
   local q = self._handle_queue
   self._handle_queue = nil
   for i = 1, #q do
@@ -553,7 +557,7 @@ local function handle_answer(self, acked)
     end
     local e = q[i]
     local ok, serr = send_now(self, e[1], e[2], e[3])
-    if ok == nil then report(e[3], serr) end
+    if ok == nil then fail_later(self, e[3], serr) end
   end
 end
 
@@ -675,9 +679,9 @@ function tether.fork(script, args, opts)
 end
 
 --- A Node.js internal message ({cmd = "NODE_..."}) on a JSON channel is
--- never a user message.  Node's internal messages (JSON mode).  NODE_HANDLE: the descriptor its
--- line came with is claimed now (take_handle); ACK and deliver(msg,
--- handle), or NACK when none came.  NODE_HANDLE_ACK/NACK answer a handle
+-- never a user message.  NODE_HANDLE: the descriptor its line came with is
+-- claimed now (take_handle); ACK and deliver(msg, handle), or NACK when
+-- none came.  NODE_HANDLE_ACK/NACK answer a handle
 -- we sent: answered(obj, acked).  `obj._h` is the core object; `id` the
 -- worker, for supervisors and pools.
 function tether._internal_message(obj, m, id, deliver, answered)
@@ -785,10 +789,7 @@ function Child:send(msg, a, b)
     if q then -- a handle is waiting for its answer: in line behind it
       if not self.connected then -- as an unqueued send to a closed channel
         if handle then handle:close() end
-        local err = new_error("ERR_IPC_CHANNEL_CLOSED")
-        defer(function()
-          if cb then cb(err) else self:emit("error", err) end
-        end)
+        fail_later(self, cb, new_error("ERR_IPC_CHANNEL_CLOSED"))
         return false
       end
       q[#q + 1] = { msg, handle, cb }
@@ -797,9 +798,7 @@ function Child:send(msg, a, b)
   end
   local ok, err = send_now(self, msg, handle, cb)
   if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
-    defer(function()
-      if cb then cb(err) else self:emit("error", err) end
-    end)
+    fail_later(self, cb, err)
     return false
   end
   return ok, err

@@ -158,6 +158,32 @@ START_TEST(test_descriptors_travel_with_their_frames) {
 }
 END_TEST
 
+/* One sendmsg() of `n` bytes as a hostile peer writes it, with descriptor
+ * `fd` attached when fd >= 0: what it returns. */
+static ssize_t peer_sendmsg(int s, const void *p, size_t n, int fd) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cm;
+  struct iovec iov = {(void *)p, n};
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (fd >= 0) {
+    struct cmsghdr *c;
+    memset(&cm, 0, sizeof cm);
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  return sendmsg(s, &mh, MSG_NOSIGNAL);
+}
+
 /* A frame that says it carries a descriptor and comes without one, and a
  * descriptor that comes without its frame, are protocol errors; the
  * descriptor is closed, nothing leaks. */
@@ -168,12 +194,6 @@ static void hostile(unsigned kind, int with_flag, int with_fd,
   side_t sb;
   int sv[2], p[2], before;
   unsigned char h[TT_FRAME_HEADER_SIZE];
-  struct iovec iov = {h, sizeof h};
-  struct msghdr mh;
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int))];
-  } cm;
   before = open_fds();
   ck_assert_int_eq(uv_loop_init(&loop), 0);
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -181,21 +201,8 @@ static void hostile(unsigned kind, int with_flag, int with_fd,
   side_up(&loop, &b, &sb, sv[1]);
   sb.take = 1;
   tt_frame_header_pack(h, kind, with_flag ? TT_FRAME_F_HANDLE : 0, 1, 0);
-  memset(&mh, 0, sizeof mh);
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  if (with_fd) {
-    struct cmsghdr *c;
-    memset(&cm, 0, sizeof cm);
-    mh.msg_control = cm.buf;
-    mh.msg_controllen = sizeof cm.buf;
-    c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &p[1], sizeof(int));
-  }
-  ck_assert_int_eq(sendmsg(sv[0], &mh, 0), (ssize_t)sizeof h);
+  ck_assert_int_eq(peer_sendmsg(sv[0], h, sizeof h, with_fd ? p[1] : -1),
+                   (ssize_t)sizeof h);
   if (with_fd && !with_flag) { /* the frame after the descriptor's */
     tt_frame_header_pack(h, TT_FRAME_MESSAGE, 0, 0, 0);
     ck_assert_int_eq(write(sv[0], h, sizeof h), (ssize_t)sizeof h);
@@ -252,25 +259,7 @@ START_TEST(test_descriptors_waiting_are_bounded) {
   tt_frame_header_pack(h, TT_FRAME_MESSAGE, TT_FRAME_F_HANDLE, 0, 1 << 20);
   ck_assert_int_eq(write(sv[0], h, sizeof h), (ssize_t)sizeof h);
   for (int i = 0; i < 40 && !sb.disconnects; i++) {
-    union {
-      struct cmsghdr align;
-      char buf[CMSG_SPACE(sizeof(int))];
-    } cm;
-    struct iovec iov = {"x", 1};
-    struct msghdr mh;
-    struct cmsghdr *c;
-    memset(&mh, 0, sizeof mh);
-    memset(&cm, 0, sizeof cm);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cm.buf;
-    mh.msg_controllen = sizeof cm.buf;
-    c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &p[1], sizeof(int));
-    if (sendmsg(sv[0], &mh, MSG_NOSIGNAL) < 0) break; /* (it closed) */
+    if (peer_sendmsg(sv[0], "x", 1, p[1]) < 0) break; /* (it closed) */
     for (int k = 0; k < 5; k++) uv_run(&loop, UV_RUN_NOWAIT);
   }
   tt_test_run_until(&loop, &sb.disconnects, 5000);
