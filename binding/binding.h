@@ -170,7 +170,14 @@ uint64_t tt_lua_heap(void *L);
  * argv and env arrays the core points into, and a ref to the facade's
  * option table, which holds their strings. */
 typedef struct {
+  int *fds; /* passed to this slot's workers (at the same numbers) */
+  size_t nfds;
+  char *handshake[2]; /* e.g. "TETHER_CLUSTER=shared:7", NULL */
+} tt_lslot_t;
+typedef struct {
   char **argv, **env;
+  tt_lslot_t *slots; /* per slot (a cluster's sockets); NULL: none */
+  unsigned nslots;
   int opts_ref;
 } tt_lworkers_t;
 /* Worker options from the facade's table at idx (see binding/supervisor.c):
@@ -199,6 +206,7 @@ void tt_open_pool(lua_State *L);
 void tt_open_supervisor(lua_State *L);
 void tt_open_channel(lua_State *L);
 void tt_open_handle(lua_State *L);
+void tt_open_acceptor(lua_State *L);
 /* The descriptor a received native MESSAGE carries, taken; -1: none (and
  * always on a JSON-lines channel, where the facade claims one for a
  * NODE_HANDLE message with take_handle). */

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "binding.h"
@@ -75,6 +76,30 @@ static int l_handle(lua_State *L) {
   if ((dup = fcntl((int)fd, F_DUPFD_CLOEXEC, 3)) < 0)
     return tt_lua_fail(L, -errno, NULL);
   return tt_lua_push_handle(L, dup);
+}
+
+/* core.fd_identity(fd) -> inode | nil: tells one open socket from another
+ * that later got the same number (a cluster worker's way to see that a
+ * connection it handed to another library was closed, without holding a
+ * duplicate that would keep it open). */
+static int l_fd_identity(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  struct stat st;
+  if (fd < 0 || fd > 0x7fffffff || fstat((int)fd, &st) != 0) return 0;
+  lua_pushinteger(L, (lua_Integer)st.st_ino);
+  return 1;
+}
+
+/* core.adopt_fd(fd) -> handle | nil, err: takes an fd that was passed to
+ * us (a cluster's listening socket) as it is, close-on-exec from now. */
+static int l_adopt_fd(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  int fl;
+  luaL_argcheck(L, fd >= 3 && fd <= 0x7fffffff, 1, "bad descriptor");
+  if ((fl = fcntl((int)fd, F_GETFD)) < 0 ||
+      fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC) != 0)
+    return tt_lua_fail(L, -errno, NULL);
+  return tt_lua_push_handle(L, (int)fd);
 }
 
 static int m_fd(lua_State *L) {
@@ -167,4 +192,8 @@ void tt_open_handle(lua_State *L) {
   lua_setfield(L, -2, "handle");
   lua_pushcfunction(L, l_is_handle);
   lua_setfield(L, -2, "is_handle");
+  lua_pushcfunction(L, l_adopt_fd);
+  lua_setfield(L, -2, "adopt_fd");
+  lua_pushcfunction(L, l_fd_identity);
+  lua_setfield(L, -2, "fd_identity");
 }

@@ -297,7 +297,9 @@ uint64_t tt_lua_heap(void *L) {
 int tt_lua_frame_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
   /* JSON lines: the facade claims one for a NODE_HANDLE message
    * (take_handle), the only line that may have one */
-  if (h->kind != TT_FRAME_MESSAGE || tt_channel_is_lines(ch)) return -1;
+  if ((h->kind != TT_FRAME_MESSAGE && h->kind != TT_FRAME_CONTROL) ||
+      tt_channel_is_lines(ch))
+    return -1;
   return tt_channel_take_fd(ch);
 }
 

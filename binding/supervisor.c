@@ -43,6 +43,63 @@ void tt_lua_workers_free(tt_lworkers_t *w) {
   free(w->argv);
   free(w->env);
   w->argv = w->env = NULL;
+  for (unsigned i = 0; i < w->nslots; i++) free(w->slots[i].fds);
+  free(w->slots);
+  w->slots = NULL;
+  w->nslots = 0;
+}
+
+static const char *str_field(lua_State *L, int t, const char *k);
+
+/* What differs per slot: a cluster's listening sockets and the handshake
+ * variable that names them. */
+static void on_spawn(tt_supervisor_t *s, unsigned id, tt_process_options_t *po) {
+  tt_lworkers_t *w = &of(s)->w;
+  if (id < 1 || id > w->nslots) return;
+  po->pass_fds = w->slots[id - 1].fds;
+  po->pass_fds_count = w->slots[id - 1].nfds;
+  po->handshake = w->slots[id - 1].handshake;
+}
+
+/* opts.slots = { {fds = {n, ...}, handshake = "K=V"}, ... } (one per slot,
+ * the strings kept alive by the option table): 0, or -1 out of memory. */
+static int slot_options(lua_State *L, int idx, tt_lworkers_t *w) {
+  lua_Integer n;
+  lua_getfield(L, idx, "slots");
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  n = (lua_Integer)lua_rawlen(L, -1);
+  if (n < 1 || (w->slots = calloc((size_t)n, sizeof *w->slots)) == NULL) {
+    lua_pop(L, 1);
+    return n < 1 ? 0 : -1;
+  }
+  w->nslots = (unsigned)n;
+  for (lua_Integer i = 1; i <= n; i++) {
+    tt_lslot_t *sl = &w->slots[i - 1];
+    lua_Integer k, nf;
+    if (lua_rawgeti(L, -1, i) != LUA_TTABLE) { /* built by the facade */
+      lua_pop(L, 1);
+      continue;
+    }
+    sl->handshake[0] = (char *)str_field(L, lua_gettop(L), "handshake");
+    lua_getfield(L, -1, "fds");
+    nf = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : 0;
+    if (nf > 0 && (sl->fds = calloc((size_t)nf, sizeof(int))) == NULL) {
+      lua_pop(L, 3);
+      return -1;
+    }
+    for (k = 1; k <= nf; k++) {
+      lua_rawgeti(L, -1, k);
+      sl->fds[k - 1] = (int)lua_tointeger(L, -1);
+      lua_pop(L, 1);
+    }
+    sl->nfds = (size_t)nf;
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  return 0;
 }
 
 void tt_lua_workers_closed(tt_lobj_t *o, tt_lworkers_t *w) {
@@ -265,6 +322,8 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   int err;
 
   w->argv = w->env = NULL;
+  w->slots = NULL;
+  w->nslots = 0;
   w->opts_ref = LUA_NOREF;
   *encoded = 0;
   tt_supervisor_options_init(so);
@@ -328,13 +387,16 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   so->kill_timeout_ms =
       ms_field(L, idx, "kill_timeout", so->kill_timeout_ms);
   so->queue_limit = (size_t)num_field(L, idx, "queue_limit", 0);
+  so->shutdown_kind = (unsigned)num_field(L, idx, "shutdown_kind", 0);
+  if (so->shutdown_kind > TT_FRAME_CONTROL)
+    return luaL_error(L, "shutdown_kind: bad frame kind");
   lua_getfield(L, idx, "wait_ready");
   so->wait_ready = lua_toboolean(L, -1);
   lua_pop(L, 1);
 
   w->argv = string_array(L, idx, "args", 1, so->process.file);
   w->env = string_array(L, idx, "env", 0, NULL);
-  if (w->argv == NULL || w->env == NULL) {
+  if (w->argv == NULL || w->env == NULL || slot_options(L, idx, w) != 0) {
     tt_lua_workers_free(w);
     return tt_lua_fail(L, UV_ENOMEM, NULL);
   }
@@ -388,6 +450,7 @@ static int l_supervise(lua_State *L) {
   c->s.on_error = on_error;
   c->s.on_reload = on_reload;
   c->s.on_stopped = on_stopped;
+  c->s.on_spawn = on_spawn;
   err = tt_supervisor_start(&st->loop, &c->s, &so); /* copies the message */
   if (encoded) tt_lua_encode_done(st);
   if (err != 0) {
@@ -463,6 +526,17 @@ static int m_send(lua_State *L) {
     return tt_lua_fail(L, err, NULL);
   }
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* running(id) -> whether slot id's worker is RUNNING (not starting,
+ * stopping or down): cheap, for a cluster choosing where a connection
+ * goes. */
+static int m_running(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  unsigned id = check_id(L, 2);
+  lua_pushboolean(L, c != NULL &&
+                         tt_supervisor_state(&c->s, id) == TT_WORKER_RUNNING);
   return 1;
 }
 
@@ -597,7 +671,7 @@ void tt_open_supervisor(lua_State *L) {
       {"kill", m_kill},       {"info", m_info},
       {"reload", m_reload},   {"restart", m_restart},
       {"stop", m_stop},       {"reopen_logs", m_reopen_logs},
-      {"hurry", m_hurry},
+      {"hurry", m_hurry},     {"running", m_running},
       {NULL, NULL}};
   tt_lobj_class(L, TT_SUPERVISOR_MT, methods, m_tostring);
   lua_pushcfunction(L, l_supervise);

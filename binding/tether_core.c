@@ -502,7 +502,7 @@ static int l_timeout(lua_State *L) {
 }
 
 /* handshake() -> {channel = bool, json = bool, max_message = n,
- * concurrency = n, detached = bool, parent_pid = n}: what the parent told
+ * concurrency = n, detached = bool, parent_pid = n, cluster = s}: what the parent told
  * us through the environment (tt_handshake.h), read once by the core. */
 static int l_handshake(lua_State *L) {
   const tt_handshake_t *h = tt_handshake();
@@ -519,6 +519,10 @@ static int l_handshake(lua_State *L) {
   lua_setfield(L, -2, "detached");
   lua_pushinteger(L, (lua_Integer)h->parent_pid);
   lua_setfield(L, -2, "parent_pid");
+  if (h->cluster != NULL) {
+    lua_pushstring(L, h->cluster);
+    lua_setfield(L, -2, "cluster");
+  }
   return 1;
 }
 
@@ -804,5 +808,6 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_open_pool(L);
   tt_open_channel(L);
   tt_open_handle(L);
+  tt_open_acceptor(L);
   return 1;
 }

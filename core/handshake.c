@@ -95,5 +95,10 @@ const tt_handshake_t *tt_handshake(void) {
   h.concurrency = ok && v < 1u << 20 ? (unsigned)v : 0;
   h.detached = take(TT_ENV_DETACHED, buf, sizeof buf) != NULL &&
                strcmp(buf, "1") == 0;
+  {
+    /* a list of descriptors: longer than the other values */
+    static char cluster[4096];
+    h.cluster = take(TT_ENV_CLUSTER, cluster, sizeof cluster);
+  }
   return &h;
 }

@@ -87,7 +87,7 @@ static int env_overridden(const char *kv, char **extra) {
   static const char *const own[] = {
       TT_ENV_CHANNEL_FD, TT_ENV_PARENT_PID,  TT_ENV_NODE_CHANNEL_FD,
       TT_ENV_NODE_MODE,  TT_ENV_MAX_MESSAGE, TT_ENV_DETACHED,
-      TT_ENV_POOL_CONCURRENCY};
+      TT_ENV_POOL_CONCURRENCY, TT_ENV_CLUSTER};
   size_t n = env_key_len(kv);
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
     if (n == strlen(own[i]) && strncmp(kv, own[i], n) == 0) return 1;

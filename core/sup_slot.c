@@ -268,6 +268,7 @@ void tt__sup_spawn(tt_slot_t *slot, int as_next) {
   po.env = s->env;
   for (int i = 1; i < 3; i++)
     if (s->log_open[i]) po.stdio[i] = TT_STDIO_PIPE;
+  if (s->on_spawn) s->on_spawn(s, slot->id, &po);
   err = tt_process_spawn(s->loop, &w->p, &po);
   s->env[s->env_len] = NULL;
   uv_timer_init(s->loop, &w->timer);

@@ -100,7 +100,10 @@ void tt__sup_stop_worker(tt_incarnation_t *w, tt_exit_reason_t why,
   uv_timer_stop(&w->timer);
   if (polite && s->shutdown_message != NULL && w->p.channel != NULL &&
       tt_channel_is_connected(w->p.channel) &&
-      tt_channel_send(w->p.channel, TT_FRAME_MESSAGE, 0, s->shutdown_message,
+      tt_channel_send(w->p.channel,
+                      s->opts.shutdown_kind ? s->opts.shutdown_kind
+                                            : TT_FRAME_MESSAGE,
+                      0, s->shutdown_message,
                       s->opts.shutdown_message_len, NULL, NULL) >= 0) {
     w->phase = 1;
     tt__timer_start(&w->timer, on_timer, s->opts.shutdown_timeout_ms,

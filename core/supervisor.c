@@ -431,6 +431,15 @@ int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum) {
   return tt_process_kill(&slot->cur->p, signum);
 }
 
+tt_worker_state_t tt_supervisor_state(tt_supervisor_t *s, unsigned id) {
+  tt_incarnation_t *w;
+  if (id < 1 || id > s->opts.instances || s->slots == NULL)
+    return TT_WORKER_DOWN;
+  w = s->slots[id - 1].cur;
+  if (w == NULL || (w->flags & I_EXITED)) return TT_WORKER_DOWN;
+  return w->state;
+}
+
 int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   tt_slot_t *slot;
   tt_incarnation_t *w;
@@ -479,6 +488,7 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   z.on_error = s->on_error;
   z.on_reload = s->on_reload;
   z.on_memory = s->on_memory;
+  z.on_spawn = s->on_spawn;
   z.on_stopped = s->on_stopped;
   *s = z;
   TAILQ_INIT(&s->all);

@@ -29,7 +29,8 @@
   XX(ERR_NO_CHANNEL, "process has no channel")                                \
   XX(ERR_NO_COROUTINE, "must be called inside a coroutine")                   \
   XX(ERR_NO_HANDLER, "peer has no request handler")                          \
-  XX(ERR_HANDLE_NOT_RECEIVED, "the peer did not take the handle")
+  XX(ERR_HANDLE_NOT_RECEIVED, "the peer did not take the handle")           \
+  XX(ERR_NOT_CLUSTER, "not a cluster worker")
 
 enum {
 #define XX(name, _) TT__IDX_##name,

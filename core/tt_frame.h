@@ -42,13 +42,14 @@ typedef enum {
 /* Header flags (the decoder hands them on; flags are the channel's).
  * TT_FRAME_F_HANDLE: the frame carries one descriptor, sent as SCM_RIGHTS
  * with the frame's first byte (PROTOCOL.md, "Handles"); only MESSAGE,
- * REQUEST and REPLY may, which tt_channel checks. */
+ * REQUEST, REPLY and CONTROL (a cluster's connections) may, which
+ * tt_channel checks. */
 enum { TT_FRAME_F_HANDLE = 1u << 0 };
 
 /* Whether a frame of `kind` may carry a descriptor. */
 static inline int tt_frame_kind_carries_fd(unsigned kind) {
   return kind == TT_FRAME_MESSAGE || kind == TT_FRAME_REQUEST ||
-         kind == TT_FRAME_REPLY;
+         kind == TT_FRAME_REPLY || kind == TT_FRAME_CONTROL;
 }
 
 typedef struct {

@@ -9,7 +9,10 @@
  *   TETHER_PARENT_PID=<pid>    who the parent is (the child watches it);
  *   TETHER_MAX_MESSAGE=<n>     the parent's max_message, when set;
  *   TETHER_DETACHED=1          the child outlives its parent;
- *   TETHER_POOL_CONCURRENCY=<n> set by a pool: tasks a worker runs at once.
+ *   TETHER_POOL_CONCURRENCY=<n> set by a pool: tasks a worker runs at once;
+ *   TETHER_CLUSTER=<mode>[:fd,...] set by a cluster: "rr" (connections come
+ *                              as control frames) or "shared"/"reuseport"
+ *                              with the listening sockets passed to it.
  * A variable the caller put in the child's env itself wins over ours (for
  * tests and tools); the parent's own copies of these are never passed on.
  *
@@ -30,6 +33,7 @@
 #define TT_ENV_MAX_MESSAGE "TETHER_MAX_MESSAGE"
 #define TT_ENV_DETACHED "TETHER_DETACHED"
 #define TT_ENV_POOL_CONCURRENCY "TETHER_POOL_CONCURRENCY"
+#define TT_ENV_CLUSTER "TETHER_CLUSTER"
 
 typedef struct {
   /* A channel was named (by tether or Node.js); fd is usable when
@@ -44,6 +48,7 @@ typedef struct {
   size_t max_message;   /* 0: the default */
   unsigned concurrency; /* 0: not a pool worker */
   int detached;
+  const char *cluster; /* TETHER_CLUSTER as given; NULL: not in a cluster */
 } tt_handshake_t;
 
 /* The child's side, read once (the first call reads and removes the

@@ -70,6 +70,7 @@ typedef struct {
   int wait_ready;            /* RUNNING only after the ready frame */
   const char *shutdown_message; /* MESSAGE payload, copied; NULL: none */
   size_t shutdown_message_len;
+  unsigned shutdown_kind;       /* its frame kind; 0: TT_FRAME_MESSAGE */
   uint64_t shutdown_timeout_ms; /* wait after the message */
   uint64_t kill_timeout_ms;     /* wait after SIGTERM */
   const char *log_path[3];      /* [1] stdout, [2] stderr; NULL: no log */
@@ -136,6 +137,12 @@ struct tt_supervisor_s {
                     uint64_t rss);
   /* Every worker is down and none will start again. */
   void (*on_stopped)(tt_supervisor_t *s);
+  /* Right before each spawn for slot `id`, with the options it will use
+   * (the template, env with TETHER_WORKER_ID): the owner may set what
+   * differs per slot, e.g. `pass_fds` and `handshake` (a cluster's
+   * listening sockets); what they point to must live until the call's
+   * tt_process_spawn returns, i.e. past this call. */
+  void (*on_spawn)(tt_supervisor_t *s, unsigned id, tt_process_options_t *po);
 
   /* private */
   uv_loop_t *loop;
@@ -231,6 +238,9 @@ int tt_supervisor_give_up(tt_supervisor_t *s, const char *why);
 /* Sends a signal to slot `id`'s current worker. */
 int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum);
 int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *out);
+/* Slot `id`'s current worker's state, cheaply (no /proc reads); DOWN for
+ * one that exited, is waiting to restart, or a bad id. */
+tt_worker_state_t tt_supervisor_state(tt_supervisor_t *s, unsigned id);
 /* Re-opens the log files (after logrotate moved them). */
 int tt_supervisor_reopen_logs(tt_supervisor_t *s);
 

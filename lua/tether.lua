@@ -718,6 +718,26 @@ function tether.pool(spec)
   return require("tether.pool").new(spec)
 end
 
+--- tether.ready(): tells a supervising parent that this worker is ready
+-- now (PM2's process.send('ready')), before its main chunk ends: for a
+-- script that goes on to run another loop (luv's uv.run()) from its main
+-- chunk.  The runner says it by itself once the main chunk ran; saying it
+-- twice is harmless.  A no-op without a tether parent.
+function tether.ready()
+  local parent = tether.parent
+  if parent and parent.connected and not parent.json and not tether._said_ready then
+    tether._said_ready = true
+    parent._h:ready()
+  end
+  return true
+end
+
+--- tether.cluster(spec): a supervisor whose workers serve one listening
+-- socket (lua/tether/cluster.lua); tether.cluster.worker() in a worker.
+tether.cluster = setmetatable({
+  worker = function() return require("tether.cluster").worker() end,
+}, { __call = function(_, spec) return require("tether.cluster").new(spec) end })
+
 --- tether.serve(fn), in a pool's worker: fn(task) returns the task's
 -- result (it may yield; raising fails the task with ERR_TASK_FAILED).
 function tether.serve(fn)
@@ -1053,6 +1073,11 @@ local PARENT_EVENTS = {
   request = function(self, id, value) serve_request(self, id, value) end,
   drain = function(self) self:emit("drain") end,
   error = function(self, err) self:emit("error", err) end,
+  control = function(_, a, handle)
+    -- a cluster's connections and stop (lua/tether/cluster.lua)
+    if type(a) == "table" and a.type == "cluster" then return require("tether.cluster").control(a, handle) end
+    if handle then handle:close() end
+  end,
   [false] = function(self, event, a, b, c) self:emit(event, a, b, c) end,
 }
 

@@ -16,6 +16,7 @@
  */
 #include <signal.h>
 #include <stdio.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -91,14 +92,24 @@ static int run_handshake(void) {
   static const char *const vars[] = {
       TT_ENV_CHANNEL_FD,  TT_ENV_NODE_CHANNEL_FD, TT_ENV_NODE_MODE,
       TT_ENV_PARENT_PID,  TT_ENV_MAX_MESSAGE,     TT_ENV_DETACHED,
-      TT_ENV_POOL_CONCURRENCY};
+      TT_ENV_POOL_CONCURRENCY, TT_ENV_CLUSTER};
   const tt_handshake_t *h = tt_handshake();
   uv_loop_t loop;
   tt_channel_t ch;
-  char buf[128];
-  int left = 0, n, fd, lines;
+  char buf[256];
+  int left = 0, n, fd, lines, open_fds = 0;
   for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
     left += getenv(vars[i]) != NULL;
+  /* a cluster's sockets, "MODE:fd,fd": how many of them we have open */
+  if (h->cluster != NULL) {
+    const char *c = strchr(h->cluster, ':');
+    while (c != NULL && *c != '\0') {
+      char *end;
+      long v = strtol(c + 1, &end, 10);
+      if (end != c + 1 && fcntl((int)v, F_GETFD) >= 0) open_fds++;
+      c = *end == ',' ? end : NULL;
+    }
+  }
   uv_loop_init(&loop);
   if (open_channel(&loop, &ch) != 0) return 90;
   n = snprintf(buf, sizeof buf, "named=%d lines=%d max=%zu conc=%u det=%d "
@@ -106,6 +117,9 @@ static int run_handshake(void) {
                h->named, h->lines, h->max_message, h->concurrency,
                h->detached, h->parent_pid == (int)getppid(), left,
                tt_channel_inherited_fd(&fd, &lines));
+  if (h->cluster != NULL)
+    n += snprintf(buf + n, sizeof buf - (size_t)n, " cluster=%s open=%d",
+                  h->cluster, open_fds);
   tt_channel_send(&ch, TT_FRAME_MESSAGE, 0, buf, (size_t)n, NULL, NULL);
   tt_channel_flush_sync(&ch, 5000);
   _exit(0);

@@ -29,6 +29,7 @@ static const struct {
     {TT_ERR_NO_COROUTINE, "ERR_NO_COROUTINE"},
     {TT_ERR_NO_HANDLER, "ERR_NO_HANDLER"},
     {TT_ERR_HANDLE_NOT_RECEIVED, "ERR_HANDLE_NOT_RECEIVED"},
+    {TT_ERR_NOT_CLUSTER, "ERR_NOT_CLUSTER"},
 };
 #define N_OWN (sizeof own_codes / sizeof own_codes[0])
 

@@ -148,6 +148,15 @@ START_TEST(test_descriptors_travel_with_their_frames) {
                                       NULL, NULL), 0);
   tt_test_run_until_n(&loop, &sb.frames, 5, 5000);
   ck_assert_uint_eq(sb.flags[4], TT_FRAME_F_HANDLE);
+  /* a control frame may carry one too (a cluster's connections) */
+  sb.take = 1;
+  ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_CONTROL, 0, "f", 1, p1[1],
+                                      NULL, NULL), 0);
+  tt_test_run_until_n(&loop, &sb.frames, 6, 5000);
+  ck_assert_int_eq(sb.errors, 0);
+  ck_assert_uint_eq(sb.flags[5], TT_FRAME_F_HANDLE);
+  ck_assert(same_file(sb.fds[5], p1[1]));
+  close(sb.fds[5]);
   closed_count = 0;
   tt_channel_close(&a, on_closed);
   tt_channel_close(&b, on_closed);

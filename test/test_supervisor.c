@@ -2,6 +2,8 @@
  * core/tt_pool.h) with real children (children.c): restarts and giving up,
  * shutdown escalation, readiness, task dispatch. */
 #include <check.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <signal.h>
 #include <string.h>
 
@@ -237,6 +239,84 @@ static void on_task(void *arg, int status, unsigned kind, const char *payload,
 static void p_stopped(tt_pool_t *p) { ((pool_seen_t *)p->data)->stopped = 1; }
 static void p_closed(tt_pool_t *p) { ((pool_seen_t *)p->data)->closed = 1; }
 
+/* on_spawn: what differs per slot (a cluster's sockets): each slot's
+ * workers get their own descriptor and handshake variable, and nothing of
+ * the other slot's. */
+typedef struct {
+  int fds[2];
+  char hs[2][64];
+  char *hsv[2][2];
+  char got[2][256];
+  int frames;
+} per_slot_t;
+
+static per_slot_t *per_slot;
+
+static void s_on_spawn(tt_supervisor_t *s, unsigned id,
+                       tt_process_options_t *po) {
+  (void)s;
+  po->pass_fds = &per_slot->fds[id - 1];
+  po->pass_fds_count = 1;
+  po->handshake = per_slot->hsv[id - 1];
+}
+
+static void s_on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
+                       tt_channel_t *ch, const tt_frame_header_t *h,
+                       const char *payload) {
+  (void)s, (void)serial, (void)ch;
+  if (id < 1 || id > 2 || h->len >= sizeof per_slot->got[0]) return;
+  memcpy(per_slot->got[id - 1], payload, h->len);
+  per_slot->got[id - 1][h->len] = '\0';
+  per_slot->frames++;
+}
+
+START_TEST(test_per_slot_descriptors_and_handshake) {
+  uv_loop_t loop;
+  tt_supervisor_t s;
+  tt_supervisor_options_t o;
+  sup_seen_t x;
+  per_slot_t ps;
+  int p[2][2];
+  char want[256];
+  memset(&ps, 0, sizeof ps);
+  per_slot = &ps;
+  uv_loop_init(&loop);
+  for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(pipe2(p[i], O_CLOEXEC), 0);
+    ps.fds[i] = p[i][0];
+    snprintf(ps.hs[i], sizeof ps.hs[i], "TETHER_CLUSTER=reuseport:%d",
+             p[i][0]);
+    ps.hsv[i][0] = ps.hs[i];
+  }
+  sup_options(&o, "handshake");
+  o.instances = 2;
+  o.restart = TT_RESTART_NEVER;
+  memset(&s, 0, sizeof s);
+  memset(&x, 0, sizeof x);
+  s.data = &x;
+  s.on_stopped = s_stopped;
+  s.on_spawn = s_on_spawn;
+  s.on_frame = s_on_frame;
+  ck_assert_int_eq(tt_supervisor_start(&loop, &s, &o), 0);
+  tt_test_run_until_n(&loop, &ps.frames, 2, 10000);
+  for (int i = 0; i < 2; i++) {
+    /* its own descriptor is open in it (the other slot's number names
+     * nothing there: every fd not passed is closed in a child) */
+    snprintf(want, sizeof want, "cluster=reuseport:%d open=1", p[i][0]);
+    ck_assert_msg(strstr(ps.got[i], want) != NULL, "slot %d: %s", i + 1,
+                  ps.got[i]);
+    ck_assert_msg(strstr(ps.got[i], "left=0") != NULL, "%s", ps.got[i]);
+  }
+  sup_finish(&loop, &s, &x);
+  for (int i = 0; i < 2; i++) {
+    /* ours stay ours, close-on-exec as before */
+    ck_assert_int_eq(fcntl(p[i][0], F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+    close(p[i][0]);
+    close(p[i][1]);
+  }
+}
+END_TEST
+
 START_TEST(test_pool_runs_every_task_once) {
   uv_loop_t loop;
   tt_pool_t p;
@@ -380,6 +460,7 @@ Suite *supervisor_suite(void) {
   tcase_add_test(tc, test_hurry_kills_at_once);
   tcase_add_test(tc, test_running_only_after_the_ready_frame);
   tcase_add_test(tc, test_restart_of_a_starting_worker_is_refused);
+  tcase_add_test(tc, test_per_slot_descriptors_and_handshake);
   tcase_add_test(pc, test_pool_runs_every_task_once);
   tcase_add_test(pc, test_pool_times_a_silent_worker_out);
   tcase_add_test(pc, test_pool_reruns_after_a_crash_then_fails);

@@ -77,7 +77,7 @@ if not ok then
 end
 
 -- the main chunk ran: a supervising parent now counts us as running
-if parent and parent.connected and not parent.json then parent._h:ready() end
+tether.ready()
 
 local ok2, e2 = pcall(tether.run)
 if not ok2 then

@@ -63,6 +63,7 @@ local SUPERVISE_OPTIONS = {
   queue_limit = "count", handle_signals = "boolean",
 }
 for k, v in pairs(M.WORKER_OPTIONS) do SUPERVISE_OPTIONS[k] = v end
+M.SUPERVISE_OPTIONS = SUPERVISE_OPTIONS
 
 --- The core's option table for workers (shared with tether.pool), from a
 -- spec already checked against its schema.  Errors are raised at `level`,
@@ -156,19 +157,30 @@ function Worker:__tostring()
   return ("tether.worker %d (pid %s)"):format(self.id, tostring(self.pid))
 end
 
-function M.new(spec)
-  if type(spec) ~= "table" then check.argerror("supervise", 1, "table expected, got " .. type(spec), 2) end
-  check.options("supervise", 1, spec, SUPERVISE_OPTIONS, 2)
-  local o = M.options(spec, "supervise", 2)
+--- The supervisor behind tether.supervise and, with `ext`, tether.cluster:
+-- ext.fname and ext.schema (the caller's name and options), ext.level
+-- (where argument errors point, as for check.options), ext.prepare(o)
+-- (adds core options), ext.class (a Supervisor subclass) and ext.events
+-- (the core's events, EVENTS by default).
+function M.new(spec, ext)
+  ext = ext or {}
+  local fname, level = ext.fname or "supervise", ext.level or 2
+  if type(spec) ~= "table" then check.argerror(fname, 1, "table expected, got " .. type(spec), level) end
+  check.options(fname, 1, spec, ext.schema or SUPERVISE_OPTIONS, level)
+  local o = M.options(spec, fname, level)
   local instances = o.instances
   local handle_signals = spec.handle_signals
 
   local self = setmetatable({ instances = instances, stopped = false,
-    _workers = {}, _reload_cbs = {}, _signals = {} }, Supervisor)
+    _workers = {}, _reload_cbs = {}, _signals = {} }, ext.class or Supervisor)
   for id = 1, instances do
     self._workers[id] = setmetatable({ id = id, restarts = 0, _sup = self }, Worker)
   end
-  local h, err = tether.core.supervise(o, M.handler(self))
+  if ext.prepare then
+    local ok, err = ext.prepare(self, o)
+    if not ok then return nil, err end
+  end
+  local h, err = tether.core.supervise(o, tether._dispatcher(ext.events or M.EVENTS, self))
   if not h then return nil, err end
   self._h = h
   self._json = o.json
@@ -255,7 +267,7 @@ local EVENTS = {
   end,
 }
 
-function M.handler(self) return tether._dispatcher(EVENTS, self) end
+M.EVENTS = EVENTS
 
 local function worker_id(self, id, fname)
   if type(id) == "table" and id._sup == self then return id.id end
