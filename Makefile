@@ -32,6 +32,7 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
 .PHONY: fuzz-deps
 
 .PHONY: rock rock-install
+.PHONY: bench-deps
 .PHONY: squares all deps test test-c test-lua test-asan test-asan-lua test-valgrind test-valgrind-lua demo bench fuzz clean install-rock
 
 all: $(BUILD)/tether/core.so
@@ -108,8 +109,17 @@ test-valgrind-lua: $(BUILD)/tether/core.so $(BUILD)/codec_test.so
 demo: deps $(BUILD)/tether/core.so
 	$(call LUA_ENV,$(BUILD)) $(LUA) examples/demo.lua
 
-bench: deps $(BUILD)/tether/core.so
+# wrk drives the cluster bench (bench/cluster_bench.lua: HTTP under
+# tether.cluster and Node's cluster); CLUSTER_BENCH=0 skips it.
+bench-deps:
+	@sh scripts/deps.sh wrk
+
+bench: deps bench-deps $(BUILD)/tether/core.so
 	$(call LUA_ENV,$(BUILD)) LUA=$(LUA) sh bench/run.sh
+	@mkdir -p bench/results
+	@if [ "$${CLUSTER_BENCH:-1}" != 0 ]; then \
+	  $(call LUA_ENV,$(BUILD)) $(LUA) bench/cluster_bench.lua | tee bench/results/cluster-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
+	fi
 
 # libFuzzer targets (clang from Debian): each runs FUZZ_SECS seconds from the
 # seed corpus in fuzz/corpus/<name>; new inputs go to build-fuzz/<name>.

@@ -14,6 +14,13 @@ local CLOSE_RESPONSE = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnectio
 
 local open, stopping, served = 0, false, 0
 
+-- try_write first, as Node does: a response that fits in the socket
+-- buffer costs one write(2) and no epoll_ctl
+local function send(client, data)
+  local n = client:try_write(data)
+  if n ~= #data then client:write(n and data:sub(n + 1) or data) end
+end
+
 -- Ending: luv's loop is left (uv.stop) and the script exits after
 -- uv.run() returns (below), never from inside luv's callbacks, which
 -- would close luv's loop while it runs.
@@ -38,12 +45,12 @@ local function serve(client)
       buf = buf:sub(e + 4)
       served = served + 1
       if stopping or head:find("connection: close", 1, true) then
-        client:write(CLOSE_RESPONSE)
+        send(client, CLOSE_RESPONSE)
         client:shutdown(done)
         client:read_stop()
         return
       end
-      client:write(RESPONSE)
+      send(client, RESPONSE)
     end
   end)
 end

@@ -684,6 +684,45 @@ end
 -- none came.  NODE_HANDLE_ACK/NACK answer a handle
 -- we sent: answered(obj, acked).  `obj._h` is the core object; `id` the
 -- worker, for supervisors and pools.
+-- Node's socket lists (lib/internal/socket_list.js): a net.Socket a Node
+-- server accepted and sent us carries the server's `key`; Node's
+-- server.getConnections() asks how many of them are still open here
+-- (NODE_SOCKET_GET_COUNT -> NODE_SOCKET_COUNT) and server.close() waits
+-- until none is (NODE_SOCKET_NOTIFY_CLOSE -> NODE_SOCKET_ALL_CLOSED).  We
+-- know a socket is closed when its descriptor number no longer names it
+-- (the user may have handed it to luv or LuaSocket).
+local function node_sockets_open(obj, key)
+  local list = obj._node_sockets and obj._node_sockets[key]
+  if not list then return 0 end
+  local kept = {}
+  for _, e in ipairs(list) do
+    if core.fd_identity(e[1]) == e[2] then kept[#kept + 1] = e end
+  end
+  obj._node_sockets[key] = kept
+  return #kept
+end
+
+local function node_socket_list(obj, m, id)
+  local key = m.key
+  local function reply(v)
+    if not obj._h then return end
+    if id then obj._h:send(id, v) else obj._h:send(v) end
+  end
+  if m.cmd == "NODE_SOCKET_GET_COUNT" then
+    return reply({ cmd = "NODE_SOCKET_COUNT", key = key, count = node_sockets_open(obj, key) })
+  end
+  -- NODE_SOCKET_NOTIFY_CLOSE: answered once the last one is closed
+  if node_sockets_open(obj, key) == 0 then return reply({ cmd = "NODE_SOCKET_ALL_CLOSED", key = key }) end
+  local poll
+  poll = core.timer(100, 100, function()
+    if obj.connected == false or node_sockets_open(obj, key) == 0 then
+      poll:stop()
+      if obj.connected ~= false then reply({ cmd = "NODE_SOCKET_ALL_CLOSED", key = key }) end
+    end
+  end)
+  poll:unref()
+end
+
 function tether._internal_message(obj, m, id, deliver, answered)
   local h, cmd = obj._h, m.cmd
   if cmd == "NODE_HANDLE" then
@@ -691,10 +730,21 @@ function tether._internal_message(obj, m, id, deliver, answered)
     local reply = { cmd = handle and "NODE_HANDLE_ACK" or "NODE_HANDLE_NACK" }
     if id then h:send(id, reply) else h:send(reply) end
     if handle then
+      local key = type(m.key) == "string" and m.type == "net.Socket" and m.key
+      local fd = key and handle:fd()
+      local ident = fd and core.fd_identity(fd)
       if deliver then deliver(m.msg, handle) else handle:close() end
+      if ident then
+        obj._node_sockets = obj._node_sockets or {}
+        local list = obj._node_sockets[key] or {}
+        obj._node_sockets[key] = list
+        list[#list + 1] = { fd, ident }
+      end
     end
   elseif (cmd == "NODE_HANDLE_ACK" or cmd == "NODE_HANDLE_NACK") and answered then
     answered(obj, cmd == "NODE_HANDLE_ACK")
+  elseif (cmd == "NODE_SOCKET_GET_COUNT" or cmd == "NODE_SOCKET_NOTIFY_CLOSE") and type(m.key) == "string" then
+    node_socket_list(obj, m, id)
   end
 end
 

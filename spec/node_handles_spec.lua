@@ -203,4 +203,139 @@ describe("handles with Node.js (JSON mode)", function()
     assert.is_nil(acked)
     assert.same({ datagram = "ping", type = "Socket" }, got)
   end)
+
+  -- test-child-process-fork-getconnections: a Node server sends the
+  -- connections it accepts to a Lua child; server.getConnections() counts
+  -- the ones still open there (NODE_SOCKET_GET_COUNT/COUNT), and
+  -- server.close() completes once the child closed them all
+  -- (NODE_SOCKET_NOTIFY_CLOSE/ALL_CLOSED).
+  it("a Node server's getConnections() and close() count the sockets a Lua child holds", function()
+    local out = H.tmpfile("node-getconn.out")
+    local child = H.script [[
+      local tether = require "tether"
+      local held = {}
+      tether.parent:on("message", function(m, h)
+        if m.cmd == "new" then
+          assert(h and h.kind == "tcp", "no connection")
+          held[#held + 1] = h
+        elseif m.cmd == "close" then
+          assert(h == nil)
+          held[m.id + 1]:close()
+          tether.parent:send({ id = m.id, status = "closed" })
+        end
+      end)
+      tether.run()
+    ]]
+    local parent = js("getconn-parent.js", ([[
+      const { fork } = require('child_process');
+      const net = require('net');
+      const fs = require('fs');
+      setTimeout(() => process.exit(3), 20000).unref(); // never outlive the spec
+      const count = 12;
+      const counts = [];
+      let disconnected = 0, closed = false, killed = false;
+      const child = fork(%q, [], { execPath: %q, execArgv: [], stdio: 'inherit',
+        env: { ...process.env, LUA_PATH: %q, LUA_CPATH: %q, LD_PRELOAD: %q } });
+      child.on('exit', (code, signal) => {
+        fs.writeFileSync(%q, JSON.stringify({ counts, disconnected, closed, killed, code, signal }));
+      });
+      const server = net.createServer();
+      const sockets = [];
+      server.on('connection', (socket) => {
+        child.send({ cmd: 'new' }, socket);
+        sockets.push(socket);
+        if (sockets.length === count) closeSockets(0);
+      });
+      server.on('close', () => { closed = true; });
+      server.on('listening', () => {
+        for (let j = 0; j < count; j++) {
+          const client = net.connect(server.address().port, '127.0.0.1');
+          client.on('close', () => { disconnected += 1; });
+          client.resume();
+        }
+      });
+      function closeSockets(i) {
+        if (i === count) {
+          server.close(() => {
+            setTimeout(() => { killed = true; child.kill(); }, 200);
+          });
+          return;
+        }
+        child.once('message', (m) => {
+          server.getConnections((err, num) => {
+            counts.push(err ? String(err) : num);
+            closeSockets(i + 1);
+          });
+        });
+        child.send({ id: i, cmd: 'close' });
+      }
+      server.listen(0, '127.0.0.1');
+    ]]):format(child, H.LUA, package.path, package.cpath, os.getenv("LD_PRELOAD") or "", out))
+    local p = assert(tether.spawn(NODE, { parent }, { channel = false, env = NODE_ENV }))
+    local code
+    p:on("exit", function(c) code = c end)
+    finally(function() if code == nil then p:kill("SIGKILL") end end)
+    H.run_until(function() return code ~= nil end, 30)
+    assert.equals(0, code)
+    local res = read_json(out)
+    local want = {}
+    for i = 1, 12 do want[i] = 12 - i end
+    assert.same(want, res.counts)
+    assert.is_true(res.closed, "server.close() never completed (NODE_SOCKET_ALL_CLOSED)")
+    assert.equals(12, res.disconnected)
+    assert.is_true(res.killed)
+  end)
+
+  -- test-child-process-send-keep-open: Node sends a connection with
+  -- { keepOpen: true } and goes on using it; the Lua child writes on its
+  -- copy too; the client reads both.
+  it("a Node parent keeps a socket it sent open (keepOpen); both ends write on it", function()
+    local out = H.tmpfile("node-keepopen.out")
+    if not HAS_LUV then pending("luv is not installed") return end
+    local child = H.script [[
+      local tether = require "tether"
+      local uv = require "luv"
+      tether.parent:on("message", function(m, h)
+        assert(h and h.kind == "tcp", "no connection")
+        local t = uv.new_tcp()
+        assert(t:open(h:detach()))
+        t:write("child\n", function() t:close() end)
+        uv.run()
+        tether.parent:send("written")
+      end)
+      tether.run()
+    ]]
+    local parent = js("keepopen-parent.js", ([[
+      const { fork } = require('child_process');
+      const net = require('net');
+      const fs = require('fs');
+      setTimeout(() => process.exit(3), 15000).unref(); // never outlive the spec
+      let data = '', sentOk = null;
+      const child = fork(%q, [], { execPath: %q, execArgv: [], stdio: 'inherit',
+        env: { ...process.env, LUA_PATH: %q, LUA_CPATH: %q, LD_PRELOAD: %q } });
+      const server = net.createServer((socket) => {
+        child.send({ cmd: 'socket' }, socket, { keepOpen: true }, (err) => { sentOk = !err; });
+        child.once('message', (m) => {
+          // the child wrote and closed its copy; ours is still open
+          socket.end('parent\n');
+        });
+      });
+      server.listen(0, '127.0.0.1', () => {
+        const client = net.connect(server.address().port, '127.0.0.1');
+        client.on('data', (d) => { data += d; });
+        client.on('end', () => { server.close(); child.disconnect(); });
+      });
+      child.on('exit', (code) => fs.writeFileSync(%q, JSON.stringify({ data, sentOk, code })));
+    ]]):format(child, H.LUA, package.path, package.cpath, os.getenv("LD_PRELOAD") or "", out))
+    local p = assert(tether.spawn(NODE, { parent }, { channel = false, env = NODE_ENV }))
+    local code
+    p:on("exit", function(c) code = c end)
+    finally(function() if code == nil then p:kill("SIGKILL") end end)
+    H.run_until(function() return code ~= nil end, 20)
+    assert.equals(0, code)
+    local res = read_json(out)
+    assert.equals(0, res.code)
+    assert.is_true(res.sentOk)
+    assert.equals("child\nparent\n", res.data)
+  end)
 end)

@@ -133,6 +133,11 @@ function M.new(spec)
         o.slots[id] = { fds = fds,
           handshake = "TETHER_CLUSTER=" .. mode .. (#fds > 0 and ":" .. table.concat(fds, ",") or "") }
       end
+      if mode == "shared" and not (spec.env and spec.env.UV_TCP_SINGLE_ACCEPT) then
+        -- a worker on libuv (luv) accepts until EAGAIN: the first one awake
+        -- would take a whole burst; one per wake-up spreads them
+        o.env[#o.env + 1] = "UV_TCP_SINGLE_ACCEPT=1"
+      end
       if not o.has_shutdown_message then
         o.has_shutdown_message, o.shutdown_message, o.shutdown_kind = true, STOP, KIND_CONTROL
       end
