@@ -5,7 +5,7 @@ CC      ?= gcc
 LUA     ?= lua5.4
 LUA_INC ?= $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
 UV_CFLAGS := $(shell pkg-config --cflags libuv 2>/dev/null)
-UV_LIBS   := $(shell pkg-config --libs libuv 2>/dev/null || echo -luv)
+UV_LIBS   := $(shell pkg-config --libs libuv 2>/dev/null || echo -luv) $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 CHECK_FLAGS = $(shell pkg-config --cflags --libs check 2>/dev/null || echo -lcheck)
 
 WARN    = -Wall -Wextra -Werror

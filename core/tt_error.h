@@ -30,7 +30,9 @@
   XX(ERR_NO_COROUTINE, "must be called inside a coroutine")                   \
   XX(ERR_NO_HANDLER, "peer has no request handler")                          \
   XX(ERR_HANDLE_NOT_RECEIVED, "the peer did not take the handle")           \
-  XX(ERR_NOT_CLUSTER, "not a cluster worker")
+  XX(ERR_NOT_CLUSTER, "not a cluster worker")                               \
+  XX(ERR_BROKER_DOWN, "the broker (Redis) cannot be reached")               \
+  XX(ERR_BROKER, "the broker (Redis) answered with an error")
 
 enum {
 #define XX(name, _) TT__IDX_##name,

@@ -2,7 +2,7 @@
 # Installs the Debian packages tether needs when run as root; otherwise
 # prints the exact apt-get line.  Usage: scripts/deps.sh [extra packages...]
 set -e
-PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libuv1-dev lua-busted luarocks check lua-filesystem lua-luv lua-socket util-linux lua-cjson $*"
+PKGS="gcc make pkg-config lua5.4 liblua5.4-dev libuv1-dev lua-busted luarocks check lua-filesystem lua-luv lua-socket util-linux lua-cjson libhiredis-dev redis-server $*"
 # JSON mode is tested against the real Node.js: Debian's unless one is there
 command -v node >/dev/null 2>&1 || PKGS="$PKGS nodejs"
 missing=""

@@ -36,6 +36,7 @@ int main(int argc, char **argv) {
   srunner_add_suite(sr, rpc_suite());
   srunner_add_suite(sr, outbox_suite());
   srunner_add_suite(sr, handles_suite());
+  srunner_add_suite(sr, redis_suite());
   srunner_add_suite(sr, supervisor_suite());
   srunner_run_all(sr, CK_ENV); /* CK_VERBOSITY, defaulting to CK_NORMAL */
   failed = srunner_ntests_failed(sr);

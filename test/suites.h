@@ -14,5 +14,6 @@ Suite *supervisor_suite(void);
 Suite *rpc_suite(void);
 Suite *outbox_suite(void);
 Suite *handles_suite(void);
+Suite *redis_suite(void);
 
 #endif /* TT_TEST_SUITES_H */

@@ -30,6 +30,8 @@ static const struct {
     {TT_ERR_NO_HANDLER, "ERR_NO_HANDLER"},
     {TT_ERR_HANDLE_NOT_RECEIVED, "ERR_HANDLE_NOT_RECEIVED"},
     {TT_ERR_NOT_CLUSTER, "ERR_NOT_CLUSTER"},
+    {TT_ERR_BROKER_DOWN, "ERR_BROKER_DOWN"},
+    {TT_ERR_BROKER, "ERR_BROKER"},
 };
 #define N_OWN (sizeof own_codes / sizeof own_codes[0])
 
