@@ -763,9 +763,17 @@ function tether.supervise(spec)
   return require("tether.supervisor").new(spec)
 end
 
---- tether.pool(spec) -> pool | nil, err
+--- tether.pool(spec) -> pool | nil, err (with `broker`: a pool across
+-- machines, lua/tether/broker.lua)
 function tether.pool(spec)
+  if type(spec) == "table" and spec.broker ~= nil then return require("tether.broker").submitter(spec, 2) end
   return require("tether.pool").new(spec)
+end
+
+--- tether.agent(spec) -> agent | nil, err: runs tasks of a broker's queue
+-- in a local pool (lua/tether/broker.lua)
+function tether.agent(spec)
+  return require("tether.broker").agent(spec)
 end
 
 --- tether.ready(): tells a supervising parent that this worker is ready
@@ -803,7 +811,18 @@ function tether.serve(fn)
     parent._serve_limit, parent._active = limit, parent._active or 0
     parent._line = { first = 1, last = 0 }
   end
-  return parent:handle(fn)
+  -- a task from a queue across machines (tether.agent) comes wrapped with
+  -- its info: fn(task, {task_id =, attempt =})
+  local user = fn
+  local MARK = "\0tether.task"
+  return parent:handle(function(task, ...)
+    if type(task) == "table" and rawget(task, MARK) ~= nil then
+      local value, err = core.decode(task[MARK])
+      if err then error(err, 0) end
+      return user(value, task.info)
+    end
+    return user(task, ...)
+  end)
 end
 
 -- Handles in JSON mode travel as Node's: {cmd="NODE_HANDLE", type, msg}
