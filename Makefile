@@ -162,8 +162,8 @@ LUA_MODULES = lua/tether.lua $(wildcard lua/tether/*.lua)
 rock:
 	@mkdir -p $(ROCK_BUILD)/tether
 	$(CC) -std=c11 -D_GNU_SOURCE $(CFLAGS) -fvisibility=hidden -Icore -Ibinding \
-	  -I$(LUA_INCDIR) -I$(LIBUV_INCDIR) $(LIBFLAG) $(CORE_SRC) $(LUA_SRC) \
-	  -L$(LIBUV_LIBDIR) -luv -o $(ROCK_BUILD)/tether/core.so
+	  -I$(LUA_INCDIR) -I$(LIBUV_INCDIR) -I$(HIREDIS_INCDIR) $(LIBFLAG) $(CORE_SRC) $(LUA_SRC) \
+	  -L$(LIBUV_LIBDIR) -luv -L$(HIREDIS_LIBDIR) -lhiredis -o $(ROCK_BUILD)/tether/core.so
 rock-install:
 	install -d $(INST_LIBDIR)/tether $(INST_LUADIR)/tether
 	install -m 755 $(ROCK_BUILD)/tether/core.so $(INST_LIBDIR)/tether/core.so

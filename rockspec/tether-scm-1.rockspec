@@ -18,6 +18,7 @@ dependencies = {
 }
 external_dependencies = {
   LIBUV = { header = "uv.h", library = "uv" },
+  HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
 }
 -- The make backend, not builtin: builtin copies a top-level lua/ folder
 -- wholesale and leaves .o files beside the sources.  `make rock` builds the
@@ -33,6 +34,8 @@ build = {
     LUA_INCDIR = "$(LUA_INCDIR)",
     LIBUV_INCDIR = "$(LIBUV_INCDIR)",
     LIBUV_LIBDIR = "$(LIBUV_LIBDIR)",
+    HIREDIS_INCDIR = "$(HIREDIS_INCDIR)",
+    HIREDIS_LIBDIR = "$(HIREDIS_LIBDIR)",
   },
   install_target = "rock-install",
   install_variables = {
