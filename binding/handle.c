@@ -78,7 +78,7 @@ static int l_handle(lua_State *L) {
   return tt_lua_push_handle(L, dup);
 }
 
-/* core.fd_identity(fd) -> inode | nil: tells one open socket from another
+/* core.fd_identity(fd) -> inode, device | nil: tells one open socket from another
  * that later got the same number (a cluster worker's way to see that a
  * connection it handed to another library was closed, without holding a
  * duplicate that would keep it open). */
@@ -87,7 +87,8 @@ static int l_fd_identity(lua_State *L) {
   struct stat st;
   if (fd < 0 || fd > 0x7fffffff || fstat((int)fd, &st) != 0) return 0;
   lua_pushinteger(L, (lua_Integer)st.st_ino);
-  return 1;
+  lua_pushinteger(L, (lua_Integer)st.st_dev);
+  return 2;
 }
 
 /* core.adopt_fd(fd) -> handle | nil, err: takes an fd that was passed to

@@ -208,6 +208,16 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
     lua_pushinteger(L, (lua_Integer)h->id);
     lua_pushinteger(L, (lua_Integer)serial); /* answered on its channel */
     tt_call(c->o.st, L, 5);
+  } else if (h->kind == TT_FRAME_CONTROL) {
+    /* (id, value, handle or nil, pid): the pid of the process that sent
+     * it, as we spawned it (a cluster tells incarnations apart by it) */
+    int fd = tt_lua_frame_fd(ch, h);
+    if (fd >= 0)
+      tt_lua_push_handle(L, fd);
+    else
+      lua_pushnil(L);
+    lua_pushinteger(L, tt_supervisor_worker_pid(s, serial));
+    tt_call(c->o.st, L, 5);
   } else {
     int fd = tt_lua_frame_fd(ch, h);
     if (fd >= 0) tt_lua_push_handle(L, fd); /* the handler's now */
@@ -388,8 +398,9 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
       ms_field(L, idx, "kill_timeout", so->kill_timeout_ms);
   so->queue_limit = (size_t)num_field(L, idx, "queue_limit", 0);
   so->shutdown_kind = (unsigned)num_field(L, idx, "shutdown_kind", 0);
-  if (so->shutdown_kind > TT_FRAME_CONTROL)
-    return luaL_error(L, "shutdown_kind: bad frame kind");
+  if (so->shutdown_kind != 0 && so->shutdown_kind != TT_FRAME_MESSAGE &&
+      so->shutdown_kind != TT_FRAME_CONTROL)
+    return luaL_error(L, "shutdown_kind: a message or control frame expected");
   lua_getfield(L, idx, "wait_ready");
   so->wait_ready = lua_toboolean(L, -1);
   lua_pop(L, 1);

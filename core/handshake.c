@@ -1,6 +1,7 @@
 /* The child's side of the handshake: see tt_handshake.h. */
 #include "tt_handshake.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,9 +97,27 @@ const tt_handshake_t *tt_handshake(void) {
   h.detached = take(TT_ENV_DETACHED, buf, sizeof buf) != NULL &&
                strcmp(buf, "1") == 0;
   {
-    /* a list of descriptors: longer than the other values */
+    /* a list of descriptors: longer than the other values; one cut short
+     * would name wrong descriptors, so it is refused */
     static char cluster[4096];
-    h.cluster = take(TT_ENV_CLUSTER, cluster, sizeof cluster);
+    const char *v = getenv(TT_ENV_CLUSTER);
+    h.cluster = v != NULL && strlen(v) < sizeof cluster
+                    ? take(TT_ENV_CLUSTER, cluster, sizeof cluster)
+                    : NULL;
+    if (v != NULL && h.cluster == NULL) unsetenv(TT_ENV_CLUSTER);
+    /* the listening sockets it names are ours: not inherited by what we
+     * run in turn (until the script takes them, or if it never does) */
+    for (const char *c = h.cluster ? strchr(h.cluster, ':') : NULL;
+         c != NULL && c[1] != '\0';) {
+      char *end;
+      long fd = strtol(c + 1, &end, 10);
+      if (end == c + 1) break;
+      if (fd > 2 && fd < 65536) {
+        int fl = fcntl((int)fd, F_GETFD);
+        if (fl >= 0) fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
+      }
+      c = *end == ',' ? end : NULL;
+    }
   }
   return &h;
 }

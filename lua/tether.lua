@@ -606,7 +606,10 @@ local CHILD_EVENTS = {
   stdout = function(self, a) child_output(self, a, "stdout") end,
   stderr = function(self, a) child_output(self, a, "stderr") end,
   stdin_drain = function(self) if self.stdin then self.stdin:emit("drain") end end,
-  control = function(self, a) control(self, a) end,
+  control = function(self, a, handle)
+    if handle then handle:close() end -- nothing of ours carries one this way
+    control(self, a)
+  end,
   request = function(self, id, value) serve_request(self, id, value) end,
   drain = function(self) self:emit("drain") end,
   error = function(self, err) self:emit("error", err) end,
@@ -691,33 +694,44 @@ end
 -- until none is (NODE_SOCKET_NOTIFY_CLOSE -> NODE_SOCKET_ALL_CLOSED).  We
 -- know a socket is closed when its descriptor number no longer names it
 -- (the user may have handed it to luv or LuaSocket).
+-- (one list per channel, as Node keeps one per child: `id` is a
+-- supervisor's or pool's worker, nil for a child or the parent)
+local function same_fd(e)
+  local ino, dev = core.fd_identity(e[1])
+  return ino == e[2] and dev == e[3]
+end
+
 local function node_sockets_open(obj, key)
   local list = obj._node_sockets and obj._node_sockets[key]
   if not list then return 0 end
   local kept = {}
   for _, e in ipairs(list) do
-    if core.fd_identity(e[1]) == e[2] then kept[#kept + 1] = e end
+    if same_fd(e) then kept[#kept + 1] = e end
   end
   obj._node_sockets[key] = kept
   return #kept
 end
 
+local function gone(obj)
+  return obj.connected == false or obj.closed or obj.stopped
+end
+
 local function node_socket_list(obj, m, id)
-  local key = m.key
+  local key = (id or 0) .. "\0" .. m.key
   local function reply(v)
     if not obj._h then return end
     if id then obj._h:send(id, v) else obj._h:send(v) end
   end
   if m.cmd == "NODE_SOCKET_GET_COUNT" then
-    return reply({ cmd = "NODE_SOCKET_COUNT", key = key, count = node_sockets_open(obj, key) })
+    return reply({ cmd = "NODE_SOCKET_COUNT", key = m.key, count = node_sockets_open(obj, key) })
   end
   -- NODE_SOCKET_NOTIFY_CLOSE: answered once the last one is closed
-  if node_sockets_open(obj, key) == 0 then return reply({ cmd = "NODE_SOCKET_ALL_CLOSED", key = key }) end
+  if node_sockets_open(obj, key) == 0 then return reply({ cmd = "NODE_SOCKET_ALL_CLOSED", key = m.key }) end
   local poll
   poll = core.timer(100, 100, function()
-    if obj.connected == false or node_sockets_open(obj, key) == 0 then
+    if gone(obj) or node_sockets_open(obj, key) == 0 then
       poll:stop()
-      if obj.connected ~= false then reply({ cmd = "NODE_SOCKET_ALL_CLOSED", key = key }) end
+      if not gone(obj) then reply({ cmd = "NODE_SOCKET_ALL_CLOSED", key = m.key }) end
     end
   end)
   poll:unref()
@@ -730,16 +744,17 @@ function tether._internal_message(obj, m, id, deliver, answered)
     local reply = { cmd = handle and "NODE_HANDLE_ACK" or "NODE_HANDLE_NACK" }
     if id then h:send(id, reply) else h:send(reply) end
     if handle then
-      local key = type(m.key) == "string" and m.type == "net.Socket" and m.key
+      local key = type(m.key) == "string" and m.type == "net.Socket" and (id or 0) .. "\0" .. m.key
       local fd = key and handle:fd()
-      local ident = fd and core.fd_identity(fd)
-      if deliver then deliver(m.msg, handle) else handle:close() end
-      if ident then
+      local ino, dev
+      if fd then ino, dev = core.fd_identity(fd) end
+      if ino then -- counted first: a listener that raises still closed it
         obj._node_sockets = obj._node_sockets or {}
         local list = obj._node_sockets[key] or {}
         obj._node_sockets[key] = list
-        list[#list + 1] = { fd, ident }
+        list[#list + 1] = { fd, ino, dev }
       end
+      if deliver then deliver(m.msg, handle) else handle:close() end
     end
   elseif (cmd == "NODE_HANDLE_ACK" or cmd == "NODE_HANDLE_NACK") and answered then
     answered(obj, cmd == "NODE_HANDLE_ACK")
@@ -1084,7 +1099,7 @@ function Parent:_listeners_changed()
 end
 
 function Parent:_update_ref()
-  local listening = self._keep_alive or self._serving or self._handler
+  local listening = self._keep_alive or self._serving or self._handler or self._cluster
     or (self._calls or 0) > 0
     or self:listener_count("message") > 0 or self:listener_count("disconnect") > 0
   self._h:ref(listening and true or false)

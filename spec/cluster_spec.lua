@@ -14,10 +14,12 @@ local function start(spec)
   spec.script = spec.script or WORKER
   spec.listen = spec.listen or "tcp://127.0.0.1:0"
   spec.handle_signals = false
+  local errors_ok = spec.errors_ok
+  spec.errors_ok = nil
   local c = assert(tether.cluster(spec))
   local up = {}
   c:on("start", function(w) up[w.id] = true end)
-  c:on("error", function(e) error("cluster error: " .. tostring(e)) end)
+  c:on("error", function(e) if not errors_ok then error("cluster error: " .. tostring(e)) end end)
   local want = spec.instances or 1
   H.run_until(function()
     local k = 0
@@ -275,4 +277,127 @@ describe("cluster", function()
       stop(c)
     end)
   end
+
+  -- a worker that only listens for "connection", on tether's own loop
+  -- (no luv loop of its own, no message listener): the channel keeps it
+  -- alive; with a listener that raises, the parent still counts it closed
+  local PLAIN = [[
+    local tether = require "tether"
+    local uv = require "luv"
+    local n = 0
+    tether.on("uncaught", function() end)
+    local w = tether.cluster.worker()
+    w:on("connection", function(conn)
+      n = n + 1
+      if os.getenv("RAISE") and n % 2 == 0 then error("raised on purpose") end
+      local t = uv.new_tcp()
+      t:open(conn:detach())
+      t:write("HTTP/1.1 200 OK\r\nContent-Length: 17\r\nConnection: close\r\n\r\nhello from worker", function()
+        t:shutdown(function() t:close() end)
+      end)
+      uv.run()
+    end)
+  ]]
+
+  -- one request; the body, or nil if the connection closed without one
+  local function try_get(port)
+    local uv = require "luv"
+    local c, got, done = uv.new_tcp(), {}, false
+    c:connect("127.0.0.1", port, function(err)
+      if err then done = true return end
+      c:write("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+      c:read_start(function(rerr, data)
+        if data then got[#got + 1] = data else done = true; c:close() end
+        if rerr then done = true end
+      end)
+    end)
+    local deadline = tether.now() + 5000
+    while not done and tether.now() < deadline do
+      uv.run("nowait")
+      tether.run("nowait")
+    end
+    if not c:is_closing() then c:close() end
+    uv.run("nowait")
+    return table.concat(got):match("\r\n\r\n(.*)$")
+  end
+
+  it("rr: a worker listening only for 'connection' on tether's loop stays up and serves", function()
+    if not has_luv then pending("luv is not installed") return end
+    local c = start { instances = 1, script = H.script(PLAIN), balance = "rr" }
+    local restarts = 0
+    c:on("restart", function() restarts = restarts + 1 end)
+    for _ = 1, 3 do assert.equals("hello from worker", try_get(select(2, c:address()))) end
+    assert.equals(0, restarts)
+    stop(c)
+  end)
+
+  it("rr: a 'connection' listener that raises: the connection still counts as closed", function()
+    if not has_luv then pending("luv is not installed") return end
+    local c = start { instances = 1, script = H.script(PLAIN), balance = "rr", env = { RAISE = "1" } }
+    local _, port = c:address()
+    for _ = 1, 6 do try_get(port) end
+    H.run_until(function() return c:connections()[1].open == 0 end, 10)
+    assert.equals(6, c:connections()[1].given)
+    stop(c)
+  end)
+
+  it("rr: a reload that fails leaves the old worker serving", function()
+    if not has_luv then pending("luv is not installed") return end
+    local flag = H.tmpfile("fail-next-start")
+    os.remove(flag)
+    local c = start { instances = 1, balance = "rr", errors_ok = true, script = H.script(([[
+      local f = io.open(%q)
+      if f then f:close() error("this start fails") end
+      dofile(%q)
+    ]]):format(flag, WORKER)) }
+    local _, port = c:address()
+    assert.matches("hello from worker 1", get(port))
+    io.open(flag, "w"):close()
+    local done, rerr = false, nil
+    c:reload(function(e) done, rerr = true, e end)
+    H.run_until(function() return done end, 20)
+    assert.is_not_nil(rerr)
+    os.remove(flag)
+    assert.matches("hello from worker 1", try_get(port) or "(no answer)")
+    stop(c)
+  end)
+
+  it("rr: an interpreter wrapper that does not exec (pids differ) still serves", function()
+    if not has_luv then pending("luv is not installed") return end
+    local wrap = H.tmpfile("wrap.sh")
+    local f = assert(io.open(wrap, "w"))
+    f:write("#!/bin/sh\n" .. H.LUA .. ' "$@"\n')
+    f:close()
+    os.execute("chmod +x " .. wrap)
+    local c = start { instances = 1, balance = "rr", lua = wrap }
+    assert.matches("hello from worker 1", try_get(select(2, c:address())) or "(no answer)")
+    stop(c)
+  end)
+
+  it("reuseport: a worker that will not run again leaves the group; nothing waits for it", function()
+    if not has_luv then pending("luv is not installed") return end
+    local c = start { instances = 2, balance = "reuseport", restart = "never", errors_ok = true }
+    local _, port = c:address()
+    local gone = false
+    c:on("exit", function(w) if w.id == 2 then gone = true end end)
+    c:kill(2, "SIGKILL")
+    H.run_until(function() return gone end)
+    H.sleep(50)
+    for _ = 1, 12 do assert.matches("hello from worker 1", try_get(port) or "(no answer)") end
+    stop(c)
+  end)
+
+  it("a spec the core refuses raises, and leaves no socket bound", function()
+    local port
+    do
+      local s = assert(tether.listen("tcp://127.0.0.1:0"))
+      port = select(2, s:address())
+      s:close()
+    end
+    assert.has_error(function()
+      tether.cluster { script = WORKER, listen = "tcp://127.0.0.1:" .. port, within = 1e13 }
+    end)
+    local s = assert(tether.listen("tcp://127.0.0.1:" .. port)) -- free again
+    s:close()
+  end)
 end)

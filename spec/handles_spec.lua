@@ -292,4 +292,24 @@ describe("handles", function()
     H.run_until(function() return c.exit_code ~= nil end, 15)
     assert.equals("hi from luasocket", line)
   end)
+
+  it("a descriptor on a control frame that nobody takes is closed at once (not left to the GC)", function()
+    local c = assert(tether.fork(H.script [[
+      local tether = require "tether"
+      local s = assert(tether.listen("tcp://127.0.0.1:0"))
+      for i = 1, 50 do tether.parent._h:send({ type = "x", i = i }, nil, tether._KIND_CONTROL, 0, s) end
+      s:close()
+      tether.parent:send("sent")
+    ]]))
+    collectgarbage("stop") -- what a __gc would close must already be closed
+    local before = 0
+    for _ in pairs(H.fds()) do before = before + 1 end
+    local sent = false
+    c:on("message", function(m) sent = m == "sent" end)
+    H.run_until(function() return sent and c.exit_code ~= nil end, 10)
+    local after = 0
+    for _ in pairs(H.fds()) do after = after + 1 end
+    collectgarbage("restart")
+    assert.is_true(after <= before, ("%d descriptors more after 50 control frames"):format(after - before))
+  end)
 end)

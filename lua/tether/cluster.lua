@@ -121,7 +121,7 @@ function M.new(spec)
   local sup_spec = {}
   for k, v in pairs(spec) do if OPTIONS[k] == nil then sup_spec[k] = v end end
   local opened
-  local self, err = supervisor.new(sup_spec, {
+  local ok, self, err = pcall(supervisor.new, sup_spec, {
     fname = "cluster", schema = SCHEMA, level = 3, class = Cluster, events = M.EVENTS,
     prepare = function(self, o)
       local handles, per_slot = open_listeners(spec, o.instances)
@@ -143,13 +143,20 @@ function M.new(spec)
       end
       self.balance = mode
       self._sockets = handles
-      self._conns = {} -- per slot: {pid = the ready incarnation, open = n, given = n}
-      for id = 1, o.instances do self._conns[id] = { open = 0, given = 0 } end
+      -- per slot: given = connections handed to it, ready = per pid of an
+      -- incarnation that takes connections, its open count
+      self._conns = {}
+      for id = 1, o.instances do self._conns[id] = { given = 0, ready = {} } end
+      self._per_slot = per_slot
       self._waiting = {} -- accepted while no worker was ready
       self._next = 0
       return true
     end,
   })
+  if not ok then -- raised (a bad option the core found): nothing stays open
+    if opened then close_all(opened) end
+    error(self, 0)
+  end
   if not self then
     if opened then close_all(opened) end
     return nil, err
@@ -184,9 +191,10 @@ function Cluster:_pick()
   local best, least
   for k = 1, n do
     local id = (self._next + k - 1) % n + 1
-    local c = conns[id]
-    if c.pid and c.pid == workers[id].pid and (least == nil or c.open < least) and h:running(id) then
-      best, least = id, c.open
+    local pid = workers[id].pid
+    local r = pid and conns[id].ready[pid]
+    if r and (least == nil or r.open < least) and h:running(id) then
+      best, least = id, r.open
       if least == 0 then break end
     end
   end
@@ -204,16 +212,16 @@ function Cluster:_dispatch(conn)
     return self:_pause(true)
   end
   local c = self._conns[id]
-  c.open, c.given = c.open + 1, c.given + 1
-  local pid = c.pid
+  local r = c.ready[self._workers[id].pid]
+  r.open, c.given = r.open + 1, c.given + 1
   local ok = self._h:send(id, CONNECTION, 0, function(err)
     if not err then return conn:close() end -- the worker has its copy
     -- it never reached that worker (it stopped for good): another one
-    if c.pid == pid and c.open > 0 then c.open = c.open - 1 end
+    r.open, c.given = math.max(0, r.open - 1), c.given - 1
     self:_dispatch(conn)
   end, KIND_CONTROL, nil, conn)
   if not ok then
-    c.open, c.given = c.open - 1, c.given - 1
+    r.open, c.given = r.open - 1, c.given - 1
     conn:close() -- queue full or closed: the client sees it closed
   end
 end
@@ -227,14 +235,17 @@ function Cluster:_flush()
   if #self._waiting == 0 then self:_pause(false) end
 end
 
-function Cluster:_control(id, msg)
+-- `pid`: the incarnation that sent it, as the supervisor spawned it (not
+-- what the worker says: a wrapper script may stand between)
+function Cluster:_control(id, msg, pid)
   local c = self._conns[id]
-  local pid = math.type(msg.pid) == "integer" and msg.pid or nil
-  if msg.op == "ready" and pid then
-    if c.pid ~= pid then c.pid, c.open = pid, 0 end
+  if not pid or pid <= 0 then return end
+  if msg.op == "ready" then
+    c.ready[pid] = c.ready[pid] or { open = 0 }
     self:_flush()
-  elseif msg.op == "closed" and pid == c.pid and math.type(msg.n) == "integer" and msg.n > 0 then
-    c.open = math.max(0, c.open - msg.n)
+  elseif msg.op == "closed" and math.type(msg.n) == "integer" and msg.n > 0 then
+    local r = c.ready[pid]
+    if r then r.open = math.max(0, r.open - msg.n) end
   end
 end
 
@@ -249,11 +260,15 @@ end
 function Cluster:connections()
   if self.balance ~= "rr" then return nil end
   local out = {}
-  for id, c in ipairs(self._conns) do out[id] = { given = c.given, open = c.open } end
+  for id, c in ipairs(self._conns) do
+    local r = c.ready[self._workers[id].pid]
+    out[id] = { given = c.given, open = r and r.open or 0 }
+  end
   return out
 end
 
 function Cluster:stop(cb)
+  if cb ~= nil and type(cb) ~= "function" then check.argerror("stop", 1, "function expected, got " .. type(cb), 2) end
   self._stopping = true
   for _, conn in ipairs(self._waiting or {}) do conn:close() end
   self._waiting = {}
@@ -270,10 +285,27 @@ local function teardown(self)
   self._sockets = {}
 end
 
+-- "reuseport": a slot that will not run again must leave the kernel's
+-- group, or clients hashed to its socket would wait for ever
+local function retire_slot(self, id)
+  local fds = self._per_slot and self._per_slot[id]
+  if self.balance ~= "reuseport" or not fds or self._stopping then return end
+  local info = self._h and self._h:info(id)
+  if not info or info.state ~= "down" then return end
+  local keep = {}
+  for _, h in ipairs(self._sockets) do
+    local mine = false
+    for _, fd in ipairs(fds) do if h:fd() == fd then mine = true end end
+    if mine then h:close() else keep[#keep + 1] = h end
+  end
+  self._sockets = keep
+  self._per_slot[id] = nil
+end
+
 M.EVENTS = setmetatable({
-  control = function(self, id, msg, handle)
+  control = function(self, id, msg, handle, pid)
     if handle then handle:close() end -- workers send none
-    if type(msg) == "table" and msg.type == "cluster" then return self:_control(id, msg) end
+    if type(msg) == "table" and msg.type == "cluster" then return self:_control(id, msg, pid) end
     return supervisor.EVENTS.control(self, id, msg)
   end,
   start = function(self, id, pid)
@@ -281,9 +313,10 @@ M.EVENTS = setmetatable({
     if self._acceptors then self:_flush() end
   end,
   exit = function(self, id, code, sig, reason, pid)
-    local c = self._conns[id]
-    if c.pid == pid then c.pid, c.open = nil, 0 end
+    self._conns[id].ready[pid] = nil
     supervisor.EVENTS.exit(self, id, code, sig, reason, pid)
+    -- (the restart, if any, is decided by now: asked on the next turn)
+    tether.defer(function() retire_slot(self, id) end)
   end,
   stopped = function(self)
     self._stopping = true
@@ -312,7 +345,8 @@ local function watch_closes(self)
     local open, closed, kept = self._open, 0, {}
     for i = 1, #open do
       local e = open[i]
-      if core.fd_identity(e[1]) ~= e[2] then closed = closed + 1 else kept[#kept + 1] = e end
+      local ino, dev = core.fd_identity(e[1])
+      if ino ~= e[2] or dev ~= e[3] then closed = closed + 1 else kept[#kept + 1] = e end
     end
     self._open = kept
     if closed > 0 then
@@ -342,14 +376,15 @@ end
 
 function Worker:_connection(handle)
   local fd = handle:fd()
-  local ident = fd and core.fd_identity(fd)
-  tether._emit_with_handle(self, handle, "connection", handle)
-  if ident then -- watched even when closed already: the parent counts it
+  local ino, dev
+  if fd then ino, dev = core.fd_identity(fd) end
+  if ino then -- watched first: one a listener closes (or raises on) counts
     local open = self._open
-    open[#open + 1] = { fd, ident }
+    open[#open + 1] = { fd, ino, dev }
     self.open = #open
     watch_closes(self)
   end
+  tether._emit_with_handle(self, handle, "connection", handle)
 end
 
 function Worker:_stop()
@@ -398,6 +433,10 @@ function M.worker()
     handles[i] = h
   end
   the_worker = setmetatable({ balance = mode, handles = handles, open = 0, _open = {} }, Worker)
+  -- the parent's control frames (connections, stop) are our work: the
+  -- channel keeps the loop alive, listener or not
+  tether.parent._cluster = true
+  tether.parent:_update_ref()
   if mode == "rr" then return the_worker end
   return handles[1], the_worker
 end

@@ -24,7 +24,8 @@ local EVENTS = {
     if self._json and tether._json.is_internal(m) then return tether._internal_message(self, m, id) end
     self:emit("message", id, m)
   end,
-  control = function(self, id, m)
+  control = function(self, id, m, handle)
+    if handle then handle:close() end -- nothing of ours carries one this way
     local err = tether._worker_error(m)
     if err then
       err.worker = id

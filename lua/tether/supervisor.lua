@@ -234,7 +234,8 @@ local EVENTS = {
     self.gave_up = why
     self:emit("give_up", why)
   end,
-  control = function(self, id, a)
+  control = function(self, id, a, handle)
+    if handle then handle:close() end -- nothing of ours carries one this way
     local err = tether._worker_error(a)
     if err then
       err.worker = id
