@@ -27,13 +27,14 @@ end
 return 0]]
 
 -- KEYS: tasks, reply stream   ARGV: group, consumer, entry, task id,
--- status, body.  0: this host does not own the entry (any more).
+-- status, body, attempt.  0: this host does not own the entry (any more).
 local COMPLETE = [[
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #p == 0 then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'id', ARGV[4], 'status', ARGV[5], 'body', ARGV[6])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'id', ARGV[4], 'status', ARGV[5], 'body', ARGV[6],
+  'attempt', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], 3600000)
 return 1]]
 
@@ -127,7 +128,7 @@ function M.submitter(spec, level)
   end
   local self = setmetatable({ queue = spec.queue, _k = keys(spec.queue), _id = hostname() .. ":" .. random_id(),
     _seq = 0, _inflight = {}, _n = 0, _last = "0-0", _reply_timeout = spec.reply_timeout,
-    _stats = { submitted = 0, done = 0, failed = 0, late = 0 } }, Submitter)
+    _stats = { submitted = 0, done = 0, failed = 0, late = 0, redelivered = 0 } }, Submitter)
   self._reply = self._k.reply(self._id)
   local err
   self._cmd, err = connect(self, spec.broker, function() self:_resubmit() end)
@@ -195,6 +196,8 @@ function Submitter:_result(f)
   end
   self._inflight[f.id] = nil
   self._n = self._n - 1
+  -- it ran before, on a host that died or stalled
+  if (tonumber(f.attempt) or 1) > 1 then self._stats.redelivered = self._stats.redelivered + 1 end
   local err, value
   if f.status == "ok" then
     local v, derr = core.decode(f.body or "")
@@ -371,7 +374,8 @@ function Agent:_run(entry_id, f, attempt, owner)
       if b then status, body = "ok", b
       else status, body = "failed", core.encode({ code = eerr.code, message = eerr.message }) end
     end
-    self:_complete({ entry = entry_id, owner = owner, id = f.id or "", reply = f.reply or "", status = status, body = body })
+    self:_complete({ entry = entry_id, owner = owner, id = f.id or "", reply = f.reply or "", status = status,
+      body = body, attempt = attempt })
     self:_fetch()
   end)
   if not ok then
@@ -386,7 +390,8 @@ function Agent:_complete(c)
     self._unsettled[#self._unsettled + 1] = c
     return
   end
-  self._cmd:command({ "EVAL", COMPLETE, 2, k.tasks, c.reply, GROUP, c.owner, c.entry, c.id, c.status, c.body }, 0,
+  self._cmd:command({ "EVAL", COMPLETE, 2, k.tasks, c.reply, GROUP, c.owner, c.entry, c.id, c.status, c.body,
+    c.attempt }, 0,
     function(err, n)
       if err then
         if err.code == "ERR_BROKER" then return self:emit("error", err) end
