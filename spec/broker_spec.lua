@@ -32,6 +32,15 @@ describe("pools across machines (Redis Streams)", function()
     end
     local st = pool:stats()
     assert.same({ submitted = 200, done = 200, failed = 0, late = 0, pending = 0, redelivered = 0 }, st)
+    -- run and map, in a coroutine, as with a local pool
+    local mapped, one
+    tether.go(function()
+      one = pool:run({ n = 7 })
+      mapped = pool:map({ { n = 1 }, { n = 2 }, { n = 3 } })
+    end)
+    H.run_until(function() return mapped ~= nil end, 20)
+    assert.equals(49, one.sq)
+    assert.same({ 1, 4, 9 }, { mapped[1].sq, mapped[2].sq, mapped[3].sq })
     local closed = false
     pool:close(function() closed = true end)
     H.run_until(function() return closed end)
@@ -164,5 +173,17 @@ describe("pools across machines (Redis Streams)", function()
     H.run_until(function() return p1.closed and p2.closed end)
     finish_agent(a1)
     r.stop()
+  end)
+
+  it("examples/distributed.lua runs a 2-agent pool on one machine", function()
+    local out = {}
+    local c = assert(tether.spawn(H.LUA, { H.dir .. "/../examples/distributed.lua" },
+      { stdio = { stdout = "pipe" } }))
+    c.stdout:on("data", function(d) out[#out + 1] = d end)
+    H.run_until(function() return c.exit_code ~= nil end, 30)
+    local text = table.concat(out)
+    assert.equals(0, c.exit_code)
+    assert.matches("sum of squares 22140 %(right: 22140%)", text)
+    assert.matches("machine%-%d ran %d+", text)
   end)
 end)

@@ -174,18 +174,10 @@ function Submitter:submit(task, cb)
   return true
 end
 
---- pool:run(task) inside a coroutine -> result | nil, err
-function Submitter:run(task)
-  local co, main = coroutine.running()
-  if not co or main then return nil, tether.error("ERR_NO_COROUTINE", "pool:run must be called inside a coroutine") end
-  local ok, err = self:submit(task, function(e, r)
-    local okr, rerr = coroutine.resume(co, e, r)
-    if not okr then error(rerr, 0) end
-  end)
-  if not ok then return nil, err end
-  local e, r = coroutine.yield()
-  if e then return nil, e end
-  return r
+-- run and map as a local pool's (they only use submit)
+do
+  local Pool = require("tether.pool").Pool
+  Submitter.run, Submitter.map = Pool.run, Pool.map
 end
 
 function Submitter:_result(f)
