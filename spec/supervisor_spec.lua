@@ -116,10 +116,11 @@ describe("tether.supervise", function()
     sup:on("stopped", function() stopped = true end)
     H.run_until(function() return stopped end)
     assert.equals(4, #delays)
+    -- each at least its backoff: that they grow is in the bounds (a spawn
+    -- that takes longer under load may add more to one than the next)
     for i, want in ipairs { 40, 80, 160, 320 } do
       assert.is_true(delays[i] >= want - 2, ("delay %d: %.1f ms < %d"):format(i, delays[i], want))
     end
-    for i = 2, 4 do assert.is_true(delays[i] > delays[i - 1]) end
   end)
 
   it("resets the backoff once a worker ran min_uptime", function()
