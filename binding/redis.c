@@ -157,6 +157,7 @@ static int m_command(lua_State *L) {
   luaL_argcheck(L, n >= 1 && n <= MAX_ARGS, 2, "1 to 4096 arguments expected");
   luaL_argcheck(L, block >= 0, 3, "negative block time");
   lua_settop(L, 4);
+  luaL_checkstack(L, (int)n + 4, "too many arguments");
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i); /* stays on the stack: the strings live */
     if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)

@@ -19,10 +19,36 @@ enum { S_CONNECTING = 0, S_SELECTING, S_READY, S_WAITING, S_CLOSED };
 
 #define READ_CHUNK 65536
 #define TICK_MS 100
+/* hiredis 0.14 allocates an array of any announced size before a single
+ * element came: "*2147483647" from a broken or hostile server would take
+ * gigabytes (and freeing it, seconds).  Replies to our commands are far
+ * smaller. */
+#define MAX_ELEMENTS (1 << 20)
+
+static redisReplyObjectFunctions reader_fns;
+static void *(*default_create_array)(const redisReadTask *, int);
+
+static void *create_array(const redisReadTask *task, int elements) {
+  if (elements < 0 || elements > MAX_ELEMENTS) return NULL; /* reader error */
+  return default_create_array(task, elements);
+}
+
+static redisReader *new_reader(void) {
+  redisReader *rd = redisReaderCreate();
+  if (rd == NULL) return NULL;
+  if (default_create_array == NULL) {
+    reader_fns = *rd->fn;
+    default_create_array = reader_fns.createArray;
+    reader_fns.createArray = create_array;
+  }
+  rd->fn = &reader_fns;
+  return rd;
+}
 
 typedef struct {
   uv_write_t req;
   size_t len;
+  unsigned gen; /* the connection it was written on */
   char data[];
 } out_t;
 
@@ -107,8 +133,10 @@ static void fail_list(tt_redis_t *r, struct tt_redis_cmd_list *list, int err) {
 static void on_written(uv_write_t *req, int status) {
   out_t *o = (out_t *)req;
   tt_redis_t *r = req->data;
+  unsigned gen = o->gen;
   free(o);
-  if (status != UV_ECANCELED) r->writing--;
+  if (gen != r->gen) return; /* a connection dropped since */
+  r->writing--;
   if (status < 0 && status != UV_ECANCELED && r->state != S_CLOSED)
     drop(r, TT_ERR_BROKER_DOWN);
 }
@@ -135,6 +163,7 @@ static void on_idle(uv_idle_t *h) {
         return;
       }
       done = n > 0 ? (size_t)n : 0;
+      if (done > 0) r->progress = now(r);
       if (done == r->out_len) {
         r->out_len = 0;
         return;
@@ -144,8 +173,10 @@ static void on_idle(uv_idle_t *h) {
       drop(r, UV_ENOMEM);
       return;
     }
+    r->progress = now(r);
     memcpy(o->data, r->out + done, r->out_len - done);
     o->len = r->out_len - done;
+    o->gen = r->gen;
     r->out_len = 0;
     r->writing++;
     o->req.data = r;
@@ -192,7 +223,8 @@ static int enqueue(tt_redis_t *r, int argc, const char **argv,
   free(cmd);
   c->cb = cb;
   c->arg = arg;
-  c->deadline = now(r) + r->opts.reply_timeout_ms + block_ms;
+  c->deadline = block_ms; /* (the allowance: see on_tick) */
+  if (TAILQ_EMPTY(&r->pending)) r->progress = now(r);
   TAILQ_INSERT_TAIL(&r->pending, c, link);
   wake(r);
   return 0;
@@ -234,6 +266,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     drop(r, TT_ERR_BROKER_DOWN);
     return;
   }
+  r->progress = now(r);
   if (redisReaderFeed(r->reader, r->rbuf, (size_t)n) != REDIS_OK) {
     drop(r, UV_EPROTO);
     return;
@@ -267,7 +300,9 @@ static void ready(tt_redis_t *r) {
   if (r->on_state) r->on_state(r, 1, 0);
 }
 
-static void on_selected(tt_redis_t *r, redisReply *reply, int err, void *arg) {
+/* The first reply on a new connection: the server answers (not LOADING,
+ * not "max number of clients"); only then is it up. */
+static void on_hello(tt_redis_t *r, redisReply *reply, int err, void *arg) {
   (void)arg;
   if (err != 0) return; /* the loss is being handled */
   if (reply->type == REDIS_REPLY_ERROR) {
@@ -279,14 +314,10 @@ static void on_selected(tt_redis_t *r, redisReply *reply, int err, void *arg) {
 
 static void on_tick(uv_timer_t *t) {
   tt_redis_t *r = t->data;
-  tt_redis_cmd_t *c;
-  uint64_t n = now(r);
-  TAILQ_FOREACH(c, &r->pending, link) {
-    if (c->deadline <= n) {
-      drop(r, TT_ERR_TIMEOUT);
-      return;
-    }
-  }
+  tt_redis_cmd_t *c = TAILQ_FIRST(&r->pending);
+  if (c != NULL &&
+      now(r) - r->progress > r->opts.reply_timeout_ms + c->deadline)
+    drop(r, TT_ERR_TIMEOUT);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -302,16 +333,18 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_timer_start(&r->ticker, on_tick, TICK_MS, TICK_MS);
+  r->state = S_SELECTING;
   if (r->db > 0) {
     char db[16];
     const char *argv[2] = {"SELECT", db};
     size_t len[2] = {6, 0};
     len[1] = (size_t)snprintf(db, sizeof db, "%d", r->db);
-    r->state = S_SELECTING;
-    if (enqueue(r, 2, argv, len, 0, on_selected, NULL) != 0) drop(r, UV_ENOMEM);
-    return;
+    if (enqueue(r, 2, argv, len, 0, on_hello, NULL) != 0) drop(r, UV_ENOMEM);
+  } else {
+    const char *argv[1] = {"PING"};
+    size_t len[1] = {4};
+    if (enqueue(r, 1, argv, len, 0, on_hello, NULL) != 0) drop(r, UV_ENOMEM);
   }
-  ready(r);
 }
 
 static void on_connect_timeout(uv_timer_t *t) {
@@ -334,7 +367,7 @@ static void try_connect(tt_redis_t *r) {
     tt__timer_start(&r->timer, on_reconnect, 1, 0);
     return;
   }
-  if (r->reader == NULL && (r->reader = redisReaderCreate()) == NULL) {
+  if (r->reader == NULL && (r->reader = new_reader()) == NULL) {
     tt__timer_start(&r->timer, on_reconnect, 100, 0); /* out of memory */
     return;
   }
@@ -388,7 +421,7 @@ static void drop(tt_redis_t *r, int err) {
   if (r->sock_open && !uv_is_closing(&r->sock.handle))
     uv_close(&r->sock.handle, on_sock_closed);
   redisReaderFree(r->reader);
-  r->reader = redisReaderCreate();
+  r->reader = new_reader();
   r->out_len = 0;
   r->writing = 0; /* the new socket has none (the old ones are cancelled) */
   delay = tt_backoff_delay(&r->opts.backoff, ++r->attempts, &r->seed);
@@ -421,7 +454,7 @@ int tt_redis_start(uv_loop_t *loop, tt_redis_t *r, const char *address,
   if ((err = tt_backoff_check(&r->opts.backoff)) != 0 ||
       (err = parse_address(r, address)) != 0)
     goto fail;
-  r->reader = redisReaderCreate();
+  r->reader = new_reader();
   r->rbuf = malloc(READ_CHUNK);
   if (r->reader == NULL || r->rbuf == NULL) {
     err = UV_ENOMEM;

@@ -12,8 +12,10 @@
  * exactly once: with the reply (which may be a Redis error reply: check
  * reply->type), or with reply NULL and an error: TT_ERR_BROKER_DOWN (not
  * connected, or the connection was lost with the command unanswered) or
- * TT_ERR_TIMEOUT (no reply within reply_timeout_ms: the connection is then
- * dropped, since a reply may still come and the order would be lost).
+ * TT_ERR_TIMEOUT (nothing read or written for reply_timeout_ms while a
+ * reply is awaited: the connection is then dropped, since a reply may
+ * still come and the order would be lost).  A connection is up once the
+ * server answered a first PING (or SELECT): not while Redis is LOADING.
  *
  * The connection comes back by itself after a loss, after the backoff;
  * on_state tells the owner (connected 1 / 0).  Commands issued while it is
@@ -51,7 +53,7 @@ struct tt_redis_cmd_s {
   TAILQ_ENTRY(tt_redis_cmd_s) link;
   tt_redis_cb cb;
   void *arg;
-  uint64_t deadline; /* loop ms */
+  uint64_t deadline; /* its BLOCK time: allowed on top of the timeout */
 };
 
 struct tt_redis_s {
@@ -85,6 +87,7 @@ struct tt_redis_s {
   unsigned attempts;   /* reconnects since the last success */
   unsigned gen;        /* connections so far (a callback may drop one) */
   int writing;         /* uv_writes in flight on the current socket */
+  uint64_t progress;   /* loop ms of the last byte read or written */
   uint64_t seed;
   int state;           /* see redis.c */
   int sock_open, closing, pending_closes;

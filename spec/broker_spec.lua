@@ -186,4 +186,46 @@ describe("pools across machines (Redis Streams)", function()
     assert.matches("sum of squares 22140 %(right: 22140%)", text)
     assert.matches("machine%-%d ran %d+", text)
   end)
+
+  it("a callback that raises does not stop the others; an agent that cannot run tasks fails them", function()
+    local r = redis()
+    local a1 = agent(r, "qe", 1)
+    local pool = assert(tether.pool { broker = r.addr, queue = "qe" })
+    local raised, calls = 0, 0
+    local function on_uncaught() raised = raised + 1 end
+    tether.on("uncaught", on_uncaught)
+    for i = 1, 6 do
+      pool:submit({ n = i }, function()
+        calls = calls + 1
+        if i == 1 then error("a user's callback raised") end
+      end)
+    end
+    H.run_until(function() return calls == 6 and raised == 1 end, 20)
+    tether.off("uncaught", on_uncaught)
+    pool:close()
+    H.run_until(function() return pool.closed end)
+    finish_agent(a1)
+    -- an agent whose workers cannot start (the script raises as it
+    -- loads: a syntax error): its pool gives up; the tasks fail with why, nothing hangs
+    local bad = H.script [[this is not Lua]]
+    local broken = assert(tether.fork(H.script [[
+      local tether = require "tether"
+      local broker, bad = ...
+      local a = assert(tether.agent{ broker = broker, queue = "qb", script = bad,
+        size = 1, heartbeat = 200, ttl = 600.0 })
+      a:on("error", function() end)
+      tether.parent:on("message", function() a:close(function() tether.exit(0) end) end)
+    ]], { r.addr, bad }, { detached = true }))
+    local p2 = assert(tether.pool { broker = r.addr, queue = "qb" })
+    local errs = {}
+    for i = 1, 3 do p2:submit({ n = i }, function(e) errs[#errs + 1] = e end) end
+    H.run_until(function() return #errs == 3 end, 20)
+    for _, e in ipairs(errs) do
+      assert.is_truthy(e.code == "ERR_WORKER_INIT" or e.code == "ERR_CLOSED", tostring(e))
+    end
+    p2:close()
+    H.run_until(function() return p2.closed end)
+    finish_agent(broken)
+    r.stop()
+  end)
 end)

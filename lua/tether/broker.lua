@@ -45,9 +45,11 @@ if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
 return 0]]
 
--- KEYS: tasks, dead   ARGV: group, entry.  Moves an entry that was
--- delivered too often to the dead-letter stream; returns its fields.
+-- KEYS: tasks, dead   ARGV: group, entry, dead consumer.  Moves an entry
+-- that was delivered too often to the dead-letter stream, if the dead
+-- consumer still holds it; returns its fields.
 local BURY = [[
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3]) == 0 then return {} end
 local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -60,6 +62,7 @@ for i = 1, #f, 2 do
 end
 if reply then
   redis.call('XADD', reply, 'MAXLEN', '~', 100000, '*', 'id', id, 'status', 'dead', 'body', '')
+  redis.call('PEXPIRE', reply, 3600000)
 end
 return f]]
 
@@ -95,6 +98,13 @@ local function fields(list)
   return t
 end
 
+-- A user's callback, run so that an error in it cannot stop our reading:
+-- it is raised again from the loop (tether.run or the "uncaught" handler)
+local function call_user(fn, ...)
+  local ok, err = xpcall(fn, debug.traceback, ...)
+  if not ok then tether.defer(function() error(err, 0) end) end
+end
+
 local function connect(self, address, on_up)
   local conn, err = core.redis(address, { reply_timeout = self._reply_timeout }, function(event, up, e)
     if event ~= "state" then return end
@@ -118,7 +128,7 @@ local Submitter = setmetatable({}, { __index = tether.Emitter })
 Submitter.__index = Submitter
 M.Submitter = Submitter
 
-local SUBMIT_OPTIONS = { timeout = "ms" }
+local SUBMIT_OPTIONS = {}
 for k, v in pairs(BROKER_OPTIONS) do SUBMIT_OPTIONS[k] = v end
 
 function M.submitter(spec, level)
@@ -146,16 +156,28 @@ function Submitter:_send(t)
   t.sent = "sending"
   self._cmd:command({ "EVAL", SUBMIT, 2, k.tasks, k.sub(t.id), t.id, self._reply, t.body }, 0, function(err)
     if self._inflight[t.id] ~= t then return end
-    t.sent = not err -- lost on the way: sent again once reconnected
+    t.sent = not err
+    if err and err.code == "ERR_BROKER" then
+      -- Redis refused it (LOADING, OOM, ...): said once, tried again
+      if not self._refused_reported then
+        self._refused_reported = true
+        self:emit("error", err)
+      end
+      tether.timer(500, function()
+        if self._inflight[t.id] == t and t.sent == false and self._cmd:connected() then self:_send(t) end
+      end)
+    end
+    -- lost on the way (down, timeout): sent again once reconnected
   end)
 end
 
--- after a reconnect: what was not acknowledged goes again (the marker makes
--- a second copy of one that did arrive a no-op)
+-- after a reconnect: every task without a result goes again (the marker
+-- makes a second copy of one that did arrive a no-op; a Redis that lost
+-- its data gets them all again)
 function Submitter:_resubmit()
   self._down_reported = false
   for _, t in pairs(self._inflight) do
-    if t.sent == false then self:_send(t) end
+    if t.sent ~= "sending" then self:_send(t) end
   end
 end
 
@@ -202,7 +224,7 @@ function Submitter:_result(f)
       type(e) == "table" and type(e.message) == "string" and e.message or "the task failed")
   end
   if err then self._stats.failed = self._stats.failed + 1 else self._stats.done = self._stats.done + 1 end
-  t.cb(err, value)
+  call_user(t.cb, err, value)
   if self._n == 0 and self._on_idle then
     local fn = self._on_idle
     self._on_idle = nil
@@ -219,13 +241,16 @@ function Submitter:_read_results()
     self._reading = false
     if self._closed then return end
     if err then
-      if err.code == "ERR_BROKER" then self:emit("error", err) end
-      -- down: _read_results runs again once reconnected
-      if err.code ~= "ERR_BROKER_DOWN" and err.code ~= "ERR_TIMEOUT" then
-        return tether.timer(100, function() self:_read_results() end)
+      if err.code == "ERR_BROKER" then
+        if not self._read_err_reported then
+          self._read_err_reported = true
+          self:emit("error", err)
+        end
+        return tether.timer(500, function() self:_read_results() end)
       end
-      return
+      return -- down: _read_results runs again once reconnected
     end
+    self._read_err_reported = false
     local entries = reply and reply[1] and reply[1][2] or {}
     if #entries > 0 then
       local del = { "XDEL", self._reply }
@@ -233,16 +258,16 @@ function Submitter:_read_results()
       for _, e in ipairs(entries) do
         self._last = e[1]
         del[#del + 1] = e[1]
-        local f = fields(e[2])
-        subs[#subs + 1] = self._k.sub(f.id or "")
-        self:_result(f)
+        subs[#subs + 1] = self._k.sub(fields(e[2]).id or "")
       end
-      -- read: gone from Redis (memory stays flat), with their markers
+      -- read: gone from Redis (memory stays flat), with their markers; on
+      -- this connection, which just answered, ahead of the next read
       local nop = function() end
-      self._cmd:command(del, 0, nop)
-      self._cmd:command(subs, 0, nop)
+      self._read:command(del, 0, nop)
+      self._read:command(subs, 0, nop)
     end
     self:_read_results()
+    for _, e in ipairs(entries) do self:_result(fields(e[2])) end
   end)
 end
 
@@ -286,23 +311,32 @@ function M.agent(spec)
   if type(spec) ~= "table" then check.argerror("agent", 1, "table expected, got " .. type(spec), 3) end
   if type(spec.broker) ~= "string" then check.argerror("agent", 1, "option 'broker' is required", 3) end
   if type(spec.queue) ~= "string" or spec.queue == "" then check.argerror("agent", 1, "option 'queue' is required", 3) end
-  local pool_spec = {}
-  for k, v in pairs(spec) do if AGENT_OPTIONS[k] == nil then pool_spec[k] = v end end
+  local pool_spec, mine = {}, {}
+  for k, v in pairs(spec) do
+    if AGENT_OPTIONS[k] == nil then pool_spec[k] = v else mine[k] = v end
+  end
+  check.options("agent", 1, mine, AGENT_OPTIONS, 3)
+  local floor = math.floor -- whole numbers for Redis ("3000", not "3000.0")
   local self = setmetatable({ queue = spec.queue, _k = keys(spec.queue),
-    _beat = spec.heartbeat or 1000, _ttl = spec.ttl or 3000, _max_deliver = spec.max_deliver or 5,
-    _reply_timeout = spec.reply_timeout, _running = 0, _unsettled = {},
+    _beat = floor(spec.heartbeat or 1000), _ttl = floor(spec.ttl or 3000), _max_deliver = floor(spec.max_deliver or 5),
+    _reply_timeout = spec.reply_timeout, _running = 0, _unsettled = {}, _active = {},
     _stats = { executed = 0, completed = 0, redelivered = 0, late = 0, dead = 0 } }, Agent)
+  if self._beat < 1 then check.argerror("agent", 1, "option 'heartbeat' must be 1 ms or more", 3) end
   if self._ttl <= self._beat then check.argerror("agent", 1, "option 'ttl' must be above 'heartbeat'", 3) end
   self.host = hostname() .. ":" .. core.pid() .. ":" .. random_id()
   local pool, perr = tether.pool(pool_spec)
   if not pool then return nil, perr end
   self._pool = pool
   pool:on("error", function(e) self:emit("error", e) end)
-  self._capacity = (pool_spec.size or 1) * (pool_spec.concurrency or 1) + (spec.prefetch or 1)
+  self._capacity = (pool_spec.size or core.parallelism()) * (pool_spec.concurrency or 1)
+    + math.floor(spec.prefetch or 1)
   local err
   self._cmd, err = connect(self, spec.broker, function() self:_up() end)
   if not self._cmd then pool:terminate() return nil, err end
-  self._fetch_conn, err = connect(self, spec.broker, function() self:_fetch() end)
+  self._fetch_conn, err = connect(self, spec.broker, function()
+    self._recover = true -- what was fetched before may not have reached us
+    self:_fetch()
+  end)
   if not self._fetch_conn then
     self._cmd:close()
     pool:terminate()
@@ -322,18 +356,29 @@ function Agent:_up()
   self:_heartbeat()
   local unsettled = self._unsettled
   self._unsettled = {}
-  for _, c in ipairs(unsettled) do self:_complete(c) end
+  for _, c in ipairs(unsettled) do
+    c.retried = true -- a refusal may mean the first try got through
+    self:_complete(c)
+  end
   self:_fetch()
 end
 
 function Agent:_heartbeat()
+  if self._beating then return end
   local k = self._k
   local first = not self._registered
-  local argv = { "SET", k.host(self.host), "1", "PX", self._ttl }
+  local host = self.host
+  local argv = { "SET", k.host(host), "1", "PX", self._ttl }
   if not first then argv[#argv + 1] = "XX" end
+  self._beating = true
   self._cmd:command(argv, 0, function(err, ok)
-    if err then return end
-    if ok then self._registered = true return end
+    self._beating = false
+    if err or host ~= self.host then return end
+    if ok then
+      self._registered = true
+      if first then self:_fetch() end
+      return
+    end
     -- our key expired (we were stopped or cut off past the TTL): our tasks
     -- may have gone to others, and their completions here will be refused;
     -- from now on we are a new consumer
@@ -345,14 +390,15 @@ function Agent:_heartbeat()
 end
 
 function Agent:_tick()
-  if self._closing then return end
   if not self._cmd:connected() then return end
-  self:_heartbeat()
-  self:_reap()
+  self:_heartbeat() -- closing too: the running tasks are still ours
+  if not self._closing then self:_reap() end
 end
 
 -- Runs one task (fields from its stream entry) in the local pool.
 function Agent:_run(entry_id, f, attempt, owner)
+  if self._active[entry_id] then return end -- running here already
+  self._active[entry_id] = true
   self._running = self._running + 1
   self._stats.executed = self._stats.executed + 1
   local wrapped = { [M.MARK] = f.body or "", info = { task_id = f.id, attempt = attempt } }
@@ -366,13 +412,22 @@ function Agent:_run(entry_id, f, attempt, owner)
       if b then status, body = "ok", b
       else status, body = "failed", core.encode({ code = eerr.code, message = eerr.message }) end
     end
+    self._active[entry_id] = nil
     self:_complete({ entry = entry_id, owner = owner, id = f.id or "", reply = f.reply or "", status = status,
       body = body, attempt = attempt })
     self:_fetch()
   end)
   if not ok then
+    -- our pool cannot take it (it gave up, it is closed): the task fails
+    -- with why, rather than wait on a host that will never run it
     self._running = self._running - 1
-    self:emit("error", err)
+    self._active[entry_id] = nil
+    self:_complete({ entry = entry_id, owner = owner, id = f.id or "", reply = f.reply or "", status = "failed",
+      body = core.encode({ code = err.code, message = err.message }), attempt = attempt })
+    if not self._pool_error_reported then
+      self._pool_error_reported = true
+      self:emit("error", err)
+    end
   end
 end
 
@@ -386,14 +441,19 @@ function Agent:_complete(c)
     c.attempt }, 0,
     function(err, n)
       if err then
-        if err.code == "ERR_BROKER" then return self:emit("error", err) end
+        if err.code == "ERR_BROKER" then
+          -- refused for now (LOADING, OOM, ...): said, tried again
+          self:emit("error", err)
+          tether.timer(500, function() self:_complete(c) end)
+          return
+        end
         -- no answer: tried again once connected (the script is idempotent)
         self._unsettled[#self._unsettled + 1] = c
         return
       end
       if n == 1 then
         self._stats.completed = self._stats.completed + 1
-      else
+      elseif not c.retried then
         self._stats.late = self._stats.late + 1 -- not ours any more: refused
       end
       if self._closing then self:_maybe_closed() end
@@ -402,13 +462,17 @@ end
 
 -- Takes new tasks while the pool has room (one blocking read at a time).
 function Agent:_fetch()
-  if self._fetching or self._closing then return end
+  if self._fetching or self._closing or not self._registered then return end
   local room = self._capacity - self._running
   if room <= 0 or not self._fetch_conn:connected() then return end
   self._fetching = true
   local host = self.host
-  self._fetch_conn:command({ "XREADGROUP", "GROUP", GROUP, host, "COUNT", room, "BLOCK", 1000,
-    "STREAMS", self._k.tasks, ">" }, 1000, function(err, reply)
+  -- after a reconnect, first what Redis says we hold (a read whose answer
+  -- was lost left entries on us that we never saw); then new ones
+  local recover = self._recover
+  self._recover = false
+  self._fetch_conn:command({ "XREADGROUP", "GROUP", GROUP, host, "COUNT", recover and 1000 or room,
+    "BLOCK", 1000, "STREAMS", self._k.tasks, recover and "0" or ">" }, 1000, function(err, reply)
     self._fetching = false
     if self._closing then return end
     if err then
@@ -417,63 +481,88 @@ function Agent:_fetch()
         self._cmd:command({ "XGROUP", "CREATE", self._k.tasks, GROUP, "0", "MKSTREAM" }, 0, nop)
         return tether.timer(200, function() self:_fetch() end)
       end
+      if recover then self._recover = true end
       return -- down: fetched again once reconnected
     end
     local entries = reply and reply[1] and reply[1][2] or {}
-    for _, e in ipairs(entries) do self:_run(e[1], fields(e[2]), 1, host) end
+    for _, e in ipairs(entries) do
+      if type(e) == "table" and type(e[2]) == "table" then self:_run(e[1], fields(e[2]), 1, host) end
+    end
     self:_fetch()
   end)
 end
 
 -- The leader takes the pending tasks of hosts whose heartbeat expired.
+-- One reaping at a time: a Redis that stalled must not let several passes
+-- claim the same entries.
 function Agent:_reap()
+  if self._reaping then return end
+  self._reaping = 0
+  local function hold() self._reaping = self._reaping + 1 end
+  local function release()
+    self._reaping = self._reaping - 1
+    if self._reaping == 0 then self._reaping = nil end
+  end
   local k = self._k
+  hold()
   self._cmd:command({ "EVAL", LEAD, 1, k.reaper, self.host, self._ttl }, 0, function(err, lead)
-    if err or lead ~= 1 or self._closing then return end
+    if err or lead ~= 1 or self._closing then return release() end
     self._cmd:command({ "XINFO", "CONSUMERS", k.tasks, GROUP }, 0, function(e2, consumers)
-      if e2 or type(consumers) ~= "table" then return end
-      for _, c in ipairs(consumers) do
-        local info = fields(c)
-        local name = info.name
-        if name and name ~= self.host then
-          self._cmd:command({ "EXISTS", k.host(name) }, 0, function(e3, alive)
-            if e3 or alive ~= 0 then return end
-            if (info.pending or 0) == 0 then
-              -- gone and owning nothing: forgotten (only now: DELCONSUMER
-              -- drops pending entries)
-              return self._cmd:command({ "XGROUP", "DELCONSUMER", k.tasks, GROUP, name }, 0, nop)
-            end
-            self:_claim(name)
-          end)
+      if not e2 and type(consumers) == "table" then
+        for _, c in ipairs(consumers) do
+          local info = fields(c)
+          local name = info.name
+          if name and name ~= self.host then
+            hold()
+            self._cmd:command({ "EXISTS", k.host(name) }, 0, function(e3, alive)
+              if e3 or alive ~= 0 then return release() end
+              if (info.pending or 0) == 0 then
+                -- gone, owning nothing and idle long: forgotten (not sooner:
+                -- DELCONSUMER drops pending entries, and a consumer that
+                -- just fetched may not have its key yet)
+                if (info.idle or 0) > 60000 then
+                  self._cmd:command({ "XGROUP", "DELCONSUMER", k.tasks, GROUP, name }, 0, nop)
+                end
+                return release()
+              end
+              self:_claim(name, hold, release)
+            end)
+          end
         end
       end
+      release()
     end)
   end)
 end
 
-function Agent:_claim(dead)
+function Agent:_claim(dead, hold, release)
   local k = self._k
   self._cmd:command({ "XPENDING", k.tasks, GROUP, "-", "+", 100, dead }, 0, function(err, list)
-    if err or type(list) ~= "table" then return end
+    if err or type(list) ~= "table" then return release() end
     for _, p in ipairs(list) do
       local entry, delivered = p[1], p[4] or 1
+      hold()
       if delivered >= self._max_deliver then
-        self._cmd:command({ "EVAL", BURY, 2, k.tasks, k.dead, GROUP, entry }, 0, function(e)
-          if not e then self._stats.dead = self._stats.dead + 1 end
+        self._cmd:command({ "EVAL", BURY, 2, k.tasks, k.dead, GROUP, entry, dead }, 0, function(e, f)
+          if not e and type(f) == "table" and #f > 0 then self._stats.dead = self._stats.dead + 1 end
+          release()
         end)
       else
         local host = self.host
         self._cmd:command({ "XCLAIM", k.tasks, GROUP, host, 0, entry }, 0, function(e, claimed)
-          if e or type(claimed) ~= "table" then return end
-          for _, c in ipairs(claimed) do
-            if type(c) == "table" and c[2] then
-              self._stats.redelivered = self._stats.redelivered + 1
-              self:_run(c[1], fields(c[2]), delivered + 1, host)
+          if not e and type(claimed) == "table" then
+            for _, c in ipairs(claimed) do
+              if type(c) == "table" and type(c[2]) == "table" then
+                self._stats.redelivered = self._stats.redelivered + 1
+                self:_run(c[1], fields(c[2]), delivered + 1, host)
+              end
             end
           end
+          release()
         end)
       end
     end
+    release()
   end)
 end
 
