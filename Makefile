@@ -110,15 +110,26 @@ demo: deps $(BUILD)/tether/core.so
 	$(call LUA_ENV,$(BUILD)) $(LUA) examples/demo.lua
 
 # wrk drives the cluster bench (bench/cluster_bench.lua: HTTP under
-# tether.cluster and Node's cluster); CLUSTER_BENCH=0 skips it.
+# tether.cluster and Node's cluster); CLUSTER_BENCH=0 skips it.  The broker
+# bench (bench/broker_bench.lua: tether.pool{broker =} and tether.agent
+# against BullMQ and Celery on one redis-server; BROKER_BENCH=0 skips it)
+# takes Debian's Celery and BullMQ from npm (bench/broker_bullmq/, locked
+# by its package-lock.json); without them it runs the systems it has.
 bench-deps:
-	@sh scripts/deps.sh wrk
+	@sh scripts/deps.sh wrk python3-celery python3-redis
+	@if [ "$${BROKER_BENCH:-1}" != 0 ] && [ ! -d bench/broker_bullmq/node_modules/bullmq ]; then \
+	  (cd bench/broker_bullmq && npm ci --no-audit --no-fund >/dev/null) || \
+	    echo "# npm ci in bench/broker_bullmq failed: the broker bench runs without BullMQ" >&2; \
+	fi
 
 bench: deps bench-deps $(BUILD)/tether/core.so
 	$(call LUA_ENV,$(BUILD)) LUA=$(LUA) sh bench/run.sh
 	@mkdir -p bench/results
 	@if [ "$${CLUSTER_BENCH:-1}" != 0 ]; then \
 	  $(call LUA_ENV,$(BUILD)) $(LUA) bench/cluster_bench.lua | tee bench/results/cluster-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
+	fi
+	@if [ "$${BROKER_BENCH:-1}" != 0 ]; then \
+	  $(call LUA_ENV,$(BUILD)) $(LUA) bench/broker_bench.lua | tee bench/results/broker-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
 	fi
 
 # libFuzzer targets (clang from Debian): each runs FUZZ_SECS seconds from the
