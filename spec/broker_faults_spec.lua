@@ -13,6 +13,7 @@ local ROUNDS = tonumber(os.getenv("TETHER_FAULT_ROUNDS") or "4")
 local FAULTS = { "kill", "stop", "client-kill", "restart" }
 
 describe("pools across machines under faults", function()
+  after_each(function() B.stop_all() end) -- (before the leak guard's check)
   H.leak_guard(before_each, after_each)
 
   it(("%d rounds: nothing lost, nothing twice"):format(ROUNDS), function()

@@ -11,6 +11,7 @@ local HAS_REDIS = B.HAS_REDIS
 local redis, agent, kill_group, finish_agent, submit = B.redis, B.agent, B.kill_group, B.finish_agent, B.submit
 
 describe("pools across machines (Redis Streams)", function()
+  after_each(function() B.stop_all() end) -- (before the leak guard's check)
   H.leak_guard(before_each, after_each)
 
   before_each(function()

@@ -6,6 +6,10 @@ local H = require "helper"
 
 local B = {}
 
+-- what the tests started, stopped by B.stop_all() after each test even
+-- when one fails half-way (no redis-server or agent outlives its test)
+local started = { servers = {}, agents = {} }
+
 local function exists(p) local f = io.open(p) if f then f:close() end return f ~= nil end
 B.HAS_REDIS = nil
 local HAS_REDIS = exists("/usr/bin/redis-server") and exists("/usr/bin/redis-cli")
@@ -61,11 +65,13 @@ local function redis(extra)
     return table.concat(out)
   end
   self.start()
+  started.servers[#started.servers + 1] = self
   return self
 end
 
 local function agent(r, queue, size)
   local a = assert(tether.fork(AGENT, { r.addr, queue, WORKER, size or 2 }, { detached = true }))
+  started.agents[#started.agents + 1] = a
   return a
 end
 
@@ -98,5 +104,16 @@ end
 
 
 B.HAS_REDIS = HAS_REDIS
+
+function B.stop_all()
+  for _, a in ipairs(started.agents) do
+    if a.exit_code == nil and a.signal == nil then
+      kill_group(a, "KILL")
+      H.run_until(function() return a.exit_code ~= nil or a.signal ~= nil end, 10)
+    end
+  end
+  for _, r in ipairs(started.servers) do r.stop() end
+  started = { servers = {}, agents = {} }
+end
 B.redis, B.agent, B.kill_group, B.finish_agent, B.submit = redis, agent, kill_group, finish_agent, submit
 return B
