@@ -81,12 +81,7 @@ static int m_pause(lua_State *L) {
 }
 
 static int m_stop(lua_State *L) {
-  tt_lobj_t *o = tt_lobj_check(L, 1, TT_ACCEPTOR_MT);
-  if (o != NULL) {
-    o->closing = 1;
-    o->teardown(o);
-  }
-  return 0;
+  return tt_lobj_close_method(L, TT_ACCEPTOR_MT);
 }
 
 static int m_tostring(lua_State *L) {

@@ -96,6 +96,10 @@ tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
 tt_lobj_t *tt_lobj_check(lua_State *L, int idx, const char *mt);
 /* Drops the pin and the handler: no more events will be delivered. */
 void tt_lobj_release(tt_lobj_t *o);
+/* The body of a close/stop method (object at 1 of metatable `mt`): starts
+ * closing it now, once; later calls and calls on a closed one do nothing.
+ * Returns 0 (no results). */
+int tt_lobj_close_method(lua_State *L, const char *mt);
 /* Creates metatable `mt` for boxes: methods, __gc/__close (tt_lobj_gc) and
  * __tostring. */
 void tt_lobj_class(lua_State *L, const char *mt, const luaL_Reg *methods,

@@ -185,12 +185,7 @@ static int m_connected(lua_State *L) {
 }
 
 static int m_close(lua_State *L) {
-  tt_lobj_t *o = tt_lobj_check(L, 1, TT_REDIS_MT);
-  if (o != NULL) {
-    o->closing = 1;
-    o->teardown(o);
-  }
-  return 0;
+  return tt_lobj_close_method(L, TT_REDIS_MT);
 }
 
 static int m_tostring(lua_State *L) {

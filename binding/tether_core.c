@@ -65,6 +65,15 @@ tt_lobj_t *tt_lobj_check(lua_State *L, int idx, const char *mt) {
   return box->o;
 }
 
+int tt_lobj_close_method(lua_State *L, const char *mt) {
+  tt_lobj_t *o = tt_lobj_check(L, 1, mt);
+  if (o != NULL) {
+    o->closing = 1;
+    o->teardown(o);
+  }
+  return 0;
+}
+
 void tt_lobj_release(tt_lobj_t *o) {
   /* The state may be closing: its registry is still valid until the state
    * userdata's __gc has finished, which is what calls us then. */

@@ -96,17 +96,12 @@ static int l_signal(lua_State *L) {
   return 1;
 }
 
-static int stop(lua_State *L, const char *mt) {
-  tt_lobj_t *o = tt_lobj_check(L, 1, mt);
-  if (o != NULL) {
-    o->closing = 1;
-    o->teardown(o);
-  }
-  return 0;
+static int timer_stop(lua_State *L) {
+  return tt_lobj_close_method(L, TT_TIMER_MT);
 }
-
-static int timer_stop(lua_State *L) { return stop(L, TT_TIMER_MT); }
-static int signal_stop(lua_State *L) { return stop(L, TT_SIGNAL_MT); }
+static int signal_stop(lua_State *L) {
+  return tt_lobj_close_method(L, TT_SIGNAL_MT);
+}
 
 static int unref(lua_State *L, const char *mt) {
   tt_ltimer_t *t = (tt_ltimer_t *)tt_lobj_check(L, 1, mt);
