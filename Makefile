@@ -148,9 +148,9 @@ build-fuzz/fuzz_lines: fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c 
 	$(FUZZ_CC) fuzz/fuzz_lines.c core/frame.c core/lines.c core/error.c $(UV_LIBS) -o $@
 fuzz-deps:
 	@sh scripts/deps.sh clang libclang-rt-14-dev
-build-fuzz/fuzz_handles: fuzz/fuzz_handles.c $(CORE_SRC) $(HDRS)
+build-fuzz/fuzz_handles: fuzz/fuzz_handles.c test/peer_util.h $(CORE_SRC) $(HDRS)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) fuzz/fuzz_handles.c $(CORE_SRC) $(UV_LIBS) -o $@
+	$(FUZZ_CC) -Itest fuzz/fuzz_handles.c $(CORE_SRC) $(UV_LIBS) -o $@
 fuzz: fuzz-deps build-fuzz/fuzz_frame build-fuzz/fuzz_codec build-fuzz/fuzz_lines build-fuzz/fuzz_handles
 	@for t in frame codec lines handles; do \
 	  mkdir -p build-fuzz/$$t; \

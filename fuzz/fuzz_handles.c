@@ -21,7 +21,6 @@
  * channel and loop are closed, the process has exactly the descriptors it
  * had before the input.
  */
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,27 +29,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "peer_util.h"
 #include "tt_channel.h"
 #include "tt_error.h"
 
-/* Open descriptors.  libuv keeps two of its own from the first loop on:
- * made before the first count. */
 static int open_fds(void) {
-  static int warm;
-  int n = 0;
-  if (!warm) {
-    uv_loop_t l;
-    warm = 1;
-    uv_loop_init(&l);
-    uv_loop_close(&l);
-  }
-  DIR *d = opendir("/proc/self/fd");
-  struct dirent *e;
-  if (d == NULL) abort();
-  while ((e = readdir(d)) != NULL)
-    if (e->d_name[0] != '.') n++;
-  closedir(d);
-  return n - 1;
+  int n = tt_test_open_fds();
+  if (n < 0) abort();
+  return n;
 }
 
 static int frames, ended, closed;
@@ -78,29 +64,12 @@ static void on_closed(tt_channel_t *ch) {
  * runs while the socket is full. */
 static void peer_send(uv_loop_t *loop, int s, const void *p, size_t n,
                       int with_fd) {
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int))];
-  } cm;
-  struct iovec iov = {(void *)p, n};
-  struct msghdr mh;
-  int fd = -1, tries = 0;
-  if (n == 0) return;
-  memset(&mh, 0, sizeof mh);
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  if (with_fd && (fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) {
-    struct cmsghdr *c;
-    memset(&cm, 0, sizeof cm);
-    mh.msg_control = cm.buf;
-    mh.msg_controllen = sizeof cm.buf;
-    c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  int fd = with_fd ? open("/dev/null", O_RDONLY | O_CLOEXEC) : -1, tries = 0;
+  if (n == 0) {
+    if (fd >= 0) close(fd);
+    return;
   }
-  while (sendmsg(s, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && tries++ < 100)
+  while (tt_test_sendmsg_fd(s, p, n, fd, MSG_DONTWAIT) < 0 && tries++ < 100)
     uv_run(loop, UV_RUN_NOWAIT); /* full (or the channel ended: give up) */
   if (fd >= 0) close(fd); /* ours; the peer has its copy, or none */
 }

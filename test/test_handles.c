@@ -4,7 +4,6 @@
  * counts the open descriptors of the process before and after: none may
  * leak on any path. */
 #include <check.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <string.h>
 #include <netinet/in.h>
@@ -16,6 +15,7 @@
 #include <unistd.h>
 
 #include "loop_util.h"
+#include "peer_util.h"
 #include "suites.h"
 #include "tt_channel.h"
 #include "tt_error.h"
@@ -26,21 +26,9 @@
 /* Open descriptors of this process.  libuv keeps two of its own for the
  * process's life from the first loop on: made before any count. */
 static int open_fds(void) {
-  static int warm;
-  int n = 0;
-  if (!warm) {
-    uv_loop_t l;
-    warm = 1;
-    uv_loop_init(&l);
-    uv_loop_close(&l);
-  }
-  DIR *d = opendir("/proc/self/fd");
-  struct dirent *e;
-  ck_assert_ptr_nonnull(d);
-  while ((e = readdir(d)) != NULL)
-    if (e->d_name[0] != '.') n++;
-  closedir(d);
-  return n - 1; /* the directory's own */
+  int n = tt_test_open_fds();
+  ck_assert_int_ge(n, 0);
+  return n;
 }
 
 typedef struct {
@@ -170,27 +158,7 @@ END_TEST
 /* One sendmsg() of `n` bytes as a hostile peer writes it, with descriptor
  * `fd` attached when fd >= 0: what it returns. */
 static ssize_t peer_sendmsg(int s, const void *p, size_t n, int fd) {
-  union {
-    struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int))];
-  } cm;
-  struct iovec iov = {(void *)p, n};
-  struct msghdr mh;
-  memset(&mh, 0, sizeof mh);
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  if (fd >= 0) {
-    struct cmsghdr *c;
-    memset(&cm, 0, sizeof cm);
-    mh.msg_control = cm.buf;
-    mh.msg_controllen = sizeof cm.buf;
-    c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  return sendmsg(s, &mh, MSG_NOSIGNAL);
+  return tt_test_sendmsg_fd(s, p, n, fd, 0);
 }
 
 /* A frame that says it carries a descriptor and comes without one, and a

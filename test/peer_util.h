@@ -1,0 +1,62 @@
+/*
+ * What the descriptor tests and the handles fuzzer share (header only: the
+ * fuzzer is built without the Check suites): counting our open
+ * descriptors, and writing as a hostile peer does, one sendmsg() with or
+ * without a descriptor attached.
+ */
+#ifndef TT_TEST_PEER_UTIL_H
+#define TT_TEST_PEER_UTIL_H
+
+#include <dirent.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+/* Open descriptors, or -1 without /proc.  libuv keeps two of its own from
+ * the first loop on: made before the first count. */
+static inline int tt_test_open_fds(void) {
+  static int warm;
+  int n = 0;
+  DIR *d;
+  struct dirent *e;
+  if (!warm) {
+    uv_loop_t l;
+    warm = 1;
+    uv_loop_init(&l);
+    uv_loop_close(&l);
+  }
+  if ((d = opendir("/proc/self/fd")) == NULL) return -1;
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n - 1; /* the directory's own */
+}
+
+/* One sendmsg() of `n` bytes on socket `s`, with descriptor `fd` attached
+ * (SCM_RIGHTS) when fd >= 0: what sendmsg returns. */
+static inline ssize_t tt_test_sendmsg_fd(int s, const void *p, size_t n,
+                                         int fd, int flags) {
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } cm;
+  struct iovec iov = {(void *)p, n};
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  if (fd >= 0) {
+    struct cmsghdr *c;
+    memset(&cm, 0, sizeof cm);
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  }
+  return sendmsg(s, &mh, flags | MSG_NOSIGNAL);
+}
+
+#endif /* TT_TEST_PEER_UTIL_H */
