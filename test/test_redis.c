@@ -26,12 +26,19 @@ typedef struct {
   pid_t pid;
 } server_t;
 
-static void server_start(server_t *s) {
-  struct stat st;
+/* The temp dir and the paths; no server yet. */
+static void server_paths(server_t *s) {
   snprintf(s->dir, sizeof s->dir, "/tmp/tt-redis-XXXXXX");
   ck_assert_ptr_nonnull(mkdtemp(s->dir));
   snprintf(s->sock, sizeof s->sock, "%s/r.sock", s->dir);
   snprintf(s->addr, sizeof s->addr, "unix:%s", s->sock);
+  s->pid = 0;
+}
+
+/* redis-server on s->sock; returns once it is there (up to 5 s) when
+ * `wait`. */
+static void server_spawn(server_t *s, int wait) {
+  struct stat st;
   s->pid = fork();
   ck_assert_int_ge(s->pid, 0);
   if (s->pid == 0) {
@@ -40,11 +47,24 @@ static void server_start(server_t *s) {
            "--loglevel", "warning", "--logfile", "redis.log", (char *)NULL);
     _exit(127);
   }
-  for (int i = 0; i < 500; i++) { /* up to 5 s for the socket */
+  for (int i = 0; wait && i < 500; i++) {
     if (stat(s->sock, &st) == 0) return;
     usleep(10000);
   }
-  ck_abort_msg("redis-server did not start (is it installed?)");
+  ck_assert_msg(!wait, "redis-server did not start (is it installed?)");
+}
+
+static void server_start(server_t *s) {
+  server_paths(s);
+  server_spawn(s, 1);
+}
+
+/* Options that reconnect quickly (tests wait for it). */
+static void quick_options(tt_redis_options_t *o) {
+  memset(o, 0, sizeof *o);
+  o->backoff.initial_ms = 20;
+  o->backoff.max_ms = 50;
+  o->backoff.factor = 2;
 }
 
 static void server_stop(server_t *s) {
@@ -158,15 +178,8 @@ START_TEST(test_down_then_up) {
   seen_t x;
   server_t s;
   tt_redis_options_t o;
-  memset(&o, 0, sizeof o);
-  o.backoff.initial_ms = 20;
-  o.backoff.max_ms = 50;
-  o.backoff.factor = 2;
-  snprintf(s.dir, sizeof s.dir, "/tmp/tt-redis-XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(s.dir));
-  snprintf(s.sock, sizeof s.sock, "%s/r.sock", s.dir);
-  snprintf(s.addr, sizeof s.addr, "unix:%s", s.sock);
-  rmdir(s.dir); /* server_start makes it again */
+  quick_options(&o);
+  server_paths(&s); /* no server on the socket yet */
   uv_loop_init(&loop);
   up(&loop, &r, &x, s.addr, &o);
   ck_assert_int_eq(cmd(&r, "PING", NULL, NULL), 0);
@@ -176,22 +189,7 @@ START_TEST(test_down_then_up) {
   tt_test_run_until(&loop, &x.downs, 5000);
   ck_assert_int_eq(x.last_err, TT_ERR_BROKER_DOWN);
   ck_assert(!tt_redis_connected(&r));
-  {
-    char *dir = strdup(s.dir);
-    server_t s2;
-    ck_assert_int_eq(mkdir(dir, 0700), 0);
-    /* start it in that very directory */
-    s2 = s;
-    s2.pid = fork();
-    if (s2.pid == 0) {
-      execlp("redis-server", "redis-server", "--port", "0", "--unixsocket",
-             s2.sock, "--save", "", "--dir", s2.dir, "--loglevel", "warning",
-             "--logfile", "redis.log", (char *)NULL);
-      _exit(127);
-    }
-    s.pid = s2.pid;
-    free(dir);
-  }
+  server_spawn(&s, 0);
   tt_test_run_until(&loop, &x.ups, 10000);
   ck_assert_int_eq(cmd(&r, "PING", NULL, NULL), 0);
   tt_test_run_until(&loop, &x.replies, 5000);
@@ -210,10 +208,7 @@ START_TEST(test_killed_connection_comes_back) {
   seen_t x, y;
   server_t s;
   tt_redis_options_t o;
-  memset(&o, 0, sizeof o);
-  o.backoff.initial_ms = 20;
-  o.backoff.max_ms = 50;
-  o.backoff.factor = 2;
+  quick_options(&o);
   server_start(&s);
   uv_loop_init(&loop);
   up(&loop, &r, &x, s.addr, &o);
@@ -255,11 +250,8 @@ START_TEST(test_reply_timeout) {
   seen_t x, y;
   server_t s;
   tt_redis_options_t o;
-  memset(&o, 0, sizeof o);
+  quick_options(&o);
   o.reply_timeout_ms = 300;
-  o.backoff.initial_ms = 20;
-  o.backoff.max_ms = 50;
-  o.backoff.factor = 2;
   server_start(&s);
   uv_loop_init(&loop);
   up(&loop, &r, &x, s.addr, &o);
