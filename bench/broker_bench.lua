@@ -438,19 +438,6 @@ local function track(c, group)
   if group then groups[c.pid] = true else pids[c.pid] = true end
 end
 
-local function on_lines(stream, fn)
-  local buf = ""
-  stream:on("data", function(d)
-    buf = buf .. d
-    while true do
-      local i = buf:find("\n", 1, true)
-      if not i then break end
-      local line = buf:sub(1, i - 1)
-      buf = buf:sub(i + 1)
-      fn(line)
-    end
-  end)
-end
 
 --- waits for the next item of self.inbox (or the exit): item | nil, err
 local function next_item(self, secs)
@@ -485,7 +472,7 @@ local function line_child(name, cmd, args, detached, stderr)
   if not c then return nil, name .. ": " .. tostring(err) end
   track(c, detached)
   local self = { name = name, child = c, pid = c.pid, inbox = {} }
-  on_lines(c.stdout, function(line)
+  B.on_lines(c.stdout, function(line)
     if line:match("^READY") or line:match("^OK") or line:match("^ERR") then
       self.inbox[#self.inbox + 1] = line
       if self.waiter then self.waiter() end

@@ -122,20 +122,6 @@ local function spawn(cmd, args, opts)
   return c, err
 end
 
---- lines of a piped stdout, to fn(line)
-local function on_lines(stream, fn)
-  local buf = ""
-  stream:on("data", function(d)
-    buf = buf .. d
-    while true do
-      local i = buf:find("\n", 1, true)
-      if not i then break end
-      local line = buf:sub(1, i - 1)
-      buf = buf:sub(i + 1)
-      fn(line)
-    end
-  end)
-end
 
 ---------------------------------------------------------------------------
 -- wrk
@@ -282,7 +268,7 @@ local function node_server(name, impl, sched)
   live_servers[self] = true
   local waiter, exited = nil, false
   local served_acc = {}
-  on_lines(child.stdout, function(line)
+  B.on_lines(child.stdout, function(line)
     if line:match("^SERVED ") then
       local id, pid, n = line:match("^SERVED (%d+) (%d+) (%d+)")
       served_acc[tonumber(id)] = { pid = tonumber(pid), n = tonumber(n) }

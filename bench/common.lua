@@ -1,5 +1,5 @@
---- Helpers shared by bench/supervisor_bench.lua, pool_bench.lua and
--- node_bench.lua: loaded with dofile(DIR .. "common.lua").  Output lines
+--- Helpers shared by bench/supervisor_bench.lua, pool_bench.lua,
+-- node_bench.lua, cluster_bench.lua and broker_bench.lua: loaded with dofile(DIR .. "common.lua").  Output lines
 -- follow the benches' format: "# note", "CHECK name PASS|FAIL detail".
 local tether = require "tether"
 
@@ -54,6 +54,21 @@ function B.wait_for(secs, start)
       guard:stop()
       done(...)
     end)
+  end)
+end
+
+--- the lines of a piped stream (child.stdout), each to fn(line)
+function B.on_lines(stream, fn)
+  local buf = ""
+  stream:on("data", function(d)
+    buf = buf .. d
+    while true do
+      local i = buf:find("\n", 1, true)
+      if not i then break end
+      local line = buf:sub(1, i - 1)
+      buf = buf:sub(i + 1)
+      fn(line)
+    end
   end)
 end
 
