@@ -696,10 +696,21 @@ end
 -- (the user may have handed it to luv or LuaSocket).
 -- (one list per channel, as Node keeps one per child: `id` is a
 -- supervisor's or pool's worker, nil for a child or the parent)
+-- A descriptor passed on to other code, watched without holding a
+-- duplicate (which would keep it open): {fd, inode, device} of a handle's
+-- descriptor now (nil if it has none), and whether that number still names
+-- the same file.  (Shared with the cluster's workers.)
+local function fd_mark(handle)
+  local fd = handle:fd()
+  local ino, dev
+  if fd then ino, dev = core.fd_identity(fd) end
+  return ino and { fd, ino, dev } or nil
+end
 local function same_fd(e)
   local ino, dev = core.fd_identity(e[1])
   return ino == e[2] and dev == e[3]
 end
+tether._fd_mark, tether._same_fd = fd_mark, same_fd
 
 local function node_sockets_open(obj, key)
   local list = obj._node_sockets and obj._node_sockets[key]
@@ -745,14 +756,12 @@ function tether._internal_message(obj, m, id, deliver, answered)
     if id then h:send(id, reply) else h:send(reply) end
     if handle then
       local key = type(m.key) == "string" and m.type == "net.Socket" and (id or 0) .. "\0" .. m.key
-      local fd = key and handle:fd()
-      local ino, dev
-      if fd then ino, dev = core.fd_identity(fd) end
-      if ino then -- counted first: a listener that raises still closed it
+      local mark = key and fd_mark(handle)
+      if mark then -- counted first: a listener that raises still closed it
         obj._node_sockets = obj._node_sockets or {}
         local list = obj._node_sockets[key] or {}
         obj._node_sockets[key] = list
-        list[#list + 1] = { fd, ino, dev }
+        list[#list + 1] = mark
       end
       if deliver then deliver(m.msg, handle) else handle:close() end
     end

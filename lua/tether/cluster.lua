@@ -345,8 +345,7 @@ local function watch_closes(self)
     local open, closed, kept = self._open, 0, {}
     for i = 1, #open do
       local e = open[i]
-      local ino, dev = core.fd_identity(e[1])
-      if ino ~= e[2] or dev ~= e[3] then closed = closed + 1 else kept[#kept + 1] = e end
+      if tether._same_fd(e) then kept[#kept + 1] = e else closed = closed + 1 end
     end
     self._open = kept
     if closed > 0 then
@@ -375,12 +374,10 @@ function Worker:_listeners_changed(event)
 end
 
 function Worker:_connection(handle)
-  local fd = handle:fd()
-  local ino, dev
-  if fd then ino, dev = core.fd_identity(fd) end
-  if ino then -- watched first: one a listener closes (or raises on) counts
+  local mark = tether._fd_mark(handle)
+  if mark then -- watched first: one a listener closes (or raises on) counts
     local open = self._open
-    open[#open + 1] = { fd, ino, dev }
+    open[#open + 1] = mark
     self.open = #open
     watch_closes(self)
   end
