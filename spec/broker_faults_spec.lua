@@ -25,7 +25,7 @@ describe("pools across machines under faults", function()
       local fault = FAULTS[(round - 1) % #FAULTS + 1]
       local queue = "faults" .. round
       local a1, a2 = B.agent(r, queue, 2), B.agent(r, queue, 2)
-      local pool = assert(tether.pool { broker = r.addr, queue = queue })
+      local pool = B.pool { broker = r.addr, queue = queue }
       pool:on("error", function() end)
       local n, calls, got = 24, 0, {}
       for i = 1, n do

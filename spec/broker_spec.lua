@@ -21,7 +21,7 @@ describe("pools across machines (Redis Streams)", function()
   it("runs every task once on two agents; results come back; Redis is left empty", function()
     local r = redis()
     local a1, a2 = agent(r, "q", 2), agent(r, "q", 2)
-    local pool = assert(tether.pool { broker = r.addr, queue = "q" })
+    local pool = B.pool { broker = r.addr, queue = "q" }
     local results, done = submit(pool, 200)
     H.run_until(done, 30)
     local pids = {}
@@ -57,7 +57,7 @@ describe("pools across machines (Redis Streams)", function()
   it("a task that raises fails with ERR_TASK_FAILED; bad options are refused", function()
     local r = redis()
     local a1 = agent(r, "qf", 1)
-    local pool = assert(tether.pool { broker = r.addr, queue = "qf" })
+    local pool = B.pool { broker = r.addr, queue = "qf" }
     local got
     pool:submit({ n = 1, fail = true }, function(err) got = err end)
     H.run_until(function() return got ~= nil end, 20)
@@ -79,7 +79,7 @@ describe("pools across machines (Redis Streams)", function()
   it("an agent killed with tasks in flight: its tasks run elsewhere, each callback once", function()
     local r = redis()
     local a1, a2 = agent(r, "qk", 2), agent(r, "qk", 2)
-    local pool = assert(tether.pool { broker = r.addr, queue = "qk" })
+    local pool = B.pool { broker = r.addr, queue = "qk" }
     local seen = {}
     local results, done = submit(pool, 40, 150, seen)
     H.sleep(500)
@@ -106,7 +106,7 @@ describe("pools across machines (Redis Streams)", function()
   it("an agent stopped past its TTL loses its tasks; its late results are refused", function()
     local r = redis()
     local a1, a2 = agent(r, "qs", 2), agent(r, "qs", 2)
-    local pool = assert(tether.pool { broker = r.addr, queue = "qs" })
+    local pool = B.pool { broker = r.addr, queue = "qs" }
     local seen = {}
     local results, done = submit(pool, 30, 200, seen)
     H.sleep(400)
@@ -133,7 +133,7 @@ describe("pools across machines (Redis Streams)", function()
   it("Redis restarted (AOF) and connections killed mid-way: nothing lost, nothing twice", function()
     local r = redis { "--appendonly", "yes", "--appendfsync", "always" }
     local a1, a2 = agent(r, "qr", 2), agent(r, "qr", 2)
-    local pool = assert(tether.pool { broker = r.addr, queue = "qr" })
+    local pool = B.pool { broker = r.addr, queue = "qr" }
     local errors = 0
     pool:on("error", function(e) assert.equals("ERR_BROKER_DOWN", e.code) errors = errors + 1 end)
     local seen = {}
@@ -158,8 +158,8 @@ describe("pools across machines (Redis Streams)", function()
   it("two submitters on one queue each get their own results", function()
     local r = redis()
     local a1 = agent(r, "q2", 2)
-    local p1 = assert(tether.pool { broker = r.addr, queue = "q2" })
-    local p2 = assert(tether.pool { broker = r.addr, queue = "q2" })
+    local p1 = B.pool { broker = r.addr, queue = "q2" }
+    local p2 = B.pool { broker = r.addr, queue = "q2" }
     local r1, d1 = submit(p1, 50)
     local r2, d2 = submit(p2, 50)
     H.run_until(function() return d1() and d2() end, 30)
@@ -191,7 +191,7 @@ describe("pools across machines (Redis Streams)", function()
   it("a callback that raises does not stop the others; an agent that cannot run tasks fails them", function()
     local r = redis()
     local a1 = agent(r, "qe", 1)
-    local pool = assert(tether.pool { broker = r.addr, queue = "qe" })
+    local pool = B.pool { broker = r.addr, queue = "qe" }
     local raised, calls = 0, 0
     local function on_uncaught() raised = raised + 1 end
     tether.on("uncaught", on_uncaught)
@@ -217,7 +217,7 @@ describe("pools across machines (Redis Streams)", function()
       a:on("error", function() end)
       tether.parent:on("message", function() a:close(function() tether.exit(0) end) end)
     ]], { r.addr, bad }, { detached = true }))
-    local p2 = assert(tether.pool { broker = r.addr, queue = "qb" })
+    local p2 = B.pool { broker = r.addr, queue = "qb" }
     local errs = {}
     for i = 1, 3 do p2:submit({ n = i }, function(e) errs[#errs + 1] = e end) end
     H.run_until(function() return #errs == 3 end, 20)

@@ -8,7 +8,7 @@ local B = {}
 
 -- what the tests started, stopped by B.stop_all() after each test even
 -- when one fails half-way (no redis-server or agent outlives its test)
-local started = { servers = {}, agents = {} }
+local started = { servers = {}, agents = {}, pools = {} }
 
 local function exists(p) local f = io.open(p) if f then f:close() end return f ~= nil end
 B.HAS_REDIS = nil
@@ -105,7 +105,22 @@ end
 
 B.HAS_REDIS = HAS_REDIS
 
+-- a submitting pool the test started (closed at once after the test if
+-- the test did not close it: its connections would keep the loop busy)
+function B.pool(spec)
+  local p = assert(tether.pool(spec))
+  started.pools[#started.pools + 1] = p
+  return p
+end
+
 function B.stop_all()
+  for _, p in ipairs(started.pools) do
+    if not p._closed then
+      p._closed = true
+      p._cmd:close()
+      p._read:close()
+    end
+  end
   for _, a in ipairs(started.agents) do
     if a.exit_code == nil and a.signal == nil then
       kill_group(a, "KILL")
@@ -113,7 +128,7 @@ function B.stop_all()
     end
   end
   for _, r in ipairs(started.servers) do r.stop() end
-  started = { servers = {}, agents = {} }
+  started = { servers = {}, agents = {}, pools = {} }
 end
 B.redis, B.agent, B.kill_group, B.finish_agent, B.submit = redis, agent, kill_group, finish_agent, submit
 return B
