@@ -239,6 +239,10 @@ void tt_outbox_shut(tt_outbox_t *ob, int err) {
   }
 }
 
+void tt_outbox_reopen(tt_outbox_t *ob) {
+  if (!ob->close_called) ob->shut = 0;
+}
+
 size_t tt_outbox_queued(const tt_outbox_t *ob) { return ob->queued; }
 
 static void on_closer_closed(uv_handle_t *h) {

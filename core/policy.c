@@ -44,6 +44,7 @@ int tt_policy_restarts(const tt_policy_t *p, tt_exit_reason_t why) {
   case TT_EXIT_RELOAD:
     return 1;
   case TT_EXIT_STOP:
+  case TT_EXIT_SCALE:
     return 0;
   case TT_EXIT_EXIT:
     return p->opts.restart == TT_RESTART_ALWAYS;

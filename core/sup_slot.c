@@ -43,8 +43,12 @@ void tt__sup_became_running(tt_incarnation_t *w) {
     s->reload_next++;
     tt__sup_reload_step(s);
   }
-  if (w == slot->cur) tt_outbox_target(&slot->outbox, w->p.channel);
+  if (w == slot->cur) {
+    tt_outbox_target(&slot->outbox, w->p.channel);
+    slot->scale_wait = 0;
+  }
   if (s->on_start) s->on_start(s, slot->id, w->serial);
+  tt__sup_check_scale(s);
 }
 
 /* ---- frames ------------------------------------------------------------- */
@@ -150,6 +154,10 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
     slot->cur->flags |= I_PROMOTED;
     return;
   }
+  if (slot->scale_wait) { /* a scale's new worker that never got ready */
+    slot->scale_wait = 0;
+    s->scale_status = TT_ERR_WORKER_INIT;
+  }
   if (tt_policy_healthy(&s->policy, (w->flags & I_READY) != 0,
                         tt__sup_now(s) - w->started_at))
     slot->failures = 0;
@@ -210,6 +218,7 @@ static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
   tt_exit_reason_t r = classify(w);
   w->flags |= I_EXITED;
   s->alive--;
+  slot->alive--;
   uv_timer_stop(&w->timer);
   tt__timer_start(&w->timer, on_drain_timer, TT_DRAIN_MS, 0);
   slot->last_reason = r;
@@ -217,6 +226,7 @@ static void on_worker_exit(tt_process_t *p, int64_t status, int sig) {
   slot->last_signal = sig;
   if (s->on_exit) s->on_exit(s, slot->id, w->serial, status, sig, r);
   worker_gone(w, r);
+  tt__sup_check_scale(s);
 }
 
 /* Output still in the pipes after the exit is logged before the pipes
@@ -284,6 +294,7 @@ void tt__sup_spawn(tt_slot_t *slot, int as_next) {
     goto failed;
   }
   s->alive++;
+  slot->alive++;
   w->p.on_exit = on_worker_exit;
   w->p.on_disconnect = on_worker_disconnect;
   w->p.on_data = on_worker_data;
@@ -332,11 +343,13 @@ failed:
     /* counted as a worker that ran and ended at once */
     w->state = TT_WORKER_DOWN;
     after_exit(slot, w, TT_EXIT_SPAWN);
+    tt__sup_check_scale(s);
   } else {
     tt_incarnation_t none;
     memset(&none, 0, sizeof none);
     none.s = s;
     none.slot = slot;
     after_exit(slot, &none, TT_EXIT_SPAWN);
+    tt__sup_check_scale(s);
   }
 }

@@ -14,6 +14,10 @@
  *   escalation (STOPPING), the bounded drain of its output after the exit.
  * - A slot's messages are its outbox's (core/tt_outbox.h); its target is
  *   the slot's current worker's channel while that worker runs.
+ * - s->slots holds pointers to slots made once each and freed with the
+ *   supervisor: scaling up never moves a slot an incarnation points to.
+ *   Slots opts.instances+1..nslots were removed by a scale down (or wait
+ *   to be taken back by a scale up).
  * - s->pending_closes counts the supervisor's own uv handles (and the
  *   outboxes) not yet closed; the close callback runs when it and s->live
  *   are both 0.
@@ -103,8 +107,10 @@ void tt__sup_maybe_closed(tt_supervisor_t *s) {
     if (s->pending_closes > 0) return;
   }
   s->flags |= S_CLOSED_CB;
+  for (unsigned i = 0; i < s->nslots; i++) free(s->slots[i]);
   free(s->slots);
   s->slots = NULL;
+  s->nslots = 0;
   free(s->env);
   s->env = NULL;
   free(s->shutdown_message);
@@ -120,11 +126,12 @@ int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
                           int fd, uint64_t timeout_ms, tt_channel_send_cb cb,
                           void *arg) {
   tt_slot_t *slot;
-  if (id < 1 || id > s->opts.instances) return UV_EINVAL;
+  /* a removed slot that still exists answers TT_ERR_CLOSED (it is dead) */
+  if (id < 1 || id > tt_supervisor_instances(s)) return UV_EINVAL;
   if (tt_channel_options_check_size(&s->opts.process.channel_options, kind,
                                     len) != 0)
     return TT_ERR_SERIALIZE;
-  slot = &s->slots[id - 1];
+  slot = s->slots[id - 1];
   if ((s->flags & S_STOPPING) || slot->dead) return TT_ERR_CLOSED;
   if (fd >= 0 && s->opts.process.channel_options.lines) return UV_ENOTSUP;
   return tt_outbox_send_fd(&slot->outbox, kind, frame_id, payload, len, fd,
@@ -139,6 +146,8 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
 }
 
 unsigned tt_supervisor_instances(const tt_supervisor_t *s) {
+  for (unsigned i = s->nslots; i > s->opts.instances; i--)
+    if (s->slots[i - 1]->alive > 0) return i;
   return s->opts.instances;
 }
 
@@ -205,12 +214,13 @@ static void on_start_timer(uv_timer_t *t) {
   s->flags |= S_STARTED;
   while (s->start_next < s->opts.instances && n++ < TT_SPAWNS_PER_TICK &&
          !(s->flags & S_STOPPING))
-    tt__sup_spawn(&s->slots[s->start_next++], 0);
+    tt__sup_spawn(s->slots[s->start_next++], 0);
   if (s->start_next < s->opts.instances && !(s->flags & S_STOPPING))
     tt__timer_start(&s->start_timer, on_start_timer, 0, 0);
   else
     s->start_next = s->opts.instances;
   tt__sup_check_stopped(s);
+  tt__sup_check_scale(s);
 }
 
 /* ---- reload ------------------------------------------------------------- */
@@ -223,7 +233,7 @@ void tt__sup_reload_done(tt_supervisor_t *s, int status) {
 
 void tt__sup_reload_step(tt_supervisor_t *s) {
   while (s->reload_next != 0 && s->reload_next <= s->opts.instances) {
-    tt_slot_t *slot = &s->slots[s->reload_next - 1];
+    tt_slot_t *slot = s->slots[s->reload_next - 1];
     if (slot->cur != NULL && slot->cur->state == TT_WORKER_RUNNING &&
         slot->next == NULL) {
       slot->keep_old = 0;
@@ -248,7 +258,7 @@ int tt_supervisor_restart(tt_supervisor_t *s, unsigned id) {
   tt_slot_t *slot;
   if (id < 1 || id > s->opts.instances) return UV_EINVAL;
   if (s->flags & S_STOPPING) return TT_ERR_CLOSED;
-  slot = &s->slots[id - 1];
+  slot = s->slots[id - 1];
   if (slot->cur == NULL || slot->cur->state == TT_WORKER_STOPPING)
     return UV_ESRCH;
   /* a worker still starting is not restarted again: a "restart" handler
@@ -260,6 +270,112 @@ int tt_supervisor_restart(tt_supervisor_t *s, unsigned id) {
   return 0;
 }
 
+/* ---- scale -------------------------------------------------------------- */
+
+static void scale_done(tt_supervisor_t *s, int status) {
+  unsigned n = s->scale_pending;
+  if (n == 0) return;
+  s->scale_pending = 0;
+  s->scale_status = 0;
+  for (unsigned i = 0; i < s->nslots; i++) s->slots[i]->scale_wait = 0;
+  /* one report per call still waiting: the owner may count its callers */
+  while (n-- > 0 && s->on_scale) s->on_scale(s, status);
+}
+
+void tt__sup_check_scale(tt_supervisor_t *s) {
+  if (s->scale_pending == 0) return;
+  for (unsigned i = 0; i < s->nslots; i++) {
+    tt_slot_t *slot = s->slots[i];
+    if (slot->removed ? slot->alive > 0 : slot->scale_wait) return;
+  }
+  scale_done(s, s->scale_status);
+}
+
+/* Fills a zeroed slot (cannot fail). */
+static void init_slot(tt_supervisor_t *s, tt_slot_t *slot, unsigned id) {
+  slot->s = s;
+  slot->id = id;
+  slot->prefix_len = (size_t)snprintf(slot->prefix, sizeof slot->prefix,
+                                      "[%u] ", slot->id);
+  uv_timer_init(s->loop, &slot->timer);
+  slot->timer.data = slot;
+  tt_outbox_init(s->loop, &slot->outbox, s->opts.queue_limit);
+}
+
+/* Makes slots nslots+1..n, all or none.  Each is its own allocation, freed
+ * with the supervisor: a removed slot may still have a stopping
+ * incarnation pointing to it, and growing never moves one. */
+static int make_slots(tt_supervisor_t *s, unsigned n) {
+  tt_slot_t **a;
+  if (n <= s->nslots) return 0;
+  a = realloc(s->slots, n * sizeof *a);
+  if (a == NULL) return UV_ENOMEM;
+  s->slots = a;
+  for (unsigned i = s->nslots; i < n; i++) {
+    if ((a[i] = calloc(1, sizeof *a[i])) == NULL) {
+      while (i-- > s->nslots) free(a[i]);
+      return UV_ENOMEM;
+    }
+  }
+  for (unsigned i = s->nslots; i < n; i++) init_slot(s, a[i], i + 1);
+  s->nslots = n;
+  return 0;
+}
+
+/* Every incarnation of a removed slot stops and leaves the slot: exits of
+ * detached incarnations neither restart nor touch the slot's state. */
+static void remove_slot(tt_supervisor_t *s, tt_slot_t *slot) {
+  tt_incarnation_t *w, *next;
+  slot->removed = 1;
+  slot->scale_wait = 0;
+  uv_timer_stop(&slot->timer);
+  slot->restart_pending = 0;
+  slot->restart_reason = TT_EXIT_NONE;
+  tt__sup_slot_down(slot);
+  for (w = TAILQ_FIRST(&s->all); w != NULL; w = next) {
+    next = TAILQ_NEXT(w, all_link);
+    if (w->slot == slot) tt__sup_stop_worker(w, TT_EXIT_SCALE, 1);
+  }
+  slot->cur = slot->next = NULL;
+  slot->keep_old = 0;
+}
+
+static void take_back_slot(tt_slot_t *slot) {
+  slot->removed = 0;
+  slot->dead = 0;
+  slot->failures = 0;
+  tt_outbox_reopen(&slot->outbox);
+}
+
+int tt_supervisor_scale(tt_supervisor_t *s, unsigned n) {
+  unsigned old;
+  int err;
+  if (n < 1 || n > TT_SUP_MAX_INSTANCES) return UV_EINVAL;
+  if (s->flags & S_STOPPING) return TT_ERR_CLOSED;
+  /* memory first, so that a failure changes nothing */
+  if ((err = make_slots(s, n)) != 0) return err;
+  old = s->opts.instances;
+  s->scale_status = 0;
+  if (n > old) {
+    for (unsigned i = old; i < n; i++) {
+      tt_slot_t *slot = s->slots[i];
+      if (slot->removed) take_back_slot(slot);
+      slot->scale_wait = 1;
+    }
+    if (s->start_next > old) s->start_next = old;
+  } else if (n < old) {
+    if (s->reload_next > n) tt__sup_reload_done(s, 0); /* the rest is gone */
+    if (s->start_next > n) s->start_next = n;
+    for (unsigned i = old; i-- > n;) remove_slot(s, s->slots[i]);
+  }
+  s->opts.instances = n;
+  s->scale_pending++;
+  /* the new slots spawn there, and the report comes from the loop even
+   * when there is nothing to wait for */
+  tt__timer_start(&s->start_timer, on_start_timer, 0, 0);
+  return 0;
+}
+
 /* ---- stop --------------------------------------------------------------- */
 
 void tt__sup_check_stopped(tt_supervisor_t *s) {
@@ -267,11 +383,12 @@ void tt__sup_check_stopped(tt_supervisor_t *s) {
   if (!(s->flags & S_STARTED) && !(s->flags & S_STOPPING)) return;
   if (s->alive > 0) return;
   if (s->start_next < s->opts.instances && !(s->flags & S_STOPPING)) return;
-  for (unsigned i = 0; i < s->opts.instances; i++)
-    if (s->slots[i].restart_pending) return;
+  for (unsigned i = 0; i < s->nslots; i++)
+    if (s->slots[i]->restart_pending) return;
   s->flags |= S_STOPPING | S_STOPPED;
   tt__sup_reload_done(s, TT_ERR_CLOSED);
-  for (unsigned i = 0; i < s->opts.instances; i++) tt__sup_slot_down(&s->slots[i]);
+  scale_done(s, TT_ERR_CLOSED);
+  for (unsigned i = 0; i < s->nslots; i++) tt__sup_slot_down(s->slots[i]);
   uv_timer_stop(&s->memory_timer);
   uv_timer_stop(&s->start_timer);
   if (s->on_stopped) s->on_stopped(s);
@@ -284,8 +401,9 @@ void tt_supervisor_stop(tt_supervisor_t *s) {
   uv_timer_stop(&s->start_timer);
   uv_timer_stop(&s->memory_timer);
   tt__sup_reload_done(s, TT_ERR_CLOSED);
-  for (unsigned i = 0; i < s->opts.instances; i++) {
-    tt_slot_t *slot = &s->slots[i];
+  scale_done(s, TT_ERR_CLOSED);
+  for (unsigned i = 0; i < s->nslots; i++) {
+    tt_slot_t *slot = s->slots[i];
     uv_timer_stop(&slot->timer);
     slot->restart_pending = 0;
     tt__sup_slot_down(slot);
@@ -312,6 +430,7 @@ static void abandon_worker(tt_incarnation_t *w) {
     tt_process_kill(&w->p, SIGCONT);
     w->flags |= I_EXITED;
     w->s->alive--;
+    w->slot->alive--;
   }
   if (!(w->flags & I_PCLOSE)) {
     w->flags |= I_PCLOSE;
@@ -351,15 +470,16 @@ static void close_supervisor(tt_supervisor_t *s, int abandon,
   s->on_reload = NULL;
   s->on_memory = NULL;
   s->on_stopped = NULL;
+  s->on_scale = NULL;
   /* Closing first keeps the memory until these handles are closed, however
    * synchronously the stop below completes. */
   close_handle(s, (uv_handle_t *)&s->memory_timer);
   close_handle(s, (uv_handle_t *)&s->start_timer);
-  for (unsigned i = 0; i < s->opts.instances; i++) {
-    close_handle(s, (uv_handle_t *)&s->slots[i].timer);
-    s->slots[i].outbox.data = s;
+  for (unsigned i = 0; i < s->nslots; i++) {
+    close_handle(s, (uv_handle_t *)&s->slots[i]->timer);
+    s->slots[i]->outbox.data = s;
     s->pending_closes++;
-    tt_outbox_close(&s->slots[i].outbox, on_outbox_closed);
+    tt_outbox_close(&s->slots[i]->outbox, on_outbox_closed);
   }
   tt_supervisor_stop(s);
   if (abandon) abandon_all(s);
@@ -379,7 +499,7 @@ int tt_supervisor_replace(tt_supervisor_t *s, unsigned id, int keep_old) {
   tt_slot_t *slot;
   if (id < 1 || id > s->opts.instances) return UV_EINVAL;
   if (s->flags & S_STOPPING) return TT_ERR_CLOSED;
-  slot = &s->slots[id - 1];
+  slot = s->slots[id - 1];
   if (slot->next != NULL || s->reload_next == id) return UV_EBUSY;
   if (slot->cur == NULL || slot->cur->state != TT_WORKER_RUNNING)
     return UV_ESRCH;
@@ -425,7 +545,7 @@ int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial) {
 int tt_supervisor_kill(tt_supervisor_t *s, unsigned id, int signum) {
   tt_slot_t *slot;
   if (id < 1 || id > s->opts.instances) return UV_EINVAL;
-  slot = &s->slots[id - 1];
+  slot = s->slots[id - 1];
   if (slot->cur == NULL) return UV_ESRCH;
   if (signum == SIGKILL) slot->cur->flags |= I_SENT_KILL; /* not the OOM killer */
   return tt_process_kill(&slot->cur->p, signum);
@@ -435,7 +555,7 @@ tt_worker_state_t tt_supervisor_state(tt_supervisor_t *s, unsigned id) {
   tt_incarnation_t *w;
   if (id < 1 || id > s->opts.instances || s->slots == NULL)
     return TT_WORKER_DOWN;
-  w = s->slots[id - 1].cur;
+  w = s->slots[id - 1]->cur;
   if (w == NULL || (w->flags & I_EXITED)) return TT_WORKER_DOWN;
   return w->state;
 }
@@ -443,9 +563,13 @@ tt_worker_state_t tt_supervisor_state(tt_supervisor_t *s, unsigned id) {
 int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   tt_slot_t *slot;
   tt_incarnation_t *w;
-  if (id < 1 || id > s->opts.instances || s->slots == NULL) return UV_EINVAL;
-  slot = &s->slots[id - 1];
+  if (id < 1 || s->slots == NULL || id > tt_supervisor_instances(s))
+    return UV_EINVAL;
+  slot = s->slots[id - 1];
   w = slot->cur;
+  if (w == NULL && slot->removed && slot->alive > 0) /* detached, stopping */
+    TAILQ_FOREACH(w, &s->all, all_link)
+      if (w->slot == slot && !(w->flags & I_EXITED)) break;
   memset(o, 0, sizeof *o);
   o->restarts = slot->restarts;
   o->queued = tt_outbox_queued(&slot->outbox);
@@ -455,7 +579,7 @@ int tt_supervisor_info(tt_supervisor_t *s, unsigned id, tt_worker_info_t *o) {
   o->heap = -1;
   if (w == NULL || (w->flags & I_EXITED)) {
     o->state = (slot->restart_pending || slot->id > s->start_next) &&
-                       !(s->flags & S_STOPPING)
+                       !slot->removed && !(s->flags & S_STOPPING)
                    ? TT_WORKER_STARTING
                    : TT_WORKER_DOWN;
     return 0;
@@ -490,11 +614,13 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   z.on_memory = s->on_memory;
   z.on_spawn = s->on_spawn;
   z.on_stopped = s->on_stopped;
+  z.on_scale = s->on_scale;
   *s = z;
   TAILQ_INIT(&s->all);
   s->loop = loop;
   s->opts = *opts;
-  if (opts->instances < 1 || opts->instances > 100000) return UV_EINVAL;
+  if (opts->instances < 1 || opts->instances > TT_SUP_MAX_INSTANCES)
+    return UV_EINVAL;
   if ((err = tt_backoff_check(&opts->backoff)) != 0) return err;
   if (opts->heartbeat_interval_ms > 0 && opts->heartbeat_timeout_ms == 0)
     s->opts.heartbeat_timeout_ms = opts->heartbeat_interval_ms;
@@ -507,6 +633,12 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
   s->env_len = n;
   s->env = calloc(n + 2, sizeof *s->env);
   s->slots = calloc(opts->instances, sizeof *s->slots);
+  for (unsigned i = 0; s->slots != NULL && i < opts->instances; i++)
+    if ((s->slots[i] = calloc(1, sizeof *s->slots[i])) == NULL) {
+      while (i-- > 0) free(s->slots[i]);
+      free(s->slots);
+      s->slots = NULL;
+    }
   if (opts->shutdown_message != NULL) {
     s->shutdown_message = malloc(opts->shutdown_message_len + 1);
     if (s->shutdown_message != NULL)
@@ -544,16 +676,9 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
     }
     s->log_open[i] = 1;
   }
-  for (unsigned i = 0; i < opts->instances; i++) {
-    tt_slot_t *slot = &s->slots[i];
-    slot->s = s;
-    slot->id = i + 1;
-    slot->prefix_len = (size_t)snprintf(slot->prefix, sizeof slot->prefix,
-                                        "[%u] ", slot->id);
-    uv_timer_init(loop, &slot->timer);
-    slot->timer.data = slot;
-    tt_outbox_init(loop, &slot->outbox, s->opts.queue_limit);
-  }
+  for (unsigned i = 0; i < opts->instances; i++)
+    init_slot(s, s->slots[i], i + 1);
+  s->nslots = opts->instances;
   uv_timer_init(loop, &s->memory_timer);
   s->memory_timer.data = s;
   uv_timer_init(loop, &s->start_timer);
@@ -571,6 +696,8 @@ fail:
     if (s->log_open[i]) tt_logsink_discard(&s->logs[i]), s->log_open[i] = 0;
   if (policy_ready) tt_policy_free(&s->policy);
   free(s->env);
+  for (unsigned i = 0; s->slots != NULL && i < opts->instances; i++)
+    free(s->slots[i]);
   free(s->slots);
   free(s->shutdown_message);
   s->env = NULL;

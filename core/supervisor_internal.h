@@ -69,6 +69,9 @@ struct tt_slot_s {
   int restart_pending;
   int restart_counted; /* the pending restart counts toward max_restarts */
   int dead; /* will never run again */
+  int removed;    /* scaled away: id > opts.instances */
+  int scale_wait; /* added by a scale: its first worker is not up yet */
+  unsigned alive; /* its incarnations not yet exited */
   tt_exit_reason_t restart_reason;
   uv_timer_t timer;
   tt_outbox_t outbox; /* the owner's frames, for whichever worker runs */
@@ -110,5 +113,6 @@ void tt__sup_maybe_closed(tt_supervisor_t *s);
 void tt__sup_give_up(tt_supervisor_t *s, const char *why);
 void tt__sup_reload_step(tt_supervisor_t *s);
 void tt__sup_reload_done(tt_supervisor_t *s, int status);
+void tt__sup_check_scale(tt_supervisor_t *s);
 
 #endif /* TT_SUPERVISOR_INTERNAL_H */

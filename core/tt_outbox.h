@@ -65,6 +65,9 @@ void tt_outbox_target(tt_outbox_t *ob, tt_channel_t *ch);
 /* Fails every waiting frame with `err`; from now on sends are refused
  * (TT_ERR_CLOSED) and frames coming back fail with TT_ERR_CLOSED. */
 void tt_outbox_shut(tt_outbox_t *ob, int err);
+/* Takes frames again after tt_outbox_shut (a supervisor slot removed by
+ * scaling down, then added back); no-op once closing. */
+void tt_outbox_reopen(tt_outbox_t *ob);
 size_t tt_outbox_queued(const tt_outbox_t *ob);
 /* Shuts it (TT_ERR_CLOSED); `cb` runs from the loop once no frame is left
  * in a channel and its timers are closed: the memory may go then.  The

@@ -40,7 +40,8 @@ typedef enum {
   XX(RELOAD, "reload")   /* replaced by a rolling reload */                   \
   XX(STOP, "stop")       /* the supervisor stopped it */                      \
   XX(RETIRED, "retired") /* replaced after its work (pools: recycling) */     \
-  XX(TIMEOUT, "timeout") /* stopped by its owner: a task took too long */
+  XX(TIMEOUT, "timeout") /* stopped by its owner: a task took too long */ \
+  XX(SCALE, "scale")     /* its slot was removed (tt_supervisor_scale) */
 
 typedef enum {
 #define XX(name, _) TT_EXIT_##name,

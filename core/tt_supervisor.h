@@ -29,7 +29,13 @@
  * Worker output can be logged: each line of stdout/stderr appended to a
  * file with the prefix "[id] ", never blocking the loop (tt_logsink.h: a
  * stalled FIFO reader costs dropped, counted lines, reported through
- * on_error, not a frozen supervisor).
+ * on_error, not a frozen supervisor), rotated by size when `log_max_size`
+ * is set.
+ *
+ * The number of slots can change at run time (tt_supervisor_scale): slots
+ * are added after the last one and removed from the end, so ids stay
+ * stable; a slot's memory lives until the supervisor is closed, so an
+ * incarnation of a removed slot still stopping keeps a valid slot.
  */
 #ifndef TT_SUPERVISOR_H
 #define TT_SUPERVISOR_H
@@ -74,6 +80,10 @@ typedef struct {
   uint64_t shutdown_timeout_ms; /* wait after the message */
   uint64_t kill_timeout_ms;     /* wait after SIGTERM */
   const char *log_path[3];      /* [1] stdout, [2] stderr; NULL: no log */
+  /* Rotation of both logs (tt_logsink_rotate): past log_max_size bytes
+   * (0: never) the file becomes path.1, keeping log_keep old files. */
+  uint64_t log_max_size;
+  unsigned log_keep;
   size_t queue_limit;           /* queued messages per slot; 0: 1024 */
   /* Exits of ready workers that were killed by a signal, or that the
    * owner marked with tt_supervisor_mark_worked(), do not count toward
@@ -143,6 +153,12 @@ struct tt_supervisor_s {
    * listening sockets); what they point to must live until the call's
    * tt_process_spawn returns, i.e. past this call. */
   void (*on_spawn)(tt_supervisor_t *s, unsigned id, tt_process_options_t *po);
+  /* The size asked for by the last tt_supervisor_scale() is reached: every
+   * added slot's first worker is running (or failed to start: status
+   * TT_ERR_WORKER_INIT) and every removed slot's workers are down; or
+   * TT_ERR_CLOSED when the supervisor stopped first.  Once per scale call
+   * that was still waiting (later calls fold into one report). */
+  void (*on_scale)(tt_supervisor_t *s, int status);
 
   /* private */
   uv_loop_t *loop;
@@ -150,7 +166,11 @@ struct tt_supervisor_s {
   char *shutdown_message;
   char **env; /* template env + room for TETHER_WORKER_ID */
   size_t env_len;
-  tt_slot_t *slots;
+  tt_slot_t **slots; /* nslots, each allocated once: incarnations point
+                        to theirs, so growing must not move them */
+  unsigned nslots;   /* ever made: opts.instances, then removed ones */
+  unsigned scale_pending; /* scale calls waiting for on_scale */
+  int scale_status;
   /* every incarnation not yet freed */
   TAILQ_HEAD(tt_incarnation_list, tt_incarnation_s) all;
   uint64_t serial;       /* last one given */
@@ -218,8 +238,23 @@ int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,
 tt_channel_t *tt_supervisor_worker_channel(tt_supervisor_t *s,
                                            uint64_t serial);
 int tt_supervisor_worker_pid(tt_supervisor_t *s, uint64_t serial);
+/* Changes the number of slots to `n` (1..100000).  Growing adds slots
+ * (ids after the last) whose workers start on the next loop iteration;
+ * a slot still stopping from an earlier shrink is taken back (its old
+ * worker goes on stopping, detached, and a new one starts at once).
+ * Shrinking removes the highest ids: their workers (a pending replacement
+ * included) are stopped as by tt_supervisor_stop_worker(polite, reason
+ * TT_EXIT_SCALE) and never restarted; their queued messages fail with
+ * TT_ERR_CLOSED, and so do new sends to them.  on_scale tells when the
+ * size is reached.  A reload in progress ends at the new last slot.
+ * 0, UV_EINVAL (bad n), UV_ENOMEM (nothing changed), TT_ERR_CLOSED once
+ * stopping. */
+int tt_supervisor_scale(tt_supervisor_t *s, unsigned n);
 /* What an owner may read once started: the number of slots and the
- * workers' max_message (the default resolved). */
+ * workers' max_message (the default resolved).  After a shrink the count
+ * still includes a removed slot while a worker of it (or of a higher
+ * removed slot) is still stopping, so that info() shows it STOPPING; once
+ * they are down it is the size asked for. */
 unsigned tt_supervisor_instances(const tt_supervisor_t *s);
 size_t tt_supervisor_max_message(const tt_supervisor_t *s);
 /* The worker did useful work (see exempt_worked). */

@@ -30,6 +30,7 @@ START_TEST(test_restart_decisions) {
       {TT_EXIT_SPAWN, 1, 1, 0},        {TT_EXIT_MEMORY, 1, 1, 0},
       {TT_EXIT_UNRESPONSIVE, 1, 1, 0}, {TT_EXIT_TIMEOUT, 1, 1, 0},
       {TT_EXIT_RELOAD, 1, 1, 1},       {TT_EXIT_STOP, 0, 0, 0},
+      {TT_EXIT_SCALE, 0, 0, 0},
   };
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
     const int want[3] = {table[i].always, table[i].on_failure, table[i].never};

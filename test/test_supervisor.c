@@ -15,6 +15,7 @@
 
 typedef struct {
   int starts, exits, restarts, gave_up, stopped, closed;
+  int scaled, scale_status, scale_exits;
   tt_exit_reason_t last_reason;
   int last_sig;
   char why[160];
@@ -31,6 +32,12 @@ static void s_exit(tt_supervisor_t *s, unsigned id, uint64_t serial,
   x->exits++;
   x->last_reason = r;
   x->last_sig = sig;
+  if (r == TT_EXIT_SCALE) x->scale_exits++;
+}
+static void s_scaled(tt_supervisor_t *s, int status) {
+  sup_seen_t *x = s->data;
+  x->scaled++;
+  x->scale_status = status;
 }
 static void s_restart(tt_supervisor_t *s, unsigned id, tt_exit_reason_t r,
                       int pid) {
@@ -67,6 +74,7 @@ static void sup_start(uv_loop_t *loop, tt_supervisor_t *s, sup_seen_t *x,
   s->on_restart = s_restart;
   s->on_give_up = s_give_up;
   s->on_stopped = s_stopped;
+  s->on_scale = s_scaled;
   ck_assert_int_eq(tt_supervisor_start(loop, s, o), 0);
 }
 
@@ -215,6 +223,124 @@ START_TEST(test_restart_of_a_starting_worker_is_refused) {
   ck_assert_int_eq(tt_supervisor_restart(&s, 1), UV_EBUSY);
   tt_supervisor_stop(&s);
   tt_test_run_until(&loop, &x.stopped, 10000);
+  sup_finish(&loop, &s, &x);
+}
+END_TEST
+
+/* ---- scale --------------------------------------------------------------- */
+
+static int sent_status[8], sent_count;
+static void on_sent(void *arg, int status) {
+  (void)arg;
+  if (sent_count < 8) sent_status[sent_count] = status;
+  sent_count++;
+}
+
+/* Growing starts the new slots at once; shrinking stops the highest ones
+ * (reason SCALE, never restarted), fails what was queued for them, and
+ * they leave the count once down. */
+START_TEST(test_scale_grows_and_shrinks) {
+  uv_loop_t loop;
+  tt_supervisor_t s;
+  sup_seen_t x;
+  tt_supervisor_options_t o;
+  tt_worker_info_t info;
+  uv_loop_init(&loop);
+  sup_options(&o, "ready");
+  o.wait_ready = 1;
+  sup_start(&loop, &s, &x, &o);
+  tt_test_run_until(&loop, &x.starts, 10000);
+  ck_assert_int_eq(tt_supervisor_scale(&s, 0), UV_EINVAL);
+  ck_assert_int_eq(tt_supervisor_scale(&s, TT_SUP_MAX_INSTANCES + 1),
+                   UV_EINVAL);
+
+  ck_assert_int_eq(tt_supervisor_scale(&s, 3), 0);
+  ck_assert_uint_eq(tt_supervisor_instances(&s), 3);
+  tt_test_run_until(&loop, &x.scaled, 10000);
+  ck_assert_int_eq(x.scale_status, 0);
+  ck_assert_int_eq(x.starts, 3);
+  ck_assert_int_eq(x.restarts, 0);
+  for (unsigned id = 1; id <= 3; id++) {
+    ck_assert_int_eq(tt_supervisor_info(&s, id, &info), 0);
+    ck_assert_int_eq(info.state, TT_WORKER_RUNNING);
+  }
+
+  /* a message queued for a slot added and removed before it ran */
+  sent_count = 0;
+  ck_assert_int_eq(tt_supervisor_scale(&s, 4), 0);
+  ck_assert_int_eq(tt_supervisor_send(&s, 4, TT_FRAME_MESSAGE, 0, "x", 1, 0,
+                                      on_sent, NULL),
+                   0);
+  ck_assert_int_eq(tt_supervisor_scale(&s, 1), 0);
+  ck_assert_int_eq(sent_count, 1);
+  ck_assert_int_eq(sent_status[0], TT_ERR_CLOSED);
+  tt_test_run_until_n(&loop, &x.scaled, 3, 10000);
+  ck_assert_int_eq(x.scale_status, 0);
+  ck_assert_int_eq(x.scale_exits, 2);
+  ck_assert_int_eq(x.starts, 3); /* slot 4 never ran */
+  ck_assert_int_eq(x.restarts, 0);
+  ck_assert_uint_eq(tt_supervisor_instances(&s), 1);
+  ck_assert_int_eq(tt_supervisor_info(&s, 2, &info), UV_EINVAL);
+  ck_assert_int_eq(tt_supervisor_send(&s, 2, TT_FRAME_MESSAGE, 0, "x", 1, 0,
+                                      NULL, NULL),
+                   UV_EINVAL);
+  ck_assert_int_eq(tt_supervisor_info(&s, 1, &info), 0);
+  ck_assert_int_eq(info.state, TT_WORKER_RUNNING);
+
+  tt_supervisor_stop(&s);
+  ck_assert_int_eq(tt_supervisor_scale(&s, 2), TT_ERR_CLOSED);
+  tt_test_run_until(&loop, &x.stopped, 10000);
+  sup_finish(&loop, &s, &x);
+}
+END_TEST
+
+/* A slot removed but still stopping (its worker ignores SIGTERM) stays in
+ * the count as STOPPING; growing again takes it back with a new worker
+ * while the old one goes on stopping. */
+START_TEST(test_scale_up_during_a_shrink) {
+  uv_loop_t loop;
+  tt_supervisor_t s;
+  sup_seen_t x;
+  tt_supervisor_options_t o;
+  tt_worker_info_t info;
+  int old_pid;
+  uv_loop_init(&loop);
+  sup_options(&o, "stubborn");
+  o.wait_ready = 1;
+  o.instances = 2;
+  o.shutdown_timeout_ms = 10;
+  o.kill_timeout_ms = 60000;
+  sup_start(&loop, &s, &x, &o);
+  tt_test_run_until_n(&loop, &x.starts, 2, 10000);
+  ck_assert_int_eq(tt_supervisor_info(&s, 2, &info), 0);
+  old_pid = info.pid;
+
+  ck_assert_int_eq(tt_supervisor_scale(&s, 1), 0);
+  for (int i = 0; i < 20; i++) uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(x.scaled, 0);
+  ck_assert_uint_eq(tt_supervisor_instances(&s), 2);
+  ck_assert_int_eq(tt_supervisor_info(&s, 2, &info), 0);
+  ck_assert_int_eq(info.state, TT_WORKER_STOPPING);
+  ck_assert_int_eq(info.pid, old_pid);
+  ck_assert_int_eq(tt_supervisor_send(&s, 2, TT_FRAME_MESSAGE, 0, "x", 1, 0,
+                                      NULL, NULL),
+                   TT_ERR_CLOSED);
+
+  ck_assert_int_eq(tt_supervisor_scale(&s, 2), 0);
+  tt_test_run_until_n(&loop, &x.scaled, 2, 10000); /* both calls answered */
+  ck_assert_int_eq(x.scale_status, 0);
+  ck_assert_int_eq(x.starts, 3);
+  ck_assert_int_eq(x.exits, 0); /* the old one is still stopping */
+  ck_assert_int_eq(tt_supervisor_info(&s, 2, &info), 0);
+  ck_assert_int_eq(info.state, TT_WORKER_RUNNING);
+  ck_assert_int_ne(info.pid, old_pid);
+  ck_assert_int_eq(tt_supervisor_kill(&s, 2, 0), 0);
+
+  tt_supervisor_stop(&s);
+  ck_assert_int_eq(tt_supervisor_hurry(&s), 0);
+  tt_test_run_until(&loop, &x.stopped, 10000);
+  ck_assert_int_eq(x.exits, 3);
+  ck_assert_int_eq(x.scale_exits, 1);
   sup_finish(&loop, &s, &x);
 }
 END_TEST
@@ -461,6 +587,8 @@ Suite *supervisor_suite(void) {
   tcase_add_test(tc, test_running_only_after_the_ready_frame);
   tcase_add_test(tc, test_restart_of_a_starting_worker_is_refused);
   tcase_add_test(tc, test_per_slot_descriptors_and_handshake);
+  tcase_add_test(tc, test_scale_grows_and_shrinks);
+  tcase_add_test(tc, test_scale_up_during_a_shrink);
   tcase_add_test(pc, test_pool_runs_every_task_once);
   tcase_add_test(pc, test_pool_times_a_silent_worker_out);
   tcase_add_test(pc, test_pool_reruns_after_a_crash_then_fails);
