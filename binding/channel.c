@@ -3,6 +3,8 @@
  * through TETHER_CHANNEL_FD).  Unreferenced by default, as in Node: the
  * facade refs it while the script listens on it (or asked keep_alive).
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -45,23 +47,17 @@ static void on_disconnect(tt_channel_t *ch) {
   tt_channel_close(ch, on_closed);
 }
 
-/* open_parent(handler[, max_message]) -> channel | nil, err */
-static int l_open_parent(lua_State *L) {
-  tt_channel_options_t opts;
+/* A channel on `fd` (ours from now on, closed on failure), with the
+ * handler at index 1. */
+static int open_on(lua_State *L, int fd, tt_channel_options_t *opts_in) {
+  tt_channel_options_t opts = *opts_in;
   tt_lchannel_t *c;
-  int fd, err;
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  memset(&opts, 0, sizeof opts);
-  if (lua_isnoneornil(L, 2)) {
-    /* the parent's limit, passed down (tt_handshake.h) */
-    opts.max_message = tt_handshake()->max_message;
-  } else {
-    opts.max_message = (size_t)luaL_checkinteger(L, 2);
-  }
-  if ((err = tt_channel_inherited_fd(&fd, &opts.lines)) != 0)
-    return tt_lua_fail(L, err, NULL);
+  int err;
   c = calloc(1, sizeof *c);
-  if (c == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
+  if (c == NULL) {
+    close(fd);
+    return tt_lua_fail(L, UV_ENOMEM, NULL);
+  }
   tt_lobj_new_box(L, &c->o, TT_CHANNEL_MT, 1, teardown);
   if ((err = tt_channel_init(&c->o.st->loop, &c->ch, fd, &opts)) != 0) {
     close(fd);
@@ -81,6 +77,39 @@ static int l_open_parent(lua_State *L) {
   c->rpc.data = &c->o;
   c->o.rpc = &c->rpc;
   return 1;
+}
+
+/* open_parent(handler[, max_message]) -> channel | nil, err */
+static int l_open_parent(lua_State *L) {
+  tt_channel_options_t opts;
+  int fd, err;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  memset(&opts, 0, sizeof opts);
+  if (lua_isnoneornil(L, 2)) {
+    /* the parent's limit, passed down (tt_handshake.h) */
+    opts.max_message = tt_handshake()->max_message;
+  } else {
+    opts.max_message = (size_t)luaL_checkinteger(L, 2);
+  }
+  if ((err = tt_channel_inherited_fd(&fd, &opts.lines)) != 0)
+    return tt_lua_fail(L, err, NULL);
+  return open_on(L, fd, &opts);
+}
+
+/* open_channel(handler, handle[, max_message]) -> channel | nil, err: a
+ * native channel on a connected stream socket (a duplicate of the
+ * handle's descriptor: the handle stays the caller's). */
+static int l_open_channel(lua_State *L) {
+  tt_channel_options_t opts;
+  int fd = tt_lua_handle_fd(L, 2), dup;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_argcheck(L, fd != -2, 2, "handle expected");
+  if (fd < 0) return tt_lua_fail(L, UV_EBADF, "the handle is closed");
+  memset(&opts, 0, sizeof opts);
+  opts.max_message = (size_t)luaL_optinteger(L, 3, 0);
+  if ((dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0)
+    return tt_lua_fail(L, -errno, NULL);
+  return open_on(L, dup, &opts);
 }
 
 static tt_lchannel_t *check(lua_State *L) {
@@ -187,4 +216,6 @@ void tt_open_channel(lua_State *L) {
   tt_lobj_class(L, TT_CHANNEL_MT, methods, m_tostring);
   lua_pushcfunction(L, l_open_parent);
   lua_setfield(L, -2, "open_parent");
+  lua_pushcfunction(L, l_open_channel);
+  lua_setfield(L, -2, "open_channel");
 }

@@ -13,6 +13,7 @@
 #include "binding.h"
 #include "tt_error.h"
 #include "tt_handle.h"
+#include "tt_lockfile.h"
 
 typedef struct {
   int fd;
@@ -58,6 +59,35 @@ static int l_listen(lua_State *L) {
   }
   if (err != 0) {
     lua_pushfstring(L, "listen on %s: %s", address, uv_strerror(err));
+    return tt_lua_fail(L, err, lua_tostring(L, -1));
+  }
+  return tt_lua_push_handle(L, fd);
+}
+
+/* core.connect("unix:PATH") -> handle | nil, err */
+static int l_connect(lua_State *L) {
+  const char *address = luaL_checkstring(L, 1);
+  int fd, err = tt_connect(address, &fd);
+  if (err == UV_EINVAL) {
+    lua_pushfstring(L, "bad address '%s' (expected unix:PATH)", address);
+    return tt_lua_fail(L, err, lua_tostring(L, -1));
+  }
+  if (err != 0) {
+    lua_pushfstring(L, "connect to %s: %s", address, uv_strerror(err));
+    return tt_lua_fail(L, err, lua_tostring(L, -1));
+  }
+  return tt_lua_push_handle(L, fd);
+}
+
+/* core.lock_file(path) -> handle (holding the lock until closed) | nil,
+ * err (EAGAIN: another process holds it) */
+static int l_lock_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd, err = tt_lockfile_acquire(path, &fd);
+  if (err != 0) {
+    lua_pushfstring(L, "lock %s: %s", path,
+                    err == UV_EAGAIN ? "held by another process"
+                                     : uv_strerror(err));
     return tt_lua_fail(L, err, lua_tostring(L, -1));
   }
   return tt_lua_push_handle(L, fd);
@@ -191,6 +221,10 @@ void tt_open_handle(lua_State *L) {
   lua_setfield(L, -2, "listen");
   lua_pushcfunction(L, l_handle);
   lua_setfield(L, -2, "handle");
+  lua_pushcfunction(L, l_connect);
+  lua_setfield(L, -2, "connect");
+  lua_pushcfunction(L, l_lock_file);
+  lua_setfield(L, -2, "lock_file");
   lua_pushcfunction(L, l_is_handle);
   lua_setfield(L, -2, "is_handle");
   lua_pushcfunction(L, l_adopt_fd);

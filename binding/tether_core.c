@@ -819,5 +819,6 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_open_handle(L);
   tt_open_acceptor(L);
   tt_open_redis(L);
+  tt_open_fs(L);
   return 1;
 }

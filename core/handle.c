@@ -95,22 +95,28 @@ static int bind_listen(int s, const struct sockaddr *sa, socklen_t len,
   return 0;
 }
 
+/* sockaddr_un for `path`: 0, or UV_EINVAL / UV_ENAMETOOLONG. */
+static int unix_address(const char *path, struct sockaddr_un *un,
+                        socklen_t *len) {
+  size_t n = strlen(path);
+  if (n == 0) return UV_EINVAL;
+  if (n >= sizeof un->sun_path) return UV_ENAMETOOLONG;
+  memset(un, 0, sizeof *un);
+  un->sun_family = AF_UNIX;
+  memcpy(un->sun_path, path, n);
+  *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+  return 0;
+}
+
 static int listen_unix(const char *path, int backlog, unsigned flags,
                        int *fd) {
   struct sockaddr_un un;
-  size_t n = strlen(path);
-  int s;
-  if (n == 0) return UV_EINVAL;
-  if (n >= sizeof un.sun_path) return UV_ENAMETOOLONG;
-  memset(&un, 0, sizeof un);
-  un.sun_family = AF_UNIX;
-  memcpy(un.sun_path, path, n);
+  socklen_t len;
+  int s, err;
+  if ((err = unix_address(path, &un, &len)) != 0) return err;
   s = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (s < 0) return -errno;
-  return bind_listen(s, (struct sockaddr *)&un,
-                     (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n +
-                                 1),
-                     backlog, flags, fd);
+  return bind_listen(s, (struct sockaddr *)&un, len, backlog, flags, fd);
 }
 
 /* getaddrinfo's failure as libuv names it. */
@@ -172,6 +178,25 @@ static int listen_tcp(const char *hostport, int backlog, unsigned flags,
   }
   freeaddrinfo(res);
   return rc;
+}
+
+int tt_connect(const char *address, int *fd) {
+  struct sockaddr_un un;
+  socklen_t len;
+  int s, err;
+  if (strncmp(address, "unix:", 5) != 0) return UV_EINVAL;
+  if ((err = unix_address(address + 5, &un, &len)) != 0) return err;
+  s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -errno;
+  /* blocking: a local connect completes or fails at once (EAGAIN only
+   * when the server's backlog is full, said as such) */
+  if (connect(s, (struct sockaddr *)&un, len) != 0) {
+    err = -errno;
+    close(s);
+    return err;
+  }
+  *fd = s;
+  return 0;
 }
 
 int tt_listen(const char *address, int backlog, unsigned flags, int *fd) {

@@ -371,7 +371,7 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
   o.cwd = opts->cwd;
   o.stdio = stdio;
   o.exit_cb = on_exit_cb;
-  o.flags = opts->detached ? UV_PROCESS_DETACHED : 0;
+  o.flags = opts->detached || opts->new_session ? UV_PROCESS_DETACHED : 0;
   p->proc.data = p;
 
   for (size_t k = 0; k < opts->pass_fds_count; k++)

@@ -41,4 +41,10 @@ enum { TT_LISTEN_REUSEPORT = 1u << 0 /* SO_REUSEPORT before bind */ };
  * addresses that takes it. */
 int tt_listen(const char *address, int backlog, unsigned flags, int *fd);
 
+/* A connected socket on "unix:PATH" (blocking, close-on-exec; a local
+ * connect never waits).  0, or a negative error: UV_EINVAL (not a unix:
+ * address), UV_ENAMETOOLONG, UV_ENOENT / UV_ECONNREFUSED (nobody
+ * listens), UV_EAGAIN (the listener's backlog is full), ... */
+int tt_connect(const char *address, int *fd);
+
 #endif /* TT_HANDLE_H */

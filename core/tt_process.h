@@ -40,6 +40,10 @@ typedef struct {
   tt_stdio_mode_t stdio[3];
   const char *stdio_path[3]; /* for TT_STDIO_FILE */
   int detached;              /* new session; not killed with us */
+  /* New session, yet it dies with us (the runner's parent-death watch):
+   * a supervisor's workers, whom a terminal's Ctrl-C must not reach
+   * directly, and who must not outlive a supervisor killed with -9. */
+  int new_session;
   int channel;               /* create the channel */
   /* The child gets only its stdio, its channel and `pass_fds` (at the
    * same numbers): every other fd of ours is closed in it, as Python's

@@ -1199,6 +1199,55 @@ end
 tether.parent = open_parent()
 
 ---------------------------------------------------------------------------
+-- a channel on any connected stream socket, e.g. the `tether` command and
+-- its daemon (lua/tether/daemon.lua): the parent's methods without the
+-- parent's lifetime rules (its end is nobody's exit)
+
+local Peer = class()
+Peer._listeners_changed = Parent._listeners_changed
+Peer._update_ref = Parent._update_ref
+Peer.send, Peer._send_kind, Peer.call, Peer.handle = Child.send, Child._send_kind, call, handle
+Peer.disconnect = Child.disconnect
+delegate(Peer, { "stats", "flush" })
+function Peer:__tostring() return tostring(self._h) end
+
+local PEER_EVENTS = {
+  message = function(self, a, handle)
+    if handle then return emit_with_handle(self, handle, "message", a, handle) end
+    self:emit("message", a)
+  end,
+  disconnect = function(self)
+    self.connected = false
+    self:emit("disconnect")
+  end,
+  request = function(self, id, value) serve_request(self, id, value) end,
+  drain = function(self) self:emit("drain") end,
+  error = function(self, err) self:emit("error", err) end,
+  control = function(_, _, handle) if handle then handle:close() end end,
+  [false] = function(self, event, a, b, c) self:emit(event, a, b, c) end,
+}
+
+--- tether._channel(handle, [max_message]): a peer on a connected socket
+-- (the handle stays the caller's).  peer | nil, err
+function tether._channel(h, max_message)
+  local self = emitter({ connected = true }, Peer)
+  local ch, err = core.open_channel(dispatcher(PEER_EVENTS, self), h, max_message)
+  if not ch then return nil, err end
+  self._h = ch
+  self:_update_ref()
+  return self
+end
+
+--- tether._connect("unix:PATH", [max_message]): a peer on a new connection.
+function tether._connect(address, max_message)
+  local h, err = core.connect(address)
+  if not h then return nil, err end
+  local peer, perr = tether._channel(h, max_message)
+  h:close()
+  return peer, perr
+end
+
+---------------------------------------------------------------------------
 -- exit: deliver what was sent, then end the process
 
 -- Hands what every channel has queued to the kernel, waiting at most each

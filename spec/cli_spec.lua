@@ -1,0 +1,355 @@
+-- The `tether` command (bin/tether), driven as a user drives it: a real
+-- daemon per test, in a home of its own (HOME and XDG_RUNTIME_DIR in a
+-- temp directory).
+local H = require "helper"
+local lfs = require "lfs"
+
+local ROOT = H.dir .. "/.."
+local BIN = ROOT .. "/bin/tether"
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local T = {} -- the current test's home
+
+local function new_home()
+  local dir = H.tmpfile(("home%d"):format(math.random(1e9)))
+  assert(lfs.mkdir(dir))
+  assert(lfs.mkdir(dir .. "/run"))
+  assert(lfs.mkdir(dir .. "/app"))
+  T = { dir = dir, app = dir .. "/app", state = dir .. "/.tether", run = dir .. "/run/tether" }
+  return T
+end
+
+--- tether(args..., {env = {...}, cwd = dir}) -> exit code, stdout, stderr
+local function tether(...)
+  local args, opts = { ... }, {}
+  if type(args[#args]) == "table" then opts = table.remove(args) end
+  local env = { HOME = T.dir, XDG_RUNTIME_DIR = T.dir .. "/run", TETHER_HOME = "" }
+  for k, v in pairs(opts.env or {}) do env[k] = v end
+  local parts = { "cd", q(opts.cwd or T.app), "&&", "env" }
+  for k, v in pairs(env) do parts[#parts + 1] = q(k .. "=" .. v) end
+  parts[#parts + 1] = H.LUA
+  parts[#parts + 1] = q(BIN)
+  for _, a in ipairs(args) do parts[#parts + 1] = q(a) end
+  local errf = T.dir .. "/stderr"
+  parts[#parts + 1] = "2>" .. q(errf)
+  local p = io.popen(table.concat(parts, " "), "r")
+  local out = p:read("a")
+  local _, _, code = p:close()
+  return code, out, read(errf) or ""
+end
+
+local function ls_json()
+  local code, out = tether("ls", "--json")
+  local json = require "cjson"
+  return json.decode(out), code
+end
+
+local function app(apps, name)
+  for _, a in ipairs(apps) do if a.name == name then return a end end
+end
+
+local function pids(a)
+  local list = {}
+  for _, w in ipairs(a.workers) do list[#list + 1] = w.pid end
+  table.sort(list)
+  return list
+end
+
+local function daemon_pid()
+  return tonumber(read(T.run .. "/daemon.pid") or "")
+end
+
+local function wait_until(pred, secs)
+  local deadline = os.time() + (secs or 10) * H.scale
+  while os.time() <= deadline do
+    if pred() then return true end
+    H.sleep(50)
+  end
+  return pred()
+end
+
+-- a worker that says hello (with its id and $GREETING) and then waits
+local HELLO = [[
+local tether = require "tether"
+print(("hello %s %s"):format(os.getenv("TETHER_WORKER_ID"), tostring(os.getenv("GREETING"))))
+io.stdout:flush()
+tether.every(1000, function() end)
+]]
+
+describe("tether command", function()
+  local started_pids
+
+  before_each(function()
+    new_home()
+    started_pids = {}
+  end)
+
+  after_each(function()
+    -- every test leaves no daemon and no worker behind
+    local pid = daemon_pid()
+    tether("kill")
+    if pid and not wait_until(function() return not H.alive(pid) end, 5) then
+      os.execute("kill -9 " .. pid)
+      error("the daemon did not exit on `tether kill`")
+    end
+    for _, p in ipairs(started_pids) do
+      assert(wait_until(function() return not H.alive(p) end, 5), "worker " .. p .. " outlived its daemon")
+    end
+  end)
+
+  local function remember(a)
+    for _, p in ipairs(pids(a)) do started_pids[#started_pids + 1] = p end
+  end
+
+  it("starts, lists, shows logs, reloads, stops and deletes an app", function()
+    write(T.app .. "/hello.lua", HELLO)
+    local code, out, err = tether("start", "hello.lua", "-i", "2", { env = { GREETING = "hi" } })
+    assert.are.equal(0, code, err)
+    assert.matches("hello%s+online%s+2/2", out)
+    local apps = ls_json()
+    local a = app(apps, "hello")
+    assert.are.equal("online", a.status)
+    assert.are.equal(2, #a.workers)
+    remember(a)
+    local first = pids(a)
+
+    code, out = tether("ls")
+    assert.are.equal(0, code)
+    assert.matches("hello%s+online%s+2/2", out)
+
+    assert(wait_until(function()
+      local _, o = tether("logs", "hello", "--raw")
+      return o:find("[1] hello 1 hi", 1, true) and o:find("[2] hello 2 hi", 1, true)
+    end), "both workers' lines in the log")
+
+    -- reload: new workers, the environment of the start kept
+    code, out, err = tether("reload", "hello", { env = { GREETING = "other" } })
+    assert.are.equal(0, code, err)
+    a = app(ls_json(), "hello")
+    remember(a)
+    assert.are.equal("online", a.status)
+    assert.are.equal(2, a.running)
+    for _, p in ipairs(pids(a)) do
+      assert.is_nil(({ [first[1]] = true, [first[2]] = true })[p], "a new generation")
+    end
+    for _, p in ipairs(first) do
+      assert(wait_until(function() return not H.alive(p) end, 10), "the old generation stopped")
+    end
+
+    code = tether("stop", "hello")
+    assert.are.equal(0, code)
+    apps, code = ls_json()
+    assert.are.equal(1, code, "ls says an app is down")
+    assert.are.equal("stopped", app(apps, "hello").status)
+
+    code = tether("restart", "hello")
+    assert.are.equal(0, code)
+    a = app(ls_json(), "hello")
+    remember(a)
+    assert.are.equal("online", a.status)
+
+    code = tether("delete", "all")
+    assert.are.equal(0, code)
+    apps, code = ls_json()
+    assert.are.equal(0, #apps)
+    assert.are.equal(0, code)
+  end)
+
+  it("re-reads the config and the environment on restart, never caching it", function()
+    write(T.app .. "/hello.lua", HELLO)
+    local cfg = T.app .. "/hello.config.lua"
+    write(cfg, [[return { name = "h", script = "hello.lua", env = { GREETING = "one-" .. (os.getenv("SUFFIX") or "none") } }]])
+    local code, _, err = tether("start", "hello.config.lua", { env = { SUFFIX = "a" } })
+    assert.are.equal(0, code, err)
+    remember(app(ls_json(), "h"))
+    assert(wait_until(function() return select(2, tether("logs", "h", "--raw")):find("hello 1 one-a", 1, true) end))
+
+    write(cfg, [[return { name = "h", script = "hello.lua", env = { GREETING = "two-" .. (os.getenv("SUFFIX") or "none") } }]])
+    code, _, err = tether("restart", "h", { env = { SUFFIX = "b" } })
+    assert.are.equal(0, code, err)
+    remember(app(ls_json(), "h"))
+    -- the config was read again, with the environment of the start
+    assert(wait_until(function() return select(2, tether("logs", "h", "--raw")):find("hello 1 two-a", 1, true) end))
+
+    code, _, err = tether("reload", "h", "--update-env", { env = { SUFFIX = "c" } })
+    assert.are.equal(0, code, err)
+    remember(app(ls_json(), "h"))
+    assert(wait_until(function() return select(2, tether("logs", "h", "--raw")):find("hello 1 two-c", 1, true) end))
+
+    -- a config that no longer runs leaves the app as it was
+    write(cfg, "return {")
+    code, _, err = tether("restart", "h")
+    assert.are.equal(1, code)
+    assert.matches("hello.config.lua", err)
+    assert.are.equal("online", app(ls_json(), "h").status)
+  end)
+
+  it("brings the saved apps back after the daemon was killed with -9", function()
+    write(T.app .. "/hello.lua", HELLO)
+    assert.are.equal(0, (tether("start", "hello.lua", "--name", "web", "-i", "2")))
+    local code, out = tether("save")
+    assert.are.equal(0, code)
+    assert.matches("saved 1 app", out)
+    local before = app(ls_json(), "web")
+    remember(before)
+    local pid = daemon_pid()
+    assert.is_truthy(pid)
+    os.execute("kill -9 " .. pid)
+    -- its workers go with it (no orphan keeps serving beside the new ones)
+    for _, p in ipairs(pids(before)) do
+      assert(wait_until(function() return not H.alive(p) end, 5), "worker " .. p .. " died with its daemon")
+    end
+    code, out = tether("resurrect")
+    assert.are.equal(0, code, out)
+    assert.matches("started 1 app", out)
+    local a = app(ls_json(), "web")
+    remember(a)
+    assert.are.equal("online", a.status)
+    assert.are.equal(2, a.running)
+    assert.are_not.equal(pid, daemon_pid())
+  end)
+
+  it("never replaces a dump of apps by an empty one, and keeps the previous dump", function()
+    write(T.app .. "/hello.lua", HELLO)
+    assert.are.equal(0, (tether("start", "hello.lua")))
+    remember(app(ls_json(), "hello"))
+    assert.are.equal(0, (tether("save")))
+    assert.are.equal(0, (tether("save")))
+    assert.is_truthy(read(T.state .. "/dump.json.bak"), "the previous dump is kept")
+    assert.are.equal(0, (tether("delete", "all")))
+    local code, _, err = tether("save")
+    assert.are.equal(1, code)
+    assert.matches("refusing to replace", err)
+    assert.matches('"hello"', read(T.state .. "/dump.json"))
+    -- a dump that cannot be read: the previous one is used
+    write(T.state .. "/dump.json", "{ not json")
+    local out
+    code, out = tether("resurrect")
+    assert.are.equal(0, code)
+    assert.matches("started 1 app", out)
+    remember(app(ls_json(), "hello"))
+    assert.are.equal(0, (tether("save", "--force")))
+  end)
+
+  it("gives up on an app that crashes in a loop, and says so", function()
+    write(T.app .. "/crash.config.lua", [[
+      return { name = "crash", script = "crash.lua", max_restarts = 2, within = 60,
+               backoff = { initial = 10, max = 20 } }]])
+    write(T.app .. "/crash.lua", [[io.stderr:write("about to crash\n") os.exit(3)]])
+    local code, out, err = tether("start", "crash.config.lua")
+    assert.are.equal(1, code)
+    assert.matches("crash", err)
+    local apps, lcode = ls_json()
+    assert.are.equal(1, lcode)
+    local a = app(apps, "crash")
+    assert.are.equal("errored", a.status)
+    assert.matches("gave up", a.errors[#a.errors].text)
+    assert.matches("about to crash", select(2, tether("logs", "crash", "--raw")))
+    out = select(2, tether("ls"))
+    assert.matches("crash%s+errored", out)
+  end)
+
+  it("follows the logs with -f", function()
+    write(T.app .. "/ticker.lua", [[
+      local tether = require "tether"
+      local n = 0
+      tether.every(50, function() n = n + 1 print("tick " .. n) io.stdout:flush() end)
+    ]])
+    assert.are.equal(0, (tether("start", "ticker.lua")))
+    remember(app(ls_json(), "ticker"))
+    local out_file = T.dir .. "/follow.out"
+    local cmd = ("cd %s && env HOME=%s XDG_RUNTIME_DIR=%s %s %s logs ticker -f --raw > %s 2>&1 & echo $!"):format(
+      q(T.app), q(T.dir), q(T.dir .. "/run"), H.LUA, q(BIN), q(out_file))
+    local p = io.popen(cmd)
+    local follower = tonumber(p:read("l"))
+    p:close()
+    -- a tick written after the follower started shows up
+    local ok = wait_until(function()
+      local text = read(out_file) or ""
+      local last = 0
+      for n in text:gmatch("tick (%d+)") do last = math.max(last, tonumber(n)) end
+      return last >= 40
+    end, 10)
+    os.execute("kill " .. follower)
+    assert(ok, "followed lines: " .. tostring(read(out_file)))
+  end)
+
+  it("refuses bad input with clear errors", function()
+    local code, _, err = tether("frobnicate")
+    assert.are.equal(2, code)
+    assert.matches("unknown command", err)
+    code, _, err = tether("start", "missing.lua")
+    assert.are.equal(2, code)
+    assert.matches("missing.lua", err)
+    write(T.app .. "/hello.lua", HELLO)
+    code, _, err = tether("start", "hello.lua", "-i", "zero")
+    assert.are.equal(2, code)
+    assert.matches("%-i", err)
+    code, _, err = tether("start", "hello.lua", "--name", "../x")
+    assert.are.equal(2, code)
+    assert.matches("bad name", err)
+    code, _, err = tether("restart", "nothing")
+    assert.are.equal(1, code)
+    assert.matches("no app named", err)
+    -- configs: a syntax error, a function in a spec, one that exits
+    write(T.app .. "/broken.config.lua", "return {")
+    code, _, err = tether("start", "broken.config.lua")
+    assert.are.equal(1, code)
+    assert.matches("broken.config.lua", err)
+    write(T.app .. "/fn.config.lua", "return { script = 'hello.lua', env = { X = function() end } }")
+    code, _, err = tether("start", "fn.config.lua")
+    assert.are.equal(1, code)
+    assert.matches("plain data", err)
+    write(T.app .. "/exit.config.lua", "os.exit(7)")
+    code, _, err = tether("start", "exit.config.lua")
+    assert.are.equal(1, code)
+    assert.matches("code 7", err)
+    code, _, err = tether("start", "hello.lua", "--max-memory", "lots")
+    assert.are.equal(2, code)
+    assert.matches("bad size", err)
+    -- an app that is running is not started twice
+    assert.are.equal(0, (tether("start", "hello.lua")))
+    remember(app(ls_json(), "hello"))
+    code, _, err = tether("start", "hello.lua")
+    assert.are.equal(1, code)
+    assert.matches("already running", err)
+  end)
+
+  it("keeps its socket in a directory only its owner can enter, one daemon per home", function()
+    assert.are.equal(0, (tether("ls")))
+    assert.are.equal("rwx------", lfs.attributes(T.run, "permissions"))
+    assert.are.equal("rwx------", lfs.attributes(T.state, "permissions"))
+    local pid = daemon_pid()
+    -- a second daemon for the same home leaves at once
+    local code, _, err = tether("daemon")
+    assert.are.equal(0, code)
+    assert.matches("another tether daemon", err)
+    assert.are.equal(pid, daemon_pid())
+    assert.is_true(H.alive(pid))
+  end)
+
+  it("prints a systemd unit that runs the daemon and resurrects", function()
+    local code, out = tether("startup")
+    assert.are.equal(0, code)
+    assert.matches("Type=notify", out)
+    assert.matches("ExecStart=%S+ %S+/bin/tether daemon %-%-resurrect", out)
+    assert.matches("ExecStop=%S+ %S+/bin/tether kill", out)
+    assert.matches("WantedBy=default.target", out)
+  end)
+end)
