@@ -353,3 +353,105 @@ describe("tether command", function()
     assert.matches("WantedBy=default.target", out)
   end)
 end)
+
+describe("tether run (foreground)", function()
+  local tether_lib = require "tether"
+  before_each(function() new_home() end)
+
+  -- tether run CFG in the background: the child, and its output so far
+  local function run(cfg, env)
+    local out = {}
+    local e = { HOME = T.dir, XDG_RUNTIME_DIR = T.dir .. "/run" }
+    for k, v in pairs(env or {}) do e[k] = v end
+    local child = assert(tether_lib.spawn(H.LUA, { BIN, "run", cfg }, { env = e, cwd = T.app,
+      stdio = { stdout = "pipe", stderr = "pipe" } }))
+    child.stdout:on("data", function(d) out[#out + 1] = d end)
+    child.stderr:on("data", function(d) out[#out + 1] = d end)
+    return child, function() return table.concat(out) end
+  end
+
+  local function exited(child) return function() return child.exit_code ~= nil or child.signal ~= nil end end
+
+  it("runs a config's apps, stops them on SIGTERM and exits 0", function()
+    write(T.app .. "/hello.lua", HELLO)
+    write(T.app .. "/two.config.lua", [[
+      return {
+        { name = "a", script = "hello.lua", instances = 2, env = { GREETING = "A" } },
+        { name = "b", script = "hello.lua", env = { GREETING = "B" } },
+      }]])
+    local child, output = run("two.config.lua")
+    H.run_until(function()
+      local o = output()
+      return o:find("hello 1 A", 1, true) and o:find("hello 2 A", 1, true) and o:find("hello 1 B", 1, true)
+    end, 10)
+    child:kill("SIGTERM")
+    H.run_until(exited(child), 15)
+    assert.are.equal(0, child.exit_code, output())
+    assert.is_nil(child.signal)
+    H.run(5)
+  end)
+
+  it("exits 1 when an app gives up, stopping the others", function()
+    write(T.app .. "/hello.lua", HELLO)
+    write(T.app .. "/crash.lua", "os.exit(5)")
+    write(T.app .. "/mixed.config.lua", [[
+      return {
+        { name = "ok", script = "hello.lua" },
+        { name = "bad", script = "crash.lua", max_restarts = 1, backoff = { initial = 10, max = 10 } },
+      }]])
+    local child, output = run("mixed.config.lua")
+    H.run_until(exited(child), 20)
+    assert.are.equal(1, child.exit_code, output())
+    assert.matches("bad gave up", output())
+    H.run(5)
+  end)
+
+  it("exits 1 on a config it cannot use", function()
+    write(T.app .. "/bad.config.lua", "return 42")
+    local child, output = run("bad.config.lua")
+    H.run_until(exited(child), 10)
+    assert.are.equal(1, child.exit_code)
+    assert.matches("spec table", output())
+    H.run(5)
+  end)
+end)
+
+describe("tether agent", function()
+  local B = require "broker_util"
+  local tether_lib = require "tether"
+  before_each(function() new_home() end)
+  after_each(function() B.stop_all() end)
+
+  it("serves a queue across machines from the command line until SIGTERM", function()
+    local r = B.redis()
+    local worker = write(T.app .. "/square.lua", [[
+      local tether = require "tether"
+      tether.serve(function(n) return n * n end)
+    ]])
+    local agent = assert(tether_lib.spawn(H.LUA, { BIN, "agent", "--broker", r.addr, "--queue", "sq",
+      "--script", worker, "--size", "2" }, { stdio = { stdout = "ignore", stderr = "inherit" } }))
+    local pool = assert(tether_lib.pool { broker = r.addr, queue = "sq" })
+    local results, n = {}, 0
+    for i = 1, 20 do
+      assert(pool:submit(i, function(err, v)
+        results[i] = err or v
+        n = n + 1
+      end))
+    end
+    H.run_until(function() return n == 20 end, 20)
+    for i = 1, 20 do assert.are.equal(i * i, results[i]) end
+    pool:close()
+    H.run_until(function() return pool.closed end)
+    agent:kill("SIGTERM")
+    H.run_until(function() return agent.exit_code ~= nil or agent.signal ~= nil end, 15)
+    assert.are.equal(0, agent.exit_code)
+    B.stop_all()
+    H.run(5)
+  end)
+
+  it("says what is missing", function()
+    local code, _, err = tether("agent", "--queue", "q")
+    assert.are.equal(2, code)
+    assert.matches("%-%-broker is required", err)
+  end)
+end)

@@ -424,6 +424,7 @@ function C.agent(_, argv)
   local ok, agent, err = pcall(tether.agent, spec)
   if not ok then return fail(tostring(agent)) end
   if not agent then return fail(tostring(err)) end
+  agent:on("error", function(e) io.stderr:write("tether agent: ", tostring(e), "\n") end)
   local done = false
   local function stop()
     if done then return end
