@@ -61,6 +61,30 @@ static void on_spawn(tt_supervisor_t *s, unsigned id, tt_process_options_t *po) 
   po->handshake = w->slots[id - 1].handshake;
 }
 
+/* One slot's {fds = {n, ...}, handshake = "K=V"} at the top of the stack
+ * (the string kept alive by the option table): 0, or -1 out of memory. */
+static int slot_option(lua_State *L, tt_lslot_t *sl) {
+  lua_Integer k, nf;
+  int *fds = NULL;
+  lua_getfield(L, -1, "fds");
+  nf = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : 0;
+  if (nf > 0 && (fds = calloc((size_t)nf, sizeof(int))) == NULL) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  for (k = 1; k <= nf; k++) {
+    lua_rawgeti(L, -1, k);
+    fds[k - 1] = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  free(sl->fds);
+  sl->fds = fds;
+  sl->nfds = (size_t)nf;
+  sl->handshake[0] = (char *)str_field(L, lua_gettop(L), "handshake");
+  return 0;
+}
+
 /* opts.slots = { {fds = {n, ...}, handshake = "K=V"}, ... } (one per slot,
  * the strings kept alive by the option table): 0, or -1 out of memory. */
 static int slot_options(lua_State *L, int idx, tt_lworkers_t *w) {
@@ -77,26 +101,17 @@ static int slot_options(lua_State *L, int idx, tt_lworkers_t *w) {
   }
   w->nslots = (unsigned)n;
   for (lua_Integer i = 1; i <= n; i++) {
-    tt_lslot_t *sl = &w->slots[i - 1];
-    lua_Integer k, nf;
+    int bad;
     if (lua_rawgeti(L, -1, i) != LUA_TTABLE) { /* built by the facade */
       lua_pop(L, 1);
       continue;
     }
-    sl->handshake[0] = (char *)str_field(L, lua_gettop(L), "handshake");
-    lua_getfield(L, -1, "fds");
-    nf = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : 0;
-    if (nf > 0 && (sl->fds = calloc((size_t)nf, sizeof(int))) == NULL) {
-      lua_pop(L, 3);
+    bad = slot_option(L, &w->slots[i - 1]);
+    lua_pop(L, 1);
+    if (bad) {
+      lua_pop(L, 1);
       return -1;
     }
-    for (k = 1; k <= nf; k++) {
-      lua_rawgeti(L, -1, k);
-      sl->fds[k - 1] = (int)lua_tointeger(L, -1);
-      lua_pop(L, 1);
-    }
-    sl->nfds = (size_t)nf;
-    lua_pop(L, 2);
   }
   lua_pop(L, 1);
   return 0;
@@ -245,6 +260,18 @@ static void on_reload(tt_supervisor_t *s, int status) {
   tt_call(of(s)->o.st, L, 2);
 }
 
+static void on_scale(tt_supervisor_t *s, int status) {
+  lua_State *L = tt_lobj_begin(&of(s)->o, "scale");
+  if (L == NULL) return;
+  if (status == 0)
+    lua_pushnil(L);
+  else
+    tt_lua_push_error(L, status, status == TT_ERR_WORKER_INIT
+                                     ? "a new worker failed to start"
+                                     : NULL);
+  tt_call(of(s)->o.st, L, 2);
+}
+
 static void on_stopped(tt_supervisor_t *s) {
   tt_lsup_t *c = of(s);
   lua_State *L = tt_lobj_begin(&c->o, "stopped");
@@ -344,9 +371,10 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   so->process.channel = 1;
   /* Own session: a terminal's Ctrl-C reaches the supervisor only, which
    * ends workers by its shutdown protocol (they still die with it: the
-   * runner's parent-death watch). */
+   * runner's parent-death watch), unless the spec says detached. */
+  so->process.new_session = 1;
   lua_getfield(L, idx, "detached");
-  so->process.detached = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  so->process.detached = lua_toboolean(L, -1);
   lua_pop(L, 1);
   so->process.stdio[0] = stdio_field(L, idx, "stdin_mode");
   so->process.stdio[1] = stdio_field(L, idx, "stdout_mode");
@@ -462,6 +490,7 @@ static int l_supervise(lua_State *L) {
   c->s.on_reload = on_reload;
   c->s.on_stopped = on_stopped;
   c->s.on_spawn = on_spawn;
+  c->s.on_scale = on_scale;
   err = tt_supervisor_start(&st->loop, &c->s, &so); /* copies the message */
   if (encoded) tt_lua_encode_done(st);
   if (err != 0) {
@@ -647,6 +676,66 @@ static int m_restart(lua_State *L) {
   return result(L, c ? tt_supervisor_restart(&c->s, id) : TT_ERR_CLOSED);
 }
 
+/* Per-slot options for slots up to n: slots[id] = {fds, handshake} (a
+ * cluster's sockets for the slots it adds), each table stored in the
+ * option table's `slots`, which keeps its strings alive.  0 or UV_ENOMEM
+ * (what was set stays: the slots are not running yet). */
+static int add_slots(lua_State *L, tt_lsup_t *c, int idx, unsigned n) {
+  tt_lworkers_t *w = &c->w;
+  if (n > w->nslots) {
+    tt_lslot_t *a = realloc(w->slots, n * sizeof *a);
+    if (a == NULL) return UV_ENOMEM;
+    memset(a + w->nslots, 0, (n - w->nslots) * sizeof *a);
+    w->slots = a;
+    w->nslots = n;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->opts_ref);
+  if (lua_getfield(L, -1, "slots") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "slots");
+  }
+  for (unsigned id = 1; id <= n; id++) {
+    if (lua_rawgeti(L, idx, id) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, id); /* kept: its strings are the core's now */
+    if (slot_option(L, &w->slots[id - 1]) != 0) {
+      lua_pop(L, 3);
+      return UV_ENOMEM;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return 0;
+}
+
+/* scale(n, [slots]) -> true | nil, err; the "scale" event follows (see
+ * tt_supervisor_scale). */
+static int m_scale(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  int err;
+  luaL_argcheck(L, n >= 1 && n <= TT_SUP_MAX_INSTANCES, 2,
+                "worker count out of range");
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
+  if (!lua_isnoneornil(L, 3) && (err = add_slots(L, c, 3, (unsigned)n)) != 0)
+    return tt_lua_fail(L, err, NULL);
+  return result(L, tt_supervisor_scale(&c->s, (unsigned)n));
+}
+
+/* instances() -> the slots that exist: the size asked for, or more while a
+ * removed slot's worker is still stopping. */
+static int m_instances(lua_State *L) {
+  tt_lsup_t *c = check(L);
+  lua_pushinteger(L, c ? (lua_Integer)tt_supervisor_instances(&c->s) : 0);
+  return 1;
+}
+
 static int m_stop(lua_State *L) {
   tt_lsup_t *c = check(L);
   if (c != NULL) tt_supervisor_stop(&c->s);
@@ -683,6 +772,7 @@ void tt_open_supervisor(lua_State *L) {
       {"reload", m_reload},   {"restart", m_restart},
       {"stop", m_stop},       {"reopen_logs", m_reopen_logs},
       {"hurry", m_hurry},     {"running", m_running},
+      {"scale", m_scale},     {"instances", m_instances},
       {NULL, NULL}};
   tt_lobj_class(L, TT_SUPERVISOR_MT, methods, m_tostring);
   lua_pushcfunction(L, l_supervise);

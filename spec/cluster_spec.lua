@@ -374,6 +374,32 @@ describe("cluster", function()
     stop(c)
   end)
 
+  for _, mode in ipairs(MODES) do
+    it(("scale (%s): a worker added serves, a worker removed leaves; every socket closed"):format(mode), function()
+      if not has_luv then pending("luv is not installed") return end
+      local c = start { instances = 1, balance = mode }
+      local _, port = c:address()
+      local done = false
+      assert.is_true(c:scale(2, function(err) assert.is_nil(err) done = true end))
+      H.run_until(function() return done end, 20)
+      local seen = {}
+      for _ = 1, (mode == "rr" and 4 or 40) do
+        local id = assert(get(port):match("hello from worker (%d)"))
+        seen[id] = true
+      end
+      if mode ~= "shared" then assert.is_truthy(seen["2"], "the new worker got nothing") end
+      done = false
+      assert.is_true(c:scale(1, function(err) assert.is_nil(err) done = true end))
+      H.run_until(function() return done end, 20)
+      H.sleep(50) -- (reuseport: its socket leaves on the next turn)
+      tether.run("nowait")
+      for _ = 1, 12 do assert.matches("hello from worker 1", try_get(port) or "(no answer)") end
+      stop(c)
+      local s = assert(tether.listen("tcp://127.0.0.1:" .. port))
+      s:close()
+    end)
+  end
+
   it("reuseport: a worker that will not run again leaves the group; nothing waits for it", function()
     if not has_luv then pending("luv is not installed") return end
     local c = start { instances = 2, balance = "reuseport", restart = "never", errors_ok = true }

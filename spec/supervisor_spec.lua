@@ -715,6 +715,121 @@ describe("tether.supervise", function()
     os.remove(out)
   end)
 
+  describe("scale", function()
+    it("grows: new workers n+1.. start at once, ids stay stable", function()
+      local sup = assert(tether.supervise(spec { script = ECHO, instances = 1 }))
+      local started = {}
+      sup:on("start", function(w) started[w.id] = (started[w.id] or 0) + 1 end)
+      H.run_until(function() return started[1] end)
+      local pid1 = sup:workers()[1].pid
+      local done, cb_err = false, "unset"
+      assert.is_true(sup:scale(3, function(err) done, cb_err = true, err end))
+      assert.equals(3, sup.instances)
+      H.run_until(function() return done end)
+      assert.is_nil(cb_err)
+      assert.same({ 1, 1, 1 }, started)
+      local list = sup:workers()
+      assert.equals(3, #list)
+      assert.equals(pid1, list[1].pid)
+      for id, w in ipairs(list) do
+        assert.equals(id, w.id)
+        assert.equals("running", w.state)
+      end
+      local got = {}
+      sup:on("message", function(w, m) got[w.id] = m.id end)
+      for id = 1, 3 do assert.is_true(sup:send(id, "hi")) end
+      H.run_until(function() return got[1] and got[2] and got[3] end)
+      assert.same({ 1, 2, 3 }, got)
+      stop_and_wait(sup)
+    end)
+
+    it("shrinks: the highest ids stop gracefully, are not restarted, and leave the list", function()
+      local sup = assert(tether.supervise(spec { script = ECHO, instances = 3 }))
+      local starts, exits, restarts = 0, {}, 0
+      sup:on("start", function() starts = starts + 1 end)
+      sup:on("exit", function(w, _, _, reason) exits[w.id] = reason end)
+      sup:on("restart", function() restarts = restarts + 1 end)
+      H.run_until(function() return starts == 3 end)
+      local pids = {}
+      for id, w in ipairs(sup:workers()) do pids[id] = w.pid end
+      local done, cb_err = false, "unset"
+      assert.is_true(sup:scale(1, function(err) done, cb_err = true, err end))
+      assert.equals(1, sup.instances)
+      local ok, err = sup:send(3, "late")
+      assert.is_nil(ok)
+      assert.equals("ERR_CLOSED", err.code)
+      H.run_until(function() return done end)
+      assert.is_nil(cb_err)
+      assert.same({ [2] = "scale", [3] = "scale" }, exits)
+      assert.is_true(pid_gone(pids[2]))
+      assert.is_true(pid_gone(pids[3]))
+      H.sleep(100)
+      assert.equals(0, restarts)
+      local list = sup:workers()
+      assert.equals(1, #list)
+      assert.equals(pids[1], list[1].pid)
+      assert.equals(1, sup:broadcast("all"))
+      stop_and_wait(sup)
+    end)
+
+    it("fails what was queued for a removed worker with ERR_CLOSED", function()
+      local sup = assert(tether.supervise(spec { script = ECHO, instances = 1 }))
+      local started = false
+      sup:on("start", function() started = true end)
+      H.run_until(function() return started end)
+      assert.is_true(sup:scale(2))
+      local sent_err
+      -- queued: worker 2 is not running yet
+      assert.is_true(sup:send(2, "queued", function(e) sent_err = e end))
+      assert.is_true(sup:scale(1))
+      H.run_until(function() return sent_err ~= nil end)
+      assert.equals("ERR_CLOSED", sent_err.code)
+      stop_and_wait(sup)
+    end)
+
+    it("grows again while a removed worker is still stopping", function()
+      -- a worker that takes its time to stop: its slot is taken back
+      local sup = assert(tether.supervise(spec { instances = 2, script = H.script [[
+        local tether = require "tether"
+        tether.on_signal("SIGTERM", function() tether.timeout(300, function() os.exit(0) end) end)
+      ]], shutdown = { timeout = 10, kill_timeout = 5000 } }))
+      local starts = 0
+      sup:on("start", function() starts = starts + 1 end)
+      H.run_until(function() return starts == 2 end)
+      local old = sup:workers()[2].pid
+      local first, second = "unset", "unset"
+      assert.is_true(sup:scale(1, function(err) first = err end))
+      H.run_until(function() return sup:workers()[2] and sup:workers()[2].state == "stopping" end)
+      assert.equals(2, #sup:workers())
+      assert.is_true(sup:scale(2, function(err) second = err end))
+      H.run_until(function() return first ~= "unset" and second ~= "unset" end)
+      assert.is_nil(first)
+      assert.is_nil(second)
+      assert.equals(3, starts)
+      local w2 = sup:workers()[2]
+      assert.equals("running", w2.state)
+      assert.is_not.equals(old, w2.pid)
+      H.run_until(function() return pid_gone(old) end)
+      assert.equals("running", sup:workers()[2].state)
+      stop_and_wait(sup)
+    end)
+
+    it("rejects a bad count with a clear error, and scaling once stopping", function()
+      local sup = assert(tether.supervise(spec { script = ECHO }))
+      for _, n in ipairs { 0, -1, 1.5, "2", 100001 } do
+        local ok, err = pcall(sup.scale, sup, n)
+        assert.is_false(ok)
+        assert.matches("bad argument #1 to 'scale' (worker count", tostring(err), 1, true)
+      end
+      assert.has_error(function() sup:scale(2, 5) end)
+      sup:stop()
+      local ok, err = sup:scale(2)
+      assert.is_nil(ok)
+      assert.equals("ERR_CLOSED", err.code)
+      stop_and_wait(sup)
+    end)
+  end)
+
   it("ends its workers when the Lua state closes with the supervisor running", function()
     local pidfile = H.tmpfile("orphans")
     os.remove(pidfile)

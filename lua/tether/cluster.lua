@@ -81,7 +81,7 @@ local function open_listeners(spec, instances)
     local fds = {}
     for i, h in ipairs(handles) do fds[i] = h:fd() end
     for id = 1, instances do per_slot[id] = mode == "shared" and fds or {} end
-    return handles, per_slot
+    return handles, per_slot, fds
   end
   -- reuseport: a socket per slot and address, all on the port the first got
   local addrs = {}
@@ -106,7 +106,11 @@ local function open_listeners(spec, instances)
     end
     per_slot[id] = fds
   end
-  return handles, per_slot
+  return handles, per_slot, addrs
+end
+
+local function handshake(mode, fds)
+  return "TETHER_CLUSTER=" .. mode .. (#fds > 0 and ":" .. table.concat(fds, ",") or "")
 end
 
 --- tether.cluster(spec) -> cluster | nil, err
@@ -124,15 +128,18 @@ function M.new(spec)
   local ok, self, err = pcall(supervisor.new, sup_spec, {
     fname = "cluster", schema = SCHEMA, level = 3, class = Cluster, events = M.EVENTS,
     prepare = function(self, o)
-      local handles, per_slot = open_listeners(spec, o.instances)
+      local handles, per_slot, extra = open_listeners(spec, o.instances)
       if not handles then return nil, per_slot end
       opened = handles
       o.slots = {}
       for id = 1, o.instances do
-        local fds = per_slot[id]
-        o.slots[id] = { fds = fds,
-          handshake = "TETHER_CLUSTER=" .. mode .. (#fds > 0 and ":" .. table.concat(fds, ",") or "") }
+        o.slots[id] = { fds = per_slot[id], handshake = handshake(mode, per_slot[id]) }
       end
+      -- what a slot added by scale() gets: the shared sockets, or (reuseport)
+      -- the addresses its own sockets are opened at
+      self._shared_fds = mode == "shared" and extra or {}
+      self._addrs = mode == "reuseport" and extra or nil
+      self._backlog = spec.backlog
       if mode == "shared" and not (spec.env and spec.env.UV_TCP_SINGLE_ACCEPT) then
         -- a worker on libuv (luv) accepts until EAGAIN: the first one awake
         -- would take a whole burst; one per wake-up spreads them
@@ -249,6 +256,36 @@ function Cluster:_control(id, msg, pid)
   end
 end
 
+-- sup:scale()'s hook: per new slot, what the first ones got at the start
+-- (reuseport: sockets of its own, opened now; a slot taken back while its
+-- old worker is still stopping keeps its sockets).
+function Cluster:_scale_slots(n)
+  local slots, opened = {}, {}
+  for id = self.instances + 1, n do
+    local fds = self._per_slot[id]
+    if not fds and self._addrs then
+      fds = {}
+      for i, a in ipairs(self._addrs) do
+        local h, err = tether.listen(a, { backlog = self._backlog, reuseport = true })
+        if not h then
+          close_all(opened)
+          return nil, err
+        end
+        opened[#opened + 1] = h
+        fds[i] = h:fd()
+      end
+    end
+    fds = fds or self._shared_fds
+    slots[id] = { fds = fds, handshake = handshake(self.balance, fds) }
+  end
+  for id, slot in pairs(slots) do
+    self._per_slot[id] = slot.fds
+    self._conns[id] = self._conns[id] or { given = 0, ready = {} }
+  end
+  for _, h in ipairs(opened) do self._sockets[#self._sockets + 1] = h end
+  return slots
+end
+
 --- cluster:address() -> host, port (or the path) of the first listener
 function Cluster:address()
   local h = self._sockets[1]
@@ -260,7 +297,8 @@ end
 function Cluster:connections()
   if self.balance ~= "rr" then return nil end
   local out = {}
-  for id, c in ipairs(self._conns) do
+  for id = 1, self.instances do
+    local c = self._conns[id]
     local r = c.ready[self._workers[id].pid]
     out[id] = { given = c.given, open = r and r.open or 0 }
   end
@@ -289,9 +327,10 @@ end
 -- group, or clients hashed to its socket would wait for ever
 local function retire_slot(self, id)
   local fds = self._per_slot and self._per_slot[id]
-  if self.balance ~= "reuseport" or not fds or self._stopping then return end
-  local info = self._h and self._h:info(id)
-  if not info or info.state ~= "down" then return end
+  if self.balance ~= "reuseport" or not fds or self._stopping or not self._h then return end
+  local info = self._h:info(id) -- nil: removed by scale() and down
+  if info and info.state ~= "down" then return end
+  if not info and id <= self.instances then return end
   local keep = {}
   for _, h in ipairs(self._sockets) do
     local mine = false

@@ -172,7 +172,7 @@ function M.new(spec, ext)
   local handle_signals = spec.handle_signals
 
   local self = setmetatable({ instances = instances, stopped = false,
-    _workers = {}, _reload_cbs = {}, _signals = {} }, ext.class or Supervisor)
+    _workers = {}, _reload_cbs = {}, _scale_cbs = {}, _signals = {} }, ext.class or Supervisor)
   for id = 1, instances do
     self._workers[id] = setmetatable({ id = id, restarts = 0, _sup = self }, Worker)
   end
@@ -254,6 +254,10 @@ local EVENTS = {
     local cb = table.remove(self._reload_cbs, 1)
     if cb then cb(err) elseif err then self:emit("error", err) end
   end,
+  scale = function(self, err) -- once per sup:scale() call, in order
+    local cb = table.remove(self._scale_cbs, 1)
+    if cb then cb(err) elseif err then self:emit("error", err) end
+  end,
   stopped = function(self)
     self._final = self:workers() -- the core lets go of its state next
     self.stopped = true
@@ -270,10 +274,14 @@ local EVENTS = {
 
 M.EVENTS = EVENTS
 
+-- ids up to the largest size the supervisor had: a worker removed by
+-- scale() is not a caller's mistake (its operations fail as for a worker
+-- that stopped)
 local function worker_id(self, id, fname)
   if type(id) == "table" and id._sup == self then return id.id end
-  if math.type(id) ~= "integer" or id < 1 or id > self.instances then
-    check.argerror(fname or "send", 1, ("worker id 1..%d expected, got %s"):format(self.instances,
+  local max = math.max(self.instances, #self._workers)
+  if math.type(id) ~= "integer" or id < 1 or id > max then
+    check.argerror(fname or "send", 1, ("worker id 1..%d expected, got %s"):format(max,
       check.describe(id)), 3)
   end
   return id
@@ -289,6 +297,9 @@ local SEND_OPTIONS = { timeout = "ms" }
 
 function Supervisor:send(id, msg, opts, cb, ...)
   id = worker_id(self, id)
+  if id > self.instances then -- removed by sup:scale()
+    return nil, tether.error("ERR_CLOSED", ("worker %d was removed by scale"):format(id))
+  end
   local handle
   if tether.is_handle(opts) then handle, opts, cb = opts, cb, ... end
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
@@ -334,7 +345,8 @@ function Supervisor:workers()
     return copy
   end
   local list = {}
-  for id = 1, self.instances do
+  -- removed workers still stopping are listed (state "stopping") until down
+  for id = 1, math.max(self.instances, self._h:instances()) do
     local info = self._h:info(id)
     local w = self._workers[id]
     if not info then
@@ -362,6 +374,47 @@ function Supervisor:reload(cb)
     table.remove(cbs)
     return nil, err
   end
+  return true
+end
+
+local MAX_INSTANCES = 100000
+
+--- sup:scale(n, [cb]) -> true | nil, err: n workers from now on.  Growing
+-- adds workers n+1.. (ids after the last), started at once; shrinking
+-- stops the highest ids gracefully (the shutdown option's escalation,
+-- exit reason "scale"), never restarts them, and what was queued for them
+-- fails with ERR_CLOSED.  sup.instances is n at once; sup:workers() lists
+-- removed workers as "stopping" until they are down.  cb(err) once the
+-- size is reached (new workers running, removed ones down): err is
+-- ERR_WORKER_INIT when a new worker failed to start (it is restarted as
+-- usual), ERR_CLOSED when the supervisor stopped first.  ERR_CLOSED once
+-- stopping.
+function Supervisor:scale(n, cb)
+  if math.type(n) ~= "integer" or n < 1 or n > MAX_INSTANCES then
+    check.argerror("scale", 1, ("worker count (an integer 1..%d) expected, got %s"):format(MAX_INSTANCES,
+      check.describe(n)), 2)
+  end
+  if cb ~= nil and type(cb) ~= "function" then check.argerror("scale", 2, "function expected, got " .. type(cb), 2) end
+  if self._stopping or self.stopped then
+    return nil, tether.error("ERR_CLOSED", "the supervisor is stopping")
+  end
+  local slots
+  if self._scale_slots then -- a cluster: what the new slots need
+    local err
+    slots, err = self:_scale_slots(n)
+    if not slots then return nil, err end
+  end
+  for id = #self._workers + 1, n do
+    self._workers[id] = setmetatable({ id = id, restarts = 0, _sup = self }, Worker)
+  end
+  local cbs = self._scale_cbs
+  cbs[#cbs + 1] = cb or false
+  local ok, err = self._h:scale(n, slots)
+  if not ok then
+    table.remove(cbs)
+    return nil, err
+  end
+  self.instances = n
   return true
 end
 
