@@ -130,6 +130,33 @@ describe("pools across machines (Redis Streams)", function()
     r.stop()
   end)
 
+  it("an agent presumed dead while its task runs, reaping its own old name, still completes it", function()
+    -- its key gone (as after a Redis restart longer than the TTL): it goes
+    -- on under a new name, and its own reaper (the only agent) claims its
+    -- old name's entry while that entry runs here
+    local r = redis()
+    local a1 = agent(r, "qn", 1)
+    local pool = B.pool { broker = r.addr, queue = "qn" }
+    local results, done = submit(pool, 1, 3000)
+    local key
+    H.run_until(function()
+      key = r.cli("KEYS", "{tether:qn}:host:*"):match("[^\n]+")
+      return key ~= nil and r.cli("XPENDING", "{tether:qn}:tasks", "agents"):match("^1\n") ~= nil
+    end, 10)
+    r.cli("DEL", key)
+    H.run_until(function() -- claimed by its new name
+      return r.cli("XPENDING", "{tether:qn}:tasks", "agents", "-", "+", 10):match(key:match(":host:(.*)$"))
+        == nil
+    end, 10)
+    H.run_until(done, 20)
+    assert.equals(1, results[1].sq)
+    assert.equals(1, results[1].attempt)
+    pool:close()
+    H.run_until(function() return pool.closed end)
+    finish_agent(a1)
+    r.stop()
+  end)
+
   it("Redis restarted (AOF) and connections killed mid-way: nothing lost, nothing twice", function()
     local r = redis { "--appendonly", "yes", "--appendfsync", "always" }
     local a1, a2 = agent(r, "qr", 2), agent(r, "qr", 2)

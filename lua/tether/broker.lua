@@ -26,15 +26,20 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) then
 end
 return 0]]
 
--- KEYS: tasks, reply stream   ARGV: group, consumer, entry, task id,
--- status, body, attempt.  0: this host does not own the entry (any more).
+-- KEYS: tasks, reply stream   ARGV: group, entry, task id, status, body,
+-- attempt, then the consumer names of this agent (its name, and the names
+-- it had before it was presumed dead).  0: no name of ours holds the entry
+-- (any more): another host took it.
 local COMPLETE = [[
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'id', ARGV[4], 'status', ARGV[5], 'body', ARGV[6],
-  'attempt', ARGV[7])
+local mine = false
+for i = 7, #ARGV do if p[1][2] == ARGV[i] then mine = true end end
+if not mine then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'id', ARGV[3], 'status', ARGV[4], 'body', ARGV[5],
+  'attempt', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], 3600000)
 return 1]]
 
@@ -324,6 +329,7 @@ function M.agent(spec)
   if self._beat < 1 then check.argerror("agent", 1, "option 'heartbeat' must be 1 ms or more", 3) end
   if self._ttl <= self._beat then check.argerror("agent", 1, "option 'ttl' must be above 'heartbeat'", 3) end
   self.host = hostname() .. ":" .. core.pid() .. ":" .. random_id()
+  self._names = { self.host } -- this one first, then those we had (see _run)
   local pool, perr = tether.pool(pool_spec)
   if not pool then return nil, perr end
   self._pool = pool
@@ -386,6 +392,8 @@ function Agent:_heartbeat()
     -- may have gone to others, and their completions here will be refused;
     -- from now on we are a new consumer
     self.host = hostname() .. ":" .. core.pid() .. ":" .. random_id()
+    table.insert(self._names, 1, self.host)
+    self._names[9] = nil -- older ones hold nothing: reaped a beat after their key went
     self._registered = false
     self:emit("error", tether.error("ERR_BROKER", "this agent was presumed dead (heartbeat expired); it goes on as " .. self.host))
     self:_heartbeat()
@@ -398,35 +406,38 @@ function Agent:_tick()
   if not self._closing then self:_reap() end
 end
 
--- Runs one task (fields from its stream entry) in the local pool.
-function Agent:_run(entry_id, f, attempt, owner)
-  if self._active[entry_id] then return end -- running here already
-  self._active[entry_id] = true
+-- Runs one task (fields from its stream entry) in the local pool.  The
+-- entry is held in _active from its start until its completion is settled
+-- (acknowledged or refused), so it never runs twice here.  It completes
+-- under any name this agent had: presumed dead and renamed, our own
+-- reaper may claim our old name's entries while they run here, and a
+-- completion fenced by one name only would leave them on a live host that
+-- never runs them again (found: a task waited for ever after a restart).
+function Agent:_run(entry_id, f, attempt)
+  if self._active[entry_id] then return end -- running (or completing) here already
+  local c = { entry = entry_id, id = f.id or "", reply = f.reply or "", attempt = attempt }
+  self._active[entry_id] = c
   self._running = self._running + 1
   self._stats.executed = self._stats.executed + 1
   local wrapped = { [M.MARK] = f.body or "", info = { task_id = f.id, attempt = attempt } }
   local ok, err = self._pool:submit(wrapped, function(e, result)
     self._running = self._running - 1
-    local status, body
     if e then
-      status, body = "failed", core.encode({ code = e.code, message = e.message })
+      c.status, c.body = "failed", core.encode({ code = e.code, message = e.message })
     else
       local b, eerr = core.encode(result)
-      if b then status, body = "ok", b
-      else status, body = "failed", core.encode({ code = eerr.code, message = eerr.message }) end
+      if b then c.status, c.body = "ok", b
+      else c.status, c.body = "failed", core.encode({ code = eerr.code, message = eerr.message }) end
     end
-    self._active[entry_id] = nil
-    self:_complete({ entry = entry_id, owner = owner, id = f.id or "", reply = f.reply or "", status = status,
-      body = body, attempt = attempt })
+    self:_complete(c)
     self:_fetch()
   end)
   if not ok then
     -- our pool cannot take it (it gave up, it is closed): the task fails
     -- with why, rather than wait on a host that will never run it
     self._running = self._running - 1
-    self._active[entry_id] = nil
-    self:_complete({ entry = entry_id, owner = owner, id = f.id or "", reply = f.reply or "", status = "failed",
-      body = core.encode({ code = err.code, message = err.message }), attempt = attempt })
+    c.status, c.body = "failed", core.encode({ code = err.code, message = err.message })
+    self:_complete(c)
     if not self._pool_error_reported then
       self._pool_error_reported = true
       self:emit("error", err)
@@ -440,8 +451,9 @@ function Agent:_complete(c)
     self._unsettled[#self._unsettled + 1] = c
     return
   end
-  self._cmd:command({ "EVAL", COMPLETE, 2, k.tasks, c.reply, GROUP, c.owner, c.entry, c.id, c.status, c.body,
-    c.attempt }, 0,
+  local argv = { "EVAL", COMPLETE, 2, k.tasks, c.reply, GROUP, c.entry, c.id, c.status, c.body, c.attempt }
+  for _, name in ipairs(self._names) do argv[#argv + 1] = name end
+  self._cmd:command(argv, 0,
     function(err, n)
       if err then
         if err.code == "ERR_BROKER" then
@@ -454,6 +466,7 @@ function Agent:_complete(c)
         self._unsettled[#self._unsettled + 1] = c
         return
       end
+      if self._active[c.entry] == c then self._active[c.entry] = nil end
       if n == 1 then
         self._stats.completed = self._stats.completed + 1
       elseif not c.retried then
@@ -489,7 +502,7 @@ function Agent:_fetch()
     end
     local entries = reply and reply[1] and reply[1][2] or {}
     for _, e in ipairs(entries) do
-      if type(e) == "table" and type(e[2]) == "table" then self:_run(e[1], fields(e[2]), 1, host) end
+      if type(e) == "table" and type(e[2]) == "table" then self:_run(e[1], fields(e[2]), 1) end
     end
     self:_fetch()
   end)
@@ -556,8 +569,8 @@ function Agent:_claim(dead, hold, release)
           if not e and type(claimed) == "table" then
             for _, c in ipairs(claimed) do
               if type(c) == "table" and type(c[2]) == "table" then
-                self._stats.redelivered = self._stats.redelivered + 1
-                self:_run(c[1], fields(c[2]), delivered + 1, host)
+                if not self._active[c[1]] then self._stats.redelivered = self._stats.redelivered + 1 end
+                self:_run(c[1], fields(c[2]), delivered + 1)
               end
             end
           end
