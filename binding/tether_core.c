@@ -16,6 +16,7 @@
 #include "tt_handshake.h"
 #include "binding.h"
 #include "tt_error.h"
+#include "tt_notify.h"
 #include "tt_process.h"
 
 #define TT_STATE_KEY "tether.state"
@@ -731,8 +732,18 @@ static int l_parallelism(lua_State *L) {
   return 1;
 }
 
+/* sd_notify(state) -> true (sent) | false (NOTIFY_SOCKET unset: not under
+ * a service manager) | nil, err (core/tt_notify.h) */
+static int l_sd_notify(lua_State *L) {
+  int r = tt_sd_notify(luaL_checkstring(L, 1));
+  if (r < 0) return tt_lua_fail(L, r, NULL);
+  lua_pushboolean(L, r);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
     {"parallelism", l_parallelism},
+    {"sd_notify", l_sd_notify},
     {"set_json", l_set_json},
     {"run", l_run},
     {"stop", l_stop},
