@@ -148,11 +148,16 @@ static int l_getpid(lua_State *L) {
   return 1;
 }
 
+static int l_getuid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getuid());
+  return 1;
+}
+
 void tt_open_fs(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"mkdir", l_mkdir},     {"stat", l_stat},     {"write_file", l_write_file},
       {"environ", l_environ}, {"getcwd", l_getcwd}, {"realpath", l_realpath},
-      {"getpid", l_getpid},
+      {"getpid", l_getpid},   {"getuid", l_getuid},
       {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

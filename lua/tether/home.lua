@@ -43,6 +43,11 @@ function M.prepare()
   for _, d in ipairs { p.home, p.run, p.logs } do
     local ok, merr = core.mkdir(d, 448) -- 0700
     if not ok then return nil, merr end
+    -- a directory someone else made for us would let them in
+    local st = core.stat(d)
+    if not st or st.uid ~= core.getuid() or st.mode & 63 ~= 0 then
+      return nil, ("%s must be a directory of ours that nobody else may enter (mode 0700)"):format(d)
+    end
   end
   return p
 end
