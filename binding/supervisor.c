@@ -351,7 +351,7 @@ static tt_stdio_mode_t stdio_field(lua_State *L, int t, const char *k) {
  * max_memory, memory_interval, heartbeat_interval, heartbeat_timeout,
  * start_timeout, wait_ready, shutdown_message (any value; field
  * has_shutdown_message), shutdown_timeout, kill_timeout, queue_limit,
- * max_message. */
+ * max_message, log_max_size, log_keep. */
 int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
                           tt_lworkers_t *w, int *encoded) {
   tt_state_t *st = tt_state(L);
@@ -386,6 +386,8 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   lua_pop(L, 1);
   so->log_path[1] = str_field(L, idx, "stdout_log");
   so->log_path[2] = str_field(L, idx, "stderr_log");
+  so->log_max_size = (uint64_t)num_field(L, idx, "log_max_size", 0);
+  so->log_keep = (unsigned)num_field(L, idx, "log_keep", 0);
   so->instances = (unsigned)num_field(L, idx, "instances", 1);
   restart = str_field(L, idx, "restart");
   if (restart == NULL || strcmp(restart, "always") == 0)

@@ -162,7 +162,9 @@ static void on_log_trouble(tt_logsink_t *ls, int err, uint64_t dropped) {
   char why[160];
   if (s->on_error == NULL) return;
   if (err != 0) {
-    snprintf(why, sizeof why, "writing the log %s", ls->path);
+    snprintf(why, sizeof why, "%s the log %s",
+             strcmp(ls->failed_op, "rotate") == 0 ? "rotating" : "writing",
+             ls->path);
     s->on_error(s, 0, err, why);
   } else {
     snprintf(why, sizeof why,
@@ -675,6 +677,9 @@ int tt_supervisor_start(uv_loop_t *loop, tt_supervisor_t *s,
       goto fail;
     }
     s->log_open[i] = 1;
+    if ((err = tt_logsink_rotate(&s->logs[i], opts->log_max_size,
+                                 opts->log_keep)) != 0)
+      goto fail;
   }
   for (unsigned i = 0; i < opts->instances; i++)
     init_slot(s, s->slots[i], i + 1);

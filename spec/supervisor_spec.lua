@@ -439,6 +439,36 @@ describe("tether.supervise", function()
     os.remove(errf)
   end)
 
+  it("log_rotate: rotates the log by size, whole lines per file, keeping `keep` old files", function()
+    local out = H.tmpfile("rotated.log")
+    for _, p in ipairs { out, out .. ".1", out .. ".2", out .. ".3" } do os.remove(p) end
+    local sup = assert(tether.supervise(spec { restart = "never", script = H.script [[
+      for i = 0, 399 do io.stdout:write(("line %04d\n"):format(i)) end
+    ]], stdout = out, log_rotate = { size = "1K", keep = 2 } }))
+    local stopped = false
+    sup:on("stopped", function() stopped = true end)
+    H.run_until(function() return stopped end)
+    closed(sup)
+    local all, n = {}, 0
+    for _, p in ipairs { out .. ".2", out .. ".1", out } do
+      local f = assert(io.open(p))
+      local data = f:read("a")
+      f:close()
+      assert.is_true(#data > 0 and #data <= 1024, p .. ": " .. #data .. " bytes")
+      assert.equals("\n", data:sub(-1))
+      for line in data:gmatch("([^\n]*)\n") do
+        local i = assert(tonumber(line:match("^%[1%] line (%d%d%d%d)$")), line)
+        n = n + 1
+        all[n] = i
+      end
+    end
+    assert.is_nil(io.open(out .. ".3")) -- keep = 2
+    for k = 2, n do assert.equals(all[k - 1] + 1, all[k]) end -- no line lost or split
+    assert.equals(399, all[n])
+    assert.is_true(n > 100)
+    for _, p in ipairs { out, out .. ".1", out .. ".2" } do os.remove(p) end
+  end)
+
   it("reopen_logs moves output to a fresh file (logrotate)", function()
     local out = H.tmpfile("rot.log")
     os.remove(out)
@@ -526,6 +556,13 @@ describe("tether.supervise", function()
       { { script = "x", backoff = { initial = 10, max = 5 } }, "backoff" },
       { { script = "x", within = -1 }, "within" },
       { { script = "x", stdout = 5 }, "stdout" },
+      { { script = "x", log_rotate = 5 }, "option 'log_rotate': table expected" },
+      { { script = "x", log_rotate = { keep = 2 } }, "option 'log_rotate.size' is required" },
+      { { script = "x", log_rotate = { size = "lots" } }, "option 'log_rotate.size'" },
+      { { script = "x", log_rotate = { size = 0 } }, "option 'log_rotate.size'" },
+      { { script = "x", log_rotate = { size = "1M", keep = -1 } }, "option 'log_rotate.keep'" },
+      { { script = "x", log_rotate = { size = "1M", keep = 5000 } }, "option 'log_rotate.keep': at most 1000" },
+      { { script = "x", log_rotate = { size = "1M", kept = 1 } }, "unknown option 'log_rotate.kept'" },
     }
     for _, case in ipairs(bad) do
       local ok, err = pcall(tether.supervise, case[1])

@@ -38,6 +38,8 @@ int main(int argc, char **argv) {
   srunner_add_suite(sr, handles_suite());
   srunner_add_suite(sr, redis_suite());
   srunner_add_suite(sr, supervisor_suite());
+  srunner_add_suite(sr, notify_suite());
+  srunner_add_suite(sr, logsink_suite());
   srunner_run_all(sr, CK_ENV); /* CK_VERBOSITY, defaulting to CK_NORMAL */
   failed = srunner_ntests_failed(sr);
   srunner_free(sr);

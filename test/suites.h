@@ -15,5 +15,7 @@ Suite *rpc_suite(void);
 Suite *outbox_suite(void);
 Suite *handles_suite(void);
 Suite *redis_suite(void);
+Suite *notify_suite(void);
+Suite *logsink_suite(void);
 
 #endif /* TT_TEST_SUITES_H */

@@ -46,6 +46,8 @@ local function log_target(v)
   return true
 end
 
+local LOG_KEEP, MAX_LOG_KEEP = 5, 1000 -- (core/tt_limits.h TT_LOGSINK_MAX_KEEP)
+
 local function arg_item(v) return type(v) == "string" or type(v) == "number" end
 
 -- What supervisors and pools share: the worker and how it is kept.
@@ -57,6 +59,7 @@ M.WORKER_OPTIONS = {
   shutdown = check.nested { message = "any", timeout = "ms", kill_timeout = "ms" },
   backoff = check.backoff, max_restarts = "count", within = "ms", min_uptime = "ms",
   max_memory = memory_check, memory_interval = "ms",
+  log_rotate = check.nested { size = memory_check, keep = "count" },
 }
 local SUPERVISE_OPTIONS = {
   instances = "positive", restart = check.oneof("always", "on-failure", "never"),
@@ -128,6 +131,15 @@ function M.options(spec, what, level)
     o.kill_timeout = shutdown.kill_timeout
   end
   o.queue_limit = spec.queue_limit
+  local rotate = spec.log_rotate
+  if rotate then
+    -- the stdout/stderr log files: past `size` bytes, out.log becomes
+    -- out.log.1 (and so on, `keep` of them; keep = 0 truncates)
+    if rotate.size == nil then bad('option \'log_rotate.size\' is required (bytes, e.g. "10M")') end
+    local keep = rotate.keep or LOG_KEEP
+    if keep > MAX_LOG_KEEP then bad(("option 'log_rotate.keep': at most %d files"):format(MAX_LOG_KEEP)) end
+    o.log_max_size, o.log_keep = parse_bytes(rotate.size), keep
+  end
   if spec.serialization == "json" then
     -- Node.js workers (cmd = "node"): no ready frame and no heartbeat in
     -- Node's format; a worker is running once spawned
