@@ -46,7 +46,7 @@
 #define TT_SUP_DEFAULT_KILL_TIMEOUT_MS 3000 /* SIGTERM -> SIGKILL */
 #define TT_SUP_DEFAULT_QUEUE_LIMIT 1024     /* queued sends per worker */
 #define TT_SUP_MAX_INSTANCES 100000         /* slots of one supervisor */
-#define TT_LOGSINK_MAX_KEEP 1000  /* rotated log files kept: renames per rotation */
+#define TT_LOGSINK_MAX_KEEP 1000 /* old logs kept: renames per rotation */
 /* Spawns per loop iteration: a fork+exec takes milliseconds, and hundreds
  * at once would keep the loop (signals, messages, timers of the workers
  * already up) waiting for seconds. */
