@@ -5,8 +5,15 @@
  * - open_handles counts every handle of ours not yet closed (process
  *   handle, stdio pipes, channel); on_closed runs when it reaches 0 after
  *   the exit, and close_cb right after that.
- * - The process handle is uv_close'd only from the exit callback, or on a
- *   failed spawn (libuv requires that too).
+ * - The exit is watched by a uv_process_t (uv_spawn) or by a uv_poll_t on
+ *   the child's pidfd (posix_spawn; P_POSIX).  Either is uv_close'd only
+ *   once the exit was reaped (or when abandoned); the pidfd is closed in
+ *   the poll's close callback.  A failed spawn closes a handle too (libuv
+ *   requires it of a process handle; a timer stands in otherwise), so the
+ *   owner's close callback never runs from inside tt_process_close().
+ * - The child gets exactly: fds 0-2, the channel at TT_CHILD_CHANNEL_FD,
+ *   pass_fds at their numbers (and, with keep_fds, whatever else of ours
+ *   is not close-on-exec).
  */
 #include "tt_process.h"
 #include "tt_handshake.h"
@@ -19,7 +26,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -36,7 +48,8 @@ enum {
   P_CLOSING = 1u << 2,
   P_HAS_CHANNEL = 1u << 3,
   P_STDIN_FULL = 1u << 4, /* a write reported backpressure */
-  P_PIPE0 = 1u << 5 /* P_PIPE0 << i: pipes[i] is open */
+  P_POSIX = 1u << 5, /* posix_spawn'd: watched through h.pidfd_poll */
+  P_PIPE0 = 1u << 6 /* P_PIPE0 << i: pipes[i] is open */
 };
 
 /* ---- signals ------------------------------------------------------------ */
@@ -163,19 +176,39 @@ static void close_pipe(tt_process_t *p, int i) {
   uv_close((uv_handle_t *)&p->pipes[i], on_handle_closed);
 }
 
-static void on_exit_cb(uv_process_t *h, int64_t status, int term_signal) {
+static void on_pidfd_closed(uv_handle_t *h) {
   tt_process_t *p = h->data;
+  close(p->pidfd);
+  p->pidfd = -1;
+  on_handle_closed(h);
+}
+
+
+/* Stops watching for the exit: the process handle or the pidfd's. */
+static void close_watch(tt_process_t *p) {
+  if (p->flags & P_POSIX)
+    uv_close((uv_handle_t *)&p->h.pidfd_poll, on_pidfd_closed);
+  else
+    uv_close((uv_handle_t *)&p->h.proc, on_handle_closed);
+}
+
+static void process_exited(tt_process_t *p, int64_t status,
+                           int term_signal) {
   p->flags |= P_EXITED;
   p->exit_status = status;
   p->term_signal = term_signal;
   /* Everything the child wrote is in the socket now: deliver it first. */
   if (p->channel) tt_channel_finish(p->channel);
   if (p->on_exit) p->on_exit(p, status, term_signal);
-  uv_close((uv_handle_t *)&p->proc, on_handle_closed);
+  close_watch(p);
   /* Nobody is left to read our stdin; stdout/stderr close at their EOF
    * (a grandchild may still be writing to them), or now if closing. */
   close_pipe(p, 0);
   if (p->flags & P_CLOSING) close_pipe(p, 1), close_pipe(p, 2);
+}
+
+static void on_exit_cb(uv_process_t *h, int64_t status, int term_signal) {
+  process_exited(h->data, status, term_signal);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -286,25 +319,20 @@ static int open_stdio_file(const char *path, int fd) {
   return f < 0 ? -errno : f;
 }
 
-int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
-                     const tt_process_options_t *opts) {
+/* ---- uv_spawn: fork + exec ------------------------------------------------ */
+
+/* `files` are the TT_STDIO_FILE fds, `chan` the child's end of the channel
+ * (-1: none). */
+static int spawn_uv(uv_loop_t *loop, tt_process_t *p,
+                    const tt_process_options_t *opts, char **env,
+                    const int files[3], int chan) {
   uv_process_options_t o;
   uv_stdio_container_t stdio[4];
-  int sv[2] = {-1, -1};
-  int files[3] = {-1, -1, -1};
-  char fdvar[32], ppidvar[48], maxvar[48];
-  char modevar[] = TT_ENV_NODE_MODE "=json", detvar[] = TT_ENV_DETACHED "=1";
-  char *hs[6] = {NULL};
-  int nhs = 0;
-  char **env = NULL;
   tt_fdmarks_t marks = {NULL, NULL, 0, 0};
-  int err = 0, i;
+  int err, i;
 
-  memset(p, 0, sizeof *p);
-  p->loop = loop;
   memset(&o, 0, sizeof o);
   memset(stdio, 0, sizeof stdio);
-
   for (i = 0; i < 3; i++) {
     switch (opts->stdio[i]) {
     case TT_STDIO_PIPE:
@@ -320,10 +348,6 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
       stdio[i].flags = UV_IGNORE;
       break;
     case TT_STDIO_FILE:
-      if ((files[i] = open_stdio_file(opts->stdio_path[i], i)) < 0) {
-        err = files[i];
-        goto fail;
-      }
       stdio[i].flags = UV_INHERIT_FD;
       stdio[i].data.fd = files[i];
       break;
@@ -333,14 +357,354 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
     }
   }
   o.stdio_count = 3;
+  if (chan >= 0) {
+    stdio[3].flags = UV_INHERIT_FD;
+    stdio[3].data.fd = chan;
+    o.stdio_count = 4;
+  }
+  o.file = opts->file;
+  o.args = opts->args;
+  o.env = env;
+  o.cwd = opts->cwd;
+  o.stdio = stdio;
+  o.exit_cb = on_exit_cb;
+  o.flags = opts->detached || opts->new_session ? UV_PROCESS_DETACHED : 0;
+  p->h.proc.data = p;
+  if ((err = mark_fds(&marks, opts)) != 0) {
+    unmark_fds(&marks);
+    return err;
+  }
+  err = uv_spawn(loop, &p->h.proc, &o);
+  unmark_fds(&marks);
+  /* libuv wants the handle closed even after a failed spawn; it owns no
+   * child then, so nothing can be reaped late. */
+  p->open_handles++;
+  if (err != 0) uv_close((uv_handle_t *)&p->h.proc, on_handle_closed);
+  else p->pid = p->h.proc.pid;
+  return err;
+}
+
+/* ---- posix_spawn + pidfd ---------------------------------------------- */
+
+#if defined(__linux__) && defined(SYS_pidfd_open) &&                          \
+    defined(__GLIBC__) && (__GLIBC__ > 2 ||                                   \
+                           (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+#define TT_HAVE_PIDFD_SPAWN 1
+
+/* Whether to spawn with posix_spawn: yes unless TETHER_SPAWN=uv, or the
+ * kernel has no pidfd_open (Linux < 5.3; or a seccomp filter that refuses
+ * it with EPERM), which is probed once. */
+static int posix_spawn_wanted(void) {
+  static volatile sig_atomic_t probed; /* 0: not yet, 1: works, -1: no */
+  const char *m = getenv("TETHER_SPAWN");
+  int fd;
+  if (m != NULL && strcmp(m, "uv") == 0) return 0;
+  if (probed != 0) return probed > 0;
+  fd = (int)syscall(SYS_pidfd_open, (pid_t)getpid(), 0u);
+  if (fd >= 0) {
+    close(fd);
+    probed = 1;
+  } else if (errno == ENOSYS || errno == EPERM) {
+    probed = -1;
+  }
+  return fd >= 0 || probed == 0; /* EMFILE etc.: try, and fail there */
+}
+
+/* -errno as execve(2) would fail on `path` once the child is in `cwd`
+ * (NULL: ours), checked before spawning: then a program that is missing or
+ * not executable is refused synchronously even where the clone cannot
+ * report exec errors (valgrind runs CLONE_VFORK as a plain fork). */
+static int exec_check(const char *cwd, const char *path) {
+  char buf[PATH_MAX];
+  struct stat st;
+  if (path[0] != '/' && cwd != NULL) {
+    int n = snprintf(buf, sizeof buf, "%s/%s", cwd, path);
+    if (n < 0 || (size_t)n >= sizeof buf) return UV_ENAMETOOLONG;
+    path = buf;
+  }
+  if (stat(path, &st) != 0) return -errno;
+  if (S_ISDIR(st.st_mode)) return UV_EACCES;
+  if (faccessat(AT_FDCWD, path, X_OK, AT_EACCESS) != 0) return -errno;
+  return 0;
+}
+
+/* The path execvp(3) would run for `file` in the child: searched in the
+ * child's PATH (`env`'s; glibc's default when it has none), as uv_spawn's
+ * execvp does; a bad `cwd` fails first, with chdir's error.  *out is
+ * malloc'd. */
+static int resolve_program(const char *file, const char *cwd, char **env,
+                           char **out) {
+  const char *path = "/bin:/usr/bin", *d;
+  size_t flen = strlen(file);
+  int err, eacces = 0;
+  struct stat st;
+  *out = NULL;
+  if (cwd != NULL) {
+    if (stat(cwd, &st) != 0) return -errno;
+    if (!S_ISDIR(st.st_mode)) return UV_ENOTDIR;
+    if (faccessat(AT_FDCWD, cwd, X_OK, AT_EACCESS) != 0) return -errno;
+  }
+  if (flen == 0) return UV_ENOENT;
+  if (strchr(file, '/') != NULL) {
+    if ((err = exec_check(cwd, file)) != 0) return err;
+    return (*out = strdup(file)) == NULL ? UV_ENOMEM : 0;
+  }
+  if (flen > NAME_MAX) return UV_ENAMETOOLONG;
+  for (char **e = env; *e; e++)
+    if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
+  for (d = path;; d++) {
+    const char *end = strchrnul(d, ':');
+    size_t dlen = (size_t)(end - d);
+    char *cand = malloc(dlen + flen + 2);
+    if (cand == NULL) return UV_ENOMEM;
+    /* an empty element is the working directory, as in execvp */
+    if (dlen > 0) memcpy(cand, d, dlen), cand[dlen++] = '/';
+    memcpy(cand + dlen, file, flen + 1);
+    err = exec_check(cwd, cand);
+    if (err == 0) {
+      *out = cand;
+      return 0;
+    }
+    free(cand);
+    if (err == UV_EACCES) eacces = 1;
+    else if (err != UV_ENOENT && err != UV_ENOTDIR && err != UV_ENODEV &&
+             err != UV_ETIMEDOUT && err != -ESTALE)
+      return err;
+    if (*end == '\0') break;
+    d = end;
+  }
+  return eacces ? UV_EACCES : UV_ENOENT;
+}
+
+/* Moves `*fd` to a number above the child's channel: no fd the child gets
+ * is overwritten by an earlier dup2 of the spawn's. */
+static int lift_fd(int *fd) {
+  int nfd;
+  if (*fd < 0 || *fd > TT_CHILD_CHANNEL_FD) return 0;
+  if ((nfd = fcntl(*fd, F_DUPFD_CLOEXEC, TT_CHILD_CHANNEL_FD + 1)) < 0)
+    return -errno;
+  close(*fd);
+  *fd = nfd;
+  return 0;
+}
+
+static int fd_open(int fd) { return fcntl(fd, F_GETFD) >= 0; }
+
+/* The child's fds, in the order they are made: stdio and the channel at
+ * their numbers, `pass_fds` at theirs, then every other fd closed (unless
+ * keep_fds); then the working directory.  Positive errno, as posix_spawn's
+ * functions return. */
+static int add_file_actions(posix_spawn_file_actions_t *fa,
+                            const tt_process_options_t *o,
+                            const int src[3], int chan) {
+  int err = 0, top = chan >= 0 ? TT_CHILD_CHANNEL_FD : 2;
+  for (int i = 0; i < 3 && err == 0; i++) {
+    if (o->stdio[i] == TT_STDIO_IGNORE) {
+      err = posix_spawn_file_actions_addopen(fa, i, "/dev/null",
+                                             i == 0 ? O_RDONLY : O_RDWR, 0);
+    } else if (src[i] >= 0) {
+      err = posix_spawn_file_actions_adddup2(fa, src[i], i);
+    } else if (fd_open(i)) {
+      /* inherited: dup2 onto itself clears FD_CLOEXEC; and blocking, as
+       * uv_spawn's child makes its stdio (the description is shared) */
+      int fl = fcntl(i, F_GETFL);
+      if (fl >= 0 && (fl & O_NONBLOCK)) fcntl(i, F_SETFL, fl & ~O_NONBLOCK);
+      err = posix_spawn_file_actions_adddup2(fa, i, i);
+    }
+  }
+  if (err == 0 && chan >= 0)
+    err = posix_spawn_file_actions_adddup2(fa, chan, TT_CHILD_CHANNEL_FD);
+  for (size_t k = 0; k < o->pass_fds_count && err == 0; k++) {
+    int fd = o->pass_fds[k];
+    if (!fd_open(fd)) continue; /* gone: as uv_spawn's, the child lacks it */
+    err = posix_spawn_file_actions_adddup2(fa, fd, fd);
+    if (fd > top) top = fd;
+  }
+  if (!o->keep_fds) {
+    for (int fd = chan >= 0 ? TT_CHILD_CHANNEL_FD + 1 : 3;
+         fd < top && err == 0; fd++)
+      if (!is_passed(o, fd)) err = posix_spawn_file_actions_addclose(fa, fd);
+    if (err == 0) err = posix_spawn_file_actions_addclosefrom_np(fa, top + 1);
+  }
+  if (err == 0 && o->cwd != NULL)
+    err = posix_spawn_file_actions_addchdir_np(fa, o->cwd);
+  return err;
+}
+
+static void process_exited(tt_process_t *p, int64_t status, int term_signal);
+
+static void on_pidfd(uv_poll_t *h, int status, int events) {
+  tt_process_t *p = h->data;
+  int ws = 0;
+  pid_t r;
+  (void)status;
+  (void)events;
+  do
+    r = waitpid(p->pid, &ws, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == 0) return; /* not yet */
+  uv_poll_stop(h);
+  if (r < 0) ws = 0; /* ECHILD: SIGCHLD ignored, reaped by the kernel */
+  process_exited(p, WIFEXITED(ws) ? WEXITSTATUS(ws) : 0,
+                 WIFSIGNALED(ws) ? WTERMSIG(ws) : 0);
+}
+
+static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
+                       const tt_process_options_t *o, char **env,
+                       int files[3], int *chan) {
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  sigset_t set;
+  int sp[3][2] = {{-1, -1}, {-1, -1}, {-1, -1}};
+  int src[3] = {-1, -1, -1};
+  char *path = NULL, **sh_argv = NULL;
+  short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
+  pid_t pid = -1;
+  int err, i, pidfd;
+
+  if ((err = resolve_program(o->file, o->cwd, env, &path)) != 0) return err;
+  for (i = 0; i < 3; i++) {
+    if (o->stdio[i] == TT_STDIO_PIPE) {
+      /* a socketpair, as uv_spawn's pipes are */
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp[i]) != 0) {
+        err = -errno;
+        goto done;
+      }
+      if ((err = lift_fd(&sp[i][1])) != 0) goto done;
+      src[i] = sp[i][1];
+    } else if (o->stdio[i] == TT_STDIO_FILE) {
+      if ((err = lift_fd(&files[i])) != 0) goto done;
+      src[i] = files[i];
+    }
+  }
+  if ((err = lift_fd(chan)) != 0) goto done;
+
+  if ((err = posix_spawn_file_actions_init(&fa)) != 0) {
+    err = -err;
+    goto done;
+  }
+  if ((err = posix_spawnattr_init(&at)) != 0) {
+    posix_spawn_file_actions_destroy(&fa);
+    err = -err;
+    goto done;
+  }
+  /* The child starts clean, as uv_spawn's does: every signal at its
+   * default action (an ignored SIGPIPE would survive exec), none blocked. */
+  sigfillset(&set);
+  sigdelset(&set, SIGKILL);
+  sigdelset(&set, SIGSTOP);
+  posix_spawnattr_setsigdefault(&at, &set);
+  sigemptyset(&set);
+  posix_spawnattr_setsigmask(&at, &set);
+  if (o->detached || o->new_session) flags |= POSIX_SPAWN_SETSID;
+  err = posix_spawnattr_setflags(&at, flags);
+  if (err == 0) err = add_file_actions(&fa, o, src, *chan);
+  if (err == 0) err = posix_spawn(&pid, path, &fa, &at, o->args, env);
+  if (err == ENOEXEC) {
+    /* no #! line: a shell script, as execvp runs it */
+    size_t n = 0;
+    while (o->args[n] != NULL) n++;
+    if ((sh_argv = malloc((n + 2) * sizeof *sh_argv)) == NULL) {
+      err = ENOMEM;
+    } else {
+      sh_argv[0] = "/bin/sh";
+      sh_argv[1] = path;
+      memcpy(sh_argv + 2, o->args + (n > 0), (n - (n > 0) + 1) * sizeof *sh_argv);
+      err = posix_spawn(&pid, "/bin/sh", &fa, &at, sh_argv, env);
+    }
+  }
+  posix_spawnattr_destroy(&at);
+  posix_spawn_file_actions_destroy(&fa);
+  if (err != 0) {
+    err = -err;
+    goto done;
+  }
+
+  /* The pidfd is readable once the child has exited; the child is ours to
+   * reap (libuv's SIGCHLD handler waits only for its own handles' pids). */
+  pidfd = (int)syscall(SYS_pidfd_open, pid, 0u);
+  if (pidfd < 0) err = -errno;
+  else if ((err = uv_poll_init(loop, &p->h.pidfd_poll, pidfd)) != 0)
+    close(pidfd);
+  if (err != 0) {
+    /* a child we could not watch: gone before anyone sees it */
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    goto done;
+  }
+  p->pid = pid;
+  p->pidfd = pidfd;
+  p->flags |= P_POSIX;
+  p->open_handles++;
+  p->h.pidfd_poll.data = p;
+  uv_poll_start(&p->h.pidfd_poll, UV_READABLE, on_pidfd);
+  for (i = 0; i < 3; i++) {
+    if (sp[i][0] < 0) continue;
+    uv_pipe_init(loop, &p->pipes[i], 0);
+    p->pipes[i].data = p;
+    p->flags |= P_PIPE0 << i;
+    p->open_handles++;
+    if (uv_pipe_open(&p->pipes[i], sp[i][0]) != 0) {
+      close(sp[i][0]); /* the child sees EOF there */
+      close_pipe(p, i);
+    }
+    sp[i][0] = -1;
+  }
+
+done:
+  for (i = 0; i < 3; i++) {
+    if (sp[i][0] >= 0) close(sp[i][0]);
+    if (sp[i][1] >= 0) close(sp[i][1]);
+  }
+  free(sh_argv);
+  free(path);
+  return err;
+}
+#else
+static int posix_spawn_wanted(void) { return 0; }
+static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
+                       const tt_process_options_t *o, char **env,
+                       int files[3], int *chan) {
+  (void)loop, (void)p, (void)o, (void)env, (void)files, (void)chan;
+  return UV_ENOSYS;
+}
+#endif
+
+/* ---- spawn ---------------------------------------------------------------- */
+
+int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
+                     const tt_process_options_t *opts) {
+  int sv[2] = {-1, -1};
+  int files[3] = {-1, -1, -1};
+  char fdvar[32], ppidvar[48], maxvar[48];
+  char modevar[] = TT_ENV_NODE_MODE "=json", detvar[] = TT_ENV_DETACHED "=1";
+  char *hs[6] = {NULL};
+  int nhs = 0;
+  char **env = NULL;
+  int err = 0, i;
+
+  memset(p, 0, sizeof *p);
+  p->loop = loop;
+  p->pidfd = -1;
+
+  for (size_t k = 0; k < opts->pass_fds_count; k++)
+    if (opts->pass_fds[k] < 0 ||
+        opts->pass_fds[k] < (opts->channel ? 4 : 3)) {
+      err = UV_EINVAL; /* stdio and the channel have their own numbers */
+      goto fail;
+    }
+  for (i = 0; i < 3; i++)
+    if (opts->stdio[i] == TT_STDIO_FILE &&
+        (files[i] = open_stdio_file(opts->stdio_path[i], i)) < 0) {
+      err = files[i];
+      goto fail;
+    }
   if (opts->channel) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
       err = -errno;
       goto fail;
     }
-    stdio[3].flags = UV_INHERIT_FD;
-    stdio[3].data.fd = sv[1];
-    o.stdio_count = 4;
     /* A JSON-lines channel is Node's: a Node child finds it there (and a
      * tether child knows its format from the name). */
     snprintf(fdvar, sizeof fdvar, "%s=%d",
@@ -365,42 +729,16 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
     err = UV_ENOMEM;
     goto fail;
   }
-  o.file = opts->file;
-  o.args = opts->args;
-  o.env = env;
-  o.cwd = opts->cwd;
-  o.stdio = stdio;
-  o.exit_cb = on_exit_cb;
-  o.flags = opts->detached || opts->new_session ? UV_PROCESS_DETACHED : 0;
-  p->proc.data = p;
-
-  for (size_t k = 0; k < opts->pass_fds_count; k++)
-    if (opts->pass_fds[k] < 0 || opts->pass_fds[k] < (int)o.stdio_count) {
-      err = UV_EINVAL; /* stdio and the channel have their own numbers */
-      goto fail;
-    }
-  if ((err = mark_fds(&marks, opts)) != 0) {
-    unmark_fds(&marks);
-    goto fail;
-  }
-  err = uv_spawn(loop, &p->proc, &o);
-  unmark_fds(&marks);
+  if (posix_spawn_wanted())
+    err = spawn_posix(loop, p, opts, env, files, &sv[1]);
+  else
+    err = spawn_uv(loop, p, opts, env, files, sv[1]);
+  if (err != 0) goto fail;
   free(env);
-  env = NULL;
   for (i = 0; i < 3; i++)
-    if (files[i] >= 0) close(files[i]), files[i] = -1;
-  if (err != 0) {
-    /* libuv wants the handle closed even after a failed spawn; it owns no
-     * child, so nothing can be reaped late. */
-    uv_close((uv_handle_t *)&p->proc, on_handle_closed);
-    p->open_handles++;
-    goto fail;
-  }
-  p->pid = p->proc.pid;
-  p->open_handles++; /* the process handle */
+    if (files[i] >= 0) close(files[i]);
   if (opts->channel) {
     close(sv[1]);
-    sv[1] = -1;
     err = tt_channel_init(loop, &p->channel_storage, sv[0],
                           &opts->channel_options);
     if (err != 0) {
@@ -412,8 +750,6 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
       p->flags |= P_HAS_CHANNEL;
       p->open_handles++;
     }
-    sv[0] = -1;
-    err = 0;
   }
   for (i = 1; i < 3; i++)
     if (p->flags & (P_PIPE0 << i))
@@ -429,14 +765,22 @@ fail:
   for (i = 0; i < 3; i++)
     close_pipe(p, i);
   /* Nothing to report, only handles to let close: tt_process_close()
-   * finishes once they have. */
+   * finishes once they have, never from inside itself. */
+  if (p->open_handles == 0) {
+    uv_timer_init(loop, &p->h.unused);
+    p->h.unused.data = p;
+    p->open_handles++;
+    uv_close((uv_handle_t *)&p->h.unused, on_handle_closed);
+  }
   p->flags = P_EXITED | P_CLOSED_EMITTED;
   return err;
 }
 
 int tt_process_kill(tt_process_t *p, int signum) {
   if (p->flags & P_EXITED) return UV_ESRCH;
-  return uv_process_kill(&p->proc, signum);
+  /* not reaped yet, so the pid is still our child's */
+  if (p->flags & P_POSIX) return kill(p->pid, signum) == 0 ? 0 : -errno;
+  return uv_process_kill(&p->h.proc, signum);
 }
 
 int tt_process_has_exited(const tt_process_t *p) {
@@ -495,7 +839,7 @@ void tt_process_close(tt_process_t *p, tt_process_event_cb cb) {
 void tt_process_abandon(tt_process_t *p, tt_process_event_cb cb) {
   if (!(p->flags & P_EXITED)) {
     p->flags |= P_EXITED | P_CLOSED_EMITTED;
-    uv_close((uv_handle_t *)&p->proc, on_handle_closed);
+    close_watch(p);
   }
   p->flags &= ~P_CLOSING;
   tt_process_close(p, cb);

@@ -9,6 +9,14 @@
  * handle is closed only after the exit was reaped: no zombies.  A failed
  * spawn returns the error and leaves no fd open; as with uv_spawn, the caller
  * still calls tt_process_close() and frees the memory in its callback.
+ *
+ * On Linux >= 5.3 the child is started with posix_spawn (glibc clones with
+ * CLONE_VM|CLONE_VFORK: the parent's page tables are never copied, so the
+ * cost does not grow with the parent's memory) and watched through a pidfd;
+ * elsewhere, or with TETHER_SPAWN=uv in our environment, with uv_spawn
+ * (fork + exec).  Both give the child the same things: its stdio, the
+ * channel, `pass_fds`, `env`, `cwd`, a new session if asked, every signal
+ * at its default action and none blocked.
  */
 #ifndef TT_PROCESS_H
 #define TT_PROCESS_H
@@ -81,7 +89,12 @@ struct tt_process_s {
   unsigned flags;
   int open_handles;
   uv_loop_t *loop;
-  uv_process_t proc;
+  union {
+    uv_process_t proc;    /* uv_spawn's child */
+    uv_poll_t pidfd_poll; /* posix_spawn's child: its pidfd, readable at exit */
+    uv_timer_t unused;    /* a failed spawn: closed at once */
+  } h;
+  int pidfd;
   uv_pipe_t pipes[3];
   tt_channel_t channel_storage;
   tt_process_event_cb close_cb;

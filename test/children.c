@@ -13,12 +13,16 @@
  *               answers nothing, never exits
  *   silent      reads nothing, exits at SIGTERM
  *   handshake   sends what tt_handshake() read, then exits
+ *   inspect     sends what it started with: its open fds, whether it leads
+ *               its session, how many signals it found ignored or
+ *               blocked ("fds=0,1,2,3 sid=0 ign=0 blocked=0"), then exits
  */
 #include <signal.h>
 #include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -125,6 +129,36 @@ static int run_handshake(void) {
   _exit(0);
 }
 
+static int run_inspect(void) {
+  char buf[256];
+  int n = 0, ign = 0, blocked = 0;
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  sigset_t cur;
+  uv_loop_t loop;
+  tt_channel_t ch;
+  n += snprintf(buf, sizeof buf, "fds=");
+  while (d != NULL && (e = readdir(d)) != NULL && n < 200) {
+    if (e->d_name[0] == '.' || atoi(e->d_name) == dirfd(d)) continue;
+    n += snprintf(buf + n, sizeof buf - (size_t)n, "%s%s",
+                  buf[n - 1] == '=' ? "" : ",", e->d_name);
+  }
+  if (d != NULL) closedir(d);
+  sigprocmask(SIG_SETMASK, NULL, &cur);
+  for (int sig = 1; sig < NSIG; sig++) {
+    struct sigaction sa;
+    if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN) ign++;
+    if (sigismember(&cur, sig) == 1) blocked++;
+  }
+  n += snprintf(buf + n, sizeof buf - (size_t)n, " sid=%d ign=%d blocked=%d",
+                getsid(0) == getpid(), ign, blocked);
+  uv_loop_init(&loop);
+  if (open_channel(&loop, &ch) != 0) return 90;
+  tt_channel_send(&ch, TT_FRAME_MESSAGE, 0, buf, (size_t)n, NULL, NULL);
+  tt_channel_flush_sync(&ch, 5000);
+  _exit(0);
+}
+
 int tt_test_child_main(const char *name) {
   /* a failed or killed test must not leave "stubborn" behind */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -134,6 +168,7 @@ int tt_test_child_main(const char *name) {
   if (strcmp(name, "exit3") == 0) return 3;
   if (strcmp(name, "send-exit") == 0) return run_send_exit();
   if (strcmp(name, "handshake") == 0) return run_handshake();
+  if (strcmp(name, "inspect") == 0) return run_inspect();
   if (strcmp(name, "stubborn") == 0) {
     uv_loop_t loop;
     tt_channel_t ch;

@@ -1,7 +1,11 @@
 /* Tests of processes and request/response (core/tt_process.h,
  * core/tt_rpc.h) with real children: this binary run again (children.c). */
 #include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -164,6 +168,218 @@ START_TEST(test_failed_spawn_leaves_nothing) {
 }
 END_TEST
 
+/* ---- how the child is started (posix_spawn + pidfd, or uv_spawn) ------- */
+
+/* Both ways a child can be started: posix_spawn (the default where the
+ * kernel has pidfds) and uv_spawn (TETHER_SPAWN=uv, old kernels). */
+static const char *const modes[] = {NULL, "uv"};
+
+static void set_mode(const char *m) {
+  if (m == NULL)
+    unsetenv("TETHER_SPAWN");
+  else
+    setenv("TETHER_SPAWN", m, 1);
+}
+
+/* Our open fds (the first loop's libuv-wide signal pipe included). */
+static int count_fds(void) {
+  int n = 0;
+  uv_loop_t loop;
+  DIR *d;
+  uv_loop_init(&loop);
+  uv_loop_close(&loop);
+  d = opendir("/proc/self/fd");
+  ck_assert_ptr_nonnull(d);
+  while (readdir(d) != NULL) n++;
+  closedir(d);
+  return n;
+}
+
+static void on_released(tt_process_t *p) { ((run_t *)p->data)->closed++; }
+
+START_TEST(test_pidfd_sees_exit_and_signal) {
+  uv_loop_t loop;
+  tt_process_t p;
+  run_t r;
+  int fds = count_fds();
+  uv_loop_init(&loop);
+  start(&loop, &p, &r, "exit3");
+  ck_assert_int_ge(p.pidfd, 0); /* watched through its pidfd */
+  tt_test_run_until(&loop, &r.closed, 10000);
+  ck_assert_int_eq(r.status, 3);
+  ck_assert_int_eq(r.sig, 0);
+  ck_assert_int_eq(r.order_ok, 1);
+  tt_process_close(&p, NULL);
+  tt_test_run_dry(&loop, 5000);
+
+  start(&loop, &p, &r, "silent");
+  ck_assert_int_eq(tt_process_kill(&p, 0), 0);
+  ck_assert_int_eq(tt_process_kill(&p, SIGKILL), 0);
+  tt_test_run_until(&loop, &r.closed, 10000);
+  ck_assert_int_eq(r.status, 0);
+  ck_assert_int_eq(r.sig, SIGKILL);
+  ck_assert_int_eq(tt_process_kill(&p, SIGTERM), UV_ESRCH); /* reaped */
+  tt_process_close(&p, NULL);
+  tt_test_loop_close(&loop);
+  ck_assert_int_eq(count_fds(), fds); /* pidfd and channel closed */
+}
+END_TEST
+
+/* Exec failures come back from the spawn itself, the same in both ways. */
+START_TEST(test_exec_failures_are_synchronous) {
+  static const struct {
+    const char *file, *cwd, *path;
+    int err;
+  } cases[] = {
+      {"/nonexistent/program", NULL, NULL, UV_ENOENT},
+      {"no-such-program-tt", NULL, NULL, UV_ENOENT},
+      {"true", NULL, "PATH=/nonexistent", UV_ENOENT}, /* the child's PATH */
+      {"/etc/passwd", NULL, NULL, UV_EACCES},
+      {"/tmp", NULL, NULL, UV_EACCES},
+      {"/bin/true", "/nonexistent/dir", NULL, UV_ENOENT},
+      {"/bin/true", "/etc/passwd", NULL, UV_ENOTDIR},
+      {"./true", "/bin", NULL, 0}, /* relative to the child's cwd */
+      {"true", NULL, "PATH=/nonexistent:/bin", 0},
+  };
+  int fds = count_fds();
+  for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+    set_mode(modes[m]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      uv_loop_t loop;
+      tt_process_t p;
+      tt_process_options_t o;
+      run_t r;
+      char *argv[] = {(char *)cases[i].file, NULL};
+      char *env[] = {(char *)cases[i].path, NULL};
+      int err;
+      uv_loop_init(&loop);
+      memset(&o, 0, sizeof o);
+      memset(&r, 0, sizeof r);
+      o.file = argv[0];
+      o.args = argv;
+      o.cwd = cases[i].cwd;
+      o.env = cases[i].path ? env : NULL;
+      o.channel = 1;
+      o.stdio[0] = o.stdio[1] = o.stdio[2] = TT_STDIO_IGNORE;
+      err = tt_process_spawn(&loop, &p, &o);
+      ck_assert_msg(err == cases[i].err, "%s %s (cwd %s): %s, want %s",
+                    modes[m] ? modes[m] : "posix", cases[i].file,
+                    cases[i].cwd ? cases[i].cwd : "-", uv_err_name(err),
+                    cases[i].err ? uv_err_name(cases[i].err) : "0");
+      p.data = &r;
+      if (err == 0) {
+        p.on_exit = on_exit_cb;
+        tt_test_run_until(&loop, &r.exited, 10000);
+        ck_assert_int_eq(r.status, 0);
+      }
+      tt_process_close(&p, on_released);
+      if (err != 0) /* the owner's callback never runs from inside close */
+        ck_assert_int_eq(r.closed, 0);
+      tt_test_run_until(&loop, &r.closed, 10000);
+      tt_test_loop_close(&loop);
+      ck_assert_int_eq(count_fds(), fds);
+    }
+  }
+  set_mode(NULL);
+}
+END_TEST
+
+/* What child "inspect" reports when started with `o` (its options set up
+ * by the caller from tt_test_child_options). */
+static void inspect(tt_process_options_t *o, char *out, size_t len) {
+  uv_loop_t loop;
+  tt_process_t p;
+  run_t r;
+  uv_loop_init(&loop);
+  memset(&r, 0, sizeof r);
+  ck_assert_int_eq(tt_process_spawn(&loop, &p, o), 0);
+  p.data = &r;
+  p.on_exit = on_exit_cb;
+  p.on_closed = on_closed;
+  p.channel->data = &r;
+  p.channel->on_frame = on_frame;
+  tt_test_run_until(&loop, &r.closed, 10000);
+  ck_assert_int_eq(r.status, 0);
+  tt_process_close(&p, NULL);
+  tt_test_loop_close(&loop);
+  snprintf(out, len, "%s", r.last);
+}
+
+/* The child gets 0-2, its channel and pass_fds, at their numbers, and
+ * nothing else of ours (unless keep_fds); our fds' flags are as they were. */
+START_TEST(test_child_gets_exactly_its_fds) {
+  int leak = open("/dev/null", O_RDONLY); /* not close-on-exec */
+  int a = fcntl(leak, F_DUPFD_CLOEXEC, 40), b = fcntl(leak, F_DUPFD, 45);
+  int pass[] = {a, b};
+  char got[128], want[128];
+  ck_assert_int_eq(a, 40);
+  ck_assert_int_eq(b, 45);
+  for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+    tt_process_options_t o;
+    set_mode(modes[m]);
+    tt_test_child_options(&o, "inspect");
+    o.pass_fds = pass;
+    o.pass_fds_count = 2;
+    inspect(&o, got, sizeof got);
+    ck_assert_str_eq(got, "fds=0,1,2,3,40,45 sid=0 ign=0 blocked=0");
+    o.keep_fds = 1; /* then ours not close-on-exec go too (Check's, here) */
+    inspect(&o, got, sizeof got);
+    snprintf(want, sizeof want, "fds=0,1,2,3,%d,", leak);
+    ck_assert_msg(strncmp(got, want, strlen(want)) == 0, "%s", got);
+    ck_assert_msg(strstr(got, ",40,45") != NULL, "%s", got);
+    ck_assert_int_eq(fcntl(leak, F_GETFD), 0);
+    ck_assert_int_eq(fcntl(a, F_GETFD), FD_CLOEXEC);
+    ck_assert_int_eq(fcntl(b, F_GETFD), 0);
+  }
+  /* stdio and the channel have their own numbers */
+  {
+    uv_loop_t loop;
+    tt_process_t p;
+    tt_process_options_t o;
+    int three = 3;
+    uv_loop_init(&loop);
+    tt_test_child_options(&o, "inspect");
+    o.pass_fds = &three;
+    o.pass_fds_count = 1;
+    ck_assert_int_eq(tt_process_spawn(&loop, &p, &o), UV_EINVAL);
+    tt_process_close(&p, NULL);
+    tt_test_loop_close(&loop);
+  }
+  set_mode(NULL);
+  close(leak), close(a), close(b);
+}
+END_TEST
+
+/* A new session when asked; every signal at its default action and none
+ * blocked, whatever we ignore or block. */
+START_TEST(test_child_session_and_signals) {
+  sigset_t block, old;
+  char got[128];
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGUSR1, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR2);
+  sigaddset(&block, SIGTERM);
+  sigprocmask(SIG_BLOCK, &block, &old);
+  for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+    tt_process_options_t o;
+    set_mode(modes[m]);
+    tt_test_child_options(&o, "inspect");
+    inspect(&o, got, sizeof got);
+    ck_assert_str_eq(got, "fds=0,1,2,3 sid=0 ign=0 blocked=0");
+    o.new_session = 1;
+    inspect(&o, got, sizeof got);
+    ck_assert_str_eq(got, "fds=0,1,2,3 sid=1 ign=0 blocked=0");
+  }
+  set_mode(NULL);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  signal(SIGPIPE, SIG_DFL);
+  signal(SIGUSR1, SIG_DFL);
+  signal(SIGHUP, SIG_DFL);
+}
+END_TEST
+
 /* ---- rpc ---------------------------------------------------------------- */
 
 typedef struct {
@@ -287,17 +503,24 @@ Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc = tcase_create("process");
   TCase *rp = tcase_create("rpc");
+  TCase *sp = tcase_create("spawn");
   tcase_set_timeout(tc, 30);
   tcase_set_timeout(rp, 30);
+  tcase_set_timeout(sp, 60);
   tcase_add_test(tc, test_echo_and_lifecycle_order);
   tcase_add_test(tc, test_handshake_from_options);
   tcase_add_test(tc, test_exit_code_and_no_kill_after_reap);
   tcase_add_test(tc, test_everything_sent_before_exit_is_delivered);
   tcase_add_test(tc, test_failed_spawn_leaves_nothing);
+  tcase_add_test(sp, test_pidfd_sees_exit_and_signal);
+  tcase_add_test(sp, test_exec_failures_are_synchronous);
+  tcase_add_test(sp, test_child_gets_exactly_its_fds);
+  tcase_add_test(sp, test_child_session_and_signals);
   tcase_add_test(rp, test_call_gets_its_reply);
   tcase_add_test(rp, test_call_times_out_and_retries);
   tcase_add_test(rp, test_calls_fail_when_the_channel_ends);
   suite_add_tcase(s, tc);
   suite_add_tcase(s, rp);
+  suite_add_tcase(s, sp);
   return s;
 }
