@@ -253,6 +253,40 @@ describe("tether command", function()
     assert.matches("no app named", err)
   end)
 
+  it("rotates an app's log by size, keeping the configured number of old files", function()
+    write(T.app .. "/chatty.lua", [[
+      local tether = require "tether"
+      for i = 1, 3000 do print(("line %05d %s"):format(i, ("x"):rep(40))) end
+      io.stdout:flush()
+      tether.every(1000, function() end)
+    ]])
+    write(T.app .. "/chatty.config.lua", [[
+      return { name = "chatty", script = "chatty.lua", log_rotate = { size = 8192, keep = 2 } }]])
+    assert.are.equal(0, (tether("start", "chatty.config.lua")))
+    remember(app(ls_json(), "chatty"))
+    local base = T.state .. "/logs/chatty.out.log"
+    assert(wait_until(function() return (read(base) or ""):find("line 03000", 1, true) end, 10),
+      "the last line reached the current file")
+    assert.is_truthy(read(base .. ".1"))
+    assert.is_truthy(read(base .. ".2"))
+    assert.is_nil(read(base .. ".3"), "only `keep` old files")
+    -- whole lines, in order, none lost across the files that are kept
+    local last
+    for _, f in ipairs { base .. ".2", base .. ".1", base } do
+      local text = read(f)
+      assert(#text <= 8192, f .. " is over the size")
+      for line in text:gmatch("([^\n]*)\n") do
+        local n = tonumber(line:match("^%[1%] line (%d+) x+$"))
+        assert(n, "a whole line: " .. line)
+        if last then assert.are.equal(last + 1, n) end
+        last = n
+      end
+    end
+    assert.are.equal(3000, last)
+    -- `tether logs` reads the current file
+    assert.matches("line 03000", select(2, tether("logs", "chatty", "-n", "1", "--raw")))
+  end)
+
   it("never replaces a dump of apps by an empty one, and keeps the previous dump", function()
     write(T.app .. "/hello.lua", HELLO)
     assert.are.equal(0, (tether("start", "hello.lua")))
