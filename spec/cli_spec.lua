@@ -453,6 +453,28 @@ describe("tether run (foreground)", function()
     H.run(5)
   end)
 
+  it("tells systemd READY=1 once every worker runs, and STOPPING=1 (NOTIFY_SOCKET)", function()
+    write(T.app .. "/hello.lua", HELLO)
+    write(T.app .. "/n.config.lua", [[return { name = "n", script = "hello.lua", instances = 2 }]])
+    local sock, got = T.dir .. "/notify.sock", T.dir .. "/notify.out"
+    local listen = ROOT .. "/build/notify_listen"
+    assert(os.execute(("(%s %s 20000 > %s 2>&1) &"):format(q(listen), q(sock), q(got))))
+    assert(wait_until(function() return lfs.attributes(sock, "mode") ~= nil end, 10), "notify_listen bound")
+    local child, output = run("n.config.lua", { NOTIFY_SOCKET = sock })
+    H.run_until(function() return (read(got) or ""):find("READY=1", 1, true) end, 10)
+    -- both workers ran their main chunk by then (their lines may still be
+    -- on the way through the pipe)
+    H.run_until(function()
+      local o = output()
+      return o:find("hello 1", 1, true) and o:find("hello 2", 1, true)
+    end, 2)
+    child:kill("SIGTERM")
+    H.run_until(exited(child), 15)
+    assert.are.equal(0, child.exit_code)
+    H.run_until(function() return (read(got) or ""):find("STOPPING=1", 1, true) end, 10)
+    H.run(5)
+  end)
+
   it("exits 1 when an app gives up, stopping the others", function()
     write(T.app .. "/hello.lua", HELLO)
     write(T.app .. "/crash.lua", "os.exit(5)")
