@@ -120,11 +120,19 @@ demo: deps $(BUILD)/tether/core.so
 # against BullMQ and Celery on one redis-server; BROKER_BENCH=0 skips it)
 # takes Debian's Celery and BullMQ from npm (bench/broker_bullmq/, locked
 # by its package-lock.json); without them it runs the systems it has.
+# The command bench (bench/cli_bench.lua: `tether ls`, the daemon's RSS
+# under 1 GiB of log lines, crash to replacement, against PM2; CLI_BENCH=0
+# skips it) takes PM2 5 from npm (bench/pm2/, locked by its
+# package-lock.json); without it, it measures tether alone.
 bench-deps:
 	@sh scripts/deps.sh wrk python3-celery python3-redis
 	@if [ "$${BROKER_BENCH:-1}" != 0 ] && [ ! -d bench/broker_bullmq/node_modules/bullmq ]; then \
 	  (cd bench/broker_bullmq && npm ci --no-audit --no-fund >/dev/null) || \
 	    echo "# npm ci in bench/broker_bullmq failed: the broker bench runs without BullMQ" >&2; \
+	fi
+	@if [ "$${CLI_BENCH:-1}" != 0 ] && [ ! -d bench/pm2/node_modules/pm2 ]; then \
+	  (cd bench/pm2 && npm ci --no-audit --no-fund >/dev/null) || \
+	    echo "# npm ci in bench/pm2 failed: the command bench runs without PM2" >&2; \
 	fi
 
 bench: deps bench-deps $(BUILD)/tether/core.so
@@ -135,6 +143,10 @@ bench: deps bench-deps $(BUILD)/tether/core.so
 	fi
 	@if [ "$${BROKER_BENCH:-1}" != 0 ]; then \
 	  $(call LUA_ENV,$(BUILD)) $(LUA) bench/broker_bench.lua | tee bench/results/broker-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
+	fi
+	@if [ "$${CLI_BENCH:-1}" != 0 ]; then \
+	  if [ -d bench/pm2/node_modules/pm2 ]; then cases="tether pm2"; else cases=tether; fi; \
+	  CLI_CASES="$${CLI_CASES:-$$cases}" $(call LUA_ENV,$(BUILD)) $(LUA) bench/cli_bench.lua | tee bench/results/cli-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
 	fi
 
 # libFuzzer targets (clang from Debian): each runs FUZZ_SECS seconds from the
