@@ -268,7 +268,16 @@ function C.ls(paths, argv)
   local reply, err = request(paths, { cmd = "ls" })
   if not reply or reply.error then return reply_or_fail(reply, err) end
   if opts["--json"] then
-    say(assert(require("tether.json").encode(reply.apps)), "\n")
+    -- lists stay lists when empty ("errors": [], not {}): lua-cjson 2.1.0
+    -- (Debian's) writes an empty table as {}, so they go as a mark first
+    local EMPTY = "\0[]"
+    for _, a in ipairs(reply.apps) do
+      for _, k in ipairs { "workers", "errors" } do
+        if type(a[k]) == "table" and next(a[k]) == nil then a[k] = EMPTY end
+      end
+    end
+    local text = assert(require("tether.json").encode(reply.apps))
+    say(#reply.apps == 0 and "[]" or (text:gsub('"\\u0000%[%]"', "[]")), "\n")
   else
     print_apps(reply.apps)
   end
