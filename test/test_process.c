@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -195,6 +196,13 @@ static int count_fds(void) {
   return n;
 }
 
+static int pidfd_works(void) {
+  int fd = (int)syscall(SYS_pidfd_open, (pid_t)getpid(), 0u);
+  if (fd < 0) return 0;
+  close(fd);
+  return 1;
+}
+
 static void on_released(tt_process_t *p) { ((run_t *)p->data)->closed++; }
 
 START_TEST(test_pidfd_sees_exit_and_signal) {
@@ -204,7 +212,10 @@ START_TEST(test_pidfd_sees_exit_and_signal) {
   int fds = count_fds();
   uv_loop_init(&loop);
   start(&loop, &p, &r, "exit3");
-  ck_assert_int_ge(p.pidfd, 0); /* watched through its pidfd */
+  /* watched through its pidfd, where there are pidfds (not under valgrind,
+   * which knows no pidfd_open: there the uv_spawn fallback is tested) */
+  if (pidfd_works()) ck_assert_int_ge(p.pidfd, 0);
+  else ck_assert_int_eq(p.pidfd, -1);
   tt_test_run_until(&loop, &r.closed, 10000);
   ck_assert_int_eq(r.status, 3);
   ck_assert_int_eq(r.sig, 0);
