@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -295,6 +296,39 @@ START_TEST(test_exec_failures_are_synchronous) {
 }
 END_TEST
 
+/* A program without a #! line runs under /bin/sh, as execvp runs it. */
+START_TEST(test_script_without_shebang_runs_in_sh) {
+  char path[] = "/tmp/tt-script-XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, "exit $1\n", 8), 8);
+  close(fd);
+  chmod(path, 0700);
+  for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+    uv_loop_t loop;
+    tt_process_t p;
+    tt_process_options_t o;
+    run_t r;
+    char *argv[] = {path, "7", NULL};
+    set_mode(modes[m]);
+    uv_loop_init(&loop);
+    memset(&o, 0, sizeof o);
+    memset(&r, 0, sizeof r);
+    o.file = path;
+    o.args = argv;
+    ck_assert_int_eq(tt_process_spawn(&loop, &p, &o), 0);
+    p.data = &r;
+    p.on_exit = on_exit_cb;
+    tt_test_run_until(&loop, &r.exited, 10000);
+    ck_assert_int_eq(r.status, 7);
+    tt_process_close(&p, NULL);
+    tt_test_loop_close(&loop);
+  }
+  set_mode(NULL);
+  unlink(path);
+}
+END_TEST
+
 /* What child "inspect" reports when started with `o` (its options set up
  * by the caller from tt_test_child_options). */
 static void inspect(tt_process_options_t *o, char *out, size_t len) {
@@ -525,6 +559,7 @@ Suite *process_suite(void) {
   tcase_add_test(tc, test_failed_spawn_leaves_nothing);
   tcase_add_test(sp, test_pidfd_sees_exit_and_signal);
   tcase_add_test(sp, test_exec_failures_are_synchronous);
+  tcase_add_test(sp, test_script_without_shebang_runs_in_sh);
   tcase_add_test(sp, test_child_gets_exactly_its_fds);
   tcase_add_test(sp, test_child_session_and_signals);
   tcase_add_test(rp, test_call_gets_its_reply);
