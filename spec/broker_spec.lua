@@ -182,6 +182,26 @@ describe("pools across machines (Redis Streams)", function()
     r.stop()
   end)
 
+  it("scripts go by their SHA1; a Redis that lost them (SCRIPT FLUSH) gets them again", function()
+    local r = redis()
+    local a1 = agent(r, "qh", 2)
+    local pool = B.pool { broker = r.addr, queue = "qh" }
+    local r1, d1 = submit(pool, 50)
+    H.run_until(d1, 20)
+    r.cli("SCRIPT", "FLUSH")
+    local r2, d2 = submit(pool, 50)
+    H.run_until(d2, 20)
+    for i = 1, 50 do
+      assert.equals(i * i, r1[i].sq)
+      assert.equals(i * i, r2[i].sq)
+    end
+    assert.matches("evalsha", r.cli("INFO", "commandstats"))
+    pool:close()
+    H.run_until(function() return pool.closed end)
+    finish_agent(a1)
+    r.stop()
+  end)
+
   it("two submitters on one queue each get their own results", function()
     local r = redis()
     local a1 = agent(r, "q2", 2)

@@ -18,30 +18,52 @@ M.MARK = "\0tether.task"
 ---------------------------------------------------------------------------
 -- the scripts (each runs atomically in Redis; all keys in one hash slot)
 
--- KEYS: tasks, sub:T   ARGV: task id, reply stream, body
+-- KEYS: tasks, sub:T1, sub:T2, ...   ARGV: reply stream, then id and body
+-- of each task (the tasks one submitter issued in one loop iteration)
 local SUBMIT = [[
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) then
-  redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'reply', ARGV[2], 'body', ARGV[3])
-  return 1
+local a = 2
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', 86400) then
+    redis.call('XADD', KEYS[1], '*', 'id', ARGV[a], 'reply', ARGV[1], 'body', ARGV[a + 1])
+  end
+  a = a + 2
 end
-return 0]]
-
--- KEYS: tasks, reply stream   ARGV: group, entry, task id, status, body,
--- attempt, then the consumer names of this agent (its name, and the names
--- it had before it was presumed dead).  0: no name of ours holds the entry
--- (any more): another host took it.
-local COMPLETE = [[
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 then return 0 end
-local mine = false
-for i = 7, #ARGV do if p[1][2] == ARGV[i] then mine = true end end
-if not mine then return 0 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'id', ARGV[3], 'status', ARGV[4], 'body', ARGV[5],
-  'attempt', ARGV[6])
-redis.call('PEXPIRE', KEYS[2], 3600000)
 return 1]]
+
+-- KEYS: tasks, then the reply stream of each task   ARGV: group, m, the m
+-- consumer names of this agent (its name, and the names it had before it
+-- was presumed dead), then entry, task id, status, body, attempt of each
+-- task.  For each task 1, or 0: no name of ours holds the entry (any
+-- more): another host took it.
+local COMPLETE = [=[
+local g, m = ARGV[1], tonumber(ARGV[2])
+local names = {}
+for i = 3, 2 + m do names[ARGV[i]] = true end
+local out, acked, touched = {}, {}, {}
+local a = 3 + m
+for t = 2, #KEYS do
+  local e = ARGV[a]
+  local p = redis.call('XPENDING', KEYS[1], g, e, e, 1)
+  if #p > 0 and names[p[1][2]] then
+    acked[#acked + 1] = e
+    redis.call('XADD', KEYS[t], 'MAXLEN', '~', 100000, '*', 'id', ARGV[a + 1], 'status', ARGV[a + 2],
+      'body', ARGV[a + 3], 'attempt', ARGV[a + 4])
+    touched[KEYS[t]] = true
+    out[t - 1] = 1
+  else
+    out[t - 1] = 0
+  end
+  a = a + 5
+end
+if #acked > 0 then
+  redis.call('XACK', KEYS[1], g, unpack(acked))
+  redis.call('XDEL', KEYS[1], unpack(acked))
+end
+for k in pairs(touched) do redis.call('PEXPIRE', k, 3600000) end
+return out]=]
+
+-- tasks per script call (Lua's unpack and Redis's argument count stay small)
+local BATCH = 128
 
 -- KEYS: reaper lock   ARGV: host, ttl ms.  1: we reap.
 local LEAD = [[
@@ -70,6 +92,34 @@ if reply then
   redis.call('PEXPIRE', reply, 3600000)
 end
 return f]]
+
+-- Runs a script by its SHA1 (EVALSHA: Redis neither receives nor hashes
+-- the body again), learnt once per process with SCRIPT LOAD; until then,
+-- and when Redis lost its script cache (restarted: NOSCRIPT), by EVAL.
+-- argv: {false, false, numkeys, keys..., args...}
+local shas, loading = {}, {}
+local function eval(conn, script, argv, cb)
+  local sha = shas[script]
+  if sha then
+    argv[1], argv[2] = "EVALSHA", sha
+  else
+    argv[1], argv[2] = "EVAL", script
+    if not loading[script] then
+      loading[script] = true
+      conn:command({ "SCRIPT", "LOAD", script }, 0, function(err, h)
+        loading[script] = nil
+        if not err and type(h) == "string" then shas[script] = h end
+      end)
+    end
+  end
+  return conn:command(argv, 0, function(err, reply)
+    if err and argv[1] == "EVALSHA" and err.code == "ERR_BROKER" and tostring(err.message):match("NOSCRIPT") then
+      shas[script] = nil
+      return eval(conn, script, argv, cb)
+    end
+    cb(err, reply)
+  end)
+end
 
 local function keys(queue)
   local p = "{tether:" .. queue .. "}"
@@ -142,7 +192,7 @@ function M.submitter(spec, level)
     check.argerror("pool", 1, "option 'queue' (a name) is required with 'broker'", level)
   end
   local self = setmetatable({ queue = spec.queue, _k = keys(spec.queue), _id = hostname() .. ":" .. random_id(),
-    _seq = 0, _inflight = {}, _n = 0, _last = "0-0", _reply_timeout = spec.reply_timeout,
+    _seq = 0, _inflight = {}, _n = 0, _outbox = {}, _last = "0-0", _reply_timeout = spec.reply_timeout,
     _stats = { submitted = 0, done = 0, failed = 0, late = 0, redelivered = 0 } }, Submitter)
   self._reply = self._k.reply(self._id)
   local err
@@ -156,12 +206,38 @@ function M.submitter(spec, level)
   return self
 end
 
+-- Sends what was submitted in this loop iteration: one script call per
+-- BATCH tasks (pipelined with the rest of the iteration's commands)
 function Submitter:_send(t)
-  local k = self._k
   t.sent = "sending"
-  self._cmd:command({ "EVAL", SUBMIT, 2, k.tasks, k.sub(t.id), t.id, self._reply, t.body }, 0, function(err)
-    if self._inflight[t.id] ~= t then return end
-    t.sent = not err
+  self._outbox[#self._outbox + 1] = t
+  if self._flush_due then return end
+  self._flush_due = true
+  tether.defer(function()
+    self._flush_due = false
+    local out = self._outbox
+    self._outbox = {}
+    for i = 1, #out, BATCH do self:_send_batch(table.move(out, i, math.min(i + BATCH - 1, #out), 1, {})) end
+  end)
+end
+
+function Submitter:_send_batch(batch)
+  local k = self._k
+  local argv = { false, false, #batch + 1, k.tasks }
+  for _, t in ipairs(batch) do argv[#argv + 1] = k.sub(t.id) end
+  argv[#argv + 1] = self._reply
+  for _, t in ipairs(batch) do
+    argv[#argv + 1] = t.id
+    argv[#argv + 1] = t.body
+  end
+  local ok = eval(self._cmd, SUBMIT, argv, function(err)
+    local again = {}
+    for _, t in ipairs(batch) do
+      if self._inflight[t.id] == t and t.sent == "sending" then
+        t.sent = not err
+        again[#again + 1] = t
+      end
+    end
     if err and err.code == "ERR_BROKER" then
       -- Redis refused it (LOADING, OOM, ...): said once, tried again
       if not self._refused_reported then
@@ -169,11 +245,16 @@ function Submitter:_send(t)
         self:emit("error", err)
       end
       tether.timer(500, function()
-        if self._inflight[t.id] == t and t.sent == false and self._cmd:connected() then self:_send(t) end
+        for _, t in ipairs(again) do
+          if self._inflight[t.id] == t and t.sent == false and self._cmd:connected() then self:_send(t) end
+        end
       end)
     end
     -- lost on the way (down, timeout): sent again once reconnected
   end)
+  if not ok then
+    for _, t in ipairs(batch) do if t.sent == "sending" then t.sent = false end end
+  end
 end
 
 -- after a reconnect: every task without a result goes again (the marker
@@ -324,7 +405,8 @@ function M.agent(spec)
   local floor = math.floor -- whole numbers for Redis ("3000", not "3000.0")
   local self = setmetatable({ queue = spec.queue, _k = keys(spec.queue),
     _beat = floor(spec.heartbeat or 1000), _ttl = floor(spec.ttl or 3000), _max_deliver = floor(spec.max_deliver or 5),
-    _reply_timeout = spec.reply_timeout, _running = 0, _unsettled = {}, _active = {},
+    _reply_timeout = spec.reply_timeout, _running = 0, _unsettled = {}, _active = {}, _done = {},
+    _reserved = 0, _completing = 0,
     _stats = { executed = 0, completed = 0, redelivered = 0, late = 0, dead = 0 } }, Agent)
   if self._beat < 1 then check.argerror("agent", 1, "option 'heartbeat' must be 1 ms or more", 3) end
   if self._ttl <= self._beat then check.argerror("agent", 1, "option 'ttl' must be above 'heartbeat'", 3) end
@@ -336,9 +418,17 @@ function M.agent(spec)
   pool:on("error", function(e) self:emit("error", e) end)
   -- tasks held at once: the pool's slots, plus as many again fetched ahead
   -- (a pipeline one task deep made every task wait a round trip: measured
-  -- 1.4x BullMQ with 2 agents, 3.5x with 8 ahead; BENCHMARKS.md)
+  -- 1.4x BullMQ with 2 agents, 3.5x with 8 ahead; BENCHMARKS.md), more
+  -- while tasks are short (_pace)
   local slots = (pool_spec.size or core.parallelism()) * (pool_spec.concurrency or 1)
+  self._slots = slots
   self._capacity = slots + math.floor(spec.prefetch or slots)
+  -- by default, while tasks are short, as many ahead as this agent
+  -- completes in AHEAD_MS (at most MAX_AHEAD): a few slots' worth covers a
+  -- round trip to Redis only when tasks take longer than one
+  self._adaptive = spec.prefetch == nil
+  self._base = self._capacity
+  self._win_start, self._win_n, self._last_done = core.now(), 0, 0
   local err
   self._cmd, err = connect(self, spec.broker, function() self:_up() end)
   if not self._cmd then pool:terminate() return nil, err end
@@ -363,6 +453,9 @@ function Agent:_up()
   local k = self._k
   self._cmd:command({ "XGROUP", "CREATE", k.tasks, GROUP, "0", "MKSTREAM" }, 0, nop) -- BUSYGROUP: fine
   self:_heartbeat()
+  -- a read on this connection whose answer was lost may have left
+  -- entries on us: the next read on the other asks Redis what we hold
+  self._recover = true
   local unsettled = self._unsettled
   self._unsettled = {}
   for _, c in ipairs(unsettled) do
@@ -429,8 +522,7 @@ function Agent:_run(entry_id, f, attempt)
       if b then c.status, c.body = "ok", b
       else c.status, c.body = "failed", core.encode({ code = eerr.code, message = eerr.message }) end
     end
-    self:_complete(c)
-    self:_fetch()
+    self:_complete(c) -- (the next tasks are asked for with it)
   end)
   if not ok then
     -- our pool cannot take it (it gave up, it is closed): the task fails
@@ -445,59 +537,145 @@ function Agent:_run(entry_id, f, attempt)
   end
 end
 
-function Agent:_complete(c)
-  local k = self._k
-  if not self._cmd:connected() then
-    self._unsettled[#self._unsettled + 1] = c
-    return
+local AHEAD_MS, MAX_AHEAD = 10, 64
+
+-- how many more tasks to ask for: nothing completed for a while (idle, or
+-- tasks got long), no more ahead than the default again
+function Agent:_room()
+  if self._adaptive and self._capacity > self._base and core.now() - self._last_done > 5 * AHEAD_MS then
+    self._capacity = self._base
+    self._win_start, self._win_n = core.now(), 0
   end
-  local argv = { "EVAL", COMPLETE, 2, k.tasks, c.reply, GROUP, c.entry, c.id, c.status, c.body, c.attempt }
-  for _, name in ipairs(self._names) do argv[#argv + 1] = name end
-  self._cmd:command(argv, 0,
-    function(err, n)
-      if err then
-        if err.code == "ERR_BROKER" then
-          -- refused for now (LOADING, OOM, ...): said, tried again
-          self:emit("error", err)
-          tether.timer(500, function() self:_complete(c) end)
-          return
-        end
+  return self._capacity - self._running - self._reserved
+end
+
+-- n completions now: the tasks held at once follow the rate (see M.agent)
+function Agent:_pace(n)
+  if not self._adaptive then return end
+  self._win_n = self._win_n + n
+  local now = core.now()
+  self._last_done = now
+  local span = now - self._win_start
+  if span < 50 then return end
+  local ahead = math.ceil(self._win_n / span * AHEAD_MS)
+  if ahead < self._slots then ahead = self._slots elseif ahead > MAX_AHEAD then ahead = MAX_AHEAD end
+  self._capacity = self._slots + ahead
+  self._win_start, self._win_n = now, 0
+end
+
+-- Completions are sent together: those of one loop iteration in one
+-- script call (per BATCH), with a read of as many new tasks as they freed
+-- slots for, in the same write.
+function Agent:_complete(c)
+  self._done[#self._done + 1] = c
+  if self._flush_due then return end
+  self._flush_due = true
+  tether.defer(function()
+    self._flush_due = false
+    local done = self._done
+    self._done = {}
+    self:_pace(#done)
+    if not self._cmd:connected() then
+      table.move(done, 1, #done, #self._unsettled + 1, self._unsettled)
+    else
+      for i = 1, #done, BATCH do self:_complete_batch(table.move(done, i, math.min(i + BATCH - 1, #done), 1, {})) end
+    end
+    if not self:_read_more() then self:_fetch() end
+    if self._closing then self:_maybe_closed() end
+  end)
+end
+
+function Agent:_complete_batch(batch)
+  local k = self._k
+  local argv = { false, false, #batch + 1, k.tasks }
+  for _, c in ipairs(batch) do argv[#argv + 1] = c.reply end
+  argv[#argv + 1] = GROUP
+  argv[#argv + 1] = #self._names
+  table.move(self._names, 1, #self._names, #argv + 1, argv)
+  for _, c in ipairs(batch) do
+    argv[#argv + 1] = c.entry
+    argv[#argv + 1] = c.id
+    argv[#argv + 1] = c.status
+    argv[#argv + 1] = c.body
+    argv[#argv + 1] = c.attempt
+  end
+  self._completing = self._completing + 1
+  eval(self._cmd, COMPLETE, argv, function(err, res)
+    self._completing = self._completing - 1
+    if err then
+      if err.code == "ERR_BROKER" then
+        -- refused for now (LOADING, OOM, ...): said, tried again
+        self:emit("error", err)
+        tether.timer(500, function() for _, c in ipairs(batch) do self:_complete(c) end end)
+      else
         -- no answer: tried again once connected (the script is idempotent)
-        self._unsettled[#self._unsettled + 1] = c
-        return
+        table.move(batch, 1, #batch, #self._unsettled + 1, self._unsettled)
       end
+      return
+    end
+    for i, c in ipairs(batch) do
       if self._active[c.entry] == c then self._active[c.entry] = nil end
-      if n == 1 then
+      if type(res) == "table" and res[i] == 1 then
         self._stats.completed = self._stats.completed + 1
       elseif not c.retried then
         self._stats.late = self._stats.late + 1 -- not ours any more: refused
       end
-      if self._closing then self:_maybe_closed() end
+    end
+    if self._closing then self:_maybe_closed() end
+  end)
+end
+
+-- As many new tasks as there is room for, asked without blocking on the
+-- command connection (with the completions that made the room); true if
+-- asked.  None there: the blocking read on the other connection waits.
+function Agent:_read_more()
+  if self._closing or not self._registered or self._recover or not self._cmd:connected() then return false end
+  local room = self:_room()
+  if room <= 0 then return false end
+  self._reserved = self._reserved + room
+  self._cmd:command({ "XREADGROUP", "GROUP", GROUP, self.host, "COUNT", room, "STREAMS", self._k.tasks, ">" }, 0,
+    function(err, reply)
+      self._reserved = self._reserved - room
+      if self._closing then return end
+      if err then
+        -- what it fetched may be ours without our knowing: asked again
+        if err.code ~= "ERR_BROKER" then self._recover = true end
+        return self:_fetch()
+      end
+      local entries = reply and reply[1] and reply[1][2] or {}
+      for _, e in ipairs(entries) do
+        if type(e) == "table" and type(e[2]) == "table" then self:_run(e[1], fields(e[2]), 1) end
+      end
+      self:_fetch()
     end)
+  return true
 end
 
 -- Takes new tasks while the pool has room (one blocking read at a time).
 function Agent:_fetch()
   if self._fetching or self._closing or not self._registered then return end
-  local room = self._capacity - self._running
-  if room <= 0 or not self._fetch_conn:connected() then return end
+  local recover = self._recover
+  local room = self:_room()
+  if (room <= 0 and not recover) or not self._fetch_conn:connected() then return end
   self._fetching = true
   local host = self.host
   -- after a reconnect, first what Redis says we hold (a read whose answer
   -- was lost left entries on us that we never saw); then new ones
-  local recover = self._recover
   self._recover = false
+  if recover then room = 0 end
+  self._reserved = self._reserved + room
   self._fetch_conn:command({ "XREADGROUP", "GROUP", GROUP, host, "COUNT", recover and 1000 or room,
     "BLOCK", 1000, "STREAMS", self._k.tasks, recover and "0" or ">" }, 1000, function(err, reply)
     self._fetching = false
+    self._reserved = self._reserved - room
     if self._closing then return end
     if err then
+      if recover then self._recover = true end
       if err.code == "ERR_BROKER" then
         -- e.g. NOGROUP (the stream was deleted): made again, then read again
         self._cmd:command({ "XGROUP", "CREATE", self._k.tasks, GROUP, "0", "MKSTREAM" }, 0, nop)
         return tether.timer(200, function() self:_fetch() end)
       end
-      if recover then self._recover = true end
       return -- down: fetched again once reconnected
     end
     local entries = reply and reply[1] and reply[1][2] or {}
@@ -591,7 +769,9 @@ function Agent:stats()
 end
 
 function Agent:_maybe_closed()
-  if self._running > 0 or self.closed or self._closed_pending then return end
+  if self._running > 0 or #self._done > 0 or self._completing > 0 or self.closed or self._closed_pending then
+    return
+  end
   self._closed_pending = true
   self._timer:stop()
   -- gone at once: our key removed, so nobody waits out the TTL
