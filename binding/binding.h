@@ -213,6 +213,7 @@ void tt_open_handle(lua_State *L);
 void tt_open_acceptor(lua_State *L);
 void tt_open_redis(lua_State *L);
 void tt_open_fs(lua_State *L);
+void tt_open_zygote(lua_State *L);
 /* The descriptor a received native MESSAGE carries, taken; -1: none (and
  * always on a JSON-lines channel, where the facade claims one for a
  * NODE_HANDLE message with take_handle). */

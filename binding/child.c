@@ -242,6 +242,9 @@ static int l_spawn(lua_State *L) {
   lua_getfield(L, 3, "json");
   po.channel_options.lines = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  lua_getfield(L, 3, "zygote_fd");
+  po.zygote_fd = (int)luaL_optinteger(L, -1, 0);
+  lua_pop(L, 1);
   lua_getfield(L, 3, "close_fds");
   po.keep_fds = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -329,6 +332,13 @@ static int m_connected(lua_State *L) {
   return 1;
 }
 
+/* ref(on): whether the child's exit keeps the loop running */
+static int m_ref(lua_State *L) {
+  tt_lchild_t *c = check(L);
+  if (c != NULL) tt_process_ref(&c->p, lua_toboolean(L, 2));
+  return 0;
+}
+
 static int m_kill(lua_State *L) {
   tt_lchild_t *c = check(L);
   int sig, err;
@@ -405,7 +415,7 @@ void tt_open_child(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"send", m_send},           {"disconnect", m_disconnect},
       {"take_handle", m_take_handle},
-      {"connected", m_connected}, {"kill", m_kill},
+      {"connected", m_connected}, {"kill", m_kill}, {"ref", m_ref},
       {"stats", m_stats},         {"pid", m_pid},
       {"write", m_write},         {"end_input", m_end},
       {"call", m_call},           {"answer", m_answer},

@@ -831,5 +831,6 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_open_acceptor(L);
   tt_open_redis(L);
   tt_open_fs(L);
+  tt_open_zygote(L);
   return 1;
 }

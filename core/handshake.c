@@ -75,9 +75,16 @@ static void read_channel(tt_handshake_t *h) {
   h->fd = (int)v;
 }
 
+static tt_handshake_t h;
+static int done;
+
+void tt_handshake_reload(void) {
+  memset(&h, 0, sizeof h);
+  done = 0;
+  (void)tt_handshake();
+}
+
 const tt_handshake_t *tt_handshake(void) {
-  static tt_handshake_t h;
-  static int done;
   char buf[32];
   unsigned long long v;
   int ok;

@@ -16,6 +16,7 @@
  *   is not close-on-exec).
  */
 #include "tt_process.h"
+#include "tt_zygote.h"
 #include "tt_handshake.h"
 
 #include <dirent.h>
@@ -531,6 +532,57 @@ static int add_file_actions(posix_spawn_file_actions_t *fa,
   return err;
 }
 
+/* The child from the zygote: what add_file_actions gives, as descriptors
+ * and their numbers.  0, or the error (tt_zygote_request's). */
+static int spawn_by_zygote(const tt_process_options_t *o, const int src[3],
+                           int chan, char **env, pid_t *pid) {
+  int fds[TT_ZYGOTE_MAX_FDS], targets[TT_ZYGOTE_MAX_FDS], null_fd = -1;
+  size_t n = 0;
+  tt_zygote_request_t req;
+  int err, got;
+  for (int i = 0; i < 3; i++) {
+    int fd = -1;
+    if (o->stdio[i] == TT_STDIO_IGNORE) {
+      if (null_fd < 0 && (null_fd = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0)
+        return -errno;
+      fd = null_fd;
+    } else if (src[i] >= 0) {
+      fd = src[i];
+    } else if (fd_open(i)) {
+      fd = i;
+    }
+    if (fd >= 0) fds[n] = fd, targets[n++] = i;
+  }
+  if (chan >= 0) fds[n] = chan, targets[n++] = TT_CHILD_CHANNEL_FD;
+  for (size_t k = 0; k < o->pass_fds_count; k++) {
+    if (n == TT_ZYGOTE_MAX_FDS) {
+      if (null_fd >= 0) close(null_fd);
+      return UV_EINVAL;
+    }
+    if (fd_open(o->pass_fds[k]))
+      fds[n] = o->pass_fds[k], targets[n++] = o->pass_fds[k];
+  }
+  memset(&req, 0, sizeof req);
+  req.args = o->args;
+  req.env = env;
+  req.cwd = o->cwd;
+  req.new_session = o->detached || o->new_session;
+  req.fds = fds;
+  req.targets = targets;
+  req.nfds = n;
+  err = tt_zygote_request(o->zygote_fd, &req, &got);
+  if (null_fd >= 0) close(null_fd);
+  if (err == 0) *pid = got;
+  return err;
+}
+
+/* The zygote cannot serve (gone, or out of step): spawn the usual way. */
+static int zygote_unusable(int err) {
+  return err == UV_EPIPE || err == UV_ECONNRESET || err == UV_EPROTO ||
+         err == UV_EBADF || err == UV_ENOTSOCK || err == UV_ENOTCONN ||
+         err == UV_EINVAL || err == UV_EBUSY;
+}
+
 static void process_exited(tt_process_t *p, int64_t status, int term_signal);
 
 static void on_pidfd(uv_poll_t *h, int status, int events) {
@@ -560,7 +612,7 @@ static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
   char *path = NULL, **sh_argv = NULL;
   short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
   pid_t pid = -1;
-  int err, i, pidfd;
+  int err, i, pidfd, forked = 0;
 
   if ((err = resolve_program(o->file, o->cwd, env, &path)) != 0) return err;
   for (i = 0; i < 3; i++) {
@@ -599,8 +651,13 @@ static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
   if (o->detached || o->new_session) flags |= POSIX_SPAWN_SETSID;
   err = posix_spawnattr_setflags(&at, flags);
   if (err == 0) err = add_file_actions(&fa, o, src, *chan);
-  if (err == 0) err = posix_spawn(&pid, path, &fa, &at, o->args, env);
-  if (err == ENOEXEC) {
+  if (err == 0 && o->zygote_fd > 0) {
+    int zerr = spawn_by_zygote(o, src, *chan, env, &pid);
+    if (zerr == 0) forked = 1;
+    else if (!zygote_unusable(zerr)) err = -zerr;
+  }
+  if (err == 0 && !forked) err = posix_spawn(&pid, path, &fa, &at, o->args, env);
+  if (err == ENOEXEC && !forked) {
     /* no #! line: a shell script, as execvp runs it */
     size_t n = 0;
     while (o->args[n] != NULL) n++;
@@ -785,6 +842,16 @@ int tt_process_kill(tt_process_t *p, int signum) {
   /* not reaped yet, so the pid is still our child's */
   if (p->flags & P_POSIX) return kill(p->pid, signum) == 0 ? 0 : -errno;
   return uv_process_kill(&p->h.proc, signum);
+}
+
+int tt_process_can_prefork(void) { return posix_spawn_wanted(); }
+
+void tt_process_ref(tt_process_t *p, int on) {
+  uv_handle_t *h = (uv_handle_t *)&p->h;
+  if (p->flags & (P_EXITED | P_CLOSING)) return;
+  if (uv_is_closing(h)) return;
+  if (on) uv_ref(h);
+  else uv_unref(h);
 }
 
 int tt_process_has_exited(const tt_process_t *p) {

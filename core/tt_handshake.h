@@ -55,4 +55,8 @@ typedef struct {
  * variables; later calls return the same). */
 const tt_handshake_t *tt_handshake(void);
 
+/* In a worker forked by a zygote (tt_zygote.h): forgets what the zygote
+ * read and reads the (new) environment again. */
+void tt_handshake_reload(void);
+
 #endif /* TT_HANDSHAKE_H */

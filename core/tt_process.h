@@ -60,6 +60,11 @@ typedef struct {
   const int *pass_fds;
   size_t pass_fds_count;
   tt_channel_options_t channel_options;
+  /* > 0: a socket to a zygote (tt_zygote.h) that runs `file` already: the
+   * child is forked from it instead of started by exec (`keep_fds` does
+   * not apply: it gets only its stdio, channel and pass_fds).  When the
+   * zygote is gone, the child is spawned the usual way. */
+  int zygote_fd;
 } tt_process_options_t;
 
 typedef struct tt_process_s tt_process_t;
@@ -110,6 +115,12 @@ int tt_process_kill(tt_process_t *p, int signum);
 int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len);
 int tt_process_stdin_end(tt_process_t *p);
 int tt_process_has_exited(const tt_process_t *p);
+/* Whether `zygote_fd` can be used here: children are watched through
+ * pidfds (Linux >= 5.3, not under valgrind, not TETHER_SPAWN=uv). */
+int tt_process_can_prefork(void);
+/* Whether waiting for the exit keeps the loop alive (it does by default);
+ * e.g. a zygote, which lives as long as its asker and no longer. */
+void tt_process_ref(tt_process_t *p, int on);
 /* Resident set size of process `pid` in bytes (Linux /proc); 0 when it is
  * unknown (no such process, or no /proc). */
 uint64_t tt_process_rss(int pid);

@@ -405,6 +405,7 @@ local function spawn_schemas()
   FORK_OPTIONS = {}
   for k, v in pairs(SPAWN_OPTIONS) do FORK_OPTIONS[k] = v end
   FORK_OPTIONS.lua, FORK_OPTIONS.channel = "string", nil
+  FORK_OPTIONS.prefork = function(v) return require("tether.zygote").check(v) end
 end
 
 -- the core's option table and the environment to add, from checked options
@@ -412,6 +413,7 @@ local function spawn_options(opts)
   local o = {}
   o.cwd, o.detached, o.max_message, o.high_water = opts.cwd, opts.detached, opts.max_message, opts.high_water
   o.flush_timeout, o.close_fds, o.pass_fds = opts.flush_timeout, opts.close_fds, opts.pass_fds
+  o.zygote_fd = opts.zygote_fd -- set by fork for `prefork` (lua/tether/zygote.lua)
   if opts.serialization == "json" then
     if not json.available then error(json.why, 4) end
     o.json = true
@@ -678,7 +680,10 @@ function tether.fork(script, args, opts)
   o.env = env
   o.lua = nil
   o.channel = true
-  return spawn(opts.lua or interpreter(), argv, o)
+  local lua = opts.lua or interpreter()
+  o.prefork = nil
+  if opts.prefork then o.zygote_fd = require("tether.zygote").fd_for(opts.prefork, lua) end
+  return spawn(lua, argv, o)
 end
 
 --- A Node.js internal message ({cmd = "NODE_..."}) on a JSON channel is
@@ -798,6 +803,13 @@ end
 -- in a local pool (lua/tether/broker.lua)
 function tether.agent(spec)
   return require("tether.broker").agent(spec)
+end
+
+--- tether.zygote{preload = {...}, lua = path}: a warmed interpreter that
+-- forks workers for `prefork` (lua/tether/zygote.lua).
+function tether.zygote(spec)
+  local z, err = require("tether.zygote").new(spec, 3)
+  return z, err
 end
 
 --- tether.ready(): tells a supervising parent that this worker is ready
@@ -1197,6 +1209,14 @@ local function open_parent()
 end
 
 tether.parent = open_parent()
+
+--- In a worker a zygote just forked (lua/tether/zygote_main.lua): what was
+-- learnt from the zygote's environment at load time, learnt again.
+function tether._after_fork()
+  tether._said_ready = nil
+  tether.parent = nil
+  tether.parent = open_parent()
+end
 
 ---------------------------------------------------------------------------
 -- a channel on any connected stream socket, e.g. the `tether` command and

@@ -40,6 +40,7 @@ int main(int argc, char **argv) {
   srunner_add_suite(sr, supervisor_suite());
   srunner_add_suite(sr, notify_suite());
   srunner_add_suite(sr, logsink_suite());
+  srunner_add_suite(sr, zygote_suite());
   srunner_run_all(sr, CK_ENV); /* CK_VERBOSITY, defaulting to CK_NORMAL */
   failed = srunner_ntests_failed(sr);
   srunner_free(sr);

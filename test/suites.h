@@ -17,5 +17,6 @@ Suite *handles_suite(void);
 Suite *redis_suite(void);
 Suite *notify_suite(void);
 Suite *logsink_suite(void);
+Suite *zygote_suite(void);
 
 #endif /* TT_TEST_SUITES_H */

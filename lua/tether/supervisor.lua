@@ -60,6 +60,7 @@ M.WORKER_OPTIONS = {
   backoff = check.backoff, max_restarts = "count", within = "ms", min_uptime = "ms",
   max_memory = memory_check, memory_interval = "ms",
   log_rotate = check.nested { size = memory_check, keep = "count" },
+  prefork = function(v) return require("tether.zygote").check(v) end,
 }
 local SUPERVISE_OPTIONS = {
   instances = "positive", restart = check.oneof("always", "on-failure", "never"),
@@ -83,6 +84,7 @@ function M.options(spec, what, level)
   if script then
     o.file = spec.lua or internal.interpreter()
     argv[1], argv[2] = internal.runner_path(), script
+    if spec.prefork then o.zygote_fd = require("tether.zygote").fd_for(spec.prefork, o.file) end
     if env.LUA_PATH == nil then env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path end
     if env.LUA_CPATH == nil then env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath end
     o.wait_ready = true

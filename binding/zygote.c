@@ -1,0 +1,85 @@
+/*
+ * The zygote (core/tt_zygote.h) seen from Lua.
+ *
+ * core.zygote_pair() -> asker_fd, zygote_fd: a blocking socket pair
+ * (close-on-exec; the zygote's end is passed with pass_fds) whose
+ * descriptors the caller owns (core.close_fd).
+ * core.zygote_serve(fd) -> argv (in a new worker, after the loop was told
+ * it forked and the handshake was read again) | false (the asker closed
+ * the socket: the zygote should exit) | nil, err.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "binding.h"
+#include "tt_handshake.h"
+#include "tt_process.h"
+#include "tt_zygote.h"
+
+static int l_zygote_pair(lua_State *L) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return tt_lua_fail(L, -errno, "socketpair");
+  lua_pushinteger(L, sv[0]);
+  lua_pushinteger(L, sv[1]);
+  return 2;
+}
+
+static int l_close_fd(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, fd > 2 && fd < 0x7fffffff, 1, "bad descriptor");
+  lua_pushboolean(L, close((int)fd) == 0);
+  return 1;
+}
+
+static int l_zygote_serve(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  tt_zygote_worker_t w = {NULL, 0};
+  int r, err;
+  luaL_argcheck(L, fd >= 0 && fd < 0x7fffffff, 1, "bad descriptor");
+  {
+    /* the loop's own descriptors: renewed by uv_loop_fork in the worker,
+     * which closes them at these numbers first */
+    uv_loop_t *loop = &tt_state(L)->loop;
+    int keep[5] = {loop->backend_fd, loop->async_io_watcher.fd,
+                   loop->async_wfd, loop->signal_pipefd[0],
+                   loop->signal_pipefd[1]};
+    r = tt_zygote_serve((int)fd, keep, 5, &w);
+  }
+  if (r == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (r < 0) return tt_lua_fail(L, r, "the zygote stopped serving");
+  /* a new worker: a loop of its own, and the environment it was given */
+  if ((err = uv_loop_fork(&tt_state(L)->loop)) != 0) {
+    fprintf(stderr, "tether: a forked worker cannot renew its loop: %s\n",
+            uv_strerror(err));
+    _exit(127);
+  }
+  tt_handshake_reload();
+  lua_createtable(L, w.argc, 0);
+  for (int i = 0; i < w.argc; i++) {
+    lua_pushstring(L, w.args[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  free(w.args); /* (the strings stay: the environment lives among them) */
+  return 1;
+}
+
+static int l_can_prefork(lua_State *L) {
+  lua_pushboolean(L, tt_process_can_prefork());
+  return 1;
+}
+
+void tt_open_zygote(lua_State *L) {
+  static const luaL_Reg fns[] = {{"zygote_pair", l_zygote_pair},
+                                 {"can_prefork", l_can_prefork},
+                                 {"zygote_serve", l_zygote_serve},
+                                 {"close_fd", l_close_fd},
+                                 {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,269 @@
+/* The zygote's wire and its fork (tt_zygote.h). */
+#include "tt_zygote.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define MAGIC 0x54545a31u /* "TTZ1" */
+#define MAX_BODY (4u << 20)
+
+typedef struct {
+  uint32_t magic;
+  uint32_t body; /* bytes after the header: cwd, argv, env, NUL-ended */
+  uint32_t argc, envc, nfds;
+  int32_t new_session;
+  int32_t targets[TT_ZYGOTE_MAX_FDS];
+} wire_t;
+
+typedef struct {
+  int32_t err; /* 0, or the worker's negative error */
+  int32_t pid; /* the worker (also when it failed: the asker reaps it) */
+} reply_t;
+
+static size_t count(char **list) {
+  size_t n = 0;
+  while (list != NULL && list[n] != NULL) n++;
+  return n;
+}
+
+static int write_all(int fd, const char *p, size_t len) {
+  while (len > 0) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    p += n, len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int read_all(int fd, char *p, size_t len) {
+  while (len > 0) {
+    ssize_t n = read(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) return UV_EOF;
+    p += n, len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* ---- the asker ---- */
+
+int tt_zygote_request(int sock, const tt_zygote_request_t *req, int *pid) {
+  size_t argc = count(req->args), envc = count(req->env), body = 0, off;
+  const char *cwd = req->cwd != NULL ? req->cwd : "";
+  char *buf, cbuf[CMSG_SPACE(sizeof(int) * TT_ZYGOTE_MAX_FDS)];
+  wire_t *w;
+  struct msghdr m;
+  struct iovec iov;
+  struct cmsghdr *c;
+  reply_t r;
+  ssize_t n;
+  int err;
+  if (req->nfds == 0 || req->nfds > TT_ZYGOTE_MAX_FDS || argc == 0)
+    return UV_EINVAL;
+  body = strlen(cwd) + 1;
+  for (size_t i = 0; i < argc; i++) body += strlen(req->args[i]) + 1;
+  for (size_t i = 0; i < envc; i++) body += strlen(req->env[i]) + 1;
+  if (body > MAX_BODY) return UV_EINVAL;
+  if ((buf = calloc(1, sizeof *w + body)) == NULL) return UV_ENOMEM;
+  w = (wire_t *)buf;
+  w->magic = MAGIC;
+  w->body = (uint32_t)body;
+  w->argc = (uint32_t)argc;
+  w->envc = (uint32_t)envc;
+  w->nfds = (uint32_t)req->nfds;
+  w->new_session = req->new_session != 0;
+  for (size_t i = 0; i < req->nfds; i++) w->targets[i] = req->targets[i];
+  off = sizeof *w;
+#define PUT(s)                                                               \
+  do {                                                                       \
+    size_t l_ = strlen(s) + 1;                                               \
+    memcpy(buf + off, (s), l_);                                              \
+    off += l_;                                                               \
+  } while (0)
+  PUT(cwd);
+  for (size_t i = 0; i < argc; i++) PUT(req->args[i]);
+  for (size_t i = 0; i < envc; i++) PUT(req->env[i]);
+#undef PUT
+  /* the descriptors travel with the first byte; the rest follows */
+  memset(&m, 0, sizeof m);
+  memset(cbuf, 0, sizeof cbuf);
+  iov.iov_base = buf;
+  iov.iov_len = off;
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = cbuf;
+  m.msg_controllen = CMSG_SPACE(sizeof(int) * req->nfds);
+  c = CMSG_FIRSTHDR(&m);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * req->nfds);
+  memcpy(CMSG_DATA(c), req->fds, sizeof(int) * req->nfds);
+  do n = sendmsg(sock, &m, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    err = -errno;
+    free(buf);
+    return err;
+  }
+  err = write_all(sock, buf + n, off - (size_t)n);
+  free(buf);
+  if (err != 0) return err;
+  if ((err = read_all(sock, (char *)&r, sizeof r)) != 0)
+    return err == UV_EOF ? UV_ECONNRESET : err;
+  if (r.pid <= 0) return r.err < 0 ? r.err : UV_EPROTO;
+  if (r.err != 0) {
+    /* it is our child (CLONE_PARENT) and it has exited: reap it */
+    while (waitpid(r.pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    return r.err;
+  }
+  *pid = r.pid;
+  return 0;
+}
+
+/* ---- the zygote ---- */
+
+/* In the new worker: everything tt_zygote.h promises, or the error. */
+static int setup(const wire_t *w, const int *fds, const char *cwd,
+                 char **env) {
+  sigset_t none;
+  int maxt = 2, lifted[TT_ZYGOTE_MAX_FDS];
+  sigemptyset(&none);
+  for (int s = 1; s < NSIG; s++)
+    if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  if (w->new_session && setsid() < 0) return -errno;
+  if (cwd[0] != '\0' && chdir(cwd) != 0) return -errno;
+  for (uint32_t i = 0; i < w->nfds; i++)
+    if (w->targets[i] > maxt) maxt = w->targets[i];
+  /* out of the way of every target first, then into place */
+  for (uint32_t i = 0; i < w->nfds; i++)
+    if ((lifted[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, maxt + 1)) < 0)
+      return -errno;
+  for (uint32_t i = 0; i < w->nfds; i++)
+    if (dup2(lifted[i], w->targets[i]) < 0) return -errno;
+  /* every other descriptor of the zygote's (its loop, its socket) goes */
+  for (int fd = 0; fd <= maxt; fd++) {
+    int wanted = 0;
+    for (uint32_t i = 0; i < w->nfds && !wanted; i++)
+      wanted = w->targets[i] == fd;
+    if (!wanted) close(fd);
+  }
+  if (syscall(SYS_close_range, (unsigned)maxt + 1, ~0u, 0) != 0) {
+    for (int fd = maxt + 1; fd < 65536; fd++) close(fd);
+  }
+  clearenv();
+  for (size_t i = 0; env[i] != NULL; i++) putenv(env[i]);
+  return 0;
+}
+
+static int collides(const wire_t *w, const int *keep, size_t nkeep) {
+  for (uint32_t i = 0; i < w->nfds; i++)
+    for (size_t k = 0; k < nkeep; k++)
+      if (keep[k] >= 0 && w->targets[i] == keep[k]) return 1;
+  return 0;
+}
+
+int tt_zygote_serve(int sock, const int *keep, size_t nkeep,
+                    tt_zygote_worker_t *out) {
+  for (;;) {
+    char cbuf[CMSG_SPACE(sizeof(int) * TT_ZYGOTE_MAX_FDS)];
+    int fds[TT_ZYGOTE_MAX_FDS], nfds = 0, err = 0;
+    wire_t w;
+    struct msghdr m;
+    struct iovec iov;
+    struct cmsghdr *c;
+    char *body = NULL, **args = NULL, **env = NULL, *p;
+    reply_t r = {0, 0};
+    ssize_t n;
+    memset(&m, 0, sizeof m);
+    iov.iov_base = &w;
+    iov.iov_len = sizeof w;
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n == 0) return 0; /* the asker is gone */
+    if (n < 0) return -errno;
+    for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k && nfds < TT_ZYGOTE_MAX_FDS; i++)
+          memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      }
+    if ((size_t)n < sizeof w &&
+        read_all(sock, (char *)&w + n, sizeof w - (size_t)n) != 0)
+      err = UV_EPROTO;
+    if (err == 0 && (w.magic != MAGIC || w.body > MAX_BODY || w.argc == 0 ||
+                     w.nfds != (uint32_t)nfds || (m.msg_flags & MSG_CTRUNC)))
+      err = UV_EPROTO;
+    if (err == 0) {
+      body = malloc(w.body + 1u);
+      args = calloc(w.argc + 1u, sizeof *args);
+      env = calloc(w.envc + 1u, sizeof *env);
+      if (body == NULL || args == NULL || env == NULL) err = UV_ENOMEM;
+    }
+    if (err == 0 && read_all(sock, body, w.body) != 0) err = UV_EPROTO;
+    if (err == 0) {
+      body[w.body] = '\0';
+      p = body + strlen(body) + 1; /* after cwd */
+      for (uint32_t i = 0; i < w.argc + w.envc && err == 0; i++) {
+        if (p >= body + w.body) {
+          err = UV_EPROTO;
+          break;
+        }
+        if (i < w.argc) args[i] = p;
+        else env[i - w.argc] = p;
+        p += strlen(p) + 1;
+      }
+    }
+    if (err == 0 && collides(&w, keep, nkeep)) err = UV_EBUSY;
+    if (err == 0) {
+      /* a fork whose child is our parent's: it reaps and signals it.  The
+       * answer goes at once; a worker that cannot set itself up (the
+       * asker checked cwd and the program already) says why on its stderr
+       * and exits 127, as a failed exec does. */
+      long pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+      if (pid == 0) {
+        int st = setup(&w, fds, body, env);
+        if (st < 0) {
+          static const char msg[] = "tether zygote: the worker cannot be set up\n";
+          (void)!write(2, msg, sizeof msg - 1);
+          _exit(127);
+        }
+        out->args = args;
+        out->argc = (int)w.argc;
+        free(env); /* (putenv keeps the strings, which live in body) */
+        return 1;
+      }
+      if (pid < 0) err = -errno;
+      else r.pid = (int32_t)pid;
+    }
+    for (int i = 0; i < nfds; i++) close(fds[i]);
+    free(body);
+    free(args);
+    free(env);
+    r.err = err;
+    if (r.pid == 0 && r.err == 0) r.err = UV_EPROTO;
+    if (write_all(sock, (char *)&r, sizeof r) != 0) return 0;
+    if (err == UV_EPROTO) return err; /* out of step with the asker */
+  }
+}

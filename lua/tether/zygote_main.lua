@@ -1,0 +1,52 @@
+-- The zygote process (core/tt_zygote.h, lua/tether/zygote.lua): loads
+-- tether and the modules it was asked to preload, then forks a worker for
+-- each request of its parent until the parent closes the socket.  In a
+-- worker, zygote_serve returns the argv the parent would have exec'd
+-- ({interpreter, runner.lua, script, args...}) and the runner takes over.
+local fd = math.tointeger(tonumber(arg[1] or ""))
+if not fd then
+  io.stderr:write("usage: zygote_main.lua FD [MODULE...]\n")
+  os.exit(2)
+end
+-- The loop's own descriptors are made now: placeholders hold the low
+-- numbers meanwhile, so they land above those a worker is given (stdio, the
+-- channel, pass_fds), which the worker's loop must not close when it is
+-- renewed after the fork.
+local hold = {}
+for i = 1, 64 do hold[i] = io.open("/dev/null") end
+local tether = require "tether"
+for _, f in ipairs(hold) do f:close() end
+hold = nil
+for i = 2, #arg do
+  local ok, err = pcall(require, arg[i])
+  if not ok then
+    io.stderr:write(("tether zygote: preload %q: %s\n"):format(arg[i], tostring(err)))
+    os.exit(1)
+  end
+end
+-- a compact heap, shared copy-on-write by every worker
+collectgarbage()
+collectgarbage()
+
+local argv, err = tether.core.zygote_serve(fd)
+if argv == false then os.exit(0) end
+if not argv then
+  io.stderr:write("tether zygote: ", tostring(err), "\n")
+  os.exit(1)
+end
+
+-- a new worker
+-- not the zygote's sequence, nor its siblings' (math.randomseed() alone
+-- would mix the time and addresses, both the same in every sibling)
+do
+  local f = io.open("/dev/urandom", "rb")
+  local bytes = f and f:read(16)
+  if f then f:close() end
+  if bytes and #bytes == 16 then math.randomseed(string.unpack("<i8i8", bytes))
+  else math.randomseed(tether.core.getpid(), tether.hrtime()) end
+end
+tether._after_fork()
+local runner = argv[2]
+arg = { [-1] = argv[1], [0] = runner }
+for i = 3, #argv do arg[i - 2] = argv[i] end
+dofile(runner)
