@@ -17,6 +17,13 @@
 #                     pinned when there are fewer than 2 cores)
 #   POOL_N, POOL_REPS, POOL_WARM, POOL_CONCURRENCY, POOL_TETHER_CHUNKS,
 #   POOL_CASES, POOL_CHUNKSIZES, POOL_PYTHON, POOL_NODE: passed through
+# Then the spawn-cost bench (bench/spawn_bench.lua: spawn-to-exit of `true`
+# from parents holding 0, 200 and 2048 MiB, tether's posix_spawn against
+# its uv_spawn (TETHER_SPAWN=uv) and plain C's posix_spawnp and fork + exec
+# (bench/spawn_raw.c, built here), side by side), pinned like the first part.
+#   SPAWN_BENCH=0     skip it
+#   SPAWN_SIZES, SPAWN_REPS, SPAWN_ROUNDS, SPAWN_PROG, SPAWN_MODES: passed
+#   through
 # Last, the Node.js interop bench (bench/node_bench.lua: a tether Lua
 # parent with a Node child against a Node parent with a Node child, same
 # messages), pinned like the first part.
@@ -65,6 +72,13 @@ fi
     $POOL_PIN $LUA bench/pool_bench.lua || echo "# pool bench FAILED rc=$?"
     left=$(pgrep -f 'pool_[e]cho_worker|pool_[n]ode\.js|pool_[p]ython\.py' | tr '\n' ' ')
     [ -n "$left" ] && echo "# pool bench left processes behind: $left"
+  fi
+  if [ "${SPAWN_BENCH:-1}" != 0 ]; then
+    echo "# spawn bench: pinned=${CPUS:-no} load=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
+    mkdir -p build
+    ${CC:-cc} -std=c11 -O2 -Wall -Wextra -o build/spawn_raw bench/spawn_raw.c ||
+      echo "# spawn bench: bench/spawn_raw.c did not build: no raw C anchors"
+    LUA=$LUA $PIN $LUA bench/spawn_bench.lua || echo "# spawn bench FAILED rc=$?"
   fi
   if [ "${NODE_BENCH:-1}" != 0 ]; then
     if command -v "${NODE:-node}" >/dev/null 2>&1; then
