@@ -144,6 +144,9 @@ bench: deps bench-deps $(BUILD)/tether/core.so
 	@if [ "$${BROKER_BENCH:-1}" != 0 ]; then \
 	  $(call LUA_ENV,$(BUILD)) $(LUA) bench/broker_bench.lua | tee bench/results/broker-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
 	fi
+	@if [ "$${PREFORK_BENCH:-1}" != 0 ]; then \
+	  $(call LUA_ENV,$(BUILD)) $(LUA) bench/prefork_bench.lua | tee bench/results/prefork-$$(date -u +%Y%m%dT%H%M%SZ).txt || true; \
+	fi
 	@if [ "$${CLI_BENCH:-1}" != 0 ]; then \
 	  if [ -d bench/pm2/node_modules/pm2 ]; then cases="tether pm2"; else cases=tether; fi; \
 	  CLI_CASES="$${CLI_CASES:-$$cases}" $(call LUA_ENV,$(BUILD)) $(LUA) bench/cli_bench.lua | tee bench/results/cli-$$(date -u +%Y%m%dT%H%M%SZ).txt; \
