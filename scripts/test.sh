@@ -35,6 +35,7 @@ if [ "$mode" != valgrind ]; then
   fi
   CK_TAP_LOG_FILE_NAME="$log" CK_VERBOSITY=silent "$cbin" >/dev/null 2>&1 || status=1
   read -r p f <<<"$(count_tap "$log")"
+  grep -E '^not ok' "$log" | head -20
   echo "C unit tests ($label): $p passed, $f failed"
   [ "$p" -gt 0 ] || { echo "C unit tests did not run"; status=1; f=$((f + 1)); }
   passed=$((passed + p)); failed=$((failed + f))
