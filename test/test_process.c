@@ -369,8 +369,10 @@ START_TEST(test_child_gets_exactly_its_fds) {
     ck_assert_str_eq(got, "fds=0,1,2,3,40,45 sid=0 ign=0 blocked=0");
     o.keep_fds = 1; /* then ours not close-on-exec go too (Check's, here) */
     inspect(&o, got, sizeof got);
-    snprintf(want, sizeof want, "fds=0,1,2,3,%d,", leak);
-    ck_assert_msg(strncmp(got, want, strlen(want)) == 0, "%s", got);
+    /* (Check may hold descriptors of its own, e.g. its TAP log) */
+    snprintf(want, sizeof want, ",%d,", leak);
+    ck_assert_msg(strncmp(got, "fds=0,1,2,3,", 12) == 0, "%s", got);
+    ck_assert_msg(strstr(got, want) != NULL, "%s", got);
     ck_assert_msg(strstr(got, ",40,45") != NULL, "%s", got);
     ck_assert_int_eq(fcntl(leak, F_GETFD), 0);
     ck_assert_int_eq(fcntl(a, F_GETFD), FD_CLOEXEC);
