@@ -54,6 +54,25 @@ local function tether(...)
   return code, out, read(errf) or ""
 end
 
+--- tether_bg(name, args...): the command in the background; done(name)
+-- says whether it ended, its exit code then in T.dir/name.code
+local function tether_bg(name, ...)
+  local env = { HOME = T.dir, XDG_RUNTIME_DIR = T.dir .. "/run", TETHER_HOME = "" }
+  local parts = { "cd", q(T.app), "&&", "(", "env" }
+  for k, v in pairs(env) do parts[#parts + 1] = q(k .. "=" .. v) end
+  parts[#parts + 1] = H.LUA
+  parts[#parts + 1] = q(BIN)
+  for _, a in ipairs { ... } do parts[#parts + 1] = q(a) end
+  local base = T.dir .. "/" .. name
+  parts[#parts + 1] = (">%s 2>&1; echo $? >%s.tmp; mv %s.tmp %s.code ) </dev/null &"):format(q(base .. ".out"),
+    q(base), q(base), q(base))
+  assert(os.execute(table.concat(parts, " ")))
+end
+
+local function bg_code(name)
+  return tonumber(read(T.dir .. "/" .. name .. ".code") or "")
+end
+
 local function ls_json()
   local code, out = tether("ls", "--json")
   local json = require "cjson"
@@ -391,6 +410,69 @@ describe("tether command", function()
     code, _, err = tether("start", "hello.lua")
     assert.are.equal(1, code)
     assert.matches("already running", err)
+  end)
+
+  it("survives a config whose answer it cannot use, and says why", function()
+    write(T.app .. "/hello.lua", HELLO)
+    write(T.app .. "/env.config.lua", "return { script = 'hello.lua', env = 'GREETING=hi' }")
+    local code, _, err = tether("start", "env.config.lua")
+    assert.are.equal(1, code)
+    assert.matches("'env' must be a table", err)
+    local pid = daemon_pid()
+    -- a config that answers on the channel itself, before config_child does
+    write(T.app .. "/own.config.lua", [[
+      require("tether").parent:send({ specs = { { name = "own", script = "hello.lua", env = "X" } } })
+      return { name = "own", script = "hello.lua" }]])
+    code, _, err = tether("start", "own.config.lua")
+    assert.are.equal(1, code)
+    assert.matches("'env' must be a table", err)
+    write(T.app .. "/num.config.lua", [[
+      require("tether").parent:send({ specs = { 5 } })
+      return { name = "num", script = "hello.lua" }]])
+    code, _, err = tether("start", "num.config.lua")
+    assert.are.equal(1, code)
+    assert.matches("not a spec", err)
+    -- the same daemon answers
+    local apps
+    apps, code = ls_json()
+    assert.are.equal(0, code)
+    assert.are.same({}, apps)
+    assert.are.equal(pid, daemon_pid())
+  end)
+
+  it("lets a start finish before a delete, so no worker is left unseen", function()
+    local dir = T.app
+    write(dir .. "/pid.lua", ([[
+      local tether = require "tether"
+      local f = io.open(%q .. "/pid." .. tether.core.getpid(), "w") f:close()
+      tether.every(1000, function() end)]]):format(dir))
+    -- the second run of this config (the start's own) waits for the file "go"
+    write(dir .. "/slow.config.lua", ([[
+      local dir = %q
+      local f = io.open(dir .. "/evals", "a") f:write("x\n") f:close()
+      local n = 0
+      for _ in io.lines(dir .. "/evals") do n = n + 1 end
+      if n == 2 then
+        local deadline = os.time() + 8
+        while not io.open(dir .. "/go") and os.time() < deadline do os.execute("sleep 0.05") end
+      end
+      return { name = "slow", script = "pid.lua", instances = 2 }]]):format(dir))
+    tether_bg("start", "start", "slow.config.lua")
+    assert.is_true(wait_until(function() return #(read(dir .. "/evals") or "") >= 4 end))
+    tether_bg("delete", "delete", "slow")
+    H.sleep(200)
+    write(dir .. "/go", "")
+    assert.is_true(wait_until(function() return bg_code("start") and bg_code("delete") end, 20))
+    assert.are.equal(0, bg_code("delete"))
+    assert.are.same({}, (ls_json()))
+    local workers = {}
+    for f in lfs.dir(dir) do
+      local pid = tonumber(f:match("^pid%.(%d+)$") or "")
+      if pid then workers[#workers + 1] = pid end
+    end
+    for _, pid in ipairs(workers) do
+      assert(wait_until(function() return not H.alive(pid) end, 5), "worker " .. pid .. " left running, unlisted")
+    end
   end)
 
   it("keeps its socket in a directory only its owner can enter, one daemon per home", function()

@@ -29,6 +29,7 @@ function M.new(name, opts)
     status = "stopped", -- "launching", "online", "errored", "stopping", "stopped"
     restarts_before = 0, -- restarts of earlier generations
     reloads = 0,
+    stops = 0, -- app:stop() calls, so that a reload knows it was stopped meanwhile
     errors = {}, -- the last few worker errors (ERR_WORKER_INIT, ...), newest last
     on_change = opts and opts.on_change, -- fn(app, what)
   }, App)
@@ -157,9 +158,14 @@ function App:reload(spec, cb)
     note_error(self, "reload: " .. err)
     return nil, err
   end
-  self.reloading = true
+  self.reloading, self.pending = true, sup
+  local stops = self.stops
   when_running(sup, function(werr)
-    self.reloading = false
+    self.reloading, self.pending = false, nil
+    if not werr and self.stops ~= stops then
+      -- the app was stopped meanwhile: the new generation does not replace it
+      werr = "the app was stopped"
+    end
     if werr then
       -- the new generation cannot run: the old one goes on serving
       note_error(self, "reload failed, the previous workers stay: " .. werr)
@@ -178,6 +184,10 @@ end
 
 --- app:stop(cb): cb() once every worker is down.
 function App:stop(cb)
+  -- a new generation still starting (a reload under way) stops too: it
+  -- would take the place of the stopped one
+  self.stops = self.stops + 1
+  if self.pending then self.pending:stop() end
   local sup = self.sup
   if not sup or sup.stopped then
     if self.status ~= "errored" then self.status = "stopped" end

@@ -56,6 +56,9 @@ function M.normalize(value, base)
       return nil, ("app %d: bad name %q (letters, digits, '.', '_', '-'; not \"all\")"):format(i, tostring(s.name))
     end
     if seen[s.name] then return nil, ("two apps named %q"):format(s.name) end
+    if s.env ~= nil and type(s.env) ~= "table" then
+      return nil, ("app %s: 'env' must be a table of variables, got %s"):format(s.name, type(s.env))
+    end
     seen[s.name] = true
     if type(s.script) == "string" then s.script = absolute(s.script, base) end
     if type(s.cwd) == "string" then s.cwd = absolute(s.cwd, base) else s.cwd = s.cwd or base end

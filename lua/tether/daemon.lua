@@ -80,7 +80,20 @@ local function eval_config(path, env, cwd, cb)
   end)
   child:on("message", function(m)
     if type(m) ~= "table" then return end
-    if m.error then answer(nil, tostring(m.error)) else answer(m.specs) end
+    if m.error then return answer(nil, tostring(m.error)) end
+    -- what config_child sends, unless the config itself sent something
+    -- else on the channel: checked, since the daemon uses it from here
+    local specs = m.specs
+    if type(specs) ~= "table" or #specs == 0 then return answer(nil, path .. ": no specs in the answer") end
+    for i, s in ipairs(specs) do
+      if type(s) ~= "table" or not home.valid_name(s.name) then
+        return answer(nil, ("%s: app %d: not a spec with a valid name"):format(path, i))
+      end
+      if s.env ~= nil and type(s.env) ~= "table" then
+        return answer(nil, ("%s: app %s: 'env' must be a table, got %s"):format(path, s.name, type(s.env)))
+      end
+    end
+    answer(specs)
   end)
   child:on("error", function(e) answer(nil, tostring(e.message or e)) end)
   child:on("exit", function(code, sig)
@@ -94,7 +107,7 @@ end
 -- cb(spec) or cb(nil, err)
 function Daemon:_spec(app, cb)
   local src = app.source
-  local function finish(spec)
+  local function complete(spec)
     for k, v in pairs(src.overrides or {}) do spec[k] = v end
     local env = {}
     for k, v in pairs(app.env or {}) do env[k] = v end
@@ -110,6 +123,11 @@ function Daemon:_spec(app, cb)
     elseif spec.log_rotate == false then
       spec.log_rotate = nil
     end
+  end
+  -- from a callback: an error here would end the daemon, so it is an answer
+  local function finish(spec)
+    local ok, err = pcall(complete, spec)
+    if not ok then return cb(nil, tostring(err)) end
     cb(spec)
   end
   if src.kind == "script" then
@@ -142,7 +160,8 @@ function Daemon:_add(name)
   return app
 end
 
-function Daemon:_remove(name)
+function Daemon:_remove(name, app)
+  if app and self.apps[name] ~= app then return end
   self.apps[name] = nil
   for i, n in ipairs(self.order) do
     if n == name then table.remove(self.order, i) break end
@@ -159,6 +178,31 @@ function Daemon:_targets(target)
   local app = self.apps[target]
   if not app then return nil, ("no app named %q (tether ls lists them)"):format(tostring(target)) end
   return { app }
+end
+
+-- One operation at a time on an app: a stop or a delete that comes while a
+-- start, restart or reload is under way (its config still running, its new
+-- workers not up yet) waits for it, instead of leaving what that one starts
+-- running unseen.  fn(app, finish) runs once the earlier ones finished;
+-- done(err) after it.
+function Daemon:_serial(app, fn, done)
+  local q = app.ops or {}
+  app.ops = q
+  local function run()
+    local finished = false
+    local function finish(err)
+      if finished then return end
+      finished = true
+      table.remove(q, 1)
+      if q[1] then tether.defer(q[1]) end
+      done(err)
+    end
+    if self.apps[app.name] ~= app then return finish("deleted meanwhile") end
+    local ok, err = pcall(fn, app, finish)
+    if not ok then finish(tostring(err)) end
+  end
+  q[#q + 1] = run
+  if #q == 1 then run() end
 end
 
 -- runs fn(app, done) for each app, then cb(errors) with what failed
@@ -218,12 +262,20 @@ function COMMANDS.start(self, req, reply)
         return reply({ error = ("%s is already running (tether restart %s, or reload)"):format(s.name, s.name) })
       end
     end
+    local source = {}
     for _, s in ipairs(sources) do
       local app = self.apps[s.name] or self:_add(s.name)
-      app.source, app.env, app.cwd = s.source, env, cwd
+      if not app.source then app.source, app.env, app.cwd = s.source, env, cwd end
       apps[#apps + 1] = app
+      source[app] = s.source
     end
-    each(apps, function(app, done) self:_launch(app, done) end, function(errors)
+    each(apps, function(app, done)
+      self:_serial(app, function(_, finish)
+        if app.sup and not app.sup.stopped then return finish("already running") end
+        app.source, app.env, app.cwd = source[app], env, cwd
+        self:_launch(app, finish)
+      end, done)
+    end, function(errors)
       local rows = {}
       for _, app in ipairs(apps) do rows[#rows + 1] = app:row() end
       reply(result(errors, { apps = rows }))
@@ -278,47 +330,50 @@ end
 function COMMANDS.restart(self, req, reply)
   local apps, err = self:_targets(req.target)
   if not apps then return reply({ error = err }) end
-  each(apps, function(app, done)
+  each(apps, function(app, done) self:_serial(app, function(_, finish)
     with_new_env(app, req)
     -- the spec first: a config that no longer runs leaves the app as it is
     self:_spec(app, function(spec, serr)
-      if not spec then return done(serr) end
+      if not spec then return finish(serr) end
       app:stop(function()
-        local ok, e = app:start(spec, function(werr) done(werr) end)
-        if not ok then done(e) end
+        local ok, e = app:start(spec, function(werr) finish(werr) end)
+        if not ok then finish(e) end
       end)
     end)
-  end, function(errors) reply(result(errors)) end)
+  end, done) end, function(errors) reply(result(errors)) end)
 end
 
 function COMMANDS.reload(self, req, reply)
   local apps, err = self:_targets(req.target)
   if not apps then return reply({ error = err }) end
-  each(apps, function(app, done)
+  each(apps, function(app, done) self:_serial(app, function(_, finish)
     with_new_env(app, req)
     self:_spec(app, function(spec, serr)
-      if not spec then return done(serr) end
-      local ok, e = app:reload(spec, done)
-      if not ok then done(e) end
+      if not spec then return finish(serr) end
+      local ok, e = app:reload(spec, finish)
+      if not ok then finish(e) end
     end)
-  end, function(errors) reply(result(errors)) end)
+  end, done) end, function(errors) reply(result(errors)) end)
 end
 
 function COMMANDS.stop(self, req, reply)
   local apps, err = self:_targets(req.target)
   if not apps then return reply({ error = err }) end
-  each(apps, function(app, done) app:stop(function() done() end) end,
-    function(errors) reply(result(errors)) end)
+  each(apps, function(app, done)
+    self:_serial(app, function(_, finish) app:stop(function() finish() end) end, done)
+  end, function(errors) reply(result(errors)) end)
 end
 
 COMMANDS["delete"] = function(self, req, reply)
   local apps, err = self:_targets(req.target)
   if not apps then return reply({ error = err }) end
   each(apps, function(app, done)
-    app:stop(function()
-      self:_remove(app.name)
-      done()
-    end)
+    self:_serial(app, function(_, finish)
+      app:stop(function()
+        self:_remove(app.name, app)
+        finish()
+      end)
+    end, done)
   end, function(errors) reply(result(errors)) end)
 end
 
@@ -327,12 +382,14 @@ function COMMANDS.scale(self, req, reply)
   if not app then return reply({ error = ("no app named %q"):format(tostring(req.name)) }) end
   local n = req.n
   if math.type(n) ~= "integer" or n < 1 then return reply({ error = "the number of workers must be a whole number >= 1" }) end
-  local ok, err = app:scale(n, function(serr)
+  self:_serial(app, function(_, finish)
+    local ok, err = app:scale(n, finish)
+    if not ok then return finish(tostring(err)) end
+    app.source.overrides = app.source.overrides or {}
+    app.source.overrides.instances = n
+  end, function(serr)
     reply(serr and { error = serr } or { ok = true, app = app:row() })
   end)
-  if not ok then return reply({ error = tostring(err) }) end
-  app.source.overrides = app.source.overrides or {}
-  app.source.overrides.instances = n
 end
 
 function COMMANDS.save(self, req, reply)
@@ -376,7 +433,12 @@ function Daemon:resurrect(cb)
     end
   end
   log("resurrect: %d apps from %s", #apps, from)
-  each(apps, function(app, done) self:_launch(app, done) end, function(errors)
+  each(apps, function(app, done)
+    self:_serial(app, function(_, finish)
+      if app.sup and not app.sup.stopped then return finish() end
+      self:_launch(app, finish)
+    end, done)
+  end, function(errors)
     cb(#errors > 0 and table.concat(errors, "\n") or nil, #apps)
   end)
 end
@@ -428,7 +490,9 @@ function Daemon:shutdown(cb)
   local apps = {}
   for _, n in ipairs(self.order) do apps[#apps + 1] = self.apps[n] end
   log("stopping %d apps", #apps)
-  each(apps, function(app, done) app:stop(function() done() end) end, function()
+  each(apps, function(app, done)
+    self:_serial(app, function(_, finish) app:stop(function() finish() end) end, done)
+  end, function()
     for _, f in ipairs(self.closing) do f() end
   end)
 end
