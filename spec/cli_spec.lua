@@ -475,6 +475,32 @@ describe("tether command", function()
     end
   end)
 
+  it("answers a start or a reload into a script that cannot load at once, keeping the old workers", function()
+    write(T.app .. "/hello.lua", HELLO)
+    write(T.app .. "/broken.lua", 'error("cannot load: \255 bytes")')
+    write(T.app .. "/one.config.lua", 'return { name = "one", script = os.getenv("S") or "hello.lua" }')
+    assert.are.equal(0, (tether("start", "one.config.lua")))
+    local before = app(ls_json(), "one")
+    remember(before)
+    -- one worker restarts slowly (backoff), far from giving up: still no success
+    local t0 = os.time()
+    local code, _, err = tether("reload", "one", "--update-env", { env = { S = "broken.lua" } })
+    assert.are.equal(1, code)
+    assert.matches("cannot load", err)
+    assert.is_true(os.time() - t0 < 8)
+    local after = app(ls_json(), "one")
+    assert.are.equal("online", after.status)
+    assert.are.same(pids(before), pids(after))
+    code, _, err = tether("start", "broken.lua")
+    assert.are.equal(1, code)
+    assert.matches("cannot load", err)
+    -- its error, not UTF-8, still makes valid JSON
+    local apps
+    apps, code = ls_json()
+    assert.are.equal(1, code)
+    assert.matches("cannot load", app(apps, "broken").errors[1].text)
+  end)
+
   it("keeps its socket in a directory only its owner can enter, one daemon per home", function()
     assert.are.equal(0, (tether("ls")))
     assert.are.equal("rwx------", lfs.attributes(T.run, "permissions"))

@@ -63,7 +63,9 @@ local function all_running(sup)
 end
 
 -- cb(err) once every worker of `sup` runs (nil), it gave up (the reason),
--- or START_WAIT passed (nil, still starting)
+-- a worker could not load its script (ERR_WORKER_INIT: the Lua error; the
+-- supervisor goes on restarting it), or START_WAIT passed (nil, still
+-- starting)
 local function when_running(sup, cb)
   local done, timer, fns = false, nil, {}
   local function finish(err, late)
@@ -73,14 +75,21 @@ local function when_running(sup, cb)
     sup:off("start", fns.start)
     sup:off("give_up", fns.give_up)
     sup:off("stopped", fns.stopped)
+    sup:off("error", fns.error)
     cb(err, late)
   end
   fns.start = function() if all_running(sup) then finish(nil) end end
   fns.give_up = function(why) finish(tostring(why)) end
   fns.stopped = function() finish(sup.gave_up and tostring(sup.gave_up) or "stopped") end
+  fns.error = function(err, w)
+    if type(err) == "table" and err.code == "ERR_WORKER_INIT" then
+      finish((w and ("worker " .. tostring(w.id) .. ": ") or "") .. tostring(err))
+    end
+  end
   sup:on("start", fns.start)
   sup:on("give_up", fns.give_up)
   sup:on("stopped", fns.stopped)
+  sup:on("error", fns.error)
   timer = tether.timer(M.START_WAIT, function() finish(nil, true) end)
   if all_running(sup) then tether.defer(function() finish(nil) end) end
 end

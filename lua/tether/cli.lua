@@ -262,6 +262,26 @@ function C.start(paths, argv)
   return code
 end
 
+-- JSON strings are UTF-8: a byte that is not (a worker's error about binary
+-- data, a script path in another encoding) becomes U+FFFD
+local function utf8_clean(v)
+  if type(v) == "string" then
+    if utf8.len(v) then return v end
+    local out, i = {}, 1
+    while i <= #v do
+      local n, bad = utf8.len(v, i)
+      if n then out[#out + 1] = v:sub(i) break end
+      out[#out + 1] = v:sub(i, bad - 1)
+      out[#out + 1] = "\u{FFFD}"
+      i = bad + 1
+    end
+    return table.concat(out)
+  elseif type(v) == "table" then
+    for k, x in pairs(v) do v[k] = utf8_clean(x) end
+  end
+  return v
+end
+
 function C.ls(paths, argv)
   local opts, pos = parse(argv, 2, { ["--json"] = "flag" })
   if not opts or #pos > 0 then return fail("usage: tether ls [--json]") end
@@ -271,6 +291,7 @@ function C.ls(paths, argv)
     -- lists stay lists when empty ("errors": [], not {}): lua-cjson 2.1.0
     -- (Debian's) writes an empty table as {}, so they go as a mark first
     local EMPTY = "\0[]"
+    utf8_clean(reply.apps)
     for _, a in ipairs(reply.apps) do
       for _, k in ipairs { "workers", "errors" } do
         if type(a[k]) == "table" and next(a[k]) == nil then a[k] = EMPTY end
