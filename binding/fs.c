@@ -24,7 +24,7 @@ static int fail_path(lua_State *L, const char *what, const char *path,
 }
 
 /* core.mkdir(path, mode) -> true | nil, err.  An existing directory is
- * fine; its mode is set to `mode` only when it is ours. */
+ * fine; its mode is set to `mode` only when it is ours and not shared. */
 static int l_mkdir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   mode_t mode = (mode_t)luaL_optinteger(L, 2, 0755);
@@ -33,8 +33,11 @@ static int l_mkdir(lua_State *L) {
     if (errno != EEXIST) return fail_path(L, "mkdir", path, -errno);
     if (stat(path, &st) != 0) return fail_path(L, "stat", path, -errno);
     if (!S_ISDIR(st.st_mode)) return fail_path(L, "mkdir", path, UV_ENOTDIR);
+    /* ours and private-ish: tightened to `mode`; a shared directory (sticky
+     * or world-writable, like /tmp) is never changed: the caller sees its
+     * mode and refuses it */
     if (st.st_uid == getuid() && (st.st_mode & 07777) != mode &&
-        chmod(path, mode) != 0)
+        !(st.st_mode & (S_ISVTX | S_IWOTH)) && chmod(path, mode) != 0)
       return fail_path(L, "chmod", path, -errno);
   }
   lua_pushboolean(L, 1);

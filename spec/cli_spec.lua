@@ -306,6 +306,27 @@ describe("tether command", function()
     assert.matches("line 03000", select(2, tether("logs", "chatty", "-n", "1", "--raw")))
   end)
 
+  it("takes programs that are not Lua workers (cmd apps) down with a daemon killed with -9", function()
+    write(T.app .. "/sl.config.lua", [[return { name = "sl", cmd = "sleep", args = { "4321" }, instances = 2 }]])
+    assert.are.equal(0, (tether("start", "sl.config.lua")))
+    local a = app(ls_json(), "sl")
+    assert.are.equal(2, a.running)
+    os.execute("kill -9 " .. daemon_pid())
+    for _, p in ipairs(pids(a)) do
+      assert(wait_until(function() return not H.alive(p) end, 5), "cmd worker " .. p .. " died with its daemon")
+    end
+  end)
+
+  it("never changes the mode of a shared directory given as TETHER_HOME", function()
+    local shared = T.dir .. "/shared"
+    assert(lfs.mkdir(shared))
+    os.execute("chmod 1777 " .. q(shared))
+    local code, _, err = tether("ls", { env = { TETHER_HOME = shared } })
+    assert.are.equal(2, code)
+    assert.matches("mode 0700", err)
+    assert.are.equal("rwxrwxrwx", lfs.attributes(shared, "permissions"))
+  end)
+
   it("never replaces a dump of apps by an empty one, and keeps the previous dump", function()
     write(T.app .. "/hello.lua", HELLO)
     assert.are.equal(0, (tether("start", "hello.lua")))

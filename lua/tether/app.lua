@@ -41,10 +41,24 @@ local function note_error(self, text)
   if #e > 5 then table.remove(e, 1) end
 end
 
+-- A program that is not a tether worker (`cmd`) does not watch its parent
+-- as the runner does: the kernel ends it when we die, however we die
+-- (PR_SET_PDEATHSIG, set by util-linux's setpriv before it execs the
+-- program), so a daemon killed with -9 leaves no worker that `resurrect`
+-- would run a second copy of.
+local SETPRIV = "/usr/bin/setpriv"
+local function dies_with_us(s)
+  if s.cmd == nil or s.detached or not tether.core.stat(SETPRIV) then return end
+  local args = { "--pdeathsig", "TERM", "--", s.cmd }
+  for _, a in ipairs(s.args or {}) do args[#args + 1] = a end
+  s.cmd, s.args = SETPRIV, args
+end
+
 local function spawn(self, spec)
   local s = {}
   for k, v in pairs(spec) do if not OWN[k] then s[k] = v end end
   s.handle_signals = false -- the command handles them, for every app at once
+  dies_with_us(s)
   local ok, sup, err = pcall(function()
     if s.listen ~= nil then return tether.cluster(s) end
     return tether.supervise(s)
