@@ -50,7 +50,8 @@ enum {
   P_HAS_CHANNEL = 1u << 3,
   P_STDIN_FULL = 1u << 4, /* a write reported backpressure */
   P_POSIX = 1u << 5, /* posix_spawn'd: watched through h.pidfd_poll */
-  P_PIPE0 = 1u << 6 /* P_PIPE0 << i: pipes[i] is open */
+  P_PIPE0 = 1u << 6, /* P_PIPE0 << i: pipes[i] is open (6, 7, 8) */
+  P_GROUP = 1u << 9  /* leads a process group of its own (a new session) */
 };
 
 /* ---- signals ------------------------------------------------------------ */
@@ -382,6 +383,7 @@ static int spawn_uv(uv_loop_t *loop, tt_process_t *p,
   p->open_handles++;
   if (err != 0) uv_close((uv_handle_t *)&p->h.proc, on_handle_closed);
   else p->pid = p->h.proc.pid;
+  if (err == 0 && (opts->detached || opts->new_session)) p->flags |= P_GROUP;
   return err;
 }
 
@@ -693,6 +695,7 @@ static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
   p->pid = pid;
   p->pidfd = pidfd;
   p->flags |= P_POSIX;
+  if (o->detached || o->new_session) p->flags |= P_GROUP;
   p->open_handles++;
   p->h.pidfd_poll.data = p;
   uv_poll_start(&p->h.pidfd_poll, UV_READABLE, on_pidfd);
@@ -842,6 +845,13 @@ int tt_process_kill(tt_process_t *p, int signum) {
   /* not reaped yet, so the pid is still our child's */
   if (p->flags & P_POSIX) return kill(p->pid, signum) == 0 ? 0 : -errno;
   return uv_process_kill(&p->h.proc, signum);
+}
+
+int tt_process_kill_group(tt_process_t *p, int signum) {
+  if (p->flags & P_EXITED) return UV_ESRCH;
+  if (!(p->flags & P_GROUP)) return tt_process_kill(p, signum);
+  /* the leader is not reaped yet: its group id is still its pid */
+  return kill(-p->pid, signum) == 0 ? 0 : -errno;
 }
 
 int tt_process_can_prefork(void) { return posix_spawn_wanted(); }

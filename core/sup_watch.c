@@ -63,13 +63,15 @@ static void on_timer(uv_timer_t *t) {
   case TT_WORKER_STOPPING:
     if (w->phase < 2) {
       w->phase = 2;
-      tt_process_kill(&w->p, SIGTERM);
-      tt_process_kill(&w->p, SIGCONT);
+      /* the worker's process group: what it started goes with it, as
+       * under systemd's KillMode=control-group */
+      tt_process_kill_group(&w->p, SIGTERM);
+      tt_process_kill_group(&w->p, SIGCONT);
       tt__timer_start(&w->timer, on_timer, s->opts.kill_timeout_ms, 0);
     } else if (w->phase == 2) {
       w->phase = 3;
       w->flags |= I_SENT_KILL;
-      tt_process_kill(&w->p, SIGKILL);
+      tt_process_kill_group(&w->p, SIGKILL);
     }
     break;
   default:

@@ -109,6 +109,10 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
                      const tt_process_options_t *opts);
 /* UV_ESRCH once the exit was seen: a reaped pid is never signalled. */
 int tt_process_kill(tt_process_t *p, int signum);
+/* The same to the child's whole process group when it leads one (spawned
+ * in a new session), so what it started goes too; else as
+ * tt_process_kill. */
+int tt_process_kill_group(tt_process_t *p, int signum);
 /* Piped stdin: queue bytes (copied): 1 while what waits is under
  * TT_STDIN_HIGH_WATER, 0 over it (still queued: wait for
  * on_stdin_drain), or a negative error.  / Close it. */

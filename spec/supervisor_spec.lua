@@ -900,3 +900,28 @@ describe("tether.supervise", function()
     os.remove(pidfile)
   end)
 end)
+
+describe("tether.supervise stopping a worker", function()
+  it("signals the worker's whole process group, so what it started goes too", function()
+    local pidfile = H.tmpfile("grandchild.pid")
+    os.remove(pidfile)
+    local sup = assert(tether.supervise { cmd = "sh", args = { "-c", "sleep 1000 & echo $! > " .. pidfile .. "; wait" },
+      handle_signals = false, shutdown = { timeout = 100, kill_timeout = 2000 } })
+    local grandchild
+    H.run_until(function()
+      local f = io.open(pidfile)
+      if f then grandchild = tonumber(f:read("l")) f:close() end
+      return grandchild ~= nil
+    end, 10)
+    assert.is_true(H.alive(grandchild))
+    sup:stop()
+    H.run(10)
+    -- (the signal is on its way: give it a moment to land)
+    local deadline = os.time() + 5
+    while H.alive(grandchild) and os.time() <= deadline do H.sleep(20) end
+    local outlived = H.alive(grandchild)
+    if outlived then os.execute("kill -9 " .. grandchild) end -- (holds busted's stdout)
+    assert(not outlived, "the worker's child outlived the stop")
+    os.remove(pidfile)
+  end)
+end)
