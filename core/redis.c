@@ -82,25 +82,65 @@ static char *copy(const char *s, size_t n) {
   return d;
 }
 
+/* "[USER]:PASSWORD" (a URL's userinfo, up to '@'): kept for AUTH. */
+static int parse_userinfo(tt_redis_t *r, const char *u, size_t n) {
+  const char *colon = memchr(u, ':', n);
+  if (colon == NULL) return UV_EINVAL; /* a user without a password */
+  if (colon > u && (r->user = copy(u, (size_t)(colon - u))) == NULL)
+    return UV_ENOMEM;
+  if ((size_t)(colon + 1 - u) == n) return UV_EINVAL; /* empty password */
+  r->password = copy(colon + 1, n - (size_t)(colon + 1 - u));
+  return r->password ? 0 : UV_ENOMEM;
+}
+
+/* unix:PATH?db=N&user=U&password=P */
+static int parse_query(tt_redis_t *r, const char *q) {
+  while (*q != '\0') {
+    const char *amp = strchr(q, '&');
+    size_t n = amp ? (size_t)(amp - q) : strlen(q);
+    char buf[16];
+    long v;
+    if (n > 3 && strncmp(q, "db=", 3) == 0) {
+      if (n - 3 >= sizeof buf) return UV_EINVAL;
+      memcpy(buf, q + 3, n - 3);
+      buf[n - 3] = '\0';
+      if (!number(buf, NULL, 0, 1000, &v)) return UV_EINVAL;
+      r->db = (int)v;
+    } else if (n > 5 && strncmp(q, "user=", 5) == 0 && r->user == NULL) {
+      if ((r->user = copy(q + 5, n - 5)) == NULL) return UV_ENOMEM;
+    } else if (n > 9 && strncmp(q, "password=", 9) == 0 && r->password == NULL) {
+      if ((r->password = copy(q + 9, n - 9)) == NULL) return UV_ENOMEM;
+    } else {
+      return UV_EINVAL;
+    }
+    q += n + (amp != NULL);
+  }
+  return r->user != NULL && r->password == NULL ? UV_EINVAL : 0;
+}
+
 static int parse_address(tt_redis_t *r, const char *a) {
   long v;
+  int err;
   if (strncmp(a, "unix:", 5) == 0) {
-    const char *q = strstr(a + 5, "?db=");
+    const char *q = strchr(a + 5, '?');
     size_t n = q ? (size_t)(q - (a + 5)) : strlen(a + 5);
     if (n == 0) return UV_EINVAL;
-    if (q) {
-      if (!number(q + 4, NULL, 0, 1000, &v)) return UV_EINVAL;
-      r->db = (int)v;
-    }
+    if (q && (err = parse_query(r, q + 1)) != 0) return err;
     return (r->path = copy(a + 5, n)) ? 0 : UV_ENOMEM;
   }
   if (strncmp(a, "redis://", 8) == 0) {
-    const char *h = a + 8, *colon, *slash = strchr(a + 8, '/');
+    const char *h = a + 8, *colon, *slash, *at;
     size_t n;
+    slash = strchr(h, '/');
+    at = strchr(h, '@');
+    if (at != NULL && (slash == NULL || at < slash)) {
+      if ((err = parse_userinfo(r, h, (size_t)(at - h))) != 0) return err;
+      h = at + 1;
+    }
     colon = strchr(h, ':');
     if (colon && slash && colon > slash) colon = NULL;
     n = colon ? (size_t)(colon - h) : slash ? (size_t)(slash - h) : strlen(h);
-    if (n == 0 || memchr(h, '@', n) != NULL) return UV_EINVAL; /* no AUTH yet */
+    if (n == 0 || memchr(h, '@', n) != NULL) return UV_EINVAL;
     r->port = 6379;
     if (colon) {
       if (!number(colon + 1, "/", 1, 65535, &v)) return UV_EINVAL;
@@ -312,6 +352,15 @@ static void on_hello(tt_redis_t *r, redisReply *reply, int err, void *arg) {
   ready(r);
 }
 
+/* AUTH's answer: refused (a wrong password, an unknown user) is a
+ * connection that cannot be used; the next one tries again after the
+ * backoff, as the password may be set meanwhile. */
+static void on_auth(tt_redis_t *r, redisReply *reply, int err, void *arg) {
+  (void)arg;
+  if (err != 0) return;
+  if (reply->type == REDIS_REPLY_ERROR) drop(r, TT_ERR_BROKER);
+}
+
 static void on_tick(uv_timer_t *t) {
   tt_redis_t *r = t->data;
   tt_redis_cmd_t *c = TAILQ_FIRST(&r->pending);
@@ -334,6 +383,16 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   uv_timer_start(&r->ticker, on_tick, TICK_MS, TICK_MS);
   r->state = S_SELECTING;
+  if (r->password != NULL) {
+    const char *argv[3] = {"AUTH", r->user ? r->user : r->password,
+                           r->password};
+    size_t len[3] = {4, strlen(argv[1]), strlen(r->password)};
+    int argc = r->user ? 3 : 2;
+    if (enqueue(r, argc, argv, len, 0, on_auth, NULL) != 0) {
+      drop(r, UV_ENOMEM);
+      return;
+    }
+  }
   if (r->db > 0) {
     char db[16];
     const char *argv[2] = {"SELECT", db};
@@ -471,8 +530,10 @@ fail:
   free(r->rbuf);
   free(r->host);
   free(r->path);
+  free(r->user);
+  free(r->password);
   r->reader = NULL;
-  r->rbuf = r->host = r->path = NULL;
+  r->rbuf = r->host = r->path = r->user = r->password = NULL;
   return err;
 }
 
@@ -493,7 +554,9 @@ void tt_redis_close(tt_redis_t *r, void (*cb)(tt_redis_t *r)) {
   free(r->out);
   free(r->host);
   free(r->path);
-  r->rbuf = r->out = r->host = r->path = NULL;
+  free(r->user);
+  free(r->password);
+  r->rbuf = r->out = r->host = r->path = r->user = r->password = NULL;
   r->close_cb = cb;
   r->pending_closes = 3;
   uv_close((uv_handle_t *)&r->timer, on_part_closed);

@@ -67,6 +67,7 @@ struct tt_redis_s {
   tt_redis_options_t opts;
   char *host; /* NULL for a Unix path */
   char *path;
+  char *user, *password; /* AUTH on every connect; NULL: none */
   int port, db;
   union {
     uv_handle_t handle;
@@ -94,8 +95,12 @@ struct tt_redis_s {
   void (*close_cb)(tt_redis_t *r);
 };
 
-/* "redis://HOST:PORT[/DB]", "redis://HOST" (6379) or "unix:PATH[?db=N]";
- * HOST an address or a name (resolved at each connect).
+/* "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]" (port 6379) or
+ * "unix:PATH[?db=N][&user=U][&password=P]" (the query's parts in any
+ * order, joined by '&'); HOST an address or a name (resolved at each
+ * connect).  With a password, AUTH is the first command of every
+ * connection (Redis 6 ACL users with USER); refused: TT_ERR_BROKER, and
+ * retried after the backoff like any lost connection.
  * 0, or UV_EINVAL for an address it cannot read (nothing to close then).
  * Connecting starts at once; on_state(1) when ready. */
 int tt_redis_start(uv_loop_t *loop, tt_redis_t *r, const char *address,

@@ -37,14 +37,22 @@ static void server_paths(server_t *s) {
 
 /* redis-server on s->sock; returns once it is there (up to 5 s) when
  * `wait`. */
+static const char *server_password; /* --requirepass, when set */
+
 static void server_spawn(server_t *s, int wait) {
   struct stat st;
   s->pid = fork();
   ck_assert_int_ge(s->pid, 0);
   if (s->pid == 0) {
-    execlp("redis-server", "redis-server", "--port", "0", "--unixsocket",
-           s->sock, "--save", "", "--appendonly", "no", "--dir", s->dir,
-           "--loglevel", "warning", "--logfile", "redis.log", (char *)NULL);
+    if (server_password != NULL)
+      execlp("redis-server", "redis-server", "--port", "0", "--unixsocket",
+             s->sock, "--save", "", "--appendonly", "no", "--dir", s->dir,
+             "--loglevel", "warning", "--logfile", "redis.log",
+             "--requirepass", server_password, (char *)NULL);
+    else
+      execlp("redis-server", "redis-server", "--port", "0", "--unixsocket",
+             s->sock, "--save", "", "--appendonly", "no", "--dir", s->dir,
+             "--loglevel", "warning", "--logfile", "redis.log", (char *)NULL);
     _exit(127);
   }
   for (int i = 0; wait && i < 500; i++) {
@@ -299,7 +307,9 @@ START_TEST(test_addresses_and_close) {
   static const char *const bad[] = {"", "redis://", "redis://:6379",
                                     "redis://h:0", "redis://h:x",
                                     "redis://h:1/x", "unix:", "unix:/p?db=x",
-                                    "tcp://h:1", "redis://u:p@h:1"};
+                                    "tcp://h:1", "redis://u@h:1",
+                                    "redis://u:@h:1", "unix:/p?password=",
+                                    "unix:/p?user=u", "unix:/p?bogus=1"};
   uv_loop_init(&loop);
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     memset(&r, 0, sizeof r);
@@ -332,6 +342,43 @@ START_TEST(test_addresses_and_close) {
 }
 END_TEST
 
+/* With a password, AUTH opens every connection: a wrong one never comes
+ * up (TT_ERR_BROKER, retried), the right one does, with a user too. */
+START_TEST(test_auth) {
+  uv_loop_t loop;
+  tt_redis_t r;
+  seen_t x;
+  server_t s;
+  tt_redis_options_t o;
+  char addr[240];
+  quick_options(&o);
+  uv_loop_init(&loop);
+  server_password = "s3cret";
+  server_start(&s);
+  server_password = NULL;
+  snprintf(addr, sizeof addr, "%s?password=wrong", s.addr);
+  up(&loop, &r, &x, addr, &o);
+  tt_test_run_until(&loop, &x.downs, 5000);
+  ck_assert_int_eq(x.ups, 0);
+  ck_assert_int_eq(x.last_err, TT_ERR_BROKER);
+  down(&loop, &r, &x);
+  snprintf(addr, sizeof addr, "%s?db=2&password=s3cret", s.addr);
+  up(&loop, &r, &x, addr, &o);
+  tt_test_run_until(&loop, &x.ups, 5000);
+  ck_assert_int_eq(cmd(&r, "CLIENT", "INFO", NULL), 0);
+  tt_test_run_until(&loop, &x.replies, 5000);
+  ck_assert_ptr_nonnull(strstr(x.str, "db=2") ? x.str : NULL);
+  down(&loop, &r, &x);
+  snprintf(addr, sizeof addr, "%s?user=default&password=s3cret", s.addr);
+  up(&loop, &r, &x, addr, &o);
+  tt_test_run_until(&loop, &x.ups, 5000);
+  ck_assert_int_eq(x.downs, 0);
+  down(&loop, &r, &x);
+  tt_test_loop_close(&loop);
+  server_stop(&s);
+}
+END_TEST
+
 Suite *redis_suite(void) {
   Suite *s = suite_create("redis");
   TCase *tc = tcase_create("connection");
@@ -341,6 +388,7 @@ Suite *redis_suite(void) {
   tcase_add_test(tc, test_killed_connection_comes_back);
   tcase_add_test(tc, test_reply_timeout);
   tcase_add_test(tc, test_addresses_and_close);
+  tcase_add_test(tc, test_auth);
   suite_add_tcase(s, tc);
   return s;
 }
