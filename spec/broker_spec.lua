@@ -202,6 +202,23 @@ describe("pools across machines (Redis Streams)", function()
     r.stop()
   end)
 
+  it("a Redis with a password: AUTH on every connection; a wrong one is ERR_BROKER", function()
+    local r = redis({ "--requirepass", "s3cret" })
+    local good = { addr = r.addr .. "?password=s3cret" }
+    local a1 = agent(good, "qa", 2)
+    local pool = B.pool { broker = good.addr, queue = "qa" }
+    local results, done = submit(pool, 20)
+    H.run_until(done, 30)
+    for i = 1, 20 do assert.equals(i * i, results[i].sq) end
+    local bad = B.pool { broker = r.addr .. "?password=b4dpw", queue = "qa" }
+    local err
+    bad:on("error", function(e) err = err or e end)
+    H.run_until(function() return err ~= nil end, 10)
+    assert.equals("ERR_BROKER", err.code)
+    assert.is_nil(err.message:find("b4dpw", 1, true), "the password is not in the message")
+    finish_agent(a1)
+  end)
+
   it("two submitters on one queue each get their own results", function()
     local r = redis()
     local a1 = agent(r, "q2", 2)

@@ -160,6 +160,11 @@ local function call_user(fn, ...)
   if not ok then tether.defer(function() error(err, 0) end) end
 end
 
+-- an address fit for a message: its password left out
+local function shown(address)
+  return (address:gsub("^(redis://[^@/]*:)[^@/]*@", "%1***@"):gsub("password=[^&]*", "password=***"))
+end
+
 local function connect(self, address, on_up)
   local conn, err = core.redis(address, { reply_timeout = self._reply_timeout }, function(event, up, e)
     if event ~= "state" then return end
@@ -167,8 +172,15 @@ local function connect(self, address, on_up)
       on_up()
     elseif e and not self._down_reported then
       self._down_reported = true
-      self:emit("error", tether.error("ERR_BROKER_DOWN",
-        ("the broker at %s cannot be reached (%s); retrying"):format(address, e.message)))
+      if e.code == "ERR_BROKER" then
+        -- it answered, and said no: AUTH refused, or still loading
+        self:emit("error", tether.error("ERR_BROKER",
+          ("the broker at %s refused the connection (a wrong password, or Redis still loading: %s); retrying")
+            :format(shown(address), e.message)))
+      else
+        self:emit("error", tether.error("ERR_BROKER_DOWN",
+          ("the broker at %s cannot be reached (%s); retrying"):format(shown(address), e.message)))
+      end
     end
   end)
   return conn, err
