@@ -219,6 +219,41 @@ describe("pools across machines (Redis Streams)", function()
     finish_agent(a1)
   end)
 
+  it("works against a Redis Cluster (one node holding every slot: all of a queue's keys are in one slot)", function()
+    -- cluster mode needs a TCP port (and its bus port + 10000): a random one
+    local port = 20000 + math.random(0, 9999)
+    local dir = H.tmpfile("cluster-" .. port)
+    require("lfs").mkdir(dir)
+    local srv = assert(tether.spawn("redis-server", { "--port", tostring(port), "--bind", "127.0.0.1",
+      "--cluster-enabled", "yes", "--cluster-config-file", dir .. "/nodes.conf", "--save", "",
+      "--appendonly", "no", "--dir", dir, "--logfile", "redis.log" }, { stdio = "ignore" }))
+    local function cli(...)
+      local out = {}
+      local c = assert(tether.spawn("redis-cli", { "-p", tostring(port), ... },
+        { stdio = { stdout = "pipe", stderr = "ignore" } }))
+      c.stdout:on("data", function(d) out[#out + 1] = d end)
+      H.run_until(function() return c.exit_code ~= nil end, 10)
+      return table.concat(out)
+    end
+    local ok, err = pcall(function()
+      H.run_until(function() return cli("PING"):find("PONG") ~= nil end, 10)
+      cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+      H.run_until(function() return cli("CLUSTER", "INFO"):find("cluster_state:ok") ~= nil end, 15)
+      local r = { addr = ("redis://127.0.0.1:%d"):format(port) }
+      local a = agent(r, "cq", 2)
+      local pool = B.pool { broker = r.addr, queue = "cq" }
+      local results, done = submit(pool, 50)
+      H.run_until(done, 30)
+      for i = 1, 50 do assert.equals(i * i, results[i].sq) end
+      pool:close()
+      H.run_until(function() return pool.closed end)
+      finish_agent(a)
+    end)
+    srv:kill("SIGKILL")
+    H.run_until(function() return srv.exit_code ~= nil or srv.signal ~= nil end, 10)
+    assert(ok, err)
+  end)
+
   it("two submitters on one queue each get their own results", function()
     local r = redis()
     local a1 = agent(r, "q2", 2)
