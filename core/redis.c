@@ -297,6 +297,27 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   *buf = uv_buf_init(r->rbuf, READ_CHUNK);
 }
 
+/* "-MOVED <slot> <host>:<port>" from a cluster node (over TCP): the
+ * address becomes that node's.  1 when it did. */
+static int moved(tt_redis_t *r, const redisReply *reply) {
+  const char *sp, *colon;
+  long v;
+  char *host;
+  if (reply->type != REDIS_REPLY_ERROR || r->host == NULL ||
+      reply->len < 8 || strncmp(reply->str, "MOVED ", 6) != 0)
+    return 0;
+  sp = memchr(reply->str + 6, ' ', reply->len - 6);
+  colon = sp ? strrchr(sp, ':') : NULL;
+  if (colon == NULL || colon == sp + 1 || !number(colon + 1, NULL, 1, 65535, &v))
+    return 0;
+  if ((host = copy(sp + 1, (size_t)(colon - sp - 1))) == NULL) return 0;
+  free(r->host);
+  r->host = host;
+  r->port = (int)v;
+  r->attempts = 0; /* (the backoff starts afresh: this is no failure) */
+  return 1;
+}
+
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   tt_redis_t *r = s->data;
   unsigned gen = r->gen;
@@ -322,6 +343,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     if ((c = TAILQ_FIRST(&r->pending)) == NULL) {
       freeReplyObject(reply);
       drop(r, UV_EPROTO); /* a reply nobody asked for */
+      return;
+    }
+    if (moved(r, reply)) {
+      /* a Redis Cluster node that does not hold the queue's slot: the
+       * connection goes to the one that does; what was pending fails as
+       * on any lost connection (the owner resends it, as after any) */
+      freeReplyObject(reply);
+      drop(r, TT_ERR_BROKER_DOWN);
       return;
     }
     TAILQ_REMOVE(&r->pending, c, link);

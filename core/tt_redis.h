@@ -100,7 +100,10 @@ struct tt_redis_s {
  * order, joined by '&'); HOST an address or a name (resolved at each
  * connect).  With a password, AUTH is the first command of every
  * connection (Redis 6 ACL users with USER); refused: TT_ERR_BROKER, and
- * retried after the backoff like any lost connection.
+ * retried after the backoff like any lost connection.  A Redis Cluster
+ * node's MOVED answer moves the connection to the node it names (what was
+ * pending fails with TT_ERR_BROKER_DOWN, as on any lost connection): a
+ * client whose keys share one hash slot follows it to its node.
  * 0, or UV_EINVAL for an address it cannot read (nothing to close then).
  * Connecting starts at once; on_state(1) when ready. */
 int tt_redis_start(uv_loop_t *loop, tt_redis_t *r, const char *address,

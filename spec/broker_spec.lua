@@ -219,15 +219,11 @@ describe("pools across machines (Redis Streams)", function()
     finish_agent(a1)
   end)
 
-  it("works against a Redis Cluster (one node holding every slot: all of a queue's keys are in one slot)", function()
-    -- cluster mode needs a TCP port (and its bus port + 10000): a random one
-    local port = 20000 + math.random(0, 9999)
-    local dir = H.tmpfile("cluster-" .. port)
-    require("lfs").mkdir(dir)
-    local srv = assert(tether.spawn("redis-server", { "--port", tostring(port), "--bind", "127.0.0.1",
-      "--cluster-enabled", "yes", "--cluster-config-file", dir .. "/nodes.conf", "--save", "",
-      "--appendonly", "no", "--dir", dir, "--logfile", "redis.log" }, { stdio = "ignore" }))
-    local function cli(...)
+  it("works against a Redis Cluster, following MOVED to the node that holds the queue's slot", function()
+    -- cluster mode needs TCP ports (and bus ports + 10000): random ones
+    local base = 20000 + math.random(0, 4999) * 2
+    local servers = {}
+    local function cli(port, ...)
       local out = {}
       local c = assert(tether.spawn("redis-cli", { "-p", tostring(port), ... },
         { stdio = { stdout = "pipe", stderr = "ignore" } }))
@@ -235,22 +231,46 @@ describe("pools across machines (Redis Streams)", function()
       H.run_until(function() return c.exit_code ~= nil end, 10)
       return table.concat(out)
     end
+    for i = 0, 1 do
+      local port = base + i
+      local dir = H.tmpfile("cluster-" .. port)
+      require("lfs").mkdir(dir)
+      servers[#servers + 1] = assert(tether.spawn("redis-server", { "--port", tostring(port), "--bind", "127.0.0.1",
+        "--cluster-enabled", "yes", "--cluster-config-file", dir .. "/nodes.conf", "--save", "",
+        "--appendonly", "no", "--dir", dir, "--logfile", "redis.log" }, { stdio = "ignore" }))
+    end
     local ok, err = pcall(function()
-      H.run_until(function() return cli("PING"):find("PONG") ~= nil end, 10)
-      cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
-      H.run_until(function() return cli("CLUSTER", "INFO"):find("cluster_state:ok") ~= nil end, 15)
-      local r = { addr = ("redis://127.0.0.1:%d"):format(port) }
+      local a_port, b_port = base, base + 1
+      for _, port in ipairs { a_port, b_port } do
+        H.run_until(function() return cli(port, "PING"):find("PONG") ~= nil end, 10)
+      end
+      -- every slot on node A but the queue's, which is node B's: a client
+      -- given node A's address is sent on to B
+      local slot = tonumber(cli(a_port, "CLUSTER", "KEYSLOT", "{tether:cq}"):match("%d+"))
+      if slot > 0 then cli(a_port, "CLUSTER", "ADDSLOTSRANGE", "0", tostring(slot - 1)) end
+      if slot < 16383 then cli(a_port, "CLUSTER", "ADDSLOTSRANGE", tostring(slot + 1), "16383") end
+      cli(b_port, "CLUSTER", "ADDSLOTS", tostring(slot))
+      cli(a_port, "CLUSTER", "MEET", "127.0.0.1", tostring(b_port))
+      for _, port in ipairs { a_port, b_port } do
+        H.run_until(function() return cli(port, "CLUSTER", "INFO"):find("cluster_state:ok") ~= nil end, 20)
+      end
+      local r = { addr = ("redis://127.0.0.1:%d"):format(a_port) }
       local a = agent(r, "cq", 2)
       local pool = B.pool { broker = r.addr, queue = "cq" }
+      pool:on("error", function() end) -- (the first connection is moved on)
       local results, done = submit(pool, 50)
       H.run_until(done, 30)
       for i = 1, 50 do assert.equals(i * i, results[i].sq) end
+      -- the queue lives on node B, and Redis is left clean there too
+      assert.matches("^0", cli(b_port, "XLEN", "{tether:cq}:tasks"))
       pool:close()
       H.run_until(function() return pool.closed end)
       finish_agent(a)
     end)
-    srv:kill("SIGKILL")
-    H.run_until(function() return srv.exit_code ~= nil or srv.signal ~= nil end, 10)
+    for _, srv in ipairs(servers) do
+      srv:kill("SIGKILL")
+      H.run_until(function() return srv.exit_code ~= nil or srv.signal ~= nil end, 10)
+    end
     assert(ok, err)
   end)
 
