@@ -7,13 +7,18 @@
 -- (sequence number and length); a mismatch aborts with VERIFY FAILED.
 --
 -- Env: ANCHOR_SECS (default 1.5), ANCHOR_WARM (default 0.2),
---      BENCH_CASES (space-separated subset: pingpong stream spawn).
+--      BENCH_CASES (space-separated subset: pingpong stream spawn call),
+--      BENCH_SIZES (ping-pong sizes, default "16 1024 65536 1048576").
 local tether = require "tether"
 
 local SECS = tonumber(os.getenv("ANCHOR_SECS") or "") or 1.5
 local WARM = tonumber(os.getenv("ANCHOR_WARM") or "") or 0.2
 local CASES = os.getenv("BENCH_CASES") or "pingpong stream call spawn"
 local ANCHOR = os.getenv("BENCH_NAME") or "tether"
+local PINGPONG_SIZES = {}
+for w in (os.getenv("BENCH_SIZES") or "16 1024 65536 1048576"):gmatch("%d+") do
+  PINGPONG_SIZES[#PINGPONG_SIZES + 1] = tonumber(w)
+end
 local SCRIPT = debug.getinfo(1, "S").source:sub(2)
 
 local function fail(what)
@@ -222,7 +227,7 @@ local function main_task()
   local r = recv(kid)
   if r[0] ~= "R" or r[1] ~= kid.pid then fail("bad ready message") end
   if has("pingpong") then
-    for _, size in ipairs { 16, 1024, 65536, 1048576 } do
+    for _, size in ipairs(PINGPONG_SIZES) do
       pingpong(kid, size, WARM)
       local n, el = pingpong(kid, size, SECS)
       report("pingpong", size, "rt_per_s", n / el)

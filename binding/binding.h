@@ -214,6 +214,9 @@ void tt_open_acceptor(lua_State *L);
 void tt_open_redis(lua_State *L);
 void tt_open_fs(lua_State *L);
 void tt_open_zygote(lua_State *L);
+/* The `zygote` spawn option at idx (core.zygote_pair's asker), or NULL
+ * when it is not one or is closed. */
+struct tt_zygote_s *tt_lua_zygote(lua_State *L, int idx);
 /* The descriptor a received native MESSAGE carries, taken; -1: none (and
  * always on a JSON-lines channel, where the facade claims one for a
  * NODE_HANDLE message with take_handle). */

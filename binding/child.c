@@ -242,8 +242,8 @@ static int l_spawn(lua_State *L) {
   lua_getfield(L, 3, "json");
   po.channel_options.lines = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  lua_getfield(L, 3, "zygote_fd");
-  po.zygote_fd = (int)luaL_optinteger(L, -1, 0);
+  lua_getfield(L, 3, "zygote");
+  po.zygote = tt_lua_zygote(L, -1); /* (the table holds it during the spawn) */
   lua_pop(L, 1);
   lua_getfield(L, 3, "close_fds");
   po.keep_fds = lua_isboolean(L, -1) && !lua_toboolean(L, -1);

@@ -376,7 +376,10 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
   lua_getfield(L, idx, "detached");
   so->process.detached = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  so->process.zygote_fd = (int)num_field(L, idx, "zygote_fd", 0);
+  /* (the options table, held by opts_ref, keeps it alive) */
+  lua_getfield(L, idx, "zygote");
+  so->process.zygote = tt_lua_zygote(L, -1);
+  lua_pop(L, 1);
   so->process.stdio[0] = stdio_field(L, idx, "stdin_mode");
   so->process.stdio[1] = stdio_field(L, idx, "stdout_mode");
   so->process.stdio[2] = stdio_field(L, idx, "stderr_mode");

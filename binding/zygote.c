@@ -1,12 +1,16 @@
 /*
  * The zygote (core/tt_zygote.h) seen from Lua.
  *
- * core.zygote_pair() -> asker_fd, zygote_fd: a blocking socket pair
- * (close-on-exec; the zygote's end is passed with pass_fds) whose
- * descriptors the caller owns (core.close_fd).
- * core.zygote_serve(fd) -> argv (in a new worker, after the loop was told
- * it forked and the handshake was read again) | false (the asker closed
- * the socket: the zygote should exit) | nil, err.
+ * core.zygote_pair() -> asker, zygote_fd: a blocking socket pair
+ * (close-on-exec).  `asker` is a userdata (tt_zygote_t: the socket and
+ * the spares to reap) given as the `zygote` spawn option; asker:close(),
+ * __gc and __close close it.  The zygote's end is passed with pass_fds
+ * and closed by the caller (core.close_fd).
+ * core.zygote_serve(fd) -> notify (in a new spare) | false (the asker
+ * closed the socket: the zygote should exit) | nil, err.
+ * core.zygote_claim(fd, notify) -> argv (in the new worker, after the
+ * loop was told it forked and the handshake was read again) | false (the
+ * asker is gone: the spare should exit) | nil, err.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -19,11 +23,26 @@
 #include "tt_process.h"
 #include "tt_zygote.h"
 
+#define TT_ZYGOTE_MT "tether.zygote_asker"
+
+tt_zygote_t *tt_lua_zygote(lua_State *L, int idx) {
+  tt_zygote_t *z = luaL_testudata(L, idx, TT_ZYGOTE_MT);
+  return z != NULL && z->sock >= 0 ? z : NULL;
+}
+
+static int l_zygote_close(lua_State *L) {
+  tt_zygote_close(luaL_checkudata(L, 1, TT_ZYGOTE_MT));
+  return 0;
+}
+
 static int l_zygote_pair(lua_State *L) {
   int sv[2];
+  tt_zygote_t *z = lua_newuserdatauv(L, sizeof *z, 0);
+  tt_zygote_init(z, -1);
+  luaL_setmetatable(L, TT_ZYGOTE_MT);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return tt_lua_fail(L, -errno, "socketpair");
-  lua_pushinteger(L, sv[0]);
+  z->sock = sv[0];
   lua_pushinteger(L, sv[1]);
   return 2;
 }
@@ -37,9 +56,27 @@ static int l_close_fd(lua_State *L) {
 
 static int l_zygote_serve(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
+  int r;
+  luaL_argcheck(L, fd >= 0 && fd < 0x7fffffff, 1, "bad descriptor");
+  r = tt_zygote_serve((int)fd);
+  if (r == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (r == -ECHILD)
+    return tt_lua_fail(L, r, "its spare died before it was used (killed?): "
+                             "workers are exec'd from now on");
+  if (r < 0) return tt_lua_fail(L, r, "the zygote stopped serving");
+  lua_pushinteger(L, r);
+  return 1;
+}
+
+static int l_zygote_claim(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1), notify = luaL_checkinteger(L, 2);
   tt_zygote_worker_t w = {NULL, 0};
   int r, err;
   luaL_argcheck(L, fd >= 0 && fd < 0x7fffffff, 1, "bad descriptor");
+  luaL_argcheck(L, notify >= 0 && notify < 0x7fffffff, 2, "bad descriptor");
   {
     /* the loop's own descriptors: renewed by uv_loop_fork in the worker,
      * which closes them at these numbers first */
@@ -47,13 +84,13 @@ static int l_zygote_serve(lua_State *L) {
     int keep[5] = {loop->backend_fd, loop->async_io_watcher.fd,
                    loop->async_wfd, loop->signal_pipefd[0],
                    loop->signal_pipefd[1]};
-    r = tt_zygote_serve((int)fd, keep, 5, &w);
+    r = tt_zygote_claim((int)fd, (int)notify, keep, 5, &w);
   }
   if (r == 0) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (r < 0) return tt_lua_fail(L, r, "the zygote stopped serving");
+  if (r < 0) return tt_lua_fail(L, r, "the spare stopped waiting");
   /* a new worker: a loop of its own, and the environment it was given */
   if ((err = uv_loop_fork(&tt_state(L)->loop)) != 0) {
     fprintf(stderr, "tether: a forked worker cannot renew its loop: %s\n",
@@ -79,7 +116,18 @@ void tt_open_zygote(lua_State *L) {
   static const luaL_Reg fns[] = {{"zygote_pair", l_zygote_pair},
                                  {"can_prefork", l_can_prefork},
                                  {"zygote_serve", l_zygote_serve},
+                                 {"zygote_claim", l_zygote_claim},
                                  {"close_fd", l_close_fd},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
+  luaL_newmetatable(L, TT_ZYGOTE_MT);
+  lua_pushcfunction(L, l_zygote_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, l_zygote_close);
+  lua_setfield(L, -2, "__close");
+  lua_newtable(L);
+  lua_pushcfunction(L, l_zygote_close);
+  lua_setfield(L, -2, "close");
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
 }

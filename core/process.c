@@ -572,7 +572,7 @@ static int spawn_by_zygote(const tt_process_options_t *o, const int src[3],
   req.fds = fds;
   req.targets = targets;
   req.nfds = n;
-  err = tt_zygote_request(o->zygote_fd, &req, &got);
+  err = tt_zygote_request(o->zygote, &req, &got);
   if (null_fd >= 0) close(null_fd);
   if (err == 0) *pid = got;
   return err;
@@ -653,7 +653,7 @@ static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
   if (o->detached || o->new_session) flags |= POSIX_SPAWN_SETSID;
   err = posix_spawnattr_setflags(&at, flags);
   if (err == 0) err = add_file_actions(&fa, o, src, *chan);
-  if (err == 0 && o->zygote_fd > 0) {
+  if (err == 0 && o->zygote != NULL && o->zygote->sock >= 0) {
     int zerr = spawn_by_zygote(o, src, *chan, env, &pid);
     if (zerr == 0) forked = 1;
     else if (!zygote_unusable(zerr)) err = -zerr;

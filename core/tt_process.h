@@ -60,11 +60,11 @@ typedef struct {
   const int *pass_fds;
   size_t pass_fds_count;
   tt_channel_options_t channel_options;
-  /* > 0: a socket to a zygote (tt_zygote.h) that runs `file` already: the
-   * child is forked from it instead of started by exec (`keep_fds` does
-   * not apply: it gets only its stdio, channel and pass_fds).  When the
-   * zygote is gone, the child is spawned the usual way. */
-  int zygote_fd;
+  /* Not NULL: a zygote (tt_zygote.h) that runs `file` already: the child
+   * is forked from it instead of started by exec (`keep_fds` does not
+   * apply: it gets only its stdio, channel and pass_fds).  When the zygote
+   * is gone or closed, the child is spawned the usual way. */
+  struct tt_zygote_s *zygote;
 } tt_process_options_t;
 
 typedef struct tt_process_s tt_process_t;

@@ -9,13 +9,24 @@
  * asker reaps it, gets its exit status and signals it exactly as a child
  * it spawned itself (tt_process.h watches it through a pidfd).
  *
+ * The zygote keeps one spare ready: a worker already forked (and warmed by
+ * its runtime: random seeds, compiled runner) that waits for a request, so
+ * a request costs no fork on the asker's clock.  Once the spare takes a
+ * request, the zygote forks the next one.  Spares are made with
+ * clone(CLONE_PARENT) too: each is the asker's child from its birth, and
+ * the zygote tells the asker its pid (a SPARE record), so that a spare
+ * never used is reaped by tt_zygote_close(), not left a zombie.
+ *
  * The asker sends one request on a stream socket: the worker's argv, its
  * whole environment, cwd, whether it gets a new session, and the
  * descriptors it must find at given numbers (stdio, the channel,
- * pass_fds) in an SCM_RIGHTS message.  The zygote answers with the pid,
- * once the worker has set itself up (its descriptors in place, every other
- * one closed, cwd, session, signals at their defaults and unblocked, the
- * environment replaced), or with the error that stopped it.
+ * pass_fds) in an SCM_RIGHTS message.  The spare answers with its pid
+ * (a REPLY record), or with the error that keeps it from serving this
+ * request (it then waits for the next); it then sets itself up (its
+ * descriptors in place, every other one closed, cwd, session, signals at
+ * their defaults and unblocked, the environment replaced), or says why
+ * not on its stderr and exits 127, as a failed exec does.  A spare that
+ * dies unused ends the zygote: the asker exec's from then on.
  *
  * What a worker made this way does not get, unlike one started by exec:
  * a fresh address-space layout (it shares the zygote's, ASLR included),
@@ -41,30 +52,54 @@ typedef struct {
   size_t nfds;
 } tt_zygote_request_t;
 
-/* The asker's side: sends `req` on `sock` (a blocking stream socket to the
- * zygote) and waits for the answer.  0 and *pid, or a negative error: the
- * worker's own (UV_ENOENT for a missing cwd, ...), UV_EINVAL for a request
- * that cannot be sent (too many descriptors, too long), UV_EPIPE /
+/* The asker's end of a zygote: its socket (blocking), and the spares the
+ * zygote said it made, which are our children until one serves. */
+#define TT_ZYGOTE_MAX_SPARES 8
+typedef struct tt_zygote_s {
+  int sock; /* -1 once closed */
+  int spares[TT_ZYGOTE_MAX_SPARES];
+  size_t nspares;
+} tt_zygote_t;
+
+/* Takes `sock`, a connected stream socket to the zygote. */
+void tt_zygote_init(tt_zygote_t *z, int sock);
+
+/* Sends `req` and waits for the answer.  0 and *pid, or a negative error:
+ * the worker's own (UV_EBUSY: a target descriptor the zygote's loop
+ * holds), UV_EINVAL for a request that cannot be sent (too many
+ * descriptors, too long), UV_EBADF once closed, UV_EPIPE /
  * UV_ECONNRESET / UV_EPROTO when the zygote is gone or garbled: the
  * caller then spawns the usual way. */
-int tt_zygote_request(int sock, const tt_zygote_request_t *req, int *pid);
+int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
+                      int *pid);
 
-/* What tt_zygote_serve() gives the new worker: argv (NULL-ended, and
+/* Closes the socket (the zygote and its spare exit when they see it),
+ * then reaps every spare never used, waiting up to about a second for
+ * them to go before killing them.  Idempotent. */
+void tt_zygote_close(tt_zygote_t *z);
+
+/* What tt_zygote_claim() gives the new worker: argv (NULL-ended, and
  * argc), allocated and its to keep. */
 typedef struct {
   char **args;
   int argc;
 } tt_zygote_worker_t;
 
-/* The zygote's side: serves requests on `sock` until its peer closes it.
+/* The zygote's side: makes spares for the asker on `sock`, one at a time,
+ * until the asker closes it.  Returns 0 in the zygote at the end (it
+ * should exit), a negative error if serving failed (a spare died unused,
+ * out of processes), and, in each new spare, its descriptor to the zygote
+ * (> 0), for tt_zygote_claim(). */
+int tt_zygote_serve(int sock);
+
+/* In a spare: waits for a request on `sock` and becomes its worker.
  * `keep` are descriptors the worker's runtime will still close or use at
- * their numbers after the fork (its event loop's, to be renewed): a
- * request that would put a descriptor there is refused (UV_EBUSY: the
- * asker spawns the usual way).
- * Returns 0 in the zygote at the end (it should exit), a negative error
- * if serving failed, and 1 in each new worker, with *out filled: the
- * worker goes on from there (its loop must be told it forked). */
-int tt_zygote_serve(int sock, const int *keep, size_t nkeep,
+ * their numbers (its event loop's, to be renewed): a request that would
+ * put a descriptor there is refused (UV_EBUSY: the asker spawns the usual
+ * way) and the spare waits for the next.  Returns 1 in the worker, set
+ * up, with *out filled (its loop must be told it forked), 0 when the
+ * asker is gone (the spare should exit), or a negative error. */
+int tt_zygote_claim(int sock, int notify, const int *keep, size_t nkeep,
                     tt_zygote_worker_t *out);
 
 #endif /* TT_ZYGOTE_H */

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -25,10 +26,14 @@ typedef struct {
   int32_t targets[TT_ZYGOTE_MAX_FDS];
 } wire_t;
 
+/* What the asker reads: a spare's pid as the zygote makes it, and each
+ * request's answer, from the spare that took it. */
+enum { RECORD_SPARE = 1, RECORD_REPLY = 2 };
 typedef struct {
-  int32_t err; /* 0, or the worker's negative error */
-  int32_t pid; /* the worker (also when it failed: the asker reaps it) */
-} reply_t;
+  int32_t kind;
+  int32_t err; /* REPLY: 0, or why this request was refused */
+  int32_t pid; /* SPARE: the spare; REPLY: the worker, or 0 */
+} record_t;
 
 static size_t count(char **list) {
   size_t n = 0;
@@ -63,7 +68,27 @@ static int read_all(int fd, char *p, size_t len) {
 
 /* ---- the asker ---- */
 
-int tt_zygote_request(int sock, const tt_zygote_request_t *req, int *pid) {
+void tt_zygote_init(tt_zygote_t *z, int sock) {
+  memset(z, 0, sizeof *z);
+  z->sock = sock;
+}
+
+static int note_spare(tt_zygote_t *z, int pid) {
+  if (pid <= 0 || z->nspares == TT_ZYGOTE_MAX_SPARES) return UV_EPROTO;
+  z->spares[z->nspares++] = pid;
+  return 0;
+}
+
+static void forget_spare(tt_zygote_t *z, int pid) {
+  for (size_t i = 0; i < z->nspares; i++)
+    if (z->spares[i] == pid) {
+      z->spares[i] = z->spares[--z->nspares];
+      return;
+    }
+}
+
+int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
+                      int *pid) {
   size_t argc = count(req->args), envc = count(req->env), body = 0, off;
   const char *cwd = req->cwd != NULL ? req->cwd : "";
   char *buf, cbuf[CMSG_SPACE(sizeof(int) * TT_ZYGOTE_MAX_FDS)];
@@ -71,9 +96,10 @@ int tt_zygote_request(int sock, const tt_zygote_request_t *req, int *pid) {
   struct msghdr m;
   struct iovec iov;
   struct cmsghdr *c;
-  reply_t r;
+  record_t r;
   ssize_t n;
-  int err;
+  int err, sock = z->sock;
+  if (sock < 0) return UV_EBADF;
   if (req->nfds == 0 || req->nfds > TT_ZYGOTE_MAX_FDS || argc == 0)
     return UV_EINVAL;
   body = strlen(cwd) + 1;
@@ -124,9 +150,19 @@ int tt_zygote_request(int sock, const tt_zygote_request_t *req, int *pid) {
   err = write_all(sock, buf + n, off - (size_t)n);
   free(buf);
   if (err != 0) return err;
-  if ((err = read_all(sock, (char *)&r, sizeof r)) != 0)
-    return err == UV_EOF ? UV_ECONNRESET : err;
+  /* the spares made meanwhile, then the answer */
+  for (;;) {
+    if ((err = read_all(sock, (char *)&r, sizeof r)) != 0)
+      return err == UV_EOF ? UV_ECONNRESET : err;
+    if (r.kind == RECORD_SPARE) {
+      if ((err = note_spare(z, r.pid)) != 0) return err;
+      continue;
+    }
+    if (r.kind != RECORD_REPLY) return UV_EPROTO;
+    break;
+  }
   if (r.pid <= 0) return r.err < 0 ? r.err : UV_EPROTO;
+  forget_spare(z, r.pid);
   if (r.err != 0) {
     /* it is our child (CLONE_PARENT) and it has exited: reap it */
     while (waitpid(r.pid, NULL, 0) < 0 && errno == EINTR) {
@@ -135,6 +171,40 @@ int tt_zygote_request(int sock, const tt_zygote_request_t *req, int *pid) {
   }
   *pid = r.pid;
   return 0;
+}
+
+void tt_zygote_close(tt_zygote_t *z) {
+  uint64_t deadline;
+  if (z->sock < 0) return;
+  /* the spare sees the end of requests and exits, the zygote sees it and
+   * exits: the socket then ends, and every SPARE record is in */
+  shutdown(z->sock, SHUT_WR);
+  deadline = uv_hrtime() + (uint64_t)1000 * 1000000u;
+  for (;;) {
+    struct pollfd pf = {z->sock, POLLIN, 0};
+    uint64_t now = uv_hrtime();
+    record_t r;
+    int k;
+    if (now >= deadline) break;
+    k = poll(&pf, 1, (int)((deadline - now) / 1000000u) + 1);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    if (read_all(z->sock, (char *)&r, sizeof r) != 0) break;
+    if (r.kind == RECORD_SPARE) (void)note_spare(z, r.pid);
+  }
+  close(z->sock);
+  z->sock = -1;
+  for (size_t i = 0; i < z->nspares; i++) {
+    pid_t r;
+    do r = waitpid(z->spares[i], NULL, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      kill(z->spares[i], SIGKILL);
+      while (waitpid(z->spares[i], NULL, 0) < 0 && errno == EINTR) {
+      }
+    }
+  }
+  z->nspares = 0;
 }
 
 /* ---- the zygote ---- */
@@ -180,7 +250,61 @@ static int collides(const wire_t *w, const int *keep, size_t nkeep) {
   return 0;
 }
 
-int tt_zygote_serve(int sock, const int *keep, size_t nkeep,
+/* Until the spare takes a request (1: make the next), the asker closes
+ * the socket (0), or the spare dies unused (-ECHILD). */
+static int wait_claim(int sock, int claim) {
+  for (;;) {
+    struct pollfd pf[2] = {{claim, POLLIN, 0}, {sock, POLLRDHUP, 0}};
+    char b;
+    ssize_t n;
+    if (poll(pf, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    /* (the asker's close first: it is also why a spare exits unused) */
+    if (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) return 0;
+    if (pf[0].revents != 0) {
+      do n = read(claim, &b, 1);
+      while (n < 0 && errno == EINTR);
+      return n == 1 ? 1 : -ECHILD;
+    }
+  }
+}
+
+int tt_zygote_serve(int sock) {
+  for (;;) {
+    int p[2], r;
+    long pid;
+    record_t rec;
+    if (pipe2(p, O_CLOEXEC) != 0) return -errno;
+    /* a fork whose child is our parent's: it reaps and signals it */
+    pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0) {
+      close(p[0]);
+      return p[1]; /* (> 0: above p[0]) */
+    }
+    close(p[1]);
+    if (pid < 0) {
+      r = -errno;
+      close(p[0]);
+      return r;
+    }
+    memset(&rec, 0, sizeof rec);
+    rec.kind = RECORD_SPARE;
+    rec.pid = (int32_t)pid;
+    if (write_all(sock, (char *)&rec, sizeof rec) != 0) {
+      /* the asker is gone (it reaps nothing now): the spare goes too */
+      kill((pid_t)pid, SIGKILL);
+      close(p[0]);
+      return 0;
+    }
+    r = wait_claim(sock, p[0]);
+    close(p[0]);
+    if (r <= 0) return r;
+  }
+}
+
+int tt_zygote_claim(int sock, int notify, const int *keep, size_t nkeep,
                     tt_zygote_worker_t *out) {
   for (;;) {
     char cbuf[CMSG_SPACE(sizeof(int) * TT_ZYGOTE_MAX_FDS)];
@@ -190,9 +314,10 @@ int tt_zygote_serve(int sock, const int *keep, size_t nkeep,
     struct iovec iov;
     struct cmsghdr *c;
     char *body = NULL, **args = NULL, **env = NULL, *p;
-    reply_t r = {0, 0};
+    record_t r;
     ssize_t n;
     memset(&m, 0, sizeof m);
+    memset(&r, 0, sizeof r);
     iov.iov_base = &w;
     iov.iov_len = sizeof w;
     m.msg_iov = &iov;
@@ -201,7 +326,8 @@ int tt_zygote_serve(int sock, const int *keep, size_t nkeep,
     m.msg_controllen = sizeof cbuf;
     do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
-    if (n == 0) return 0; /* the asker is gone */
+    /* the asker is gone (ECONNRESET: it closed with our records unread) */
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) return 0;
     if (n < 0) return -errno;
     for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c))
       if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
@@ -236,33 +362,32 @@ int tt_zygote_serve(int sock, const int *keep, size_t nkeep,
       }
     }
     if (err == 0 && collides(&w, keep, nkeep)) err = UV_EBUSY;
+    r.kind = RECORD_REPLY;
     if (err == 0) {
-      /* a fork whose child is our parent's: it reaps and signals it.  The
-       * answer goes at once; a worker that cannot set itself up (the
-       * asker checked cwd and the program already) says why on its stderr
-       * and exits 127, as a failed exec does. */
-      long pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
-      if (pid == 0) {
-        int st = setup(&w, fds, body, env);
-        if (st < 0) {
-          static const char msg[] = "tether zygote: the worker cannot be set up\n";
-          (void)!write(2, msg, sizeof msg - 1);
-          _exit(127);
-        }
-        out->args = args;
-        out->argc = (int)w.argc;
-        free(env); /* (putenv keeps the strings, which live in body) */
-        return 1;
+      /* the answer goes at once, then the zygote makes the next spare;
+       * a worker that cannot set itself up (the asker checked cwd and
+       * the program already) says why on its stderr and exits 127, as a
+       * failed exec does */
+      int st;
+      r.pid = (int32_t)getpid();
+      if (write_all(sock, (char *)&r, sizeof r) != 0) return 0;
+      (void)!write(notify, "c", 1);
+      st = setup(&w, fds, body, env);
+      if (st < 0) {
+        static const char msg[] = "tether zygote: the worker cannot be set up\n";
+        (void)!write(2, msg, sizeof msg - 1);
+        _exit(127);
       }
-      if (pid < 0) err = -errno;
-      else r.pid = (int32_t)pid;
+      out->args = args;
+      out->argc = (int)w.argc;
+      free(env); /* (putenv keeps the strings, which live in body) */
+      return 1;
     }
     for (int i = 0; i < nfds; i++) close(fds[i]);
     free(body);
     free(args);
     free(env);
     r.err = err;
-    if (r.pid == 0 && r.err == 0) r.err = UV_EPROTO;
     if (write_all(sock, (char *)&r, sizeof r) != 0) return 0;
     if (err == UV_EPROTO) return err; /* out of step with the asker */
   }

@@ -413,7 +413,7 @@ local function spawn_options(opts)
   local o = {}
   o.cwd, o.detached, o.max_message, o.high_water = opts.cwd, opts.detached, opts.max_message, opts.high_water
   o.flush_timeout, o.close_fds, o.pass_fds = opts.flush_timeout, opts.close_fds, opts.pass_fds
-  o.zygote_fd = opts.zygote_fd -- set by fork for `prefork` (lua/tether/zygote.lua)
+  o.zygote = opts.zygote -- set by fork for `prefork` (lua/tether/zygote.lua)
   if opts.serialization == "json" then
     if not json.available then error(json.why, 4) end
     o.json = true
@@ -682,7 +682,7 @@ function tether.fork(script, args, opts)
   o.channel = true
   local lua = opts.lua or interpreter()
   o.prefork = nil
-  if opts.prefork then o.zygote_fd = require("tether.zygote").fd_for(opts.prefork, lua) end
+  if opts.prefork then o.zygote = require("tether.zygote").asker_for(opts.prefork, lua) end
   return spawn(lua, argv, o)
 end
 

@@ -159,6 +159,61 @@ describe("prefork (zygote)", function()
     assert.are.same({ "a", "b" }, got.args)
   end)
 
+  -- our children running zygote_main.lua other than the zygote and those
+  -- in `before` (other zygotes' spares): its spares
+  local function spares_of(zy, before)
+    local out = {}
+    local p = io.popen("ls /proc")
+    for name in p:lines() do
+      local pid = tonumber(name)
+      if pid and pid ~= zy.pid and not (before and before[pid]) and stat_field(pid, 4) == my_pid() then
+        local f = io.open("/proc/" .. pid .. "/cmdline")
+        local cmd = f and f:read("a") or ""
+        if f then f:close() end
+        if cmd:find("zygote_main", 1, true) then out[#out + 1] = pid end
+      end
+    end
+    p:close()
+    return out
+  end
+
+  local function alive(pid) return io.open("/proc/" .. pid .. "/stat") ~= nil end
+
+  it("keeps a spare ready, our child, which serves the next request; a spare never used is reaped", function()
+    if not tether.core.can_prefork() then return pending("no pidfds here (valgrind)") end
+    local before = {}
+    for _, pid in ipairs(spares_of({})) do before[pid] = true end
+    local z5 = assert(tether.zygote {})
+    local spare
+    H.run_until(function() spare = spares_of(z5, before)[1] return spare ~= nil end, 10)
+    local got, c = report({ prefork = z5 })
+    assert.are.equal(spare, got.pid, "the spare became the worker")
+    assert.are.equal(0, c.exit_code)
+    local next_spare
+    H.run_until(function() next_spare = spares_of(z5, before)[1] return next_spare ~= nil end, 10)
+    assert.are_not.equal(spare, next_spare)
+    os.execute("kill -9 " .. z5.pid)
+    H.run_until(function() return z5.dead end, 10)
+    assert.is_false(alive(next_spare), "the spare outlived its zygote, or was left a zombie")
+    assert.are.same({}, spares_of(z5, before))
+  end)
+
+  it("stops the zygote when its spare dies unused; workers are exec'd then", function()
+    if not tether.core.can_prefork() then return pending("no pidfds here (valgrind)") end
+    local before = {}
+    for _, pid in ipairs(spares_of({})) do before[pid] = true end
+    local z6 = assert(tether.zygote {})
+    local spare
+    H.run_until(function() spare = spares_of(z6, before)[1] return spare ~= nil end, 10)
+    os.execute("kill -9 " .. spare)
+    H.run_until(function() return z6.dead end, 10)
+    assert.are.equal(1, z6.exit_code)
+    assert.is_false(alive(spare), "the dead spare was not reaped")
+    local got, c = report({ prefork = z6 })
+    assert.are.equal(c.pid, got.pid)
+    assert.are.same({ "a", "b" }, got.args)
+  end)
+
   it("refuses bad options", function()
     assert.has_error(function() tether.fork("x.lua", {}, { prefork = "yes" }) end)
     assert.has_error(function() tether.zygote { preload = "cjson" } end)

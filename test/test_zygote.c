@@ -17,9 +17,12 @@
 #include "suites.h"
 #include "tt_zygote.h"
 
-/* A zygote process: serves on `sock`; each worker reports argv[1], its
- * cwd, $ZV and whether fd 5 is open, then exits 7.  *zpid: the zygote. */
-static int start_zygote(int *zpid, const int *keep, size_t nkeep) {
+/* A zygote process: serves on `sock`; each spare writes its pid on
+ * spare_out (if >= 0), then waits; each worker reports argv[1], its cwd,
+ * $ZV and whether fd 5 and the zygote's socket are open, then exits 7.
+ * *zpid: the zygote. */
+static void start_zygote(tt_zygote_t *z, int *zpid, const int *keep,
+                         size_t nkeep, int spare_out) {
   int sv[2];
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   *zpid = fork();
@@ -28,23 +31,29 @@ static int start_zygote(int *zpid, const int *keep, size_t nkeep) {
     tt_zygote_worker_t w;
     int r;
     close(sv[0]);
-    r = tt_zygote_serve(sv[1], keep, nkeep, &w);
-    if (r == 1) {
-      char cwd[256], line[512];
-      const char *zv = getenv("ZV");
-      int n = snprintf(line, sizeof line, "%s|%s|%s|%d|%d\n", w.args[1],
-                       getcwd(cwd, sizeof cwd) ? cwd : "?", zv ? zv : "-",
-                       fcntl(5, F_GETFD) >= 0, fcntl(sv[1], F_GETFD) >= 0);
-      (void)!write(1, line, (size_t)n);
-      _exit(7);
+    r = tt_zygote_serve(sv[1]);
+    if (r > 0) {
+      int me = getpid();
+      if (spare_out >= 0) (void)!write(spare_out, &me, sizeof me);
+      r = tt_zygote_claim(sv[1], r, keep, nkeep, &w);
+      if (r == 1) {
+        char cwd[256], line[512];
+        const char *zv = getenv("ZV");
+        int n = snprintf(line, sizeof line, "%s|%s|%s|%d|%d\n", w.args[1],
+                         getcwd(cwd, sizeof cwd) ? cwd : "?", zv ? zv : "-",
+                         fcntl(5, F_GETFD) >= 0, fcntl(sv[1], F_GETFD) >= 0);
+        (void)!write(1, line, (size_t)n);
+        _exit(7);
+      }
     }
     _exit(r == 0 ? 0 : 1);
   }
   close(sv[1]);
-  return sv[0];
+  if (spare_out >= 0) close(spare_out);
+  tt_zygote_init(z, sv[0]);
 }
 
-static int request(int sock, int out_fd, int *pid, const int *targets,
+static int request(tt_zygote_t *z, int out_fd, int *pid, const int *targets,
                    size_t nfds) {
   char *args[] = {"lua5.4", "hello", NULL};
   char *env[] = {"ZV=from-the-asker", NULL};
@@ -57,55 +66,116 @@ static int request(int sock, int out_fd, int *pid, const int *targets,
   req.fds = fds;
   req.targets = targets;
   req.nfds = nfds;
-  return tt_zygote_request(sock, &req, pid);
+  return tt_zygote_request(z, &req, pid);
 }
 
-START_TEST(test_worker_is_ours) {
-  int zpid, pid = 0, p[2], st;
-  int targets[1] = {1};
+/* After the zygote was reaped: no child of ours is left (no spare). */
+static void assert_no_children(void) {
+  int st;
+  errno = 0;
+  ck_assert_int_eq(waitpid(-1, &st, WNOHANG), -1);
+  ck_assert_int_eq(errno, ECHILD);
+}
+
+static void expect_worker(int pid, int out) {
+  int st;
   char buf[512] = {0};
-  int sock = start_zygote(&zpid, NULL, 0);
-  ck_assert_int_eq(pipe(p), 0);
-  ck_assert_int_eq(request(sock, p[1], &pid, targets, 1), 0);
-  close(p[1]);
-  ck_assert_int_gt(pid, 0);
-  ck_assert_int_ne(pid, zpid);
-  /* our child, not the zygote's */
   ck_assert_int_eq(waitpid(pid, &st, 0), pid);
   ck_assert(WIFEXITED(st));
   ck_assert_int_eq(WEXITSTATUS(st), 7);
-  ck_assert_int_gt(read(p[0], buf, sizeof buf - 1), 0);
+  ck_assert_int_gt(read(out, buf, sizeof buf - 1), 0);
   /* its argv, cwd and environment; nothing but its descriptors open
    * (fd 5 and the zygote's socket are not) */
   ck_assert_str_eq(buf, "hello|/tmp|from-the-asker|0|0\n");
+}
+
+START_TEST(test_worker_is_ours) {
+  tt_zygote_t z;
+  int zpid, pid = 0, pid2 = 0, p[2], st;
+  int targets[1] = {1};
+  start_zygote(&z, &zpid, NULL, 0, -1);
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(request(&z, p[1], &pid, targets, 1), 0);
+  ck_assert_int_gt(pid, 0);
+  ck_assert_int_ne(pid, zpid);
+  /* our child, not the zygote's */
+  expect_worker(pid, p[0]);
+  /* the next spare serves the next request */
+  ck_assert_int_eq(request(&z, p[1], &pid2, targets, 1), 0);
+  ck_assert_int_ne(pid2, pid);
+  expect_worker(pid2, p[0]);
+  close(p[1]);
   close(p[0]);
-  close(sock); /* the zygote ends at EOF */
+  tt_zygote_close(&z); /* the zygote ends at EOF, its spare is reaped */
+  tt_zygote_close(&z);
+  ck_assert_int_eq(z.sock, -1);
   ck_assert_int_eq(waitpid(zpid, &st, 0), zpid);
   ck_assert_int_eq(WEXITSTATUS(st), 0);
+  assert_no_children();
+  ck_assert_int_eq(request(&z, 1, &pid, targets, 1), UV_EBADF);
 }
 END_TEST
 
 START_TEST(test_refusals) {
+  tt_zygote_t z;
   int zpid, pid = 0, p[2], st;
   int keep[1] = {1}, targets[1] = {1};
-  int sock = start_zygote(&zpid, keep, 1);
+  start_zygote(&z, &zpid, keep, 1, -1);
   ck_assert_int_eq(pipe(p), 0);
   /* a target the zygote's runtime keeps: refused, and still in step */
-  ck_assert_int_eq(request(sock, p[1], &pid, targets, 1), UV_EBUSY);
-  ck_assert_int_eq(request(sock, p[1], &pid, targets, 1), UV_EBUSY);
+  ck_assert_int_eq(request(&z, p[1], &pid, targets, 1), UV_EBUSY);
+  ck_assert_int_eq(request(&z, p[1], &pid, targets, 1), UV_EBUSY);
   /* nothing to give: refused before sending */
-  ck_assert_int_eq(request(sock, p[1], &pid, targets, 0), UV_EINVAL);
-  close(sock);
+  ck_assert_int_eq(request(&z, p[1], &pid, targets, 0), UV_EINVAL);
+  tt_zygote_close(&z);
   ck_assert_int_eq(waitpid(zpid, &st, 0), zpid);
-  /* a zygote that is gone */
-  sock = start_zygote(&zpid, NULL, 0);
+  ck_assert_int_eq(WEXITSTATUS(st), 0);
+  assert_no_children();
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+START_TEST(test_zygote_gone) {
+  tt_zygote_t z;
+  int zpid, pid = 0, p[2], st, err;
+  int targets[1] = {1};
+  start_zygote(&z, &zpid, NULL, 0, -1);
+  ck_assert_int_eq(pipe(p), 0);
   kill(zpid, SIGKILL);
   ck_assert_int_eq(waitpid(zpid, &st, 0), zpid);
-  {
-    int err = request(sock, p[1], &pid, targets, 1);
-    ck_assert(err == UV_EPIPE || err == UV_ECONNRESET);
+  /* the spare it had made (if it had) serves one; then nobody does */
+  err = request(&z, p[1], &pid, targets, 1);
+  if (err == 0) {
+    expect_worker(pid, p[0]);
+    err = request(&z, p[1], &pid, targets, 1);
   }
-  close(sock);
+  ck_assert_msg(err == UV_EPIPE || err == UV_ECONNRESET, "%d", err);
+  tt_zygote_close(&z);
+  assert_no_children();
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+START_TEST(test_spare_dies_unused) {
+  tt_zygote_t z;
+  int zpid, pid = 0, spare = 0, p[2], sp[2], st, err;
+  int targets[1] = {1};
+  ck_assert_int_eq(pipe(sp), 0);
+  start_zygote(&z, &zpid, NULL, 0, sp[1]);
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(read(sp[0], &spare, sizeof spare), (ssize_t)sizeof spare);
+  kill(spare, SIGKILL);
+  /* the zygote stops serving, and says so by its exit */
+  ck_assert_int_eq(waitpid(zpid, &st, 0), zpid);
+  ck_assert_int_eq(WEXITSTATUS(st), 1);
+  err = request(&z, p[1], &pid, targets, 1);
+  ck_assert_msg(err == UV_EPIPE || err == UV_ECONNRESET, "%d", err);
+  /* the dead spare was our child: reaped by the close */
+  tt_zygote_close(&z);
+  assert_no_children();
+  close(sp[0]);
   close(p[0]);
   close(p[1]);
 }
@@ -117,6 +187,8 @@ Suite *zygote_suite(void) {
   signal(SIGPIPE, SIG_IGN);
   tcase_add_test(tc, test_worker_is_ours);
   tcase_add_test(tc, test_refusals);
+  tcase_add_test(tc, test_zygote_gone);
+  tcase_add_test(tc, test_spare_dies_unused);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -84,7 +84,7 @@ function M.options(spec, what, level)
   if script then
     o.file = spec.lua or internal.interpreter()
     argv[1], argv[2] = internal.runner_path(), script
-    if spec.prefork then o.zygote_fd = require("tether.zygote").fd_for(spec.prefork, o.file) end
+    if spec.prefork then o.zygote = require("tether.zygote").asker_for(spec.prefork, o.file) end
     if env.LUA_PATH == nil then env.LUA_PATH_5_4 = env.LUA_PATH_5_4 or package.path end
     if env.LUA_CPATH == nil then env.LUA_CPATH_5_4 = env.LUA_CPATH_5_4 or package.cpath end
     o.wait_ready = true

@@ -48,14 +48,15 @@ function M.new(spec, level)
     env = { LUA_PATH_5_4 = package.path, LUA_CPATH_5_4 = package.cpath } })
   core.close_fd(theirs)
   if not child then
-    core.close_fd(asker)
+    asker:close()
     return nil, err
   end
-  local self = setmetatable({ lua = lua, pid = child.pid, _fd = asker, _child = child }, Zygote)
+  local self = setmetatable({ lua = lua, pid = child.pid, _asker = asker, _child = child }, Zygote)
   child._h:ref(false) -- it lives as long as we do, and keeps nothing running
   child:on("exit", function(code, sig)
     self.dead = true
     self.exit_code, self.signal = code, sig
+    asker:close() -- its spare goes, and is reaped: workers are exec'd now
   end)
   return self
 end
@@ -71,9 +72,9 @@ function M.is_zygote(v) return getmetatable(v) == Zygote end
 
 local shared = {}
 
---- The zygote_fd a spawn of `interpreter` uses for `prefork` (true or a
--- zygote), or nil.
-function M.fd_for(prefork, interpreter)
+--- The core's zygote (the asker's end) a spawn of `interpreter` uses for
+-- `prefork` (true or a zygote), or nil.
+function M.asker_for(prefork, interpreter)
   if not prefork then return nil end
   local z = prefork
   if prefork == true then
@@ -84,8 +85,8 @@ function M.fd_for(prefork, interpreter)
       shared[interpreter] = z
     end
   end
-  if z.inert or z.lua ~= interpreter then return nil end -- exec
-  return z._fd
+  if z.inert or z.dead or z.lua ~= interpreter then return nil end -- exec
+  return z._asker
 end
 
 function M.check(v)

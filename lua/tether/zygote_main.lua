@@ -32,16 +32,21 @@ collectgarbage("generational")
 collectgarbage()
 collectgarbage()
 
-local argv, err = tether.core.zygote_serve(fd)
-if argv == false then os.exit(0) end
-if not argv then
+-- The runner, compiled once here rather than in every worker.
+local runner_path = package.searchpath("tether.runner", package.path)
+local runner_chunk = runner_path and loadfile(runner_path)
+
+local notify, err = tether.core.zygote_serve(fd)
+if notify == false then os.exit(0) end
+if not notify then
   io.stderr:write("tether zygote: ", tostring(err), "\n")
   os.exit(1)
 end
 
--- a new worker
--- not the zygote's sequence, nor its siblings' (math.randomseed() alone
--- would mix the time and addresses, both the same in every sibling)
+-- A spare: what every worker does first is done before it is asked for.
+-- Its random seed is not the zygote's sequence, nor its siblings' (math.
+-- randomseed() alone would mix the time and addresses, both the same in
+-- every sibling).
 do
   local f = io.open("/dev/urandom", "rb")
   local bytes = f and f:read(16)
@@ -49,8 +54,22 @@ do
   if bytes and #bytes == 16 then math.randomseed(string.unpack("<i8i8", bytes))
   else math.randomseed(tether.core.getpid(), tether.hrtime()) end
 end
+
+local argv
+argv, err = tether.core.zygote_claim(fd, notify)
+if argv == false then os.exit(0) end
+if not argv then
+  io.stderr:write("tether zygote: ", tostring(err), "\n")
+  os.exit(1)
+end
+
+-- a new worker
 tether._after_fork()
 local runner = argv[2]
 arg = { [-1] = argv[1], [0] = runner }
 for i = 3, #argv do arg[i - 2] = argv[i] end
-dofile(runner)
+if runner == runner_path and runner_chunk then
+  runner_chunk()
+else
+  dofile(runner)
+end
