@@ -179,32 +179,39 @@ describe("prefork (zygote)", function()
 
   local function alive(pid) return io.open("/proc/" .. pid .. "/stat") ~= nil end
 
-  it("keeps a spare ready, our child, which serves the next request; a spare never used is reaped", function()
-    if not tether.core.can_prefork() then return pending("no pidfds here (valgrind)") end
+  -- a new zygote, and a function giving its spare once there is one (not
+  -- those of zygotes made before it)
+  local function zygote_with_spares()
     local before = {}
     for _, pid in ipairs(spares_of({})) do before[pid] = true end
-    local z5 = assert(tether.zygote {})
-    local spare
-    H.run_until(function() spare = spares_of(z5, before)[1] return spare ~= nil end, 10)
+    local zy = assert(tether.zygote {})
+    local function next_spare()
+      local spare
+      H.run_until(function() spare = spares_of(zy, before)[1] return spare ~= nil end, 10)
+      return spare
+    end
+    return zy, next_spare, function() return spares_of(zy, before) end
+  end
+
+  it("keeps a spare ready, our child, which serves the next request; a spare never used is reaped", function()
+    if not tether.core.can_prefork() then return pending("no pidfds here (valgrind)") end
+    local z5, spare_of_z5, spares_of_z5 = zygote_with_spares()
+    local spare = spare_of_z5()
     local got, c = report({ prefork = z5 })
     assert.are.equal(spare, got.pid, "the spare became the worker")
     assert.are.equal(0, c.exit_code)
-    local next_spare
-    H.run_until(function() next_spare = spares_of(z5, before)[1] return next_spare ~= nil end, 10)
+    local next_spare = spare_of_z5()
     assert.are_not.equal(spare, next_spare)
     os.execute("kill -9 " .. z5.pid)
     H.run_until(function() return z5.dead end, 10)
     assert.is_false(alive(next_spare), "the spare outlived its zygote, or was left a zombie")
-    assert.are.same({}, spares_of(z5, before))
+    assert.are.same({}, spares_of_z5())
   end)
 
   it("stops the zygote when its spare dies unused; workers are exec'd then", function()
     if not tether.core.can_prefork() then return pending("no pidfds here (valgrind)") end
-    local before = {}
-    for _, pid in ipairs(spares_of({})) do before[pid] = true end
-    local z6 = assert(tether.zygote {})
-    local spare
-    H.run_until(function() spare = spares_of(z6, before)[1] return spare ~= nil end, 10)
+    local z6, spare_of_z6 = zygote_with_spares()
+    local spare = spare_of_z6()
     os.execute("kill -9 " .. spare)
     H.run_until(function() return z6.dead end, 10)
     assert.are.equal(1, z6.exit_code)
