@@ -6,9 +6,9 @@
  * the spares to reap) given as the `zygote` spawn option; asker:close(),
  * __gc and __close close it.  The zygote's end is passed with pass_fds
  * and closed by the caller (core.close_fd).
- * core.zygote_serve(fd) -> notify (in a new spare) | false (the asker
- * closed the socket: the zygote should exit) | nil, err.
- * core.zygote_claim(fd, notify) -> argv (in the new worker, after the
+ * core.zygote_serve(fd, spares) -> link (in a new spare) | false (the
+ * asker closed the socket: the zygote should exit) | nil, err.
+ * core.zygote_claim(fd, link) -> argv (in the new worker, after the
  * loop was told it forked and the handshake was read again) | false (the
  * asker is gone: the spare should exit) | nil, err.
  */
@@ -56,15 +56,18 @@ static int l_close_fd(lua_State *L) {
 
 static int l_zygote_serve(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
+  lua_Integer spares = luaL_optinteger(L, 2, 1);
   int r;
   luaL_argcheck(L, fd >= 0 && fd < 0x7fffffff, 1, "bad descriptor");
-  r = tt_zygote_serve((int)fd);
+  luaL_argcheck(L, spares >= 1 && spares <= TT_ZYGOTE_MAX_SPARES, 2,
+                "spares out of range");
+  r = tt_zygote_serve((int)fd, (unsigned)spares);
   if (r == 0) {
     lua_pushboolean(L, 0);
     return 1;
   }
   if (r == -ECHILD)
-    return tt_lua_fail(L, r, "its spare died before it was used (killed?): "
+    return tt_lua_fail(L, r, "a spare died before it was used (killed?): "
                              "workers are exec'd from now on");
   if (r < 0) return tt_lua_fail(L, r, "the zygote stopped serving");
   lua_pushinteger(L, r);
@@ -72,11 +75,11 @@ static int l_zygote_serve(lua_State *L) {
 }
 
 static int l_zygote_claim(lua_State *L) {
-  lua_Integer fd = luaL_checkinteger(L, 1), notify = luaL_checkinteger(L, 2);
+  lua_Integer fd = luaL_checkinteger(L, 1), link = luaL_checkinteger(L, 2);
   tt_zygote_worker_t w = {NULL, 0};
   int r, err;
   luaL_argcheck(L, fd >= 0 && fd < 0x7fffffff, 1, "bad descriptor");
-  luaL_argcheck(L, notify >= 0 && notify < 0x7fffffff, 2, "bad descriptor");
+  luaL_argcheck(L, link >= 0 && link < 0x7fffffff, 2, "bad descriptor");
   {
     /* the loop's own descriptors: renewed by uv_loop_fork in the worker,
      * which closes them at these numbers first */
@@ -84,7 +87,7 @@ static int l_zygote_claim(lua_State *L) {
     int keep[5] = {loop->backend_fd, loop->async_io_watcher.fd,
                    loop->async_wfd, loop->signal_pipefd[0],
                    loop->signal_pipefd[1]};
-    r = tt_zygote_claim((int)fd, (int)notify, keep, 5, &w);
+    r = tt_zygote_claim((int)fd, (int)link, keep, 5, &w);
   }
   if (r == 0) {
     lua_pushboolean(L, 0);

@@ -9,13 +9,18 @@
  * asker reaps it, gets its exit status and signals it exactly as a child
  * it spawned itself (tt_process.h watches it through a pidfd).
  *
- * The zygote keeps one spare ready: a worker already forked (and warmed by
- * its runtime: random seeds, compiled runner) that waits for a request, so
- * a request costs no fork on the asker's clock.  Once the spare takes a
- * request, the zygote forks the next one.  Spares are made with
- * clone(CLONE_PARENT) too: each is the asker's child from its birth, and
- * the zygote tells the asker its pid (a SPARE record), so that a spare
- * never used is reaped by tt_zygote_close(), not left a zombie.
+ * The zygote keeps spares ready: workers already forked (and warmed by
+ * their runtime: random seeds, compiled runner) that wait for a request, so
+ * a request costs no fork on the asker's clock.  A spare also takes, while
+ * it waits, the copy-on-write faults a worker would take in its first
+ * steps (its pages of the zygote's heap, stack and data written once,
+ * code mapped), which on a virtual machine are most of a worker's start.
+ * One spare at a time is armed and reads the next request; once it has
+ * taken one, the zygote arms the next and forks a replacement.  Spares
+ * are made with clone(CLONE_PARENT) too: each is the asker's child from
+ * its birth, and the zygote tells the asker its pid (a SPARE record), so
+ * that a spare never used is reaped by tt_zygote_close(), not left a
+ * zombie.
  *
  * The asker sends one request on a stream socket: the worker's argv, its
  * whole environment, cwd, whether it gets a new session, and the
@@ -26,7 +31,8 @@
  * descriptors in place, every other one closed, cwd, session, signals at
  * their defaults and unblocked, the environment replaced), or says why
  * not on its stderr and exits 127, as a failed exec does.  A spare that
- * dies unused ends the zygote: the asker exec's from then on.
+ * dies unused ends the zygote and its other spares: the asker exec's from
+ * then on.
  *
  * What a worker made this way does not get, unlike one started by exec:
  * a fresh address-space layout (it shares the zygote's, ASLR included),
@@ -68,8 +74,9 @@ void tt_zygote_init(tt_zygote_t *z, int sock);
  * the worker's own (UV_EBUSY: a target descriptor the zygote's loop
  * holds), UV_EINVAL for a request that cannot be sent (too many
  * descriptors, too long), UV_EBADF once closed, UV_EPIPE /
- * UV_ECONNRESET / UV_EPROTO when the zygote is gone or garbled: the
- * caller then spawns the usual way. */
+ * UV_ECONNRESET / UV_EPROTO when the zygote is gone or garbled: it is
+ * then closed (tt_zygote_close: what it made is reaped) and the caller
+ * spawns the usual way. */
 int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
                       int *pid);
 
@@ -85,21 +92,22 @@ typedef struct {
   int argc;
 } tt_zygote_worker_t;
 
-/* The zygote's side: makes spares for the asker on `sock`, one at a time,
- * until the asker closes it.  Returns 0 in the zygote at the end (it
- * should exit), a negative error if serving failed (a spare died unused,
- * out of processes), and, in each new spare, its descriptor to the zygote
- * (> 0), for tt_zygote_claim(). */
-int tt_zygote_serve(int sock);
+/* The zygote's side: keeps `spares` spares (1 to TT_ZYGOTE_MAX_SPARES)
+ * for the asker on `sock` until the asker closes it.  Returns 0 in the
+ * zygote at the end (it should exit), a negative error if serving failed
+ * (-ECHILD: a spare died unused; out of processes), and, in each new
+ * spare, its link to the zygote (> 1), for tt_zygote_claim(). */
+int tt_zygote_serve(int sock, unsigned spares);
 
-/* In a spare: waits for a request on `sock` and becomes its worker.
+/* In a spare: warms itself, waits for its turn (`link`) and for a
+ * request on `sock`, and becomes its worker.
  * `keep` are descriptors the worker's runtime will still close or use at
  * their numbers (its event loop's, to be renewed): a request that would
  * put a descriptor there is refused (UV_EBUSY: the asker spawns the usual
  * way) and the spare waits for the next.  Returns 1 in the worker, set
  * up, with *out filled (its loop must be told it forked), 0 when the
  * asker is gone (the spare should exit), or a negative error. */
-int tt_zygote_claim(int sock, int notify, const int *keep, size_t nkeep,
+int tt_zygote_claim(int sock, int link, const int *keep, size_t nkeep,
                     tt_zygote_worker_t *out);
 
 #endif /* TT_ZYGOTE_H */

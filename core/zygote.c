@@ -4,11 +4,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -79,12 +81,13 @@ static int note_spare(tt_zygote_t *z, int pid) {
   return 0;
 }
 
-static void forget_spare(tt_zygote_t *z, int pid) {
+static int forget_spare(tt_zygote_t *z, int pid) {
   for (size_t i = 0; i < z->nspares; i++)
     if (z->spares[i] == pid) {
       z->spares[i] = z->spares[--z->nspares];
-      return;
+      return 1;
     }
+  return 0;
 }
 
 int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
@@ -145,32 +148,34 @@ int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
   if (n < 0) {
     err = -errno;
     free(buf);
-    return err;
+    goto unusable;
   }
   err = write_all(sock, buf + n, off - (size_t)n);
   free(buf);
-  if (err != 0) return err;
+  if (err != 0) goto unusable;
   /* the spares made meanwhile, then the answer */
   for (;;) {
-    if ((err = read_all(sock, (char *)&r, sizeof r)) != 0)
-      return err == UV_EOF ? UV_ECONNRESET : err;
-    if (r.kind == RECORD_SPARE) {
-      if ((err = note_spare(z, r.pid)) != 0) return err;
-      continue;
+    if ((err = read_all(sock, (char *)&r, sizeof r)) != 0) {
+      if (err == UV_EOF) err = UV_ECONNRESET;
+      goto unusable;
     }
-    if (r.kind != RECORD_REPLY) return UV_EPROTO;
-    break;
+    if (r.kind != RECORD_SPARE) break;
+    if (note_spare(z, r.pid) != 0) goto garbled;
   }
-  if (r.pid <= 0) return r.err < 0 ? r.err : UV_EPROTO;
-  forget_spare(z, r.pid);
-  if (r.err != 0) {
-    /* it is our child (CLONE_PARENT) and it has exited: reap it */
-    while (waitpid(r.pid, NULL, 0) < 0 && errno == EINTR) {
-    }
-    return r.err;
-  }
+  if (r.kind != RECORD_REPLY) goto garbled;
+  if (r.pid == 0 && r.err < 0 && r.err != UV_EPROTO)
+    return r.err; /* refused: the spare waits for the next request */
+  /* a worker is one of the spares we were told of, and nothing else */
+  if (r.pid <= 0 || r.err != 0 || !forget_spare(z, r.pid)) goto garbled;
   *pid = r.pid;
   return 0;
+garbled:
+  err = UV_EPROTO;
+unusable:
+  /* gone, or out of step: nothing more can be asked of it, and what it
+   * made (a worker whose answer we could not read too) is reaped now */
+  tt_zygote_close(z);
+  return err;
 }
 
 void tt_zygote_close(tt_zygote_t *z) {
@@ -190,6 +195,8 @@ void tt_zygote_close(tt_zygote_t *z) {
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) break;
     if (read_all(z->sock, (char *)&r, sizeof r) != 0) break;
+    /* (a REPLY read here is a worker nobody will hear of: it stays
+     * among the spares, and is killed and reaped with them) */
     if (r.kind == RECORD_SPARE) (void)note_spare(z, r.pid);
   }
   close(z->sock);
@@ -205,6 +212,116 @@ void tt_zygote_close(tt_zygote_t *z) {
     }
   }
   z->nspares = 0;
+}
+
+
+/* ---- a spare's warm-up ----
+ *
+ * A forked spare shares every page with the zygote copy-on-write: its
+ * first write to each (the heap, the stack, the libraries' data) is a
+ * fault that copies the page, and its first run of each code page maps
+ * it.  On a virtual machine such a fault costs 10-20 us, and a worker's
+ * set-up and its first Lua steps take a hundred or more of them: most of
+ * its start.  The spare takes them while it waits instead, writing to
+ * (with an atomic add of zero, which changes nothing even under a signal
+ * handler) every page the zygote has in its private writable mappings,
+ * and mapping the code it has in the page cache.  It stops as soon as a
+ * request is waiting, and after WARM_MAX_PAGES pages: a zygote with a
+ * large heap pays for a worker's copies as before, not for every page. */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#define WARM_MAX_PAGES 16384u
+#define WARM_MAX_MAPPING ((uintptr_t)1 << 30) /* (sanitizers' shadows) */
+#define WARM_CHUNK 8u /* pages between looks at the socket */
+
+/* (a write that changes nothing, out of the sanitizers' sight: the page
+ * is anybody's, a redzone included) */
+__attribute__((no_sanitize_address, noinline)) static void touch(char *p) {
+  __atomic_fetch_add(p, 0, __ATOMIC_RELAXED);
+}
+
+static int readable(int fd) {
+  struct pollfd pf = {fd, POLLIN, 0};
+  return poll(&pf, 1, 0) > 0;
+}
+
+/* Warms until done or a request waits for this spare: an unarmed spare
+ * only looks at its link (and reads "g" there: *armed), an armed one at
+ * the asker's socket. */
+static int request_waiting(int sock, int link, int *armed) {
+  if (!*armed) {
+    char b = 0;
+    if (!readable(link)) return 0;
+    if (read(link, &b, 1) != 1 || b != 'g') return 1; /* (wait_armed says) */
+    *armed = 1;
+  }
+  return readable(sock);
+}
+
+/* A spare lets WARM_DELAY_MS go by before it warms, unless a request
+ * comes first (then it serves without): it is made just as the last
+ * spare took a request, and warming then would take a core from that
+ * new worker and from the asker, for a spare not needed yet. */
+#define WARM_DELAY_MS 5
+
+static int settle(int sock, int link, int *armed) {
+  uint64_t deadline = uv_hrtime() + (uint64_t)WARM_DELAY_MS * 1000000u;
+  for (;;) {
+    struct pollfd pf = {*armed ? sock : link, POLLIN, 0};
+    uint64_t now = uv_hrtime();
+    int k;
+    if (now >= deadline) return 0;
+    k = poll(&pf, 1, (int)((deadline - now) / 1000000u) + 1);
+    if (k < 0 && errno != EINTR) return 1;
+    if (k > 0 && request_waiting(sock, link, armed)) return 1;
+  }
+}
+
+static void warm(int sock, int link, int *armed) {
+  unsigned char vec[WARM_CHUNK];
+  char line[512];
+  size_t page = (size_t)sysconf(_SC_PAGESIZE), done = 0;
+  FILE *maps;
+  if (settle(sock, link, armed) || (maps = fopen("/proc/self/maps", "re")) == NULL)
+    return;
+  while (done < WARM_MAX_PAGES && fgets(line, sizeof line, maps) != NULL) {
+    uintptr_t lo, hi;
+    char perm[5], path[256] = "";
+    int writable, code;
+    if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %255s", &lo, &hi, perm,
+               path) < 3)
+      continue;
+    writable = perm[0] == 'r' && perm[1] == 'w' && perm[3] == 'p';
+    code = perm[0] == 'r' && perm[2] == 'x' && path[0] == '/';
+    if ((!writable && !code) || hi - lo > WARM_MAX_MAPPING) continue;
+    /* ([vvar], [vdso] and the like are the kernel's) */
+    if (path[0] == '[' && strcmp(path, "[heap]") != 0 &&
+        strcmp(path, "[stack]") != 0)
+      continue;
+    for (uintptr_t at = lo; at < hi && done < WARM_MAX_PAGES;) {
+      size_t n = (hi - at) / page;
+      if (n > WARM_CHUNK) n = WARM_CHUNK;
+      if (request_waiting(sock, link, armed)) goto out;
+      if (mincore((void *)at, n * page, vec) != 0) break;
+      for (size_t i = 0; i < n; i++) {
+        char *pg = (char *)(at + i * page);
+        size_t run = 1;
+        if (!(vec[i] & 1)) continue; /* not the zygote's: not ours yet */
+        if (writable) {
+          touch(pg);
+        } else {
+          while (i + run < n && (vec[i + run] & 1)) run++;
+          (void)madvise(pg, run * page, MADV_POPULATE_READ);
+          i += run - 1;
+        }
+        done += run;
+      }
+      at += n * page;
+    }
+  }
+out:
+  fclose(maps);
 }
 
 /* ---- the zygote ---- */
@@ -250,62 +367,153 @@ static int collides(const wire_t *w, const int *keep, size_t nkeep) {
   return 0;
 }
 
-/* Until the spare takes a request (1: make the next), the asker closes
- * the socket (0), or the spare dies unused (-ECHILD). */
-static int wait_claim(int sock, int claim) {
+/* The zygote keeps up to `want` spares, each joined to it by a link (a
+ * socket pair): one at a time is armed (told "g" on its link: it alone
+ * reads the asker's socket, so no two read parts of one request), and
+ * says "c" when it has taken a request; the zygote then arms the next,
+ * already warm, and forks a replacement.  A link that ends otherwise is a
+ * spare dead unused: the zygote kills the others and ends, so that the
+ * socket closes and the asker spawns the usual way, instead of waiting
+ * for an answer nobody may give. */
+typedef struct {
+  int pid;
+  int link;
+} spare_t;
+
+static void end_spares(spare_t *sp, size_t n, int kill_them) {
+  for (size_t i = 0; i < n; i++) {
+    if (kill_them) kill(sp[i].pid, SIGKILL);
+    close(sp[i].link);
+  }
+}
+
+/* 0 in the zygote (sp[n] made), 1 when the asker is gone, a negative
+ * error, or in the new spare its end of the link (> 1). */
+static int make_spare(int sock, spare_t *sp, size_t n) {
+  int sv[2];
+  long pid;
+  record_t rec;
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return -errno;
+  /* a fork whose child is our parent's: it reaps and signals it */
+  pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+  if (pid == 0) {
+    /* the others' links are the zygote's alone: a spare sees the
+     * zygote's end as the end of its link */
+    for (size_t i = 0; i < n; i++) close(sp[i].link);
+    close(sv[0]);
+    return sv[1];
+  }
+  close(sv[1]);
+  if (pid < 0) {
+    int err = -errno;
+    close(sv[0]);
+    return err;
+  }
+  memset(&rec, 0, sizeof rec);
+  rec.kind = RECORD_SPARE;
+  rec.pid = (int32_t)pid;
+  if (write_all(sock, (char *)&rec, sizeof rec) != 0) {
+    /* the asker is gone (it reaps nothing now): the spare goes too */
+    kill((pid_t)pid, SIGKILL);
+    close(sv[0]);
+    return 1;
+  }
+  sp[n].pid = (int)pid;
+  sp[n].link = sv[0];
+  return 0;
+}
+
+static int arm(const spare_t *s) {
+  return send(s->link, "g", 1, MSG_NOSIGNAL) == 1 ? 0 : -ECHILD;
+}
+
+int tt_zygote_serve(int sock, unsigned want) {
+  spare_t sp[TT_ZYGOTE_MAX_SPARES];
+  size_t n = 0;
+  if (want < 1) want = 1;
+  if (want > TT_ZYGOTE_MAX_SPARES) want = TT_ZYGOTE_MAX_SPARES;
   for (;;) {
-    struct pollfd pf[2] = {{claim, POLLIN, 0}, {sock, POLLRDHUP, 0}};
-    char b;
+    struct pollfd pf[TT_ZYGOTE_MAX_SPARES + 1];
+    int r;
+    while (n < want) {
+      r = make_spare(sock, sp, n);
+      if (r > 1) return r; /* (in the spare) */
+      if (r != 0) {
+        end_spares(sp, n, 1);
+        return r == 1 ? 0 : r;
+      }
+      if (n++ == 0 && arm(&sp[0]) != 0) {
+        end_spares(sp, n, 1);
+        return -ECHILD;
+      }
+    }
+    pf[0].fd = sock;
+    pf[0].events = POLLRDHUP;
+    for (size_t i = 0; i < n; i++) {
+      pf[i + 1].fd = sp[i].link;
+      pf[i + 1].events = POLLIN;
+    }
+    if (poll(pf, n + 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      r = -errno;
+      end_spares(sp, n, 1);
+      return r;
+    }
+    /* the asker's close first: it is also why spares exit unused (each
+     * sees it, or the end of its link) */
+    if (pf[0].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
+      end_spares(sp, n, 0);
+      return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+      char b = 0;
+      ssize_t k;
+      if (pf[i + 1].revents == 0) continue;
+      do k = read(sp[i].link, &b, 1);
+      while (k < 0 && errno == EINTR);
+      if (k != 1 || b != 'c' || i != 0) {
+        end_spares(sp, n, 1);
+        return -ECHILD;
+      }
+      /* the armed one took a request: the next is armed at once, and a
+       * replacement forked when the loop comes round */
+      close(sp[0].link);
+      memmove(&sp[0], &sp[1], (n - 1) * sizeof *sp);
+      if (--n > 0 && arm(&sp[0]) != 0) {
+        end_spares(sp, n, 1);
+        return -ECHILD;
+      }
+      break; /* (pf no longer matches sp) */
+    }
+  }
+}
+
+/* An unarmed spare waits for its turn: 1 armed, 0 when the zygote or
+ * the asker is gone (the spare should exit). */
+static int wait_armed(int sock, int link) {
+  for (;;) {
+    struct pollfd pf[2] = {{link, POLLIN, 0}, {sock, POLLRDHUP, 0}};
+    char b = 0;
     ssize_t n;
     if (poll(pf, 2, -1) < 0) {
       if (errno == EINTR) continue;
       return -errno;
     }
-    /* (the asker's close first: it is also why a spare exits unused) */
     if (pf[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) return 0;
     if (pf[0].revents != 0) {
-      do n = read(claim, &b, 1);
+      do n = read(link, &b, 1);
       while (n < 0 && errno == EINTR);
-      return n == 1 ? 1 : -ECHILD;
+      return n == 1 && b == 'g' ? 1 : 0;
     }
   }
 }
 
-int tt_zygote_serve(int sock) {
-  for (;;) {
-    int p[2], r;
-    long pid;
-    record_t rec;
-    if (pipe2(p, O_CLOEXEC) != 0) return -errno;
-    /* a fork whose child is our parent's: it reaps and signals it */
-    pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
-    if (pid == 0) {
-      close(p[0]);
-      return p[1]; /* (> 0: above p[0]) */
-    }
-    close(p[1]);
-    if (pid < 0) {
-      r = -errno;
-      close(p[0]);
-      return r;
-    }
-    memset(&rec, 0, sizeof rec);
-    rec.kind = RECORD_SPARE;
-    rec.pid = (int32_t)pid;
-    if (write_all(sock, (char *)&rec, sizeof rec) != 0) {
-      /* the asker is gone (it reaps nothing now): the spare goes too */
-      kill((pid_t)pid, SIGKILL);
-      close(p[0]);
-      return 0;
-    }
-    r = wait_claim(sock, p[0]);
-    close(p[0]);
-    if (r <= 0) return r;
-  }
-}
-
-int tt_zygote_claim(int sock, int notify, const int *keep, size_t nkeep,
+int tt_zygote_claim(int sock, int link, const int *keep, size_t nkeep,
                     tt_zygote_worker_t *out) {
+  int armed = 0, st;
+  warm(sock, link, &armed);
+  if (!armed && (st = wait_armed(sock, link)) <= 0) return st;
   for (;;) {
     char cbuf[CMSG_SPACE(sizeof(int) * TT_ZYGOTE_MAX_FDS)];
     int fds[TT_ZYGOTE_MAX_FDS], nfds = 0, err = 0;
@@ -368,12 +576,10 @@ int tt_zygote_claim(int sock, int notify, const int *keep, size_t nkeep,
        * a worker that cannot set itself up (the asker checked cwd and
        * the program already) says why on its stderr and exits 127, as a
        * failed exec does */
-      int st;
       r.pid = (int32_t)getpid();
       if (write_all(sock, (char *)&r, sizeof r) != 0) return 0;
-      (void)!write(notify, "c", 1);
-      st = setup(&w, fds, body, env);
-      if (st < 0) {
+      (void)!write(link, "c", 1);
+      if (setup(&w, fds, body, env) < 0) {
         static const char msg[] = "tether zygote: the worker cannot be set up\n";
         (void)!write(2, msg, sizeof msg - 1);
         _exit(127);

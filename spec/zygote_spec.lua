@@ -181,10 +181,10 @@ describe("prefork (zygote)", function()
 
   -- a new zygote, and a function giving its spare once there is one (not
   -- those of zygotes made before it)
-  local function zygote_with_spares()
+  local function zygote_with_spares(opts)
     local before = {}
     for _, pid in ipairs(spares_of({})) do before[pid] = true end
-    local zy = assert(tether.zygote {})
+    local zy = assert(tether.zygote(opts or {}))
     local function next_spare()
       local spare
       H.run_until(function() spare = spares_of(zy, before)[1] return spare ~= nil end, 10)
@@ -221,7 +221,32 @@ describe("prefork (zygote)", function()
     assert.are.same({ "a", "b" }, got.args)
   end)
 
+  it("keeps as many spares as asked; each serves one request; the unused are reaped", function()
+    if not tether.core.can_prefork() then return pending("no pidfds here (valgrind)") end
+    local z7, _, spares_of_z7 = zygote_with_spares { spares = 3 }
+    H.run_until(function() return #spares_of_z7() == 3 end, 10)
+    local seen = {}
+    for _ = 1, 7 do -- back to back: more than it has ready
+      local got, c = report({ prefork = z7 })
+      assert.are.same({ "a", "b" }, got.args)
+      assert.are.equal(c.pid, got.pid)
+      assert.is_nil(seen[got.pid], "one spare served twice")
+      seen[got.pid] = true
+      assert.is_true(#spares_of_z7() <= 3)
+    end
+    H.run_until(function() return #spares_of_z7() == 3 end, 10)
+    local last = spares_of_z7()
+    z7._asker:close() -- (as when the zygote exits)
+    H.run_until(function() return z7.dead end, 10)
+    for _, pid in ipairs(last) do assert.is_false(alive(pid), "a spare outlived its zygote, or was left a zombie") end
+  end)
+
   it("refuses bad options", function()
+    for _, bad in ipairs { 0, 9, 1.5, "2" } do
+      local ok, err = pcall(tether.zygote, { spares = bad })
+      assert.is_false(ok)
+      assert.matches("spares", err)
+    end
     assert.has_error(function() tether.fork("x.lua", {}, { prefork = "yes" }) end)
     assert.has_error(function() tether.zygote { preload = "cjson" } end)
     assert.has_error(function() tether.zygote { bogus = 1 } end)

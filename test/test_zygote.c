@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,8 @@
  * spare_out (if >= 0), then waits; each worker reports argv[1], its cwd,
  * $ZV and whether fd 5 and the zygote's socket are open, then exits 7.
  * *zpid: the zygote. */
-static void start_zygote(tt_zygote_t *z, int *zpid, const int *keep,
-                         size_t nkeep, int spare_out) {
+static void start_zygote_n(tt_zygote_t *z, int *zpid, const int *keep,
+                           size_t nkeep, int spare_out, unsigned spares) {
   int sv[2];
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   *zpid = fork();
@@ -31,7 +32,7 @@ static void start_zygote(tt_zygote_t *z, int *zpid, const int *keep,
     tt_zygote_worker_t w;
     int r;
     close(sv[0]);
-    r = tt_zygote_serve(sv[1]);
+    r = tt_zygote_serve(sv[1], spares);
     if (r > 0) {
       int me = getpid();
       if (spare_out >= 0) (void)!write(spare_out, &me, sizeof me);
@@ -51,6 +52,11 @@ static void start_zygote(tt_zygote_t *z, int *zpid, const int *keep,
   close(sv[1]);
   if (spare_out >= 0) close(spare_out);
   tt_zygote_init(z, sv[0]);
+}
+
+static void start_zygote(tt_zygote_t *z, int *zpid, const int *keep,
+                         size_t nkeep, int spare_out) {
+  start_zygote_n(z, zpid, keep, nkeep, spare_out, 1);
 }
 
 static int request(tt_zygote_t *z, int out_fd, int *pid, const int *targets,
@@ -181,6 +187,112 @@ START_TEST(test_spare_dies_unused) {
 }
 END_TEST
 
+
+/* Three spares: back-to-back requests are each served by a different
+ * one, the zygote tells us of every spare it made, and at the close the
+ * unused ones are reaped. */
+START_TEST(test_several_spares) {
+  tt_zygote_t z;
+  int zpid, pids[6], p[2], st;
+  int targets[1] = {1};
+  start_zygote_n(&z, &zpid, NULL, 0, -1, 3);
+  ck_assert_int_eq(pipe(p), 0);
+  for (int i = 0; i < 6; i++) {
+    ck_assert_int_eq(request(&z, p[1], &pids[i], targets, 1), 0);
+    for (int k = 0; k < i; k++) ck_assert_int_ne(pids[i], pids[k]);
+    expect_worker(pids[i], p[0]);
+    ck_assert_uint_le(z.nspares, 3);
+  }
+  tt_zygote_close(&z);
+  ck_assert_int_eq(waitpid(zpid, &st, 0), zpid);
+  ck_assert_int_eq(WEXITSTATUS(st), 0);
+  assert_no_children();
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+/* With several spares, one killed unused ends the zygote and the others
+ * (it kills them: nobody is left to read a request and never answer). */
+START_TEST(test_one_of_several_dies) {
+  tt_zygote_t z;
+  int zpid, pid = 0, spare = 0, p[2], sp[2], st, err;
+  int targets[1] = {1};
+  ck_assert_int_eq(pipe(sp), 0);
+  start_zygote_n(&z, &zpid, NULL, 0, sp[1], 3);
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(read(sp[0], &spare, sizeof spare), (ssize_t)sizeof spare);
+  kill(spare, SIGKILL);
+  ck_assert_int_eq(waitpid(zpid, &st, 0), zpid);
+  ck_assert_int_eq(WEXITSTATUS(st), 1);
+  err = request(&z, p[1], &pid, targets, 1);
+  ck_assert_msg(err == UV_EPIPE || err == UV_ECONNRESET, "%d", err);
+  ck_assert_int_eq(z.sock, -1); /* closed by the failed request */
+  tt_zygote_close(&z);
+  assert_no_children();
+  close(sp[0]);
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+/* A hostile or broken zygote: after our request it writes a record of no
+ * known kind, or a REPLY naming a process it never reported.  The request
+ * fails with UV_EPROTO, the zygote is closed at once (never asked again),
+ * and a spare it had reported is reaped. */
+static void fake_zygote(tt_zygote_t *z, int *fpid, int *spare_pid,
+                        int32_t kind, int32_t reply_pid) {
+  int sv[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  *spare_pid = fork(); /* a child of ours it reports as its spare */
+  ck_assert_int_ge(*spare_pid, 0);
+  if (*spare_pid == 0) {
+    pause();
+    _exit(0);
+  }
+  *fpid = fork();
+  ck_assert_int_ge(*fpid, 0);
+  if (*fpid == 0) {
+    int32_t rec[3] = {1 /* SPARE */, 0, *spare_pid};
+    char buf[4096];
+    close(sv[0]);
+    (void)!write(sv[1], rec, sizeof rec);
+    (void)!read(sv[1], buf, sizeof buf); /* (the request) */
+    rec[0] = kind, rec[1] = 0, rec[2] = reply_pid;
+    (void)!write(sv[1], rec, sizeof rec);
+    while (read(sv[1], buf, sizeof buf) > 0) {
+    }
+    _exit(0);
+  }
+  close(sv[1]);
+  tt_zygote_init(z, sv[0]);
+}
+
+START_TEST(test_garbled_zygote) {
+  struct {
+    int32_t kind, reply;
+  } cases[] = {{77, 0}, {2 /* REPLY */, 1}, {2, -5}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    tt_zygote_t z;
+    int fpid, spare, pid = 0, p[2], st;
+    int targets[1] = {1};
+    fake_zygote(&z, &fpid, &spare, cases[i].kind, cases[i].reply);
+    ck_assert_int_eq(pipe(p), 0);
+    ck_assert_int_eq(request(&z, p[1], &pid, targets, 1), UV_EPROTO);
+    ck_assert_int_eq(z.sock, -1);
+    ck_assert_int_eq(request(&z, p[1], &pid, targets, 1), UV_EBADF);
+    ck_assert_int_eq(waitpid(fpid, &st, 0), fpid);
+    /* the reported spare was killed and reaped by the close */
+    errno = 0;
+    ck_assert_int_eq(kill(spare, 0), -1);
+    ck_assert_int_eq(errno, ESRCH);
+    assert_no_children();
+    close(p[0]);
+    close(p[1]);
+  }
+}
+END_TEST
+
 Suite *zygote_suite(void) {
   Suite *s = suite_create("zygote");
   TCase *tc = tcase_create("core");
@@ -189,6 +301,9 @@ Suite *zygote_suite(void) {
   tcase_add_test(tc, test_refusals);
   tcase_add_test(tc, test_zygote_gone);
   tcase_add_test(tc, test_spare_dies_unused);
+  tcase_add_test(tc, test_several_spares);
+  tcase_add_test(tc, test_one_of_several_dies);
+  tcase_add_test(tc, test_garbled_zygote);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1,4 +1,4 @@
---- tether.zygote{preload = {...}, lua = path}: a warmed interpreter that
+--- tether.zygote{preload = {...}, lua = path, spares = 2}: a warmed interpreter that
 -- forks workers on request (core/tt_zygote.h), for `prefork` in
 -- tether.fork, tether.supervise, tether.pool and tether.cluster:
 --
@@ -22,8 +22,13 @@ local M = {}
 local Zygote = {}
 Zygote.__index = Zygote
 
+local MAX_SPARES = 8 -- (TT_ZYGOTE_MAX_SPARES)
 local OPTIONS = { preload = check.array_of(function(v) return type(v) == "string" end, "module names"),
-  lua = "string" }
+  lua = "string",
+  spares = function(v)
+    if math.type(v) == "integer" and v >= 1 and v <= MAX_SPARES then return true end
+    return false, ("an integer from 1 to %d"):format(MAX_SPARES)
+  end }
 
 local function main_path()
   return assert(package.searchpath("tether.zygote_main", package.path), "tether/zygote_main.lua not found")
@@ -42,7 +47,7 @@ function M.new(spec, level)
   end
   local asker, theirs = core.zygote_pair()
   if not asker then return nil, theirs end
-  local args = { main_path(), tostring(theirs) }
+  local args = { main_path(), tostring(theirs), tostring(spec.spares or 2) }
   for _, m in ipairs(spec.preload or {}) do args[#args + 1] = m end
   local child, err = tether.spawn(lua, args, { channel = false, pass_fds = { theirs },
     env = { LUA_PATH_5_4 = package.path, LUA_CPATH_5_4 = package.cpath } })

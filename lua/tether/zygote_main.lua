@@ -4,8 +4,9 @@
 -- worker, zygote_serve returns the argv the parent would have exec'd
 -- ({interpreter, runner.lua, script, args...}) and the runner takes over.
 local fd = math.tointeger(tonumber(arg[1] or ""))
-if not fd then
-  io.stderr:write("usage: zygote_main.lua FD [MODULE...]\n")
+local spares = math.tointeger(tonumber(arg[2] or ""))
+if not fd or not spares then
+  io.stderr:write("usage: zygote_main.lua FD SPARES [MODULE...]\n")
   os.exit(2)
 end
 -- The loop's own descriptors are made now: placeholders hold the low
@@ -17,7 +18,7 @@ for i = 1, 64 do hold[i] = io.open("/dev/null") end
 local tether = require "tether"
 for _, f in ipairs(hold) do f:close() end
 hold = nil
-for i = 2, #arg do
+for i = 3, #arg do
   local ok, err = pcall(require, arg[i])
   if not ok then
     io.stderr:write(("tether zygote: preload %q: %s\n"):format(arg[i], tostring(err)))
@@ -36,10 +37,10 @@ collectgarbage()
 local runner_path = package.searchpath("tether.runner", package.path)
 local runner_chunk = runner_path and loadfile(runner_path)
 
-local notify, err = tether.core.zygote_serve(fd)
-if notify == false then os.exit(0) end
-if not notify then
-  io.stderr:write("tether zygote: ", tostring(err), "\n")
+local link, err = tether.core.zygote_serve(fd, spares)
+if link == false then os.exit(0) end
+if not link then
+  io.stderr:write("tether zygote: ", type(err) == "table" and tostring(err.message) or tostring(err), "\n")
   os.exit(1)
 end
 
@@ -56,10 +57,10 @@ do
 end
 
 local argv
-argv, err = tether.core.zygote_claim(fd, notify)
+argv, err = tether.core.zygote_claim(fd, link)
 if argv == false then os.exit(0) end
 if not argv then
-  io.stderr:write("tether zygote: ", tostring(err), "\n")
+  io.stderr:write("tether zygote: ", type(err) == "table" and tostring(err.message) or tostring(err), "\n")
   os.exit(1)
 end
 
