@@ -372,7 +372,8 @@ static int collides(const wire_t *w, const int *keep, size_t nkeep) {
  * reads the asker's socket, so no two read parts of one request), and
  * says "c" when it has taken a request; the zygote then arms the next,
  * already warm, and forks a replacement.  A link that ends otherwise is a
- * spare dead unused: the zygote kills the others and ends, so that the
+ * spare dead unused: the zygote ends, and so do the others when their
+ * links end (the armed one too, rather than read a request), so that the
  * socket closes and the asker spawns the usual way, instead of waiting
  * for an answer nobody may give. */
 typedef struct {
@@ -380,28 +381,36 @@ typedef struct {
   int link;
 } spare_t;
 
-static void end_spares(spare_t *sp, size_t n, int kill_them) {
-  for (size_t i = 0; i < n; i++) {
-    if (kill_them) kill(sp[i].pid, SIGKILL);
-    close(sp[i].link);
-  }
+/* Each sees the end of its link and exits (never killed: one just made
+ * may not have told the asker of itself yet, and would be left a zombie
+ * the asker does not know of). */
+static void end_spares(spare_t *sp, size_t n) {
+  for (size_t i = 0; i < n; i++) close(sp[i].link);
 }
 
-/* 0 in the zygote (sp[n] made), 1 when the asker is gone, a negative
- * error, or in the new spare its end of the link (> 1). */
+/* 0 in the zygote (sp[n] made), a negative error, or in the new spare
+ * its end of the link (> 1). */
 static int make_spare(int sock, spare_t *sp, size_t n) {
   int sv[2];
   long pid;
-  record_t rec;
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return -errno;
   /* a fork whose child is our parent's: it reaps and signals it */
   pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
   if (pid == 0) {
+    record_t rec;
     /* the others' links are the zygote's alone: a spare sees the
      * zygote's end as the end of its link */
     for (size_t i = 0; i < n; i++) close(sp[i].link);
     close(sv[0]);
+    /* it tells the asker of itself, first thing: were the zygote killed
+     * between the fork and a record of its own, the asker would have a
+     * child it never heard of, a zombie nobody reaps */
+    memset(&rec, 0, sizeof rec);
+    rec.kind = RECORD_SPARE;
+    rec.pid = (int32_t)getpid();
+    if (write_all(sock, (char *)&rec, sizeof rec) != 0)
+      _exit(0); /* (the asker is gone; nothing of ours to flush) */
     return sv[1];
   }
   close(sv[1]);
@@ -409,15 +418,6 @@ static int make_spare(int sock, spare_t *sp, size_t n) {
     int err = -errno;
     close(sv[0]);
     return err;
-  }
-  memset(&rec, 0, sizeof rec);
-  rec.kind = RECORD_SPARE;
-  rec.pid = (int32_t)pid;
-  if (write_all(sock, (char *)&rec, sizeof rec) != 0) {
-    /* the asker is gone (it reaps nothing now): the spare goes too */
-    kill((pid_t)pid, SIGKILL);
-    close(sv[0]);
-    return 1;
   }
   sp[n].pid = (int)pid;
   sp[n].link = sv[0];
@@ -440,11 +440,11 @@ int tt_zygote_serve(int sock, unsigned want) {
       r = make_spare(sock, sp, n);
       if (r > 1) return r; /* (in the spare) */
       if (r != 0) {
-        end_spares(sp, n, 1);
-        return r == 1 ? 0 : r;
+        end_spares(sp, n);
+        return r;
       }
       if (n++ == 0 && arm(&sp[0]) != 0) {
-        end_spares(sp, n, 1);
+        end_spares(sp, n);
         return -ECHILD;
       }
     }
@@ -457,13 +457,13 @@ int tt_zygote_serve(int sock, unsigned want) {
     if (poll(pf, n + 1, -1) < 0) {
       if (errno == EINTR) continue;
       r = -errno;
-      end_spares(sp, n, 1);
+      end_spares(sp, n);
       return r;
     }
     /* the asker's close first: it is also why spares exit unused (each
      * sees it, or the end of its link) */
     if (pf[0].revents & (POLLRDHUP | POLLHUP | POLLERR)) {
-      end_spares(sp, n, 0);
+      end_spares(sp, n);
       return 0;
     }
     for (size_t i = 0; i < n; i++) {
@@ -473,7 +473,7 @@ int tt_zygote_serve(int sock, unsigned want) {
       do k = read(sp[i].link, &b, 1);
       while (k < 0 && errno == EINTR);
       if (k != 1 || b != 'c' || i != 0) {
-        end_spares(sp, n, 1);
+        end_spares(sp, n);
         return -ECHILD;
       }
       /* the armed one took a request: the next is armed at once, and a
@@ -481,11 +481,27 @@ int tt_zygote_serve(int sock, unsigned want) {
       close(sp[0].link);
       memmove(&sp[0], &sp[1], (n - 1) * sizeof *sp);
       if (--n > 0 && arm(&sp[0]) != 0) {
-        end_spares(sp, n, 1);
+        end_spares(sp, n);
         return -ECHILD;
       }
       break; /* (pf no longer matches sp) */
     }
+  }
+}
+
+/* The armed spare waits for a request: 1, or 0 when the zygote is gone
+ * (anything on the link: the zygote says nothing more to an armed spare),
+ * since a request may then never be answered by anyone (or a negative
+ * error). */
+static int wait_request(int sock, int link) {
+  for (;;) {
+    struct pollfd pf[2] = {{sock, POLLIN, 0}, {link, POLLIN, 0}};
+    if (poll(pf, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (pf[1].revents != 0) return 0;
+    if (pf[0].revents != 0) return 1;
   }
 }
 
@@ -532,6 +548,7 @@ int tt_zygote_claim(int sock, int link, const int *keep, size_t nkeep,
     m.msg_iovlen = 1;
     m.msg_control = cbuf;
     m.msg_controllen = sizeof cbuf;
+    if ((st = wait_request(sock, link)) <= 0) return st;
     do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
     /* the asker is gone (ECONNRESET: it closed with our records unread) */

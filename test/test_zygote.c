@@ -213,7 +213,8 @@ START_TEST(test_several_spares) {
 END_TEST
 
 /* With several spares, one killed unused ends the zygote and the others
- * (it kills them: nobody is left to read a request and never answer). */
+ * (they see their links end: nobody is left to read a request and never
+ * answer), and every one is reaped, even one that was being made. */
 START_TEST(test_one_of_several_dies) {
   tt_zygote_t z;
   int zpid, pid = 0, spare = 0, p[2], sp[2], st, err;
