@@ -60,7 +60,7 @@ typedef struct {
 
 /* The asker's end of a zygote: its socket (blocking), and the spares the
  * zygote said it made, which are our children until one serves. */
-#define TT_ZYGOTE_MAX_SPARES 8
+#define TT_ZYGOTE_MAX_SPARES 64
 typedef struct tt_zygote_s {
   int sock; /* -1 once closed */
   int spares[TT_ZYGOTE_MAX_SPARES];

@@ -428,15 +428,22 @@ static int arm(const spare_t *s) {
   return send(s->link, "g", 1, MSG_NOSIGNAL) == 1 ? 0 : -ECHILD;
 }
 
+/* One spare is always there; the others are made again once requests
+ * have paused this long: a fork of the zygote takes a core for a
+ * millisecond or more (its page tables), which a burst of requests (a
+ * pool starting) needs for the workers it is making. */
+#define REFILL_QUIET_MS 5
+
 int tt_zygote_serve(int sock, unsigned want) {
   spare_t sp[TT_ZYGOTE_MAX_SPARES];
   size_t n = 0;
+  uint64_t last_claim = 0, quiet = (uint64_t)REFILL_QUIET_MS * 1000000u;
   if (want < 1) want = 1;
   if (want > TT_ZYGOTE_MAX_SPARES) want = TT_ZYGOTE_MAX_SPARES;
   for (;;) {
     struct pollfd pf[TT_ZYGOTE_MAX_SPARES + 1];
-    int r;
-    while (n < want) {
+    int r, timeout = -1;
+    while (n < want && (n == 0 || uv_hrtime() - last_claim >= quiet)) {
       r = make_spare(sock, sp, n);
       if (r > 1) return r; /* (in the spare) */
       if (r != 0) {
@@ -448,13 +455,14 @@ int tt_zygote_serve(int sock, unsigned want) {
         return -ECHILD;
       }
     }
+    if (n < want) timeout = (int)((last_claim + quiet - uv_hrtime()) / 1000000u) + 1;
     pf[0].fd = sock;
     pf[0].events = POLLRDHUP;
     for (size_t i = 0; i < n; i++) {
       pf[i + 1].fd = sp[i].link;
       pf[i + 1].events = POLLIN;
     }
-    if (poll(pf, n + 1, -1) < 0) {
+    if (poll(pf, n + 1, timeout) < 0) {
       if (errno == EINTR) continue;
       r = -errno;
       end_spares(sp, n);
@@ -477,7 +485,9 @@ int tt_zygote_serve(int sock, unsigned want) {
         return -ECHILD;
       }
       /* the armed one took a request: the next is armed at once, and a
-       * replacement forked when the loop comes round */
+       * replacement forked when the loop comes round (if none is left)
+       * or once requests pause */
+      last_claim = uv_hrtime();
       close(sp[0].link);
       memmove(&sp[0], &sp[1], (n - 1) * sizeof *sp);
       if (--n > 0 && arm(&sp[0]) != 0) {

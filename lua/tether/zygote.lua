@@ -22,7 +22,7 @@ local M = {}
 local Zygote = {}
 Zygote.__index = Zygote
 
-local MAX_SPARES = 8 -- (TT_ZYGOTE_MAX_SPARES)
+local MAX_SPARES = 64 -- (TT_ZYGOTE_MAX_SPARES)
 local OPTIONS = { preload = check.array_of(function(v) return type(v) == "string" end, "module names"),
   lua = "string",
   spares = function(v)
