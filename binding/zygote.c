@@ -42,7 +42,7 @@ static int l_zygote_pair(lua_State *L) {
   luaL_setmetatable(L, TT_ZYGOTE_MT);
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return tt_lua_fail(L, -errno, "socketpair");
-  z->sock = sv[0];
+  tt_zygote_init(z, sv[0]);
   lua_pushinteger(L, sv[1]);
   return 2;
 }

@@ -582,7 +582,8 @@ static int spawn_by_zygote(const tt_process_options_t *o, const int src[3],
 static int zygote_unusable(int err) {
   return err == UV_EPIPE || err == UV_ECONNRESET || err == UV_EPROTO ||
          err == UV_EBADF || err == UV_ENOTSOCK || err == UV_ENOTCONN ||
-         err == UV_EINVAL || err == UV_EBUSY;
+         err == UV_EINVAL || err == UV_EBUSY || err == UV_ENOMEM ||
+         err == UV_ETIMEDOUT;
 }
 
 static void process_exited(tt_process_t *p, int64_t status, int term_signal);

@@ -61,20 +61,27 @@ typedef struct {
 /* The asker's end of a zygote: its socket (blocking), and the spares the
  * zygote said it made, which are our children until one serves. */
 #define TT_ZYGOTE_MAX_SPARES 64
+#define TT_ZYGOTE_TIMEOUT_MS 5000
 typedef struct tt_zygote_s {
   int sock; /* -1 once closed */
   int spares[TT_ZYGOTE_MAX_SPARES];
   size_t nspares;
+  /* how long a request waits for its answer (a spare stopped, or stuck)
+   * before the zygote is given up: TT_ZYGOTE_TIMEOUT_MS */
+  unsigned timeout_ms;
 } tt_zygote_t;
 
-/* Takes `sock`, a connected stream socket to the zygote. */
+/* Takes `sock`, a connected stream socket to the zygote, and asks the
+ * kernel to name the sender of everything read from it (SO_PASSCRED):
+ * a record naming a spare must come from that spare. */
 void tt_zygote_init(tt_zygote_t *z, int sock);
 
 /* Sends `req` and waits for the answer.  0 and *pid, or a negative error:
  * the worker's own (UV_EBUSY: a target descriptor the zygote's loop
  * holds), UV_EINVAL for a request that cannot be sent (too many
- * descriptors, too long), UV_EBADF once closed, UV_EPIPE /
- * UV_ECONNRESET / UV_EPROTO when the zygote is gone or garbled: it is
+ * descriptors, too long), UV_ENOMEM (the spare could not take it),
+ * UV_EBADF once closed, UV_EPIPE / UV_ECONNRESET / UV_EPROTO /
+ * UV_ETIMEDOUT when the zygote is gone, garbled or not answering: it is
  * then closed (tt_zygote_close: what it made is reaped) and the caller
  * spawns the usual way. */
 int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,

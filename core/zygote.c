@@ -70,9 +70,75 @@ static int read_all(int fd, char *p, size_t len) {
 
 /* ---- the asker ---- */
 
+/* One record, and its sender's pid (SO_PASSCRED: each process that
+ * writes to the socket is named by the kernel, so a record cannot name a
+ * process other than the one that wrote it).  0, UV_ETIMEDOUT once
+ * `deadline` (uv_hrtime) has passed, UV_EOF, UV_EPROTO for a record with
+ * no sender or two, or an error. */
+static int read_record(int sock, record_t *r, int *sender,
+                       uint64_t deadline) {
+  size_t got = 0;
+  *sender = 0;
+  while (got < sizeof *r) {
+    char cbuf[CMSG_SPACE(sizeof(struct ucred))];
+    struct pollfd pf = {sock, POLLIN, 0};
+    struct msghdr m;
+    struct iovec iov;
+    struct cmsghdr *c;
+    uint64_t now = uv_hrtime();
+    ssize_t n;
+    int k;
+    if (now >= deadline) return UV_ETIMEDOUT;
+    k = poll(&pf, 1, (int)((deadline - now) / 1000000u) + 1);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) return -errno;
+    if (k == 0) return UV_ETIMEDOUT;
+    memset(&m, 0, sizeof m);
+    iov.iov_base = (char *)r + got;
+    iov.iov_len = sizeof *r - got;
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = cbuf;
+    m.msg_controllen = sizeof cbuf;
+    do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    if (n == 0) return UV_EOF;
+    for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+        struct ucred u;
+        memcpy(&u, CMSG_DATA(c), sizeof u);
+        if (*sender != 0 && *sender != (int)u.pid) return UV_EPROTO;
+        *sender = (int)u.pid;
+      } else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        /* (nobody sends us descriptors: closed, and out of step) */
+        int k2 = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k2; i++) {
+          int fd;
+          memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          close(fd);
+        }
+        return UV_EPROTO;
+      }
+    got += (size_t)n;
+  }
+  return *sender > 0 ? 0 : UV_EPROTO;
+}
+
+static int is_spare(const tt_zygote_t *z, int pid) {
+  for (size_t i = 0; i < z->nspares; i++)
+    if (z->spares[i] == pid) return 1;
+  return 0;
+}
+
+
 void tt_zygote_init(tt_zygote_t *z, int sock) {
+  int on = 1;
   memset(z, 0, sizeof *z);
   z->sock = sock;
+  z->timeout_ms = TT_ZYGOTE_TIMEOUT_MS;
+  /* (without it no record names its sender, and none is taken) */
+  if (sock >= 0) (void)setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
 }
 
 static int note_spare(tt_zygote_t *z, int pid) {
@@ -101,6 +167,7 @@ int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
   struct cmsghdr *c;
   record_t r;
   ssize_t n;
+  uint64_t deadline;
   int err, sock = z->sock;
   if (sock < 0) return UV_EBADF;
   if (req->nfds == 0 || req->nfds > TT_ZYGOTE_MAX_FDS || argc == 0)
@@ -154,18 +221,24 @@ int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
   free(buf);
   if (err != 0) goto unusable;
   /* the spares made meanwhile, then the answer */
+  deadline = uv_hrtime() + (uint64_t)z->timeout_ms * 1000000u;
   for (;;) {
-    if ((err = read_all(sock, (char *)&r, sizeof r)) != 0) {
+    int sender;
+    if ((err = read_record(sock, &r, &sender, deadline)) != 0) {
       if (err == UV_EOF) err = UV_ECONNRESET;
       goto unusable;
     }
-    if (r.kind != RECORD_SPARE) break;
-    if (note_spare(z, r.pid) != 0) goto garbled;
+    if (r.kind == RECORD_SPARE) {
+      /* a spare says so itself */
+      if (r.pid != sender || note_spare(z, r.pid) != 0) goto garbled;
+      continue;
+    }
+    if (r.kind != RECORD_REPLY || !is_spare(z, sender)) goto garbled;
+    break;
   }
-  if (r.kind != RECORD_REPLY) goto garbled;
-  if (r.pid == 0 && r.err < 0 && r.err != UV_EPROTO)
+  if (r.pid == 0 && (r.err == UV_EBUSY || r.err == UV_ENOMEM))
     return r.err; /* refused: the spare waits for the next request */
-  /* a worker is one of the spares we were told of, and nothing else */
+  /* the worker is the spare that answered */
   if (r.pid <= 0 || r.err != 0 || !forget_spare(z, r.pid)) goto garbled;
   *pid = r.pid;
   return 0;
@@ -186,18 +259,13 @@ void tt_zygote_close(tt_zygote_t *z) {
   shutdown(z->sock, SHUT_WR);
   deadline = uv_hrtime() + (uint64_t)1000 * 1000000u;
   for (;;) {
-    struct pollfd pf = {z->sock, POLLIN, 0};
-    uint64_t now = uv_hrtime();
     record_t r;
-    int k;
-    if (now >= deadline) break;
-    k = poll(&pf, 1, (int)((deadline - now) / 1000000u) + 1);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) break;
-    if (read_all(z->sock, (char *)&r, sizeof r) != 0) break;
+    int sender, k = read_record(z->sock, &r, &sender, deadline);
+    if (k == UV_EPROTO) continue; /* (garbled: skipped, the rest read) */
+    if (k != 0) break;
     /* (a REPLY read here is a worker nobody will hear of: it stays
      * among the spares, and is killed and reaped with them) */
-    if (r.kind == RECORD_SPARE) (void)note_spare(z, r.pid);
+    if (r.kind == RECORD_SPARE && r.pid == sender) (void)note_spare(z, r.pid);
   }
   close(z->sock);
   z->sock = -1;
@@ -222,18 +290,31 @@ void tt_zygote_close(tt_zygote_t *z) {
  * fault that copies the page, and its first run of each code page maps
  * it.  On a virtual machine such a fault costs 10-20 us, and a worker's
  * set-up and its first Lua steps take a hundred or more of them: most of
- * its start.  The spare takes them while it waits instead, writing to
- * (with an atomic add of zero, which changes nothing even under a signal
- * handler) every page the zygote has in its private writable mappings,
- * and mapping the code it has in the page cache.  It stops as soon as a
- * request is waiting, and after WARM_MAX_PAGES pages: a zygote with a
- * large heap pays for a worker's copies as before, not for every page. */
+ * its start.  The spare takes them while it waits instead: it copies the
+ * pages it still shares with the zygote (present, anonymous, not yet its
+ * own: /proc/self/pagemap says which) by MADV_POPULATE_WRITE, which
+ * reports a page it cannot write as an error where a write would raise a
+ * signal, then writes to each (an atomic add of zero, changing nothing)
+ * so the machine's own tables are filled too; and it maps the code the
+ * zygote has in memory (MADV_POPULATE_READ).  Its stack and the
+ * libraries' data come first, then the rest, up to WARM_MAX_WRITE pages:
+ * a zygote with a large heap is not copied whole into every worker (a
+ * worker writes to a few hundred pages in its first steps, not to all).
+ * It stops as soon as a request is waiting. */
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
 #endif
-#define WARM_MAX_PAGES 16384u
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#define WARM_MAX_WRITE 512u  /* pages copied (2 MiB) */
+#define WARM_MAX_CODE 2048u  /* pages of code mapped */
+#define WARM_SMALL_MAPPING ((uintptr_t)256 << 10)
 #define WARM_MAX_MAPPING ((uintptr_t)1 << 30) /* (sanitizers' shadows) */
 #define WARM_CHUNK 8u /* pages between looks at the socket */
+#define PM_PRESENT (1ull << 63)
+#define PM_FILE_OR_SHARED (1ull << 61)
+#define PM_EXCLUSIVE (1ull << 56)
 
 /* (a write that changes nothing, out of the sanitizers' sight: the page
  * is anybody's, a redzone included) */
@@ -278,50 +359,101 @@ static int settle(int sock, int link, int *armed) {
   }
 }
 
-static void warm(int sock, int link, int *armed) {
-  unsigned char vec[WARM_CHUNK];
-  char line[512];
-  size_t page = (size_t)sysconf(_SC_PAGESIZE), done = 0;
-  FILE *maps;
-  if (settle(sock, link, armed) || (maps = fopen("/proc/self/maps", "re")) == NULL)
-    return;
-  while (done < WARM_MAX_PAGES && fgets(line, sizeof line, maps) != NULL) {
-    uintptr_t lo, hi;
-    char perm[5], path[256] = "";
-    int writable, code;
-    if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %255s", &lo, &hi, perm,
-               path) < 3)
-      continue;
-    writable = perm[0] == 'r' && perm[1] == 'w' && perm[3] == 'p';
-    code = perm[0] == 'r' && perm[2] == 'x' && path[0] == '/';
-    if ((!writable && !code) || hi - lo > WARM_MAX_MAPPING) continue;
-    /* ([vvar], [vdso] and the like are the kernel's) */
-    if (path[0] == '[' && strcmp(path, "[heap]") != 0 &&
-        strcmp(path, "[stack]") != 0)
-      continue;
-    for (uintptr_t at = lo; at < hi && done < WARM_MAX_PAGES;) {
-      size_t n = (hi - at) / page;
-      if (n > WARM_CHUNK) n = WARM_CHUNK;
-      if (request_waiting(sock, link, armed)) goto out;
-      if (mincore((void *)at, n * page, vec) != 0) break;
-      for (size_t i = 0; i < n; i++) {
-        char *pg = (char *)(at + i * page);
-        size_t run = 1;
-        if (!(vec[i] & 1)) continue; /* not the zygote's: not ours yet */
-        if (writable) {
-          touch(pg);
-        } else {
-          while (i + run < n && (vec[i + run] & 1)) run++;
-          (void)madvise(pg, run * page, MADV_POPULATE_READ);
-          i += run - 1;
-        }
-        done += run;
+typedef struct {
+  int sock, link, *armed, pagemap;
+  size_t page, written, mapped;
+} warm_t;
+
+/* One mapping: 0, or 1 when a request waits (stop warming). */
+static int warm_mapping(warm_t *w, uintptr_t lo, uintptr_t hi, int code) {
+  for (uintptr_t at = lo; at < hi;) {
+    size_t n = (hi - at) / w->page, run;
+    uint64_t pm[WARM_CHUNK];
+    unsigned char vec[WARM_CHUNK];
+    if (n > WARM_CHUNK) n = WARM_CHUNK;
+    if (request_waiting(w->sock, w->link, w->armed)) return 1;
+    if (code) {
+      if (w->mapped >= WARM_MAX_CODE) return 0;
+      if (mincore((void *)at, n * w->page, vec) != 0) return 0;
+    } else {
+      ssize_t want = (ssize_t)(n * sizeof *pm);
+      if (w->written >= WARM_MAX_WRITE) return 0;
+      if (pread(w->pagemap, pm, (size_t)want,
+                (off_t)(at / w->page * sizeof *pm)) != want)
+        return 0;
+    }
+    for (size_t i = 0; i < n; i += run) {
+      char *pg = (char *)(at + i * w->page);
+#define WANTED(k)                                                            \
+  (code ? (vec[k] & 1) != 0                                                  \
+        : (pm[k] & (PM_PRESENT | PM_FILE_OR_SHARED | PM_EXCLUSIVE)) ==       \
+              PM_PRESENT)
+      run = 1;
+      if (!WANTED(i)) continue;
+      while (i + run < n && WANTED(i + run)) run++;
+#undef WANTED
+      if (code) {
+        (void)madvise(pg, run * w->page, MADV_POPULATE_READ);
+        w->mapped += run;
+      } else {
+        /* (before 5.14 there is no populate: these pages are anonymous
+         * and present, the write alone copies them) */
+        if (madvise(pg, run * w->page, MADV_POPULATE_WRITE) == 0 ||
+            errno == EINVAL)
+          for (size_t k = 0; k < run; k++) touch(pg + k * w->page);
+        w->written += run;
       }
-      at += n * page;
+    }
+    at += n * w->page;
+  }
+  return 0;
+}
+
+static void warm(int sock, int link, int *armed) {
+  char line[512];
+  warm_t w = {sock, link, armed, -1, (size_t)sysconf(_SC_PAGESIZE), 0, 0};
+  FILE *maps = NULL;
+  if (settle(sock, link, armed)) return;
+  if ((maps = fopen("/proc/self/maps", "re")) == NULL ||
+      (w.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) < 0)
+    goto out;
+  /* first the stack, the libraries' data and small mappings, then the
+   * large ones (the heap) */
+  for (int pass = 0; pass < 2; pass++) {
+    rewind(maps);
+    while (fgets(line, sizeof line, maps) != NULL) {
+      uintptr_t lo, hi;
+      char perm[5], path[256] = "";
+      int writable, code, small;
+      if (strchr(line, '\n') == NULL) { /* (a long path: skip its rest) */
+        int ch;
+        while ((ch = fgetc(maps)) != EOF && ch != '\n') {
+        }
+      }
+      if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %255s", &lo, &hi, perm,
+                 path) < 3)
+        continue;
+      writable = perm[0] == 'r' && perm[1] == 'w' && perm[3] == 'p';
+      code = perm[0] == 'r' && perm[2] == 'x' && perm[3] == 'p' &&
+             path[0] == '/';
+      if ((!writable && !code) || hi <= lo || hi - lo > WARM_MAX_MAPPING)
+        continue;
+      /* ([vvar], [vdso] and the like are the kernel's; devices and huge
+       * pages are not memory to copy) */
+      if ((path[0] == '[' && strcmp(path, "[heap]") != 0 &&
+           strcmp(path, "[stack]") != 0) ||
+          strncmp(path, "/dev/", 5) == 0 ||
+          strncmp(path, "/anon_hugepage", 14) == 0)
+        continue;
+      small = hi - lo <= WARM_SMALL_MAPPING || path[0] == '/' ||
+              strcmp(path, "[stack]") == 0;
+      if ((pass == 0) != small) continue;
+      if (warm_mapping(&w, lo, hi, code && !writable)) goto out;
     }
   }
 out:
-  fclose(maps);
+  if (w.pagemap >= 0) close(w.pagemap);
+  if (maps != NULL) fclose(maps);
 }
 
 /* ---- the zygote ---- */
@@ -582,6 +714,15 @@ int tt_zygote_claim(int sock, int link, const int *keep, size_t nkeep,
       env = calloc(w.envc + 1u, sizeof *env);
       if (body == NULL || args == NULL || env == NULL) err = UV_ENOMEM;
     }
+    if (err == UV_ENOMEM) {
+      /* refused, but read whole: the next request starts after it */
+      char sink[4096];
+      for (size_t left = w.body; left > 0 && err == UV_ENOMEM;) {
+        size_t k = left < sizeof sink ? left : sizeof sink;
+        if (read_all(sock, sink, k) != 0) err = UV_EPROTO;
+        left -= k;
+      }
+    }
     if (err == 0 && read_all(sock, body, w.body) != 0) err = UV_EPROTO;
     if (err == 0) {
       body[w.body] = '\0';
@@ -606,9 +747,13 @@ int tt_zygote_claim(int sock, int link, const int *keep, size_t nkeep,
       r.pid = (int32_t)getpid();
       if (write_all(sock, (char *)&r, sizeof r) != 0) return 0;
       (void)!write(link, "c", 1);
-      if (setup(&w, fds, body, env) < 0) {
-        static const char msg[] = "tether zygote: the worker cannot be set up\n";
-        (void)!write(2, msg, sizeof msg - 1);
+      if ((st = setup(&w, fds, body, env)) < 0) {
+        /* (stderr is the worker's own by now, if that step went well) */
+        char msg[160];
+        int k = snprintf(msg, sizeof msg,
+                         "tether zygote: the worker cannot be set up: %s\n",
+                         strerror(-st));
+        (void)!write(2, msg, (size_t)k);
         _exit(127);
       }
       out->args = args;

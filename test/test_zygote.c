@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -237,60 +238,173 @@ START_TEST(test_one_of_several_dies) {
 }
 END_TEST
 
-/* A hostile or broken zygote: after our request it writes a record of no
- * known kind, or a REPLY naming a process it never reported.  The request
- * fails with UV_EPROTO, the zygote is closed at once (never asked again),
- * and a spare it had reported is reaped. */
-static void fake_zygote(tt_zygote_t *z, int *fpid, int *spare_pid,
-                        int32_t kind, int32_t reply_pid) {
-  int sv[2];
+/* A hostile or broken zygote, played by one process that says it is its
+ * own spare (a record it may write), reads our request, then answers
+ * with `kind`, `err`, `pid` (or nothing, when kind is 0).  The request
+ * fails with `expect`, the zygote is closed at once (never asked again),
+ * and the "spare" is killed and reaped by the close. */
+static void garbled(int32_t kind, int32_t err, int32_t pid, int expect) {
+  tt_zygote_t z;
+  int sv[2], fpid, got = 0, p[2];
+  int targets[1] = {1};
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  *spare_pid = fork(); /* a child of ours it reports as its spare */
-  ck_assert_int_ge(*spare_pid, 0);
-  if (*spare_pid == 0) {
-    pause();
-    _exit(0);
-  }
-  *fpid = fork();
-  ck_assert_int_ge(*fpid, 0);
-  if (*fpid == 0) {
-    int32_t rec[3] = {1 /* SPARE */, 0, *spare_pid};
+  fpid = fork();
+  ck_assert_int_ge(fpid, 0);
+  if (fpid == 0) {
+    int32_t rec[3] = {1 /* SPARE */, 0, (int32_t)getpid()};
     char buf[4096];
     close(sv[0]);
     (void)!write(sv[1], rec, sizeof rec);
     (void)!read(sv[1], buf, sizeof buf); /* (the request) */
-    rec[0] = kind, rec[1] = 0, rec[2] = reply_pid;
+    rec[0] = kind, rec[1] = err, rec[2] = pid;
+    if (kind != 0) (void)!write(sv[1], rec, sizeof rec);
+    while (read(sv[1], buf, sizeof buf) > 0) {
+    }
+    _exit(0);
+  }
+  close(sv[1]);
+  tt_zygote_init(&z, sv[0]);
+  z.timeout_ms = 300;
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(request(&z, p[1], &got, targets, 1), expect);
+  ck_assert_int_eq(z.sock, -1);
+  ck_assert_int_eq(request(&z, p[1], &got, targets, 1), UV_EBADF);
+  errno = 0;
+  ck_assert_int_eq(kill(fpid, 0), -1);
+  ck_assert_int_eq(errno, ESRCH);
+  assert_no_children();
+  close(p[0]);
+  close(p[1]);
+}
+
+START_TEST(test_garbled_zygote) {
+  garbled(77, 0, 0, UV_EPROTO);               /* no such record */
+  garbled(2 /* REPLY */, 0, 1, UV_EPROTO);    /* a worker it never made */
+  garbled(2, 0, -5, UV_EPROTO);
+  garbled(2, -ENOEXEC, 0, UV_EPROTO);         /* a refusal no spare gives */
+  garbled(2, INT32_MIN, 0, UV_EPROTO);
+  garbled(2, UV_EBUSY, 12345, UV_EPROTO);     /* a worker and a refusal */
+  garbled(0, 0, 0, UV_ETIMEDOUT);             /* no answer at all */
+}
+END_TEST
+
+/* A record naming a process other than its writer is refused: the asker
+ * never takes another child of its own for a spare (to kill at the
+ * close). */
+START_TEST(test_spare_record_from_another) {
+  tt_zygote_t z;
+  int sv[2], fpid, victim, got = 0, p[2], st;
+  int targets[1] = {1};
+  victim = fork();
+  ck_assert_int_ge(victim, 0);
+  if (victim == 0) {
+    pause();
+    _exit(0);
+  }
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  fpid = fork();
+  ck_assert_int_ge(fpid, 0);
+  if (fpid == 0) {
+    int32_t rec[3] = {1 /* SPARE */, 0, (int32_t)victim};
+    char buf[4096];
+    close(sv[0]);
     (void)!write(sv[1], rec, sizeof rec);
     while (read(sv[1], buf, sizeof buf) > 0) {
     }
     _exit(0);
   }
   close(sv[1]);
-  tt_zygote_init(z, sv[0]);
+  tt_zygote_init(&z, sv[0]);
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(request(&z, p[1], &got, targets, 1), UV_EPROTO);
+  ck_assert_int_eq(z.sock, -1);
+  ck_assert_int_eq(kill(victim, 0), 0); /* untouched */
+  ck_assert_int_eq(waitpid(fpid, &st, 0), fpid);
+  kill(victim, SIGKILL);
+  ck_assert_int_eq(waitpid(victim, &st, 0), victim);
+  assert_no_children();
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+/* A spare that cannot allocate a request refuses it (UV_ENOMEM) and
+ * stays in step: the next request is served. */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#else
+#define UNDER_ASAN 0
+#endif
+static long vm_kb(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char l[256];
+  long v = 0;
+  while (f != NULL && fgets(l, sizeof l, f) != NULL)
+    if (sscanf(l, "VmSize: %ld", &v) == 1) break;
+  if (f != NULL) fclose(f);
+  return v;
 }
 
-START_TEST(test_garbled_zygote) {
-  struct {
-    int32_t kind, reply;
-  } cases[] = {{77, 0}, {2 /* REPLY */, 1}, {2, -5}};
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    tt_zygote_t z;
-    int fpid, spare, pid = 0, p[2], st;
-    int targets[1] = {1};
-    fake_zygote(&z, &fpid, &spare, cases[i].kind, cases[i].reply);
-    ck_assert_int_eq(pipe(p), 0);
-    ck_assert_int_eq(request(&z, p[1], &pid, targets, 1), UV_EPROTO);
-    ck_assert_int_eq(z.sock, -1);
-    ck_assert_int_eq(request(&z, p[1], &pid, targets, 1), UV_EBADF);
-    ck_assert_int_eq(waitpid(fpid, &st, 0), fpid);
-    /* the reported spare was killed and reaped by the close */
-    errno = 0;
-    ck_assert_int_eq(kill(spare, 0), -1);
-    ck_assert_int_eq(errno, ESRCH);
-    assert_no_children();
-    close(p[0]);
-    close(p[1]);
+START_TEST(test_spare_out_of_memory) {
+  tt_zygote_t z;
+  int sv[2], zpid, pid = 0, p[2], st;
+  int targets[1] = {1};
+  size_t big = 3u << 20;
+  char *e, *args[] = {"lua5.4", "hello", NULL};
+  char *env_big[2], *env_small[] = {"ZV=from-the-asker", NULL};
+  int fds[1];
+  tt_zygote_request_t req;
+  if (UNDER_ASAN) return; /* (ASan's reservations defeat RLIMIT_AS) */
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  zpid = fork();
+  ck_assert_int_ge(zpid, 0);
+  if (zpid == 0) {
+    struct rlimit rl;
+    tt_zygote_worker_t w;
+    int r;
+    close(sv[0]);
+    rl.rlim_cur = (rlim_t)(vm_kb() + 1024) * 1024; /* 1 MB of room */
+    rl.rlim_max = RLIM_INFINITY;
+    setrlimit(RLIMIT_AS, &rl);
+    r = tt_zygote_serve(sv[1], 1);
+    if (r > 0) {
+      r = tt_zygote_claim(sv[1], r, NULL, 0, &w);
+      if (r == 1) {
+        (void)!write(1, "ok\n", 3);
+        _exit(7);
+      }
+    }
+    _exit(r == 0 ? 0 : 1);
   }
+  close(sv[1]);
+  tt_zygote_init(&z, sv[0]);
+  ck_assert_int_eq(pipe(p), 0);
+  e = malloc(big + 3);
+  ck_assert_ptr_nonnull(e);
+  memcpy(e, "X=", 2);
+  memset(e + 2, 'a', big);
+  e[big + 2] = '\0';
+  env_big[0] = e;
+  env_big[1] = NULL;
+  fds[0] = p[1];
+  memset(&req, 0, sizeof req);
+  req.args = args;
+  req.env = env_big;
+  req.fds = fds;
+  req.targets = targets;
+  req.nfds = 1;
+  ck_assert_int_eq(tt_zygote_request(&z, &req, &pid), UV_ENOMEM);
+  ck_assert_int_ge(z.sock, 0); /* still in step */
+  req.env = env_small;
+  ck_assert_int_eq(tt_zygote_request(&z, &req, &pid), 0);
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert_int_eq(WEXITSTATUS(st), 7);
+  free(e);
+  tt_zygote_close(&z);
+  ck_assert_int_eq(waitpid(zpid, &st, 0), zpid);
+  assert_no_children();
+  close(p[0]);
+  close(p[1]);
 }
 END_TEST
 
@@ -305,6 +419,8 @@ Suite *zygote_suite(void) {
   tcase_add_test(tc, test_several_spares);
   tcase_add_test(tc, test_one_of_several_dies);
   tcase_add_test(tc, test_garbled_zygote);
+  tcase_add_test(tc, test_spare_record_from_another);
+  tcase_add_test(tc, test_spare_out_of_memory);
   suite_add_tcase(s, tc);
   return s;
 }

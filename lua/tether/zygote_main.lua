@@ -37,6 +37,10 @@ collectgarbage()
 local runner_path = package.searchpath("tether.runner", package.path)
 local runner_chunk = runner_path and loadfile(runner_path)
 
+-- What a preload wrote and left in a buffer goes out now, once: every
+-- spare and worker is a copy of this process, buffers included.
+io.stdout:flush()
+io.stderr:flush()
 local link, err = tether.core.zygote_serve(fd, spares)
 if link == false then os.exit(0) end
 if not link then
