@@ -586,6 +586,16 @@ static int zygote_unusable(int err) {
          err == UV_ETIMEDOUT;
 }
 
+/* The zygote failed after our request went out: a spare may have taken
+ * the descriptors and run (until tt_zygote_close killed it), writing to
+ * the channel or the pipes.  The exec'd child gets new ones, or its
+ * parent would read a dead worker's frames as its own. */
+#define ZYGOTE_TAINTED 0x7a7970 /* (positive: posix_spawn's error space) */
+static int zygote_tainted(int err) {
+  return err == UV_EPROTO || err == UV_ECONNRESET || err == UV_ETIMEDOUT ||
+         err == UV_EPIPE;
+}
+
 static void process_exited(tt_process_t *p, int64_t status, int term_signal);
 
 static void on_pidfd(uv_poll_t *h, int status, int events) {
@@ -606,7 +616,7 @@ static void on_pidfd(uv_poll_t *h, int status, int events) {
 
 static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
                        const tt_process_options_t *o, char **env,
-                       int files[3], int *chan) {
+                       int files[3], int *chan, int use_zygote) {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t at;
   sigset_t set;
@@ -654,9 +664,10 @@ static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
   if (o->detached || o->new_session) flags |= POSIX_SPAWN_SETSID;
   err = posix_spawnattr_setflags(&at, flags);
   if (err == 0) err = add_file_actions(&fa, o, src, *chan);
-  if (err == 0 && o->zygote != NULL && o->zygote->sock >= 0) {
+  if (err == 0 && use_zygote && o->zygote != NULL && o->zygote->sock >= 0) {
     int zerr = spawn_by_zygote(o, src, *chan, env, &pid);
     if (zerr == 0) forked = 1;
+    else if (zygote_tainted(zerr)) err = ZYGOTE_TAINTED;
     else if (!zygote_unusable(zerr)) err = -zerr;
   }
   if (err == 0 && !forked) err = posix_spawn(&pid, path, &fa, &at, o->args, env);
@@ -726,8 +737,9 @@ done:
 static int posix_spawn_wanted(void) { return 0; }
 static int spawn_posix(uv_loop_t *loop, tt_process_t *p,
                        const tt_process_options_t *o, char **env,
-                       int files[3], int *chan) {
+                       int files[3], int *chan, int use_zygote) {
   (void)loop, (void)p, (void)o, (void)env, (void)files, (void)chan;
+  (void)use_zygote;
   return UV_ENOSYS;
 }
 #endif
@@ -794,9 +806,21 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
     err = UV_ENOMEM;
     goto fail;
   }
-  if (posix_spawn_wanted())
-    err = spawn_posix(loop, p, opts, env, files, &sv[1]);
-  else
+  if (posix_spawn_wanted()) {
+    err = spawn_posix(loop, p, opts, env, files, &sv[1], 1);
+    if (err == -ZYGOTE_TAINTED) {
+      if (opts->channel) {
+        close(sv[0]);
+        close(sv[1]);
+        sv[0] = sv[1] = -1;
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+          err = -errno;
+          goto fail;
+        }
+      }
+      err = spawn_posix(loop, p, opts, env, files, &sv[1], 0);
+    }
+  } else
     err = spawn_uv(loop, p, opts, env, files, sv[1]);
   if (err != 0) goto fail;
   free(env);

@@ -73,7 +73,8 @@ typedef struct tt_zygote_s {
 
 /* Takes `sock`, a connected stream socket to the zygote, and asks the
  * kernel to name the sender of everything read from it (SO_PASSCRED):
- * a record naming a spare must come from that spare. */
+ * a record naming a spare must come from that spare.  Call it before the
+ * other end is written to (what was written before carries no name). */
 void tt_zygote_init(tt_zygote_t *z, int sock);
 
 /* Sends `req` and waits for the answer.  0 and *pid, or a negative error:

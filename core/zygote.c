@@ -570,6 +570,10 @@ int tt_zygote_serve(int sock, unsigned want) {
   spare_t sp[TT_ZYGOTE_MAX_SPARES];
   size_t n = 0;
   uint64_t last_claim = 0, quiet = (uint64_t)REFILL_QUIET_MS * 1000000u;
+  int on = 1;
+  /* our records and the spares' carry their writer's pid, whenever the
+   * asker turned SO_PASSCRED on at its end */
+  (void)setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
   if (want < 1) want = 1;
   if (want > TT_ZYGOTE_MAX_SPARES) want = TT_ZYGOTE_MAX_SPARES;
   for (;;) {

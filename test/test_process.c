@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@
 #include "tt_error.h"
 #include "tt_process.h"
 #include "tt_rpc.h"
+#include "tt_zygote.h"
 
 typedef struct {
   int frames, exited, closed, disconnected, order_ok;
@@ -546,6 +549,90 @@ START_TEST(test_calls_fail_when_the_channel_ends) {
 }
 END_TEST
 
+
+/* A zygote that fails after our request went out (here: its spare takes
+ * the descriptors, writes a frame on the channel, then answers garbage)
+ * must not leave the exec'd child a channel with a dead worker's frames
+ * in it: the child gets new descriptors, and the first frame we read is
+ * the child's own. */
+static int fake_spare(int sock) {
+  int32_t rec[3] = {1 /* SPARE */, 0, (int32_t)getpid()};
+  char buf[8192], cbuf[CMSG_SPACE(sizeof(int) * 8)];
+  unsigned char frame[TT_FRAME_HEADER_SIZE + 5];
+  int fds[8], nfds = 0;
+  struct msghdr m;
+  struct iovec iov = {buf, sizeof buf};
+  struct cmsghdr *c;
+  if (write(sock, rec, sizeof rec) != (ssize_t)sizeof rec) return 1;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = cbuf;
+  m.msg_controllen = sizeof cbuf;
+  if (recvmsg(sock, &m, 0) <= 0) return 1;
+  for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c))
+    if (c->cmsg_type == SCM_RIGHTS)
+      for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 8; i++)
+        memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+  if (nfds == 0) return 1;
+  /* the channel is the last descriptor (no pass_fds) */
+  tt_frame_header_pack(frame, TT_FRAME_MESSAGE, 0, 0, 5);
+  memcpy(frame + TT_FRAME_HEADER_SIZE, "ghost", 5);
+  if (write(fds[nfds - 1], frame, sizeof frame) != (ssize_t)sizeof frame) return 1;
+  rec[0] = 77; /* no such record */
+  if (write(sock, rec, sizeof rec) != (ssize_t)sizeof rec) return 1;
+  while (read(sock, buf, sizeof buf) > 0) {
+  }
+  return 0;
+}
+
+START_TEST(test_failed_zygote_gives_fresh_descriptors) {
+  uv_loop_t loop;
+  tt_process_t p;
+  tt_process_options_t o;
+  tt_zygote_t z;
+  run_t r;
+  int zs[2], fake;
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, zs), 0);
+  tt_zygote_init(&z, zs[0]); /* (before anything is written to it) */
+  fake = fork();
+  ck_assert_int_ge(fake, 0);
+  if (fake == 0) {
+    close(zs[0]);
+    _exit(fake_spare(zs[1]));
+  }
+  close(zs[1]);
+  uv_loop_init(&loop);
+  memset(&r, 0, sizeof r);
+  tt_test_child_options(&o, "echo");
+  o.zygote = &z;
+  ck_assert_int_eq(tt_process_spawn(&loop, &p, &o), 0);
+  /* (where posix_spawn is not used, neither is the zygote) */
+  if (z.sock < 0) {
+    errno = 0; /* the fake was taken for a spare: killed and reaped */
+    ck_assert_int_eq(waitpid(fake, NULL, WNOHANG), -1);
+    ck_assert_int_eq(errno, ECHILD);
+  }
+  p.data = &r;
+  p.on_exit = on_exit_cb;
+  p.on_disconnect = on_disconnect;
+  p.on_closed = on_closed;
+  p.channel->data = &r;
+  p.channel->on_frame = on_frame;
+  ck_assert_int_eq(tt_channel_send(p.channel, TT_FRAME_MESSAGE, 0, "hi", 2,
+                                   NULL, NULL), 1);
+  tt_test_run_until(&loop, &r.frames, 10000);
+  ck_assert_str_eq(r.last, "hi");
+  ck_assert_int_eq(r.frames, 1);
+  ck_assert_int_eq(tt_channel_disconnect(p.channel), 0);
+  tt_test_run_until(&loop, &r.closed, 10000);
+  tt_process_close(&p, NULL);
+  tt_test_loop_close(&loop);
+  tt_zygote_close(&z);
+  if (z.sock >= 0) waitpid(fake, NULL, 0);
+}
+END_TEST
+
 Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc = tcase_create("process");
@@ -564,6 +651,7 @@ Suite *process_suite(void) {
   tcase_add_test(sp, test_script_without_shebang_runs_in_sh);
   tcase_add_test(sp, test_child_gets_exactly_its_fds);
   tcase_add_test(sp, test_child_session_and_signals);
+  tcase_add_test(sp, test_failed_zygote_gives_fresh_descriptors);
   tcase_add_test(rp, test_call_gets_its_reply);
   tcase_add_test(rp, test_call_times_out_and_retries);
   tcase_add_test(rp, test_calls_fail_when_the_channel_ends);

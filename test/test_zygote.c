@@ -27,6 +27,7 @@ static void start_zygote_n(tt_zygote_t *z, int *zpid, const int *keep,
                            size_t nkeep, int spare_out, unsigned spares) {
   int sv[2];
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  tt_zygote_init(z, sv[0]); /* (before anything is written to it) */
   *zpid = fork();
   ck_assert_int_ge(*zpid, 0);
   if (*zpid == 0) {
@@ -52,7 +53,6 @@ static void start_zygote_n(tt_zygote_t *z, int *zpid, const int *keep,
   }
   close(sv[1]);
   if (spare_out >= 0) close(spare_out);
-  tt_zygote_init(z, sv[0]);
 }
 
 static void start_zygote(tt_zygote_t *z, int *zpid, const int *keep,
@@ -248,6 +248,7 @@ static void garbled(int32_t kind, int32_t err, int32_t pid, int expect) {
   int sv[2], fpid, got = 0, p[2];
   int targets[1] = {1};
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  tt_zygote_init(&z, sv[0]);
   fpid = fork();
   ck_assert_int_ge(fpid, 0);
   if (fpid == 0) {
@@ -263,7 +264,6 @@ static void garbled(int32_t kind, int32_t err, int32_t pid, int expect) {
     _exit(0);
   }
   close(sv[1]);
-  tt_zygote_init(&z, sv[0]);
   z.timeout_ms = 300;
   ck_assert_int_eq(pipe(p), 0);
   ck_assert_int_eq(request(&z, p[1], &got, targets, 1), expect);
@@ -302,6 +302,7 @@ START_TEST(test_spare_record_from_another) {
     _exit(0);
   }
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  tt_zygote_init(&z, sv[0]);
   fpid = fork();
   ck_assert_int_ge(fpid, 0);
   if (fpid == 0) {
@@ -314,7 +315,6 @@ START_TEST(test_spare_record_from_another) {
     _exit(0);
   }
   close(sv[1]);
-  tt_zygote_init(&z, sv[0]);
   ck_assert_int_eq(pipe(p), 0);
   ck_assert_int_eq(request(&z, p[1], &got, targets, 1), UV_EPROTO);
   ck_assert_int_eq(z.sock, -1);
@@ -356,6 +356,7 @@ START_TEST(test_spare_out_of_memory) {
   tt_zygote_request_t req;
   if (UNDER_ASAN) return; /* (ASan's reservations defeat RLIMIT_AS) */
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  tt_zygote_init(&z, sv[0]);
   zpid = fork();
   ck_assert_int_ge(zpid, 0);
   if (zpid == 0) {
@@ -377,7 +378,6 @@ START_TEST(test_spare_out_of_memory) {
     _exit(r == 0 ? 0 : 1);
   }
   close(sv[1]);
-  tt_zygote_init(&z, sv[0]);
   ck_assert_int_eq(pipe(p), 0);
   e = malloc(big + 3);
   ck_assert_ptr_nonnull(e);
