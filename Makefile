@@ -35,7 +35,7 @@ LUA_ENV = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/
 .PHONY: bench-deps
 .PHONY: squares all deps test test-c test-lua test-asan test-asan-lua test-valgrind test-valgrind-lua demo bench fuzz clean install-rock
 
-all: $(BUILD)/tether/core.so $(BUILD)/notify_listen
+all: $(BUILD)/tether/core.so $(BUILD)/notify_listen $(BUILD)/fd_peer
 
 deps:
 	@sh scripts/deps.sh
@@ -63,6 +63,11 @@ $(ABUILD)/run_c_tests: $(CORE_SRC) $(wildcard test/*.c test/*.h) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CORE_BASE) $(SAN) $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
 
+# A peer sending buffers' descriptors, good and bad (spec/buffer_spec.lua).
+$(BUILD)/fd_peer: test/fd_peer.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g $< -o $@
+
 # A stand-in for systemd's notify socket (the `tether run` specs).
 $(BUILD)/notify_listen: test/notify_listen.c
 	@mkdir -p $(@D)
@@ -85,7 +90,7 @@ test-c: $(BUILD)/run_c_tests
 	$(BUILD)/run_c_tests
 
 BUSTED_OUT ?=
-test-lua: $(BUILD)/tether/core.so $(BUILD)/codec_test.so $(BUILD)/notify_listen
+test-lua: $(BUILD)/tether/core.so $(BUILD)/codec_test.so $(BUILD)/notify_listen $(BUILD)/fd_peer
 	$(call LUA_ENV,$(BUILD)) TETHER_LUA=$(LUA) $(BUSTED) $(BUSTED_OUT) $(SPECS)
 
 # The specs against an ASan+UBSan build: the sanitizer runtimes are preloaded
@@ -94,7 +99,7 @@ ASAN_RT = $(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-file-n
 test-asan: deps
 	@scripts/test.sh asan
 
-test-asan-lua: $(ABUILD)/tether/core.so $(ABUILD)/codec_test.so $(BUILD)/notify_listen
+test-asan-lua: $(ABUILD)/tether/core.so $(ABUILD)/codec_test.so $(BUILD)/notify_listen $(BUILD)/fd_peer
 	$(call LUA_ENV,$(ABUILD)) TETHER_LUA=$(LUA) LD_PRELOAD="$(ASAN_RT)" \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/test/lsan.supp:print_suppressions=0 \
@@ -108,7 +113,7 @@ VALGRIND = valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indire
 test-valgrind: deps
 	@scripts/test.sh valgrind
 
-test-valgrind-lua: $(BUILD)/tether/core.so $(BUILD)/codec_test.so $(BUILD)/notify_listen
+test-valgrind-lua: $(BUILD)/tether/core.so $(BUILD)/codec_test.so $(BUILD)/notify_listen $(BUILD)/fd_peer
 	$(call LUA_ENV,$(BUILD)) TETHER_LUA=$(LUA) TETHER_SLOW=1 $(VALGRIND) $(LUA) /usr/bin/busted $(BUSTED_OUT) $(SPECS)
 
 demo: deps $(BUILD)/tether/core.so

@@ -7,13 +7,13 @@
 -- (sequence number and length); a mismatch aborts with VERIFY FAILED.
 --
 -- Env: ANCHOR_SECS (default 1.5), ANCHOR_WARM (default 0.2),
---      BENCH_CASES (space-separated subset: pingpong stream spawn call),
+--      BENCH_CASES (space-separated subset: pingpong buffer stream spawn call),
 --      BENCH_SIZES (ping-pong sizes, default "16 1024 65536 1048576").
 local tether = require "tether"
 
 local SECS = tonumber(os.getenv("ANCHOR_SECS") or "") or 1.5
 local WARM = tonumber(os.getenv("ANCHOR_WARM") or "") or 0.2
-local CASES = os.getenv("BENCH_CASES") or "pingpong stream call spawn"
+local CASES = os.getenv("BENCH_CASES") or "pingpong buffer stream call spawn"
 local ANCHOR = os.getenv("BENCH_NAME") or "tether"
 local PINGPONG_SIZES = {}
 for w in (os.getenv("BENCH_SIZES") or "16 1024 65536 1048576"):gmatch("%d+") do
@@ -41,6 +41,11 @@ if arg[1] == "child" then
       expect = expect + 1
       count = count + 1
       bytes = bytes + #m[2]
+    elseif t == "B" then
+      -- a buffer: read where it is (its first and last byte checked), sent back
+      local b = m[2]
+      if b:read(1, 1) ~= "b" or b:read(-1) ~= "e" then errs = errs + 1 end
+      parent:send(m)
     elseif t == "E" then
       if m[1] ~= count then errs = errs + 1 end
       parent:send({ [0] = "A", count, errs, bytes })
@@ -122,6 +127,37 @@ local function pingpong(kid, size, secs)
     n = n + 1
     t = now()
   until t - t0 >= secs
+  return n, t - t0
+end
+
+-- ping-pong of a tether.buffer (doc/zero-copy.md): `fresh` makes a new one
+-- per round trip and writes all of it (as the anchors write their bytes),
+-- else one buffer goes back and forth (a value passed on, never copied)
+local function buffer_pingpong(kid, size, secs, fresh)
+  local data = fresh and ("b" .. string.rep("x", size - 2) .. "e")
+  local buf = tether.buffer(size)
+  buf:write(1, "b")
+  buf:write(size, "e")
+  local msg = { [0] = "B", 0, buf }
+  local n, t0 = 0, now()
+  local t
+  repeat
+    seq = seq + 1
+    msg[1] = seq
+    if fresh then
+      buf:close()
+      buf = tether.buffer(size)
+      buf:write(1, data)
+      msg[2] = buf
+    end
+    kid:send(msg)
+    local m = recv(kid)
+    if m[1] ~= seq or #m[2] ~= size or m[0] ~= "B" then fail("buffer echo mismatch") end
+    m[2]:close()
+    n = n + 1
+    t = now()
+  until t - t0 >= secs
+  buf:close()
   return n, t - t0
 end
 
@@ -232,6 +268,19 @@ local function main_task()
       local n, el = pingpong(kid, size, SECS)
       report("pingpong", size, "rt_per_s", n / el)
       io.stderr:write(("# %s pingpong size=%d n=%d secs=%.3f verified\n"):format(ANCHOR, size, n, el))
+    end
+  end
+  if has("buffer") then
+    for _, size in ipairs(PINGPONG_SIZES) do
+      if size >= 65536 then
+        for _, fresh in ipairs { false, true } do
+          buffer_pingpong(kid, size, WARM, fresh)
+          local n, el = buffer_pingpong(kid, size, SECS, fresh)
+          local case = fresh and "buffer-new" or "buffer-forward"
+          report(case, size, "rt_per_s", n / el)
+          io.stderr:write(("# %s %s size=%d n=%d secs=%.3f verified\n"):format(ANCHOR, case, size, n, el))
+        end
+      end
     end
   end
   if has("stream") then

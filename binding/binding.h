@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "codec.h"
+#include "tt_shmbuf.h"
 #include "tt_channel.h"
 #include "tt_rpc.h"
 #include "tt_supervisor.h"
@@ -150,12 +151,20 @@ void tt_lua_on_sent(void *arg, int status);
  * 0, or the count of results (nil, err) pushed.  tt_lua_encode_done()
  * after the bytes were used. */
 int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json);
+/* The same, with buffers carried by `attach` (NULL: none may travel). */
+int tt_lua_encode_with(lua_State *L, tt_state_t *st, int idx, int json,
+                       tt_codec_attach_t *attach);
 void tt_lua_encode_done(tt_state_t *st);
 /* Pushes the decoded value and returns 1; or pushes why it failed and
  * returns 0 (malformed), -1 (out of memory) or -2 (a Ctrl-C interrupted
  * it: drop the frame, blame nobody; run() is ending).  Never raises. */
 int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
                   int json, size_t max_message);
+/* The same, taking a buffer's descriptor from `buffers_from` (during its
+ * on_frame) for a BUFFER tag; NULL: none may travel. */
+int tt_lua_decode_from(lua_State *L, tt_state_t *st, const char *p,
+                       size_t n, int json, size_t max_message,
+                       tt_channel_t *buffers_from);
 /* The decode budget for a channel's max_message: a received message may
  * decode to at most this many bytes of Lua memory (TT_DECODE_FACTOR times
  * max_message, at least TT_DECODE_MIN), so a peer cannot make us use
@@ -232,5 +241,12 @@ int tt_lua_handle_fd(lua_State *L, int idx);
  * the handle is empty; an argument error for another value. */
 int tt_lua_opt_handle_fd(lua_State *L, int idx);
 void tt_open_timer(lua_State *L);
+void tt_open_buffer(lua_State *L);
+/* The tether.buffer at idx, or NULL. */
+tt_shmbuf_t *tt_lua_buffer_test(lua_State *L, int idx);
+/* Pushes a new, empty (closed) buffer to fill (tt_shmbuf_adopt). */
+tt_shmbuf_t *tt_lua_new_buffer(lua_State *L);
+/* Tells the collector of a buffer's `size` bytes (a step as if allocated). */
+void tt_lua_buffer_pressure(lua_State *L, size_t size);
 
 #endif

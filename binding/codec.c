@@ -53,6 +53,7 @@ enum {
   TAG_STRING = 0x05, /* varint length, bytes */
   TAG_TABLE = 0x06,  /* varint n, varint m, n values, m key/value pairs */
   TAG_REF = 0x07,    /* varint id of a table already started */
+  TAG_BUFFER = 0x08, /* varint size; the bytes travel beside (a memfd) */
   TAG_POSINT = 0x40, /* 0x40..0x7f: integers 0..63 */
   TAG_SHORTSTR = 0x80, /* 0x80..0xbf: strings of 0..63 bytes */
   TAG_NEGINT = 0xc0    /* 0xc0..0xff: integers -64..-1 (the byte as int8) */
@@ -90,6 +91,7 @@ struct path_s {
 typedef struct {
   lua_State *L;
   tt_wbuf_t *out;
+  tt_codec_attach_t *attach;
   size_t start; /* out->len on entry */
   int max_depth;
   int spill;    /* stack slot of the spill table: seen table -> id */
@@ -461,17 +463,37 @@ static int enc_value(enc_t *e, int idx, int depth, const path_t *path) {
     return 0;
   case LUA_TTABLE:
     return enc_table(e, idx, depth + 1, path);
+  case LUA_TUSERDATA:
+    if (luaL_testudata(L, idx, "tether.buffer") != NULL) {
+      uint64_t size = 0;
+      const char *why =
+          e->attach != NULL
+              ? e->attach->take(e->attach, L, idx, &size)
+              : "a tether.buffer travels only in a message on a fork's "
+                "channel (child:send, tether.parent:send), not in a call, a "
+                "reply, a task or to a supervisor's worker";
+      if (why != NULL) return enc_fail(e, path, "%s", why);
+      put_tagged_varint(e, TAG_BUFFER, size);
+      return 0;
+    }
+    return enc_fail(e, path, "%s", luaL_typename(L, idx));
   default:
     return enc_fail(e, path, "%s", luaL_typename(L, idx));
   }
 }
 
 int tt_codec_encode(lua_State *L, int idx, tt_wbuf_t *out, int max_depth) {
+  return tt_codec_encode_with(L, idx, out, max_depth, NULL);
+}
+
+int tt_codec_encode_with(lua_State *L, int idx, tt_wbuf_t *out,
+                         int max_depth, tt_codec_attach_t *a) {
   enc_t e;
   int top = lua_gettop(L), r;
   idx = lua_absindex(L, idx);
   e.L = L;
   e.out = out;
+  e.attach = a;
   e.start = out->len;
   e.max_depth = clamp_depth(max_depth);
   e.spill = 0;
@@ -494,6 +516,7 @@ int tt_codec_encode(lua_State *L, int idx, tt_wbuf_t *out, int max_depth) {
 
 typedef struct {
   lua_State *L;
+  tt_codec_attach_t *attach;
   const unsigned char *p, *start, *end;
   int max_depth;
   int slots; /* spill table slot; tables 0..INLINE_TABLES-1 follow it */
@@ -662,6 +685,15 @@ static int dec_value(dec_t *d, int depth) {
     goto string;
   case TAG_TABLE:
     return dec_table(d, at, depth + 1);
+  case TAG_BUFFER: {
+    const char *why;
+    if ((r = get_varint(d, &u)) != 0) return r;
+    if (d->attach == NULL)
+      return dec_fail(d, at, "a buffer where none may travel");
+    if ((why = d->attach->give(d->attach, L, u)) != NULL)
+      return dec_fail(d, at, "%s", why);
+    return 0;
+  }
   case TAG_REF:
     if ((r = get_varint(d, &u)) != 0) return r;
     if (u >= (uint64_t)d->ntables)
@@ -687,9 +719,15 @@ int tt_codec_decode(lua_State *L, const char *p, size_t n, int max_depth) {
 
 int tt_codec_decode_budget(lua_State *L, const char *p, size_t n,
                            int max_depth, size_t budget) {
+  return tt_codec_decode_with(L, p, n, max_depth, budget, NULL);
+}
+
+int tt_codec_decode_with(lua_State *L, const char *p, size_t n,
+                         int max_depth, size_t budget, tt_codec_attach_t *a) {
   dec_t d;
   int base = lua_gettop(L), r;
   d.L = L;
+  d.attach = a;
   d.budget = budget;
   d.used = 0;
   d.start = d.p = (const unsigned char *)(p != NULL ? p : "");

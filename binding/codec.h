@@ -28,6 +28,21 @@ typedef struct {
   size_t cap;
 } tt_wbuf_t;
 
+/* What travels beside a message's bytes: a tether.buffer's descriptor,
+ * one per message.  Where a buffer is, the codec writes a BUFFER tag with
+ * its size and asks the caller, who carries the descriptor; without a
+ * caller (NULL) a buffer cannot be sent, and a BUFFER tag is malformed. */
+typedef struct tt_codec_attach_s tt_codec_attach_t;
+struct tt_codec_attach_s {
+  /* Encoding: the buffer (userdata "tether.buffer") at idx is to travel:
+   * NULL and *size, or why it cannot. */
+  const char *(*take)(tt_codec_attach_t *a, lua_State *L, int idx,
+                      uint64_t *size);
+  /* Decoding: pushes the buffer for a BUFFER tag of `size` bytes: NULL,
+   * or why there is none (nothing pushed).  May raise on memory errors. */
+  const char *(*give)(tt_codec_attach_t *a, lua_State *L, uint64_t size);
+};
+
 /* Encodes the value at `idx`.  Returns 0, or TT_ERR_SERIALIZE with a message
  * naming the path of the bad value ("msg.items[3]: function") pushed on the
  * stack; out->len is then back where it was (nothing partial is kept). May
@@ -45,6 +60,12 @@ int tt_codec_decode(lua_State *L, const char *p, size_t n, int max_depth);
  * a small payload of empty tables cost 40 times its size.  0: no budget. */
 int tt_codec_decode_budget(lua_State *L, const char *p, size_t n,
                            int max_depth, size_t budget);
+
+/* The same two, with a caller for buffers (may be NULL). */
+int tt_codec_encode_with(lua_State *L, int idx, tt_wbuf_t *out,
+                         int max_depth, tt_codec_attach_t *a);
+int tt_codec_decode_with(lua_State *L, const char *p, size_t n,
+                         int max_depth, size_t budget, tt_codec_attach_t *a);
 
 /* What each decoded item is charged against a budget (a little over what
  * Lua 5.4 allocates for it on a 64-bit build, malloc's rounding included). */

@@ -11,6 +11,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tt_peer.h"
 #include "binding.h"
@@ -75,6 +76,11 @@ static int encode_json(lua_State *L, tt_state_t *st, int idx) {
 /* Encodes the value at idx into the state's buffer, after room for a frame
  * header.  0, or the count of Lua results (nil, err) already pushed. */
 int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json) {
+  return tt_lua_encode_with(L, st, idx, json, NULL);
+}
+
+int tt_lua_encode_with(lua_State *L, tt_state_t *st, int idx, int json,
+                       tt_codec_attach_t *attach) {
   tt_wbuf_t *wb = &st->wbuf;
   if (wb->cap < TT_WBUF_INITIAL) {
     char *nb = realloc(wb->data, TT_WBUF_INITIAL);
@@ -84,9 +90,59 @@ int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json) {
   }
   if (json) return encode_json(L, st, idx);
   wb->len = TT_FRAME_HEADER_SIZE;
-  if (tt_codec_encode(L, idx, wb, st->max_depth) != 0)
+  if (tt_codec_encode_with(L, idx, wb, st->max_depth, attach) != 0)
     return tt_lua_fail(L, TT_ERR_SERIALIZE, lua_tostring(L, -1));
   return 0;
+}
+
+/* ---- buffers beside a message (tether.buffer: binding/buffer.c) ---- */
+
+typedef struct {
+  tt_codec_attach_t a;
+  tt_shmbuf_t *buf;
+} send_attach_t;
+
+static const char *take_buffer(tt_codec_attach_t *a, lua_State *L, int idx,
+                               uint64_t *size) {
+  send_attach_t *s = (send_attach_t *)a;
+  tt_shmbuf_t *b = tt_lua_buffer_test(L, idx);
+  if (b->fd < 0) return "the tether.buffer is closed";
+  /* (one descriptor per frame: the receiver pairs it with the one tag) */
+  if (s->buf != NULL) return "a message carries at most one tether.buffer";
+  s->buf = b;
+  *size = b->size;
+  return NULL;
+}
+
+typedef struct {
+  tt_codec_attach_t a;
+  tt_channel_t *ch;
+} recv_attach_t;
+
+static const char *give_buffer(tt_codec_attach_t *a, lua_State *L,
+                               uint64_t size) {
+  recv_attach_t *r = (recv_attach_t *)a;
+  tt_shmbuf_t *b;
+  const char *why = NULL;
+  int fd, err;
+  if (size > TT_SHMBUF_MAX) return "a buffer larger than 1 GiB";
+  b = tt_lua_new_buffer(L); /* (before the descriptor is ours: a raise
+                               here leaves it to the channel to close) */
+  if ((fd = tt_channel_take_fd(r->ch)) < 0) {
+    lua_pop(L, 1);
+    return "a buffer without its descriptor";
+  }
+  if ((err = tt_shmbuf_adopt(b, fd, (size_t)size, TT_SHMBUF_MAX)) != 0) {
+    close(fd);
+    lua_pop(L, 1);
+    why = err == UV_EPERM ? "a buffer its sender could still change (not sealed)"
+          : err == UV_EINVAL ? "a buffer of another size than its tag says"
+          : err == UV_EBADF  ? "a buffer whose descriptor is not a memfd"
+                             : "a buffer that cannot be mapped";
+  } else {
+    tt_lua_buffer_pressure(L, (size_t)size);
+  }
+  return why;
 }
 
 void tt_lua_encode_done(tt_state_t *st) {
@@ -126,9 +182,28 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
                       int fd) {
   tt_state_t *st = o->st;
   tt_send_req_t *req = NULL;
+  send_attach_t at = {{take_buffer, NULL}, NULL};
   int rc;
 
-  if ((rc = tt_lua_encode(L, st, idx, o->json)) != 0) return rc;
+  /* buffers travel in messages (not in calls or replies) */
+  if ((rc = tt_lua_encode_with(L, st, idx, o->json,
+                               kind == TT_FRAME_MESSAGE ? &at.a : NULL)) != 0)
+    return rc;
+  if (at.buf != NULL) {
+    if (fd >= 0) {
+      tt_lua_encode_done(st);
+      return tt_lua_fail(L, TT_ERR_SERIALIZE,
+                         "a message carries a handle or a tether.buffer, "
+                         "not both");
+    }
+    /* frozen before its descriptor leaves: the receiver maps it only if
+     * it is sealed, and nobody may change it from then on */
+    if ((rc = tt_shmbuf_freeze(at.buf)) != 0) {
+      tt_lua_encode_done(st);
+      return tt_lua_fail(L, rc, "cannot freeze the buffer to send it");
+    }
+    fd = at.buf->fd;
+  }
   if (!tt_channel_is_connected(ch))
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   if ((rc = check_too_big(L, ch, st, kind)) != 0) return rc;
@@ -215,6 +290,7 @@ static int decode_protected(lua_State *L) {
   size_t n = (size_t)lua_tointeger(L, 2);
   int depth = (int)lua_tointeger(L, 3);
   size_t budget = (size_t)lua_tointeger(L, 5);
+  recv_attach_t at = {{NULL, give_buffer}, lua_touserdata(L, 6)};
   if (lua_toboolean(L, 4)) { /* JSON: the facade's decoder -> ok, value|why */
     tt_state_t *st = tt_state(L);
     size_t cost;
@@ -235,7 +311,8 @@ static int decode_protected(lua_State *L) {
     lua_call(L, 1, 2);
     return 2;
   }
-  if (tt_codec_decode_budget(L, p, n, depth, budget) != 0) {
+  if (tt_codec_decode_with(L, p, n, depth, budget,
+                           at.ch != NULL ? &at.a : NULL) != 0) {
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
     return 2;
@@ -262,6 +339,12 @@ static const char *event_of(unsigned kind) {
 
 int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
                   int json, size_t max_message) {
+  return tt_lua_decode_from(L, st, p, n, json, max_message, NULL);
+}
+
+int tt_lua_decode_from(lua_State *L, tt_state_t *st, const char *p,
+                       size_t n, int json, size_t max_message,
+                       tt_channel_t *buffers_from) {
   int ok;
   lua_pushcfunction(L, decode_protected);
   lua_pushlightuserdata(L, (void *)p);
@@ -270,7 +353,9 @@ int tt_lua_decode(lua_State *L, tt_state_t *st, const char *p, size_t n,
   lua_pushboolean(L, json);
   lua_pushinteger(L, (lua_Integer)tt_lua_decode_budget(
                          max_message ? max_message : TT_FRAME_DEFAULT_MAX_MESSAGE));
-  if ((ok = lua_pcall(L, 5, 2, 0)) != LUA_OK) {
+  if (buffers_from != NULL) lua_pushlightuserdata(L, buffers_from);
+  else lua_pushnil(L);
+  if ((ok = lua_pcall(L, 6, 2, 0)) != LUA_OK) {
     /* Ctrl-C: the hook raised inside the decoder; the peer is not at fault */
     if (tt_interrupted(st)) {
       lua_pop(L, 1);
@@ -322,8 +407,11 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
   L = tt_lobj_begin(o, event_of(h->kind));
   if (L == NULL) return;
-  if ((rc = tt_lua_decode(L, st, payload, h->len, o->json,
-                          tt_channel_max_message(ch))) != 1) {
+  /* a native MESSAGE may carry a buffer: its descriptor is the frame's */
+  if ((rc = tt_lua_decode_from(
+           L, st, payload, h->len, o->json, tt_channel_max_message(ch),
+           h->kind == TT_FRAME_MESSAGE && !tt_channel_is_lines(ch) ? ch
+                                                                   : NULL)) != 1) {
     /* Malformed, or out of memory building the value: the stream cannot
      * go on.  (The reason stays on the stack during the call.) */
     if (rc == -2)

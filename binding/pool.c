@@ -74,8 +74,10 @@ static void on_frame(tt_pool_t *p, unsigned id, tt_channel_t *ch,
   if (event == NULL || (L = tt_lobj_begin(&c->o, event)) == NULL) return;
   c->frame_ch = ch;
   lua_pushinteger(L, id);
-  if ((rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json,
-                          tt_channel_max_message(ch))) != 1) {
+  if ((rc = tt_lua_decode_from(
+           L, c->o.st, payload, h->len, c->o.json, tt_channel_max_message(ch),
+           h->kind == TT_FRAME_MESSAGE && !tt_channel_is_lines(ch) ? ch
+                                                                   : NULL)) != 1) {
     /* as for any peer: a frame that does not decode ends that worker's
      * channel with ERR_IPC_PROTOCOL ("error" event), and the pool
      * replaces the worker */

@@ -209,8 +209,10 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
   if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
   c->frame_ch = ch;
   lua_pushinteger(L, id);
-  rc = tt_lua_decode(L, c->o.st, payload, h->len, c->o.json,
-                     tt_channel_max_message(ch));
+  /* a worker's message may carry a buffer (its tether.parent:send) */
+  rc = tt_lua_decode_from(
+      L, c->o.st, payload, h->len, c->o.json, tt_channel_max_message(ch),
+      h->kind == TT_FRAME_MESSAGE && !tt_channel_is_lines(ch) ? ch : NULL);
   if (rc != 1) {
     char why[256];
     snprintf(why, sizeof why, "%s", lua_tostring(L, -1));

@@ -832,5 +832,6 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
   tt_open_redis(L);
   tt_open_fs(L);
   tt_open_zygote(L);
+  tt_open_buffer(L);
   return 1;
 }

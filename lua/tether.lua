@@ -240,6 +240,9 @@ tether.run = core.run
 tether.stop = core.stop
 tether.now = core.now
 tether.hrtime = core.hrtime
+--- tether.buffer(n | string): shared memory for a large value, sent without
+-- copying its bytes (doc/zero-copy.md; binding/buffer.c)
+tether.buffer = core.buffer
 tether.fd = core.fd
 tether.timeout = core.timeout
 

@@ -450,11 +450,24 @@ describe("codec", function()
     end)
 
     it("rejects unknown and reserved tags", function()
-      for tag = 0x08, 0x3f do
+      for tag = 0x09, 0x3f do
         assert_protocol(string.char(tag),
           string.format("unknown tag 0x%02x at byte 0", tag))
       end
       assert_protocol("\6\1\0\63", "unknown tag 0x3f at byte 3")
+    end)
+
+    it("rejects a buffer (tag 0x08) where no descriptor can come with it", function()
+      assert_protocol("\8\0", "a buffer where none may travel at byte 0")
+      assert_protocol("\8", "truncated varint at byte 1")
+      assert_protocol("\6\1\0\8\128\32", "a buffer where none may travel at byte 3")
+    end)
+
+    it("refuses to encode a buffer outside a message", function()
+      local b <close> = core.buffer(1)
+      local v, err = encode({ b })
+      assert.is_nil(v)
+      assert.matches("only in a message", tostring(err))
     end)
 
     it("rejects every truncation of a valid payload", function()
