@@ -121,7 +121,8 @@ local function pingpong(kid, size, secs)
   repeat
     seq = seq + 1
     msg[1] = seq
-    kid:send(msg)
+    local ok, err = kid:send(msg)
+    if ok == nil then fail("pingpong send: " .. tostring(err)) end -- (not wait for ever)
     local m = recv(kid)
     if m[1] ~= seq or #m[2] ~= #data or m[0] ~= "P" then fail("pingpong echo mismatch") end
     n = n + 1
@@ -150,7 +151,8 @@ local function buffer_pingpong(kid, size, secs, fresh)
       buf:write(1, data)
       msg[2] = buf
     end
-    kid:send(msg)
+    local ok, err = kid:send(msg)
+    if ok == nil then fail("buffer send: " .. tostring(err)) end
     local m = recv(kid)
     if m[1] ~= seq or #m[2] ~= size or m[0] ~= "B" then fail("buffer echo mismatch") end
     m[2]:close()
