@@ -78,6 +78,7 @@ struct tt_state_s {
   int exit_flushed; /* the channels were flushed for the exit */
   int max_depth;    /* codec nesting limit */
   int json_encode_ref, json_decode_ref; /* the facade's JSON codec */
+  size_t live_buffers; /* tether.buffers open (binding/buffer.c) */
   tt_lobj_t objects; /* list head */
   tt_wbuf_t wbuf;   /* encoder output, reused */
 };
@@ -246,7 +247,10 @@ void tt_open_buffer(lua_State *L);
 tt_shmbuf_t *tt_lua_buffer_test(lua_State *L, int idx);
 /* Pushes a new, empty (closed) buffer to fill (tt_shmbuf_adopt). */
 tt_shmbuf_t *tt_lua_new_buffer(lua_State *L);
-/* Tells the collector of a buffer's `size` bytes (a step as if allocated). */
+/* Counts a new buffer of `size` bytes (open) and tells the collector of it:
+ * a step as if its bytes were allocated, at least 64 KiB (its descriptor),
+ * and a full collection once open buffers hold a quarter of the
+ * descriptors we may have.  Not while the program stopped the collector. */
 void tt_lua_buffer_pressure(lua_State *L, size_t size);
 
 #endif

@@ -12,11 +12,24 @@
  * buf:close(), __close, __gc;  #buf;  tostring(buf)
  */
 #include <string.h>
+#include <sys/resource.h>
 
 #include "binding.h"
 #include "tt_shmbuf.h"
 
 #define TT_BUFFER_MT "tether.buffer"
+
+/* A quarter of the descriptors we may have open. */
+static size_t fd_budget(void) {
+  static size_t budget;
+  if (budget == 0) {
+    struct rlimit rl;
+    rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+    if (n == RLIM_INFINITY || n > 1u << 20) n = 1u << 20;
+    budget = n / 4 > 16 ? (size_t)(n / 4) : 16;
+  }
+  return budget;
+}
 
 tt_shmbuf_t *tt_lua_buffer_test(lua_State *L, int idx) {
   return luaL_testudata(L, idx, TT_BUFFER_MT);
@@ -34,11 +47,16 @@ tt_shmbuf_t *tt_lua_new_buffer(lua_State *L) {
 
 void tt_lua_buffer_pressure(lua_State *L, size_t size) {
   /* The collector sees a small userdata, not the memory and descriptor it
-   * holds: a step as if the buffer's bytes were allocated, so dropped
-   * buffers are collected at the pace of their size (not after a
-   * thousand of them hold a thousand descriptors). */
-  size_t kb = size >> 10;
-  if (kb > 0) lua_gc(L, LUA_GCSTEP, kb > 0x7fffffff ? 0x7fffffff : (int)kb);
+   * holds: dropped buffers would pile up descriptors until EMFILE. */
+  tt_state_t *st = tt_state(L);
+  size_t kb = (size < ((size_t)64 << 10) ? ((size_t)64 << 10) : size) >> 10;
+  st->live_buffers++;
+  if (!lua_gc(L, LUA_GCISRUNNING)) return;
+  if (st->live_buffers > fd_budget()) {
+    lua_gc(L, LUA_GCCOLLECT);
+    return;
+  }
+  lua_gc(L, LUA_GCSTEP, kb > 0x7fffffff ? 0x7fffffff : (int)kb);
 }
 
 static tt_shmbuf_t *open_buffer(lua_State *L) {
@@ -63,8 +81,11 @@ static int l_buffer(lua_State *L) {
   if (n > TT_SHMBUF_MAX)
     return tt_lua_fail(L, UV_EINVAL, "a buffer holds at most 1 GiB");
   b = tt_lua_new_buffer(L);
-  if ((err = tt_shmbuf_create(b, n)) != 0)
-    return tt_lua_fail(L, err, "cannot make a shared buffer");
+  if ((err = tt_shmbuf_create(b, n)) == UV_EMFILE && lua_gc(L, LUA_GCISRUNNING)) {
+    lua_gc(L, LUA_GCCOLLECT); /* (dropped buffers hold descriptors) */
+    err = tt_shmbuf_create(b, n);
+  }
+  if (err != 0) return tt_lua_fail(L, err, "cannot make a shared buffer");
   if (s != NULL && n > 0) memcpy(b->data, s, n);
   tt_lua_buffer_pressure(L, n);
   return 1;
@@ -83,7 +104,9 @@ static int l_read(lua_State *L) {
   size_t len = b->size;
   size_t i = position(luaL_optinteger(L, 2, 1), len);
   lua_Integer jj = luaL_optinteger(L, 3, -1);
-  size_t j = jj < 0 && (size_t)(-jj) > len ? 0 : jj < 0 ? len + (size_t)jj + 1 : (size_t)jj;
+  size_t j = jj >= 0                      ? (size_t)jj
+             : jj < -(lua_Integer)len     ? 0
+                                          : len - (size_t)(-(jj + 1));
   if (j > len) j = len;
   if (i > j) lua_pushliteral(L, "");
   else lua_pushlstring(L, b->data + i - 1, j - i + 1);
@@ -119,7 +142,12 @@ static int l_frozen(lua_State *L) {
 }
 
 static int l_close(lua_State *L) {
-  tt_shmbuf_close(luaL_checkudata(L, 1, TT_BUFFER_MT));
+  tt_shmbuf_t *b = luaL_checkudata(L, 1, TT_BUFFER_MT);
+  if (b->fd >= 0) {
+    tt_state_t *st = tt_state(L);
+    if (st->live_buffers > 0) st->live_buffers--;
+  }
+  tt_shmbuf_close(b);
   return 0;
 }
 

@@ -108,6 +108,7 @@ static const char *take_buffer(tt_codec_attach_t *a, lua_State *L, int idx,
   tt_shmbuf_t *b = tt_lua_buffer_test(L, idx);
   if (b->fd < 0) return "the tether.buffer is closed";
   /* (one descriptor per frame: the receiver pairs it with the one tag) */
+  if (s->buf == b) return "the same tether.buffer twice in one message";
   if (s->buf != NULL) return "a message carries at most one tether.buffer";
   s->buf = b;
   *size = b->size;
@@ -119,20 +120,27 @@ typedef struct {
   tt_channel_t *ch;
 } recv_attach_t;
 
+/* A buffer counts toward max_message by its size: what a peer can make us
+ * hold in one message stays bounded by the same setting. */
+static size_t buffer_max(tt_channel_t *ch) {
+  size_t m = tt_channel_max_message(ch);
+  return m < TT_SHMBUF_MAX ? m : TT_SHMBUF_MAX;
+}
+
 static const char *give_buffer(tt_codec_attach_t *a, lua_State *L,
                                uint64_t size) {
   recv_attach_t *r = (recv_attach_t *)a;
   tt_shmbuf_t *b;
   const char *why = NULL;
   int fd, err;
-  if (size > TT_SHMBUF_MAX) return "a buffer larger than 1 GiB";
+  if (size > buffer_max(r->ch)) return "a buffer larger than max_message";
   b = tt_lua_new_buffer(L); /* (before the descriptor is ours: a raise
                                here leaves it to the channel to close) */
   if ((fd = tt_channel_take_fd(r->ch)) < 0) {
     lua_pop(L, 1);
     return "a buffer without its descriptor";
   }
-  if ((err = tt_shmbuf_adopt(b, fd, (size_t)size, TT_SHMBUF_MAX)) != 0) {
+  if ((err = tt_shmbuf_adopt(b, fd, (size_t)size, buffer_max(r->ch))) != 0) {
     close(fd);
     lua_pop(L, 1);
     why = err == UV_EPERM ? "a buffer its sender could still change (not sealed)"
@@ -196,17 +204,25 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
                          "a message carries a handle or a tether.buffer, "
                          "not both");
     }
-    /* frozen before its descriptor leaves: the receiver maps it only if
-     * it is sealed, and nobody may change it from then on */
+    if (at.buf->size > buffer_max(ch)) {
+      tt_lua_encode_done(st);
+      return tt_lua_too_large(L, "tether.buffer", at.buf->size,
+                              buffer_max(ch));
+    }
+  }
+  if (!tt_channel_is_connected(ch))
+    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  if ((rc = check_too_big(L, ch, st, kind)) != 0) return rc;
+  if (at.buf != NULL) {
+    /* frozen before its descriptor leaves, once nothing else refuses the
+     * send: the receiver maps it only if it is sealed, and nobody may
+     * change it from then on */
     if ((rc = tt_shmbuf_freeze(at.buf)) != 0) {
       tt_lua_encode_done(st);
       return tt_lua_fail(L, rc, "cannot freeze the buffer to send it");
     }
     fd = at.buf->fd;
   }
-  if (!tt_channel_is_connected(ch))
-    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  if ((rc = check_too_big(L, ch, st, kind)) != 0) return rc;
   if (cb_idx != 0) {
     req = malloc(sizeof *req);
     if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);

@@ -54,6 +54,30 @@ describe("tether.buffer", function()
     b:close()
   end)
 
+  it("reads any positions without fault, math.mininteger and maxinteger included", function()
+    local b <close> = tether.buffer("abcdef")
+    assert.equals("", b:read(1, math.mininteger))
+    assert.equals("abcdef", b:read(math.mininteger, math.maxinteger))
+    assert.equals("", b:read(math.maxinteger))
+    assert.equals("f", b:read(-1, -1))
+    local z <close> = tether.buffer(0)
+    assert.equals("", z:read(-1))
+  end)
+
+  it("leaves a stopped collector stopped", function()
+    collectgarbage()
+    collectgarbage("stop")
+    local junk = {}
+    for i = 1, 20000 do junk[i] = { i } end
+    junk = nil
+    local before = collectgarbage("count")
+    local b = tether.buffer(8 << 20)
+    b:close()
+    local after = collectgarbage("count")
+    collectgarbage("restart")
+    assert.is_true(after >= before * 0.9, ("the collector ran: %.0f KiB -> %.0f KiB"):format(before, after))
+  end)
+
   it("is frozen for good by freeze(), closed by close() and <close>", function()
     local b = tether.buffer("abc")
     assert.is_false(b:frozen())
@@ -126,7 +150,7 @@ describe("tether.buffer", function()
     assert.is_false(b:frozen() and a:frozen(), "a refused message froze both")
     ok, err = c:send({ a, a })
     assert.is_nil(ok)
-    assert.matches("at most one", err.message)
+    assert.matches("the same tether.buffer twice", err.message)
     local h = assert(tether.listen("tcp://127.0.0.1:0"))
     ok, err = c:send({ data = a }, h)
     assert.is_nil(ok)
@@ -150,10 +174,61 @@ describe("tether.buffer", function()
     ok, err = n:send({ data = a })
     assert.is_nil(ok)
     assert.equals("ERR_SERIALIZE", err.code)
+    assert.matches("cannot travel to a Node", err.message)
     n:disconnect()
     H.run_until(function() return n.exit_code ~= nil end, 10)
     a:close()
     b:close()
+  end)
+
+  it("counts toward max_message, and a refused send leaves it unfrozen", function()
+    local c = assert(tether.fork(H.script(ECHO), nil, { max_message = 1024 }))
+    local big <close> = tether.buffer(2048)
+    local ok, err = c:send({ data = big })
+    assert.is_nil(ok)
+    assert.equals("ERR_SERIALIZE", err.code)
+    assert.matches("exceeds max_message", err.message)
+    assert.is_false(big:frozen())
+    local small <close> = tether.buffer(16)
+    ok, err = c:send({ data = small, pad = ("x"):rep(2000) })
+    assert.is_nil(ok)
+    assert.matches("exceeds max_message", err.message)
+    assert.is_false(small:frozen(), "a send refused for its size froze the buffer")
+    c:send({ op = "bye" })
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+  end)
+
+  it("does not pile up descriptors when small buffers are dropped", function()
+    local script = H.script([[
+      local tether = require "tether"
+      local sent = 0
+      local t
+      t = tether.every(1, function()
+        for _ = 1, 100 do
+          local b <close> = tether.buffer(100)
+          tether.parent:send({ b })
+          sent = sent + 1
+        end
+        if sent >= 3000 then t:stop() tether.parent:send("done") end
+      end)
+    ]])
+    local c = assert(tether.fork(script))
+    local n, peak, done = 0, 0, false
+    c:on("message", function(m)
+      if m == "done" then done = true return end
+      n = n + 1
+      if n % 100 == 0 then
+        local k = 0
+        for _ in pairs(H.fds()) do k = k + 1 end
+        if k > peak then peak = k end
+      end
+    end)
+    H.run_until(function() return done end, 30)
+    assert.equals(3000, n)
+    assert.is_true(peak < 400, "descriptors held at once: " .. peak)
+    c:disconnect()
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+    collectgarbage() -- (the last ones dropped)
   end)
 
   it("comes from a supervised worker's tether.parent:send to the supervisor", function()
@@ -183,8 +258,8 @@ describe("tether.buffer", function()
 
   -- a peer that is not tether sends a BUFFER tag with a descriptor of its
   -- choosing (build/fd_peer)
-  local function from_peer(mode)
-    local c = assert(tether.spawn(ROOT .. "/build/fd_peer", { mode }))
+  local function from_peer(mode, opts)
+    local c = assert(tether.spawn(ROOT .. "/build/fd_peer", { mode }, opts))
     local got, err
     c:on("message", function(m) got = m end)
     c:on("error", function(e) err = e end)
@@ -202,6 +277,15 @@ describe("tether.buffer", function()
     assert.equals("ok", got:read(1, 2))
     assert.is_true(got:frozen())
     got:close()
+    assert.equals(before, memfds())
+  end)
+
+  it("refuses a peer's buffer larger than our max_message", function()
+    local before = memfds()
+    local got, err = from_peer("good", { max_message = 1024 })
+    assert.is_nil(got)
+    assert.equals("ERR_IPC_PROTOCOL", err.code)
+    assert.matches("larger than max_message", err.message)
     assert.equals(before, memfds())
   end)
 

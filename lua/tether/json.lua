@@ -132,6 +132,8 @@ local function emit(v, out, open, depth)
       out[#out + 1] = "}"
     end
     open[v] = nil
+  elseif t == "userdata" and tostring(v):find("^tether%.buffer") then
+    return failure("a tether.buffer cannot travel to a Node (JSON) peer")
   else
     return failure(t)
   end
