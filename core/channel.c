@@ -340,7 +340,7 @@ typedef struct {
  * caller's memory: no copy, no allocation.  Returns the bytes written; the
  * caller queues the rest.  A failure is left for the flush to meet again,
  * so the channel ends from the loop, not inside send(). */
-static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f) {
+static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f, int fd) {
   struct iovec iov[3];
   int n = 0;
   ssize_t w;
@@ -349,7 +349,7 @@ static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f) {
     iov[n].iov_base = (void *)f->part[i];
     iov[n++].iov_len = f->len[i];
   }
-  w = send_iov(ch, iov, n, -1);
+  w = send_iov(ch, iov, n, fd);
   return w > 0 ? (size_t)w : 0;
 }
 
@@ -404,11 +404,19 @@ static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
     f.len[2] = 0;
   }
   total = f.len[0] + len + f.len[2];
-  /* (a frame with a descriptor goes through the queue: write_some puts the
-   * descriptor on its first byte) */
-  if (fd < 0 && total > TT_CHANNEL_COALESCE_MAX && queued(ch) == 0 &&
+  /* Written at once when nothing is queued: a large frame (not copied),
+   * and a frame with a descriptor, whatever its size, which rides on the
+   * first byte: our duplicate is closed as soon as the kernel has it, so a
+   * burst of such sends does not hold a descriptor per frame (EMFILE).
+   * Otherwise the queue takes it, and write_some puts the descriptor on
+   * its first byte. */
+  if ((fd >= 0 || total > TT_CHANNEL_COALESCE_MAX) && queued(ch) == 0 &&
       !(ch->flags & CH_WRITE_BLOCKED)) {
-    done = write_direct(ch, &f);
+    done = write_direct(ch, &f, fd);
+    if (done > 0 && fd >= 0) {
+      close(fd); /* (the peer's now) */
+      fd = -1;
+    }
     if (done == total) return queued_frame(ch, kind, total, done, cb, arg);
   }
   rest = total - done;

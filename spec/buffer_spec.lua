@@ -231,12 +231,44 @@ describe("tether.buffer", function()
     collectgarbage() -- (the last ones dropped)
   end)
 
+  it("sends a burst of buffers in one tick without a descriptor held per queued frame", function()
+    -- a child limited to 200 descriptors sends 600 buffers in one loop
+    -- tick: each frame's descriptor must go with its frame, not wait in a
+    -- queue as a duplicate (EMFILE at the 190th or so)
+    local wrapper = H.tmpfile("lua-200fds.sh")
+    local f = assert(io.open(wrapper, "w"))
+    f:write("#!/bin/sh\nulimit -n 200 || exit 3\nexec lua5.4 \"$@\"\n")
+    f:close()
+    os.execute("chmod +x " .. wrapper)
+    local script = H.script([[
+      local tether = require "tether"
+      local failed
+      for i = 1, 600 do
+        local b <close> = tether.buffer(100)
+        local ok, err = tether.parent:send({ i, b })
+        if ok == nil then failed = tostring(err) break end
+      end
+      tether.parent:send({ failed = failed or false })
+    ]])
+    local c = assert(tether.fork(script, nil, { lua = wrapper }))
+    local n, report = 0, nil
+    c:on("message", function(m)
+      if m.failed ~= nil then report = m else n = n + 1 end
+    end)
+    H.run_until(function() return report ~= nil end, 20)
+    assert.is_false(report.failed)
+    assert.equals(600, n)
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+    collectgarbage()
+  end)
+
   it("comes from a supervised worker's tether.parent:send to the supervisor", function()
     local script = H.script([[
       local tether = require "tether"
       local b = tether.buffer("from worker " .. tostring(tether.core.getpid()))
       tether.parent:send({ kind = "buf", data = b })
       b:close()
+      tether.parent:on("message", function() end) -- (alive until stopped)
     ]])
     local sup = assert(tether.supervise { script = script, instances = 1, restart = "never",
       handle_signals = false })

@@ -263,6 +263,10 @@ START_TEST(test_unsent_descriptors_are_closed) {
   ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
   side_up(&loop, &a, &sa, sv[0]);
   mid = open_fds();
+  /* (a small frame first waits to be coalesced: the others queue behind
+   * it, descriptors and all) */
+  ck_assert_int_ge(tt_channel_send(&a, TT_FRAME_MESSAGE, 0, "q", 1, NULL,
+                                   NULL), 0);
   for (int i = 0; i < 3; i++)
     ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_MESSAGE, 0, "m", 1, p[1],
                                         NULL, NULL), 0);
@@ -274,6 +278,47 @@ START_TEST(test_unsent_descriptors_are_closed) {
   close(sv[1]);
   close(p[0]);
   close(p[1]);
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
+
+
+/* With nothing queued, a frame with a descriptor is written at once and
+ * our duplicate closed then: a burst of sends holds no descriptor per
+ * frame (EMFILE).  The peer still gets each descriptor with its frame. */
+START_TEST(test_descriptor_frames_go_at_once) {
+  uv_loop_t loop;
+  tt_channel_t a, b;
+  side_t sa, sb;
+  int sv[2], p[2], before, mid;
+  before = open_fds();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  side_up(&loop, &a, &sa, sv[0]);
+  side_up(&loop, &b, &sb, sv[1]);
+  sb.take = 1;
+  mid = open_fds();
+  for (int i = 0; i < 6; i++) {
+    ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_MESSAGE, 0, "m", 1, p[1],
+                                        NULL, NULL), 0);
+    ck_assert_int_eq(tt_channel_queued(&a), 0);
+  }
+  /* nothing of ours held (in flight, they are the kernel's) */
+  ck_assert_int_eq(open_fds(), mid);
+  while (sb.frames < 6) uv_run(&loop, UV_RUN_ONCE);
+  for (int i = 0; i < 6; i++) {
+    ck_assert_uint_eq(sb.flags[i] & TT_FRAME_F_HANDLE, TT_FRAME_F_HANDLE);
+    ck_assert_int_ge(sb.fds[i], 0);
+    close(sb.fds[i]);
+  }
+  closed_count = 0;
+  tt_channel_close(&a, on_closed);
+  tt_channel_close(&b, on_closed);
+  while (closed_count < 2) uv_run(&loop, UV_RUN_ONCE);
+  tt_test_loop_close(&loop);
+  close(p[0]), close(p[1]);
   ck_assert_int_eq(open_fds(), before);
 }
 END_TEST
@@ -526,6 +571,7 @@ Suite *handles_suite(void) {
   tcase_add_test(tc, test_descriptor_on_a_ping);
   tcase_add_test(tc, test_descriptors_waiting_are_bounded);
   tcase_add_test(tc, test_unsent_descriptors_are_closed);
+  tcase_add_test(tc, test_descriptor_frames_go_at_once);
   tcase_add_test(tc, test_listen_kinds_and_addresses);
   tcase_add_test(tc, test_outbox_carries_descriptors);
   tcase_add_test(tc, test_acceptor_hands_out_connections);
