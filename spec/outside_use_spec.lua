@@ -827,7 +827,12 @@ describe("outside use (issue 11)", function()
   -- [19] stdin has backpressure
 
   it("[19] child.stdin:write reports backpressure and drains", function()
-    local c = assert(tether.spawn("sh", { "-c", "sleep 0.3; cat > /dev/null" },
+    -- the child reads nothing until we saw backpressure (a fixed sleep was
+    -- too short for a parent under valgrind: cat drained as we wrote)
+    local go = H.tmpfile("stdin19.go")
+    os.remove(go)
+    local c = assert(tether.spawn("sh", { "-c",
+      ("while [ ! -e %s ]; do sleep 0.02; done; exec cat > /dev/null"):format(go) },
       { stdio = { stdin = "pipe" }, channel = false }))
     local chunk = string.rep("x", 65536)
     local written, first_false, drains = 0, nil, 0
@@ -836,10 +841,14 @@ describe("outside use (issue 11)", function()
       while written < TOTAL do
         written = written + 1
         if not c.stdin:write(chunk) then
-          first_false = first_false or written
+          if not first_false then
+            first_false = written
+            assert(io.open(go, "w")):close() -- now it may read
+          end
           return
         end
       end
+      if not first_false then assert(io.open(go, "w")):close() end -- (never stuck)
       c.stdin["end"](c.stdin)
     end
     c.stdin:on("drain", function()
