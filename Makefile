@@ -64,9 +64,9 @@ $(ABUILD)/run_c_tests: $(CORE_SRC) $(wildcard test/*.c test/*.h) $(HDRS)
 	$(CC) $(CORE_BASE) $(SAN) $(C_TESTS) $(CORE_SRC) $(CHECK_FLAGS) $(UV_LIBS) -o $@
 
 # A peer sending buffers' descriptors, good and bad (spec/buffer_spec.lua).
-$(BUILD)/fd_peer: test/fd_peer.c
+$(BUILD)/fd_peer: test/fd_peer.c test/peer_util.h
 	@mkdir -p $(@D)
-	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g $< -o $@
+	$(CC) -std=c11 -D_GNU_SOURCE $(WARN) $(UV_CFLAGS) -O1 -g $< -o $@
 
 # A stand-in for systemd's notify socket (the `tether run` specs).
 $(BUILD)/notify_listen: test/notify_listen.c

@@ -15,6 +15,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "peer_util.h"
+
 #define SIZE 4096
 
 static int memfd(size_t size, int seal) {
@@ -33,12 +35,6 @@ int main(int argc, char **argv) {
   int fd = -1, pp[2];
   size_t len;
   char buf[256];
-  struct msghdr m;
-  struct iovec iov;
-  union {
-    struct cmsghdr align;
-    char b[CMSG_SPACE(sizeof(int))];
-  } cm;
   /* the value: 0x08 varint(4096) = 08 80 20; or {buf, buf}: 06 02 00 ... */
   if (strcmp(mode, "twotags") == 0) {
     *p++ = 0x06, *p++ = 0x02, *p++ = 0x00;
@@ -58,24 +54,8 @@ int main(int argc, char **argv) {
     fd = memfd(SIZE - 1, 1);
   else if (strcmp(mode, "pipe") == 0 && pipe(pp) == 0)
     fd = pp[0];
-  memset(&m, 0, sizeof m);
-  iov.iov_base = frame;
-  iov.iov_len = 12 + len;
-  m.msg_iov = &iov;
-  m.msg_iovlen = 1;
-  if (fd >= 0) {
-    struct cmsghdr *c;
-    frame[6] = 1; /* TT_FRAME_F_HANDLE: this frame carries a descriptor */
-    memset(&cm, 0, sizeof cm);
-    m.msg_control = cm.b;
-    m.msg_controllen = sizeof cm.b;
-    c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  }
-  if (sendmsg(3, &m, 0) != (ssize_t)(12 + len)) {
+  if (fd >= 0) frame[6] = 1; /* TT_FRAME_F_HANDLE: a descriptor comes */
+  if (tt_test_sendmsg_fd(3, frame, 12 + len, fd, 0) != (ssize_t)(12 + len)) {
     perror("fd_peer: sendmsg");
     return 1;
   }

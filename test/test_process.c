@@ -53,12 +53,8 @@ static void on_exit_cb(tt_process_t *p, int64_t status, int sig) {
 static void on_disconnect(tt_process_t *p) { ((run_t *)p->data)->disconnected = 1; }
 static void on_closed(tt_process_t *p) { ((run_t *)p->data)->closed = 1; }
 
-static void start(uv_loop_t *loop, tt_process_t *p, run_t *r,
-                  const char *child) {
-  tt_process_options_t o;
-  memset(r, 0, sizeof *r);
-  tt_test_child_options(&o, child);
-  ck_assert_int_eq(tt_process_spawn(loop, p, &o), 0);
+/* The callbacks above, reporting into r, on a spawned process. */
+static void watch(tt_process_t *p, run_t *r) {
   p->data = r;
   p->on_exit = on_exit_cb;
   p->on_disconnect = on_disconnect;
@@ -67,6 +63,15 @@ static void start(uv_loop_t *loop, tt_process_t *p, run_t *r,
     p->channel->data = r;
     p->channel->on_frame = on_frame;
   }
+}
+
+static void start(uv_loop_t *loop, tt_process_t *p, run_t *r,
+                  const char *child) {
+  tt_process_options_t o;
+  memset(r, 0, sizeof *r);
+  tt_test_child_options(&o, child);
+  ck_assert_int_eq(tt_process_spawn(loop, p, &o), 0);
+  watch(p, r);
 }
 
 START_TEST(test_echo_and_lifecycle_order) {
@@ -107,12 +112,7 @@ static void handshake_run(char **env, const char *want) {
   o.env = env;
   o.handshake = more;
   ck_assert_int_eq(tt_process_spawn(&loop, &p, &o), 0);
-  p.data = &r;
-  p.on_exit = on_exit_cb;
-  p.on_disconnect = on_disconnect;
-  p.on_closed = on_closed;
-  p.channel->data = &r;
-  p.channel->on_frame = on_frame;
+  watch(&p, &r);
   tt_test_run_until(&loop, &r.closed, 10000);
   ck_assert_str_eq(r.last, want);
   tt_process_close(&p, NULL);
@@ -613,12 +613,7 @@ START_TEST(test_failed_zygote_gives_fresh_descriptors) {
     ck_assert_int_eq(waitpid(fake, NULL, WNOHANG), -1);
     ck_assert_int_eq(errno, ECHILD);
   }
-  p.data = &r;
-  p.on_exit = on_exit_cb;
-  p.on_disconnect = on_disconnect;
-  p.on_closed = on_closed;
-  p.channel->data = &r;
-  p.channel->on_frame = on_frame;
+  watch(&p, &r);
   ck_assert_int_eq(tt_channel_send(p.channel, TT_FRAME_MESSAGE, 0, "hi", 2,
                                    NULL, NULL), 1);
   tt_test_run_until(&loop, &r.frames, 10000);
