@@ -114,6 +114,11 @@ int tt_lobj_gc(lua_State *L);
  * a Lua error goes to the "uncaught" handler, or is stashed and the loop
  * stopped so run() re-raises it.  Never raises.  0 when the call succeeded.*/
 int tt_call(tt_state_t *st, lua_State *L, int nargs);
+/* tt_call's two halves: the protected call, which leaves the {err,
+ * traceback} box on the stack when it fails (returns the status), and
+ * what tt_call does with that box (pops it). */
+int tt_pcall(tt_state_t *st, lua_State *L, int nargs);
+void tt_route_error(tt_state_t *st, lua_State *L);
 /* After a Ctrl-C (SIGINT taken while the loop runs): makes run() end with
  * "interrupted!" and returns 1; what was being done is abandoned (never
  * reported as a peer's fault).  0 when there was no Ctrl-C. */

@@ -376,11 +376,33 @@ static int bad_type(int t) {
          t == LUA_TLIGHTUSERDATA;
 }
 
+/* Writes the varints of n and m where two bytes were reserved for them at
+ * `at`, moving the body after them when they need more. */
+static void put_counts(enc_t *e, size_t at, uint64_t n, uint64_t m) {
+  size_t extra = varint_len(n) + varint_len(m) - 2;
+  unsigned char *p;
+  if (extra > 0) {
+    size_t body = e->out->len - at - 2;
+    room(e, extra);
+    p = (unsigned char *)e->out->data + at;
+    memmove(p + 2 + extra, p + 2, body);
+    e->out->len += extra;
+  }
+  p = (unsigned char *)e->out->data + at;
+  p += put_varint(p, n);
+  put_varint(p, m);
+}
+
+/* One walk with lua_next: the values of keys 1, 2, 3... as they come, in
+ * order, from the first key on, are the array part; every other key (a
+ * hole ends the run) goes in the hash part.  lua_next gives the table's
+ * array slots first and in order, so a list is all array part. */
 static int enc_table(enc_t *e, int t, int depth, const path_t *path) {
   lua_State *L = e->L;
   const void *ptr = lua_topointer(L, t);
-  lua_Integer id = seen_find(e, t, ptr), i, n;
-  size_t at, m = 0;
+  lua_Integer id = seen_find(e, t, ptr);
+  uint64_t n = 0, m = 0;
+  size_t at;
   unsigned char *p;
   int k, r;
   if (id >= 0) {
@@ -392,50 +414,35 @@ static int enc_table(enc_t *e, int t, int depth, const path_t *path) {
   if (!lua_checkstack(L, 6))
     return enc_fail(e, path, "nesting too deep for the Lua stack");
   seen_add(e, t, ptr);
-  n = (lua_Integer)lua_rawlen(L, t);
-  p = room(e, 2 + VARINT_MAX);
+  p = room(e, 3);
   p[0] = TAG_TABLE;
-  at = e->out->len + 1 + put_varint(p + 1, (uint64_t)n);
-  /* The hash count is only known after the walk: one byte is reserved for
-   * it, enough below 128 entries; bigger tables shift their body once. */
-  e->out->len = at + 1;
-  k = lua_gettop(L) + 1; /* where values, then keys, are pushed */
-  for (i = 1; i <= n; i++) {
-    path_t sub = {path, P_INDEX, 0, i};
-    lua_rawgeti(L, t, i); /* a border may still have holes below it */
-    r = enc_value(e, k, depth, &sub);
-    lua_pop(L, 1);
-    if (r != 0) return r;
-  }
+  /* The counts are known after the walk: a byte each is reserved, enough
+   * below 128; bigger tables move their body once (put_counts). */
+  at = e->out->len + 1;
+  e->out->len = at + 2;
+  k = lua_gettop(L) + 1; /* where keys, then values, are pushed */
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    path_t kp = {path, P_KEY, k, 0}, vp = {path, P_FIELD, k, 0};
-    if (n > 0 && lua_isinteger(L, k)) {
-      lua_Integer ki = lua_tointeger(L, k);
-      if (ki >= 1 && ki <= n) { /* already sent in the array part */
-        lua_pop(L, 1);
-        continue;
-      }
+    int isint = 0;
+    lua_Integer ki = 0;
+    if (m == 0 && lua_type(L, k) == LUA_TNUMBER)
+      ki = lua_tointegerx(L, k, &isint); /* (a float key is never integral) */
+    if (isint && ki == (lua_Integer)n + 1) {
+      path_t sub = {path, P_INDEX, 0, ki};
+      if ((r = enc_value(e, k + 1, depth, &sub)) != 0) return r;
+      n++;
+    } else {
+      path_t kp = {path, P_KEY, k, 0}, vp = {path, P_FIELD, k, 0};
+      if (bad_type(lua_type(L, k)))
+        return enc_fail(e, &kp, "%s used as a key", luaL_typename(L, k));
+      if ((r = enc_value(e, k, depth, &kp)) != 0 ||
+          (r = enc_value(e, k + 1, depth, &vp)) != 0)
+        return r;
+      m++;
     }
-    if (bad_type(lua_type(L, k)))
-      return enc_fail(e, &kp, "%s used as a key", luaL_typename(L, k));
-    if ((r = enc_value(e, k, depth, &kp)) != 0 ||
-        (r = enc_value(e, k + 1, depth, &vp)) != 0)
-      return r;
     lua_pop(L, 1);
-    m++;
   }
-  p = (unsigned char *)e->out->data;
-  if (m < 0x80) {
-    p[at] = (unsigned char)m;
-  } else {
-    size_t extra = varint_len(m) - 1, body = e->out->len - at - 1;
-    room(e, extra);
-    p = (unsigned char *)e->out->data + at;
-    memmove(p + 1 + extra, p + 1, body);
-    put_varint(p, m);
-    e->out->len += extra;
-  }
+  put_counts(e, at, n, m);
   return 0;
 }
 

@@ -9,6 +9,7 @@
  * malformed payload fails that channel with ERR_IPC_PROTOCOL and nothing
  * else, and a memory error cannot longjmp across libuv.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -253,10 +254,14 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
 
 /* h:send(value, [cb], [kind], [id], [handle]) */
 int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
-  unsigned kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
-  uint32_t id = (uint32_t)luaL_optinteger(L, 5, 0);
-  int cb = lua_isnoneornil(L, 3) ? 0 : 3;
-  int fd;
+  unsigned kind;
+  uint32_t id;
+  int cb, fd;
+  if (lua_gettop(L) == 2 && o != NULL && ch != NULL) /* h:send(value) */
+    return send_value(L, o, ch, 2, 0, TT_FRAME_MESSAGE, 0, -1);
+  kind = (unsigned)luaL_optinteger(L, 4, TT_FRAME_MESSAGE);
+  id = (uint32_t)luaL_optinteger(L, 5, 0);
+  cb = lua_isnoneornil(L, 3) ? 0 : 3;
   luaL_checkany(L, 2);
   if (cb) luaL_checktype(L, 3, LUA_TFUNCTION);
   luaL_argcheck(L, kind >= 1 && kind <= TT__FRAME_KIND_MAX, 4, "bad kind");
@@ -300,40 +305,52 @@ static size_t json_cost(const char *p, size_t n) {
          strings * TT_CODEC_COST_STRING + string_bytes;
 }
 
-/* decode(payload, len, depth, json, budget) -> true, value | false, message */
-static int decode_protected(lua_State *L) {
-  const char *p = lua_touserdata(L, 1);
-  size_t n = (size_t)lua_tointeger(L, 2);
-  int depth = (int)lua_tointeger(L, 3);
-  size_t budget = (size_t)lua_tointeger(L, 5);
-  recv_attach_t at = {{NULL, give_buffer}, lua_touserdata(L, 6)};
-  if (lua_toboolean(L, 4)) { /* JSON: the facade's decoder -> ok, value|why */
-    tt_state_t *st = tt_state(L);
+/* Pushes the value of a payload: 1, or 0 with why it is malformed pushed
+ * instead.  Raises only what Lua raises (out of memory, a Ctrl-C hook), so
+ * it runs inside a protected call.  `ch` is where a buffer's descriptor
+ * comes from (NULL: none may come). */
+static int decode_value(lua_State *L, tt_state_t *st, const char *p, size_t n,
+                        int json, size_t budget, tt_channel_t *ch) {
+  recv_attach_t at = {{NULL, give_buffer}, ch};
+  if (json) { /* the facade's decoder -> ok, value|why */
     size_t cost;
     if (st->json_decode_ref == LUA_NOREF) {
-      lua_pushboolean(L, 0);
       lua_pushliteral(L, "JSON mode is not set up (needs lua-cjson)");
-      return 2;
+      return 0;
     }
     if (budget != 0 && (cost = json_cost(p, n)) > budget) {
-      lua_pushboolean(L, 0);
       lua_pushfstring(L, "JSON value would take about %I bytes of Lua memory, "
                          "more than the decode budget (%I)",
                       (lua_Integer)cost, (lua_Integer)budget);
-      return 2;
+      return 0;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, st->json_decode_ref);
     lua_pushlstring(L, p, n);
     lua_call(L, 1, 2);
-    return 2;
+    if (lua_toboolean(L, -2)) {
+      lua_remove(L, -2);
+      return 1;
+    }
+    lua_remove(L, -2);
+    return 0;
   }
-  if (tt_codec_decode_with(L, p, n, depth, budget,
-                           at.ch != NULL ? &at.a : NULL) != 0) {
-    lua_pushboolean(L, 0);
-    lua_insert(L, -2);
-    return 2;
-  }
-  lua_pushboolean(L, 1);
+  return tt_codec_decode_with(L, p, n, st->max_depth, budget,
+                              ch != NULL ? &at.a : NULL) == 0;
+}
+
+static size_t budget_for(size_t max_message) {
+  return tt_lua_decode_budget(max_message ? max_message
+                                          : TT_FRAME_DEFAULT_MAX_MESSAGE);
+}
+
+/* decode(payload, len, json, max_message, channel) -> true, value | false,
+ * message */
+static int decode_protected(lua_State *L) {
+  int ok = decode_value(L, tt_state(L), lua_touserdata(L, 1),
+                        (size_t)lua_tointeger(L, 2), lua_toboolean(L, 3),
+                        budget_for((size_t)lua_tointeger(L, 4)),
+                        lua_touserdata(L, 5));
+  lua_pushboolean(L, ok);
   lua_insert(L, -2);
   return 2;
 }
@@ -365,13 +382,11 @@ int tt_lua_decode_from(lua_State *L, tt_state_t *st, const char *p,
   lua_pushcfunction(L, decode_protected);
   lua_pushlightuserdata(L, (void *)p);
   lua_pushinteger(L, (lua_Integer)n);
-  lua_pushinteger(L, st->max_depth);
   lua_pushboolean(L, json);
-  lua_pushinteger(L, (lua_Integer)tt_lua_decode_budget(
-                         max_message ? max_message : TT_FRAME_DEFAULT_MAX_MESSAGE));
+  lua_pushinteger(L, (lua_Integer)max_message);
   if (buffers_from != NULL) lua_pushlightuserdata(L, buffers_from);
   else lua_pushnil(L);
-  if ((ok = lua_pcall(L, 6, 2, 0)) != LUA_OK) {
+  if ((ok = lua_pcall(L, 5, 2, 0)) != LUA_OK) {
     /* Ctrl-C: the hook raised inside the decoder; the peer is not at fault */
     if (tt_interrupted(st)) {
       lua_pop(L, 1);
@@ -413,43 +428,84 @@ int tt_lua_take_handle(lua_State *L, tt_channel_t *ch) {
   return tt_lua_push_handle(L, fd);
 }
 
+/* What deliver_protected needs of a frame, and how far it got. */
+typedef struct {
+  tt_state_t *st;
+  tt_channel_t *ch;
+  const tt_frame_header_t *h;
+  const char *payload;
+  int json;
+  int calling;         /* decoded: the handler runs (its errors are its own) */
+  int malformed;       /* the payload is not a value: why says how */
+  char why[256];
+} frame_t;
+
+/* deliver(handler, event, frame): decodes the frame's value and calls
+ * handler(event, value, [handle | id]).  One protected call for both
+ * halves: a message's whole way in costs one setjmp, not two. */
+static int deliver_protected(lua_State *L) {
+  frame_t *f = lua_touserdata(L, 3);
+  const tt_frame_header_t *h = f->h;
+  tt_state_t *st = f->st;
+  int native_msg = h->kind == TT_FRAME_MESSAGE && !tt_channel_is_lines(f->ch);
+  int nargs = 2;
+  lua_settop(L, 2);
+  /* a native MESSAGE may carry a buffer: its descriptor is the frame's */
+  if (!decode_value(L, st, f->payload, h->len, f->json,
+                    budget_for(tt_channel_max_message(f->ch)),
+                    native_msg ? f->ch : NULL)) {
+    const char *why = lua_tostring(L, -1);
+    snprintf(f->why, sizeof f->why, "%s", why ? why : "malformed value");
+    f->malformed = 1;
+    return 0;
+  }
+  if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
+    int fd = tt_lua_frame_fd(f->ch, h);
+    if (fd >= 0) {
+      tt_lua_push_handle(L, fd); /* the handler's now; __gc if dropped */
+      nargs = 3;
+    }
+  } else {
+    lua_pushinteger(L, (lua_Integer)h->id);
+    nargs = 3;
+  }
+  f->calling = 1;
+  lua_call(L, nargs, 0);
+  return 0;
+}
+
 void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
   tt_lobj_t *o = ch->data;
   tt_state_t *st = o->st;
+  frame_t f;
   lua_State *L;
-  int rc;
+  int base;
   if (tt_peer_heartbeat(ch, h, tt_lua_heap, st->L)) return;
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
   L = tt_lobj_begin(o, event_of(h->kind));
   if (L == NULL) return;
-  /* a native MESSAGE may carry a buffer: its descriptor is the frame's */
-  if ((rc = tt_lua_decode_from(
-           L, st, payload, h->len, o->json, tt_channel_max_message(ch),
-           h->kind == TT_FRAME_MESSAGE && !tt_channel_is_lines(ch) ? ch
-                                                                   : NULL)) != 1) {
-    /* Malformed, or out of memory building the value: the stream cannot
-     * go on.  (The reason stays on the stack during the call.) */
-    if (rc == -2)
-      ; /* Ctrl-C: run() ends */
-    else if (rc == 0)
-      tt_channel_fail(ch, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
-    else
-      tt_channel_fail(ch, UV_ENOMEM, "out of memory decoding a message");
-    lua_pop(L, 3); /* handler, event, why */
-    return;
-  }
-  if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
-    int fd = tt_lua_frame_fd(ch, h);
-    if (fd >= 0) {
-      tt_lua_push_handle(L, fd); /* the handler's now; __gc if dropped */
-      tt_call(st, L, 3);
-    } else {
-      tt_call(st, L, 2);
-    }
+  f.st = st;
+  f.ch = ch;
+  f.h = h;
+  f.payload = payload;
+  f.json = o->json;
+  f.calling = f.malformed = 0;
+  base = lua_gettop(L) - 1;
+  lua_pushcfunction(L, deliver_protected);
+  lua_insert(L, base);
+  lua_pushlightuserdata(L, &f);
+  if (tt_pcall(st, L, 3) == LUA_OK) {
+    /* Malformed: the stream cannot go on */
+    if (f.malformed) tt_channel_fail(ch, TT_ERR_IPC_PROTOCOL, f.why);
+  } else if (f.calling) {
+    tt_route_error(st, L); /* the handler's error */
   } else {
-    lua_pushinteger(L, (lua_Integer)h->id);
-    tt_call(st, L, 3);
+    /* Out of memory building the value (the stream cannot go on), or
+     * Ctrl-C inside the decoder (run() ends; the peer is not at fault) */
+    lua_pop(L, 1);
+    if (!tt_interrupted(st))
+      tt_channel_fail(ch, UV_ENOMEM, "out of memory decoding a message");
   }
 }
 
@@ -515,12 +571,50 @@ typedef struct {
 } tt_call_req_t;
 
 
+/* What reply_protected needs of a reply, and how far it got. */
+typedef struct {
+  tt_state_t *st;
+  tt_channel_t *ch;
+  unsigned kind;
+  const char *payload;
+  size_t len;
+  int json;
+  int calling, malformed;
+  char why[256];
+} reply_t;
+
+/* reply(fn, reply): decodes the reply and calls fn(nil, value), or
+ * fn(err) for a fault: like deliver_protected, one protected call. */
+static int reply_protected(lua_State *L) {
+  reply_t *r = lua_touserdata(L, 2);
+  lua_settop(L, 1);
+  if (!decode_value(L, r->st, r->payload, r->len, r->json,
+                    budget_for(tt_channel_max_message(r->ch)), NULL)) {
+    const char *why = lua_tostring(L, -1);
+    snprintf(r->why, sizeof r->why, "%s", why ? why : "malformed value");
+    r->malformed = 1;
+    return 0;
+  }
+  if (r->kind == TT_FRAME_FAULT) {
+    tt_lua_fault_error(L); /* fn, err */
+    r->calling = 1;
+    lua_call(L, 1, 0);
+    return 0;
+  }
+  lua_pushnil(L);
+  lua_insert(L, -2); /* fn, nil, value */
+  r->calling = 1;
+  lua_call(L, 2, 0);
+  return 0;
+}
+
 static void on_call_done(void *arg, int status, unsigned kind,
                          const char *payload, size_t len) {
   tt_call_req_t *req = arg;
   tt_state_t *st = req->o->st;
   lua_State *L = st->L;
-  int top = lua_gettop(L), rc;
+  int top = lua_gettop(L);
+  reply_t r;
   lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
   if (gone(req->o)) {
@@ -534,30 +628,39 @@ static void on_call_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  if ((rc = tt_lua_decode(L, st, payload, len, req->o->json,
-                          tt_channel_max_message(req->ch))) != 1) {
-    if (rc == -2) { /* Ctrl-C: run() ends */
-      free(req);
+  r.st = st;
+  r.ch = req->ch;
+  r.kind = kind;
+  r.payload = payload;
+  r.len = len;
+  r.json = req->o->json;
+  r.calling = r.malformed = 0;
+  free(req);
+  lua_pushcfunction(L, reply_protected);
+  lua_pushvalue(L, -2); /* (fn stays below, for a reply that fails) */
+  lua_pushlightuserdata(L, &r);
+  if (tt_pcall(st, L, 2) != LUA_OK) {
+    if (r.calling) { /* the callback's own error */
+      tt_route_error(st, L);
       lua_settop(L, top);
       return;
     }
-    /* A reply that does not decode: the peer is broken. */
-    tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
-    lua_replace(L, top + 2); /* over the reason: fn, err */
-    tt_channel_fail(req->ch, TT_ERR_IPC_PROTOCOL, lua_tostring(L, -1));
-    free(req);
-    tt_call(st, L, 1);
+    lua_pop(L, 1);
+    if (tt_interrupted(st)) { /* Ctrl-C in the decoder: run() ends */
+      lua_settop(L, top);
+      return;
+    }
+    r.malformed = 1; /* out of memory: as a reply that does not decode */
+    snprintf(r.why, sizeof r.why, "out of memory decoding a message");
+  }
+  if (!r.malformed) {
+    lua_settop(L, top);
     return;
   }
-  free(req); /* fn, value */
-  if (kind == TT_FRAME_FAULT) {
-    tt_lua_fault_error(L); /* fn, err */
-    tt_call(st, L, 1);
-    return;
-  }
-  lua_pushnil(L);
-  lua_insert(L, -2); /* fn, nil, value */
-  tt_call(st, L, 2);
+  /* A reply that does not decode: the peer is broken. */
+  tt_lua_push_error(L, TT_ERR_IPC_PROTOCOL, r.why); /* fn, err */
+  tt_channel_fail(r.ch, TT_ERR_IPC_PROTOCOL, r.why);
+  tt_call(st, L, 1);
 }
 
 void tt_lua_fault_error(lua_State *L) {

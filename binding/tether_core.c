@@ -61,7 +61,16 @@ tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
 }
 
 tt_lobj_t *tt_lobj_check(lua_State *L, int idx, const char *mt) {
-  tt_box_t *box = luaL_checkudata(L, idx, mt);
+  tt_box_t *box;
+  /* A method (tt_lobj_class) holds its class's metatable as upvalue 1:
+   * comparing with it spares luaL_checkudata's lookup by name, on every
+   * send.  Anything else takes the full check, and its error. */
+  if ((box = lua_touserdata(L, idx)) != NULL && lua_getmetatable(L, idx)) {
+    int mine = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (mine) return box->o == NULL || box->o->closing ? NULL : box->o;
+  }
+  box = luaL_checkudata(L, idx, mt);
   if (box->o == NULL || box->o->closing) return NULL;
   return box->o;
 }
@@ -138,7 +147,8 @@ void tt_lobj_class(lua_State *L, const char *mt, const luaL_Reg *methods,
                    lua_CFunction tostring) {
   luaL_newmetatable(L, mt);
   lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
+  lua_pushvalue(L, -2); /* each method's upvalue 1 (tt_lobj_check) */
+  luaL_setfuncs(L, methods, 1);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, tt_lobj_gc);
   lua_setfield(L, -2, "__gc");
@@ -355,14 +365,24 @@ static int l_uncaught(lua_State *L) {
   return 0;
 }
 
-int tt_call(tt_state_t *st, lua_State *L, int nargs) {
+int tt_pcall(tt_state_t *st, lua_State *L, int nargs) {
   int base = lua_gettop(L) - nargs; /* the function */
   int rc;
+  (void)st;
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
   rc = lua_pcall(L, nargs, 0, base);
+  /* the error box (if any) goes where msgh was */
+  if (rc != LUA_OK) lua_replace(L, base);
+  else lua_remove(L, base);
+  return rc;
+}
+
+void tt_route_error(tt_state_t *st, lua_State *L) { route_error(st, L); }
+
+int tt_call(tt_state_t *st, lua_State *L, int nargs) {
+  int rc = tt_pcall(st, L, nargs);
   if (rc != LUA_OK) route_error(st, L);
-  lua_remove(L, base);
   return rc;
 }
 

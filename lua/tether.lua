@@ -152,11 +152,21 @@ tether._printable = printable
 -- The core calls an object's handler as (event, ...): `events` maps each
 -- event to function(self, ...).  Messages, the hot path, are looked for
 -- first; an event with no entry goes to events[false] (event, ...) if
--- there is one, else is dropped.
-local function dispatcher(events, self)
+-- there is one, else is dropped.  With `plain`, a message without a
+-- handle on a native channel (self._json false) goes straight to a lone
+-- "message" listener, as emit would call it: every message takes this
+-- path, and a vararg emit costs more than the listener's own work.
+local function dispatcher(events, self, plain)
   local on_message, other = events.message, events[false]
   return function(event, a, b, c, d, e)
-    if event == "message" then return on_message(self, a, b, c, d, e) end
+    if event == "message" then
+      if plain and b == nil and not self._json then
+        local all = self._listeners
+        local list = all and all.message
+        if list and #list == 1 then return list[1](a) end
+      end
+      return on_message(self, a, b, c, d, e)
+    end
     local f = events[event]
     if f then return f(self, a, b, c, d, e) end
     if other then return other(self, event, a, b, c, d, e) end
@@ -472,6 +482,10 @@ end
 -- child processes
 
 local Child = class()
+-- Fields looked at on every call and request, given a class default: a
+-- field absent from the object and its class is looked for up the whole
+-- metatable chain, each time
+Child._update_ref, Child._serve_limit, Child._line = false, false, false
 tether.Child = Child
 
 --- The error a runner reported in a control frame (ERR_WORKER_INIT,
@@ -615,13 +629,12 @@ local CHILD_EVENTS = {
     if handle then handle:close() end -- nothing of ours carries one this way
     control(self, a)
   end,
-  request = function(self, id, value) serve_request(self, id, value) end,
   drain = function(self) self:emit("drain") end,
   error = function(self, err) self:emit("error", err) end,
   [false] = function(self, event, a, b, c) self:emit(event, a, b, c) end,
 }
 
-local function child_handler(self) return dispatcher(CHILD_EVENTS, self) end
+local function child_handler(self) return dispatcher(CHILD_EVENTS, self, true) end
 
 -- spawn as the user asked, with arguments already checked
 local function spawn(cmd, argv, opts)
@@ -630,8 +643,8 @@ local function spawn(cmd, argv, opts)
   local self = emitter({ connected = false }, Child)
   local h, err = core.spawn(cmd, argv, o, child_handler(self))
   if not h then return nil, err end
-  self._h = h
-  self._json = o.json
+  self._h, self._send = h, h.send -- (_send: the hot path skips a lookup)
+  self._json = o.json or false -- (always set: send looks at it first)
   self.pid = h:pid()
   self.connected = h:connected()
   if o.stdin == "pipe" then self.stdin = emitter({ _child = self }, Writable) end
@@ -882,7 +895,7 @@ function write_node_handle(self, p)
 end
 
 function send_now(self, msg, handle, cb)
-  if handle and (self._json or self.json) then
+  if handle and self._json then
     -- ours until answered: the caller may close theirs at once
     local p = { msg = msg, handle = handle, cb = cb, tries = 0 }
     local ok, err = write_node_handle(self, p)
@@ -899,10 +912,20 @@ end
 --- send(msg, [handle], [cb]): a handle (tether.listen, tether.handle, or
 -- one received) travels with the message; the sender's stays open.
 function Child:send(msg, a, b)
+  if a == nil and not self._json then
+    -- the common case (a native channel, no handle, no callback), taken
+    -- first: it is every message's path
+    local ok, err = self._send(self._h, msg)
+    if ok == nil and err.code == "ERR_IPC_CHANNEL_CLOSED" then
+      fail_later(self, nil, err)
+      return false
+    end
+    return ok, err
+  end
   local handle, cb = nil, a
   if core.is_handle(a) then handle, cb = a, b end
   if cb ~= nil then check_fn("send", handle and 3 or 2, cb) end
-  if self._json or self.json then
+  if self._json then
     if handle then
       if not NODE_TYPES[handle.kind] then
         return nil, new_error("ERR_SERIALIZE", "a Node peer takes sockets only, not a " .. tostring(handle.kind or "closed") .. " handle")
@@ -959,9 +982,15 @@ local function call_options(fname, n, opts, level)
 end
 tether._call_options = call_options
 
+local NO_OPTIONS = {} -- (read only)
+
+-- the callback that resumes a coroutine waiting in call(): one per
+-- coroutine, made once (a call costs no closure)
+local resumers = setmetatable({}, { __mode = "k" })
+
 local function call(self, msg, opts, cb)
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
-  opts = call_options("call", 2, opts, 2)
+  if opts == nil then opts = NO_OPTIONS else opts = call_options("call", 2, opts, 2) end
   if cb ~= nil and type(cb) ~= "function" then argerror("call", 3, "function expected, got " .. type(cb), 2) end
   local timeout, retries, backoff = opts.timeout, opts.retries, opts.backoff
   if cb then
@@ -979,13 +1008,16 @@ local function call(self, msg, opts, cb)
   local co = current_task()
   if not co then return no_coroutine("call") end
   -- the core never runs this callback from inside call(): yield is safe
-  local ok, err = self._h:call(msg, timeout, retries, backoff, function(e, reply)
-    calls_in_flight(self, -1)
-    resume(co, e, reply)
-  end)
+  local wake = resumers[co]
+  if not wake then
+    wake = function(e, reply) task_done(co, coroutine.resume(co, e, reply)) end
+    resumers[co] = wake
+  end
+  local ok, err = self._h:call(msg, timeout, retries, backoff, wake)
   if ok == nil then return nil, err end
   calls_in_flight(self, 1)
   local e, reply = coroutine.yield()
+  calls_in_flight(self, -1)
   if e then return nil, e end
   return reply
 end
@@ -1063,9 +1095,11 @@ function serve_request(self, msg, id)
     return
   end
   self._active = (self._active or 0) + 1
-  local co = table.remove(idle_servers)
+  local n = #idle_servers
+  local co = idle_servers[n]
   if co then
-    resume(co, self, msg, id)
+    idle_servers[n] = nil
+    task_done(co, coroutine.resume(co, self, msg, id))
   else
     tether.go(server_loop, self, msg, id)
   end
@@ -1073,6 +1107,7 @@ end
 
 Child.call = call
 Child.handle = handle
+CHILD_EVENTS.request = serve_request -- (defined after the table)
 
 function Child:_send_kind(msg, kind, id, cb)
   return self._h:send(msg, cb, kind, id)
@@ -1117,6 +1152,7 @@ end
 -- the channel to our parent, in a child
 
 local Parent = class()
+Parent._serve_limit, Parent._line = false, false -- (as Child's)
 
 function Parent:_listeners_changed()
   self:_update_ref()
@@ -1178,7 +1214,7 @@ local PARENT_EVENTS = {
       again:unref()
     end
   end,
-  request = function(self, id, value) serve_request(self, id, value) end,
+  request = serve_request,
   drain = function(self) self:emit("drain") end,
   error = function(self, err) self:emit("error", err) end,
   control = function(_, a, handle)
@@ -1193,7 +1229,7 @@ local function open_parent()
   if not core.handshake().channel then return nil end
   local self = emitter({ connected = true }, Parent)
   core.parent_alive() -- who our parent is, learnt now (a Node.js parent does not say)
-  local h, a_err = core.open_parent(dispatcher(PARENT_EVENTS, self))
+  local h, a_err = core.open_parent(dispatcher(PARENT_EVENTS, self, true))
   if not h then
     -- a channel was given but cannot be used: say so rather than run as if
     -- there were no parent (e.g. Node's "advanced" serialization: ENOTSUP)
@@ -1202,8 +1238,9 @@ local function open_parent()
       a_err and a_err.code == "ENOTSUP" and " (Node's \"advanced\" serialization; use \"json\")" or "", "\n")
     return nil
   end
-  self._h = h
+  self._h, self._send = h, h.send
   self.json = h:json() -- started by Node.js (or by tether in JSON mode)
+  self._json = self.json -- (what send looks at, as on a Child)
   -- started with detached = true: we outlive the parent (its death only
   -- ends the channel, as in Node)
   self._detached = core.handshake().detached
@@ -1227,6 +1264,7 @@ end
 -- parent's lifetime rules (its end is nobody's exit)
 
 local Peer = class()
+Peer._serve_limit, Peer._line = false, false -- (as Child's)
 Peer._listeners_changed = Parent._listeners_changed
 Peer._update_ref = Parent._update_ref
 Peer.send, Peer._send_kind, Peer.call, Peer.handle = Child.send, Child._send_kind, call, handle
@@ -1243,7 +1281,7 @@ local PEER_EVENTS = {
     self.connected = false
     self:emit("disconnect")
   end,
-  request = function(self, id, value) serve_request(self, id, value) end,
+  request = serve_request,
   drain = function(self) self:emit("drain") end,
   error = function(self, err) self:emit("error", err) end,
   control = function(_, _, handle) if handle then handle:close() end end,
@@ -1253,10 +1291,10 @@ local PEER_EVENTS = {
 --- tether._channel(handle, [max_message]): a peer on a connected socket
 -- (the handle stays the caller's).  peer | nil, err
 function tether._channel(h, max_message)
-  local self = emitter({ connected = true }, Peer)
-  local ch, err = core.open_channel(dispatcher(PEER_EVENTS, self), h, max_message)
+  local self = emitter({ connected = true, _json = false }, Peer)
+  local ch, err = core.open_channel(dispatcher(PEER_EVENTS, self, true), h, max_message)
   if not ch then return nil, err end
-  self._h = ch
+  self._h, self._send = ch, ch.send
   self:_update_ref()
   return self
 end

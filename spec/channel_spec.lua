@@ -311,4 +311,78 @@ describe("channel", function()
     H.run()
     assert.is_true(n >= 10)
   end)
+  it("gives a lone listener each message, and keeps emit's rules for once, off and two listeners", function()
+    -- one "message" listener is called straight from the dispatcher (the
+    -- hot path); anything else goes through emit: the same order and rules
+    local c = echo_child()
+    local seen = {}
+    local function log(tag) return function(m) seen[#seen + 1] = tag .. m.i end end
+    local second = log("b")
+    c:on("message", function(m)
+      if type(m) == "table" and m.ready then
+        c:send({ cmd = "burst", n = 6, size = 1 })
+        return
+      end
+      if m.i == 1 then c:once("message", log("once")) end -- for message 2 only
+      if m.i == 3 then c:on("message", second) end        -- 4 and 5
+      if m.i == 5 then c:off("message", second) end
+      seen[#seen + 1] = "a" .. m.i
+      if m.i == 6 then c:disconnect() end
+    end)
+    H.run()
+    assert.same({ "a1", "a2", "once2", "a3", "a4", "b4", "a5", "b5", "a6" }, seen)
+  end)
+
+  it("refuses another class's object as self, without touching it", function()
+    local c = echo_child()
+    local send = getmetatable(c._h).__index.send
+    -- a channel method given a table that wears its metatable, or a
+    -- handle of another kind: an argument error, never a crash
+    local fake = setmetatable({}, getmetatable(c._h))
+    assert.has_error(function() send(fake, 1) end)
+    local timer = tether.timer(1000, function() end)
+    assert.has_error(function() send(timer, 1) end)
+    timer:stop()
+    assert.has_error(function() send(nil, 1) end)
+    local errs = 0
+    c:on("error", function() errs = errs + 1 end)
+    c:on("message", function(m) if m.ready then c:disconnect() end end)
+    H.run()
+    assert.equals(0, errs)
+  end)
+
+  it("ends a channel whose message the receiver has no memory to decode, with ENOMEM", function()
+    if H.scale > 1 then return pending("address-space limit: plain build only") end
+    -- a child limited to 80 MB of address space gets a message that
+    -- decodes to about 120 MB (2 million tables, 6 MB on the wire)
+    local wrapper = H.tmpfile("lua-80mb.sh")
+    local f = assert(io.open(wrapper, "w"))
+    f:write("#!/bin/sh\nulimit -v 80000 || exit 3\nexec lua5.4 \"$@\"\n")
+    f:close()
+    os.execute("chmod +x " .. wrapper)
+    local script = H.script([[
+      local tether = require "tether"
+      tether.parent:on("message", function() os.exit(8) end)
+      tether.parent:on("error", function(e)
+        io.stdout:write(e.code, ": ", e.message, "\n")
+        io.stdout:flush()
+        os.exit(7)
+      end)
+      tether.parent:send("ready")
+    ]])
+    local c = assert(tether.fork(script, nil, { lua = wrapper, stdio = { stdout = "pipe" } }))
+    local out = ""
+    c.stdout:on("data", function(d) out = out .. d end)
+    c:on("message", function()
+      local big = {}
+      for i = 1, 2000000 do big[i] = {} end
+      c:send(big)
+    end)
+    c:on("error", function() end) -- (our end sees the child go)
+    local code
+    c:on("close", function(cd) code = cd end)
+    H.run_until(function() return code ~= nil end, 30)
+    assert.equals(7, code)
+    assert.matches("ENOMEM: out of memory decoding a message", out, 1, true)
+  end)
 end)

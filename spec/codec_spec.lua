@@ -245,6 +245,33 @@ describe("codec", function()
       end
     end)
 
+    it("sizes both counts together: arrays and hashes of 128 and more", function()
+      -- one walk writes the values first and the two counts after
+      -- (doc/codec-format.md): counts past one byte move the body once
+      for _, c in ipairs { { 127, 127 }, { 128, 0 }, { 0, 128 }, { 200, 300 }, { 20000, 129 } } do
+        local t = {}
+        for i = 1, c[1] do t[i] = i % 64 end
+        for i = 1, c[2] do t["k" .. i] = true end
+        local d, s = roundtrip(t)
+        local head = "06" .. hex(varint(c[1])) .. hex(varint(c[2]))
+        assert.are.equal(head, hex(s:sub(1, #head // 2)))
+        assert.is_true(same(t, d))
+      end
+    end)
+
+    it("ends the array part at a hole: what follows goes as pairs", function()
+      -- {1, nil, 3}: n = 1, then the pair 3 = 3
+      assert.are.equal("060101" .. "41" .. "4343", hex(encode { 1, nil, 3 }))
+      local d = decode(unhex("060101" .. "41" .. "4343"))
+      assert.are.equal(1, d[1])
+      assert.is_nil(d[2])
+      assert.are.equal(3, d[3])
+      -- a list built backwards is still a list
+      local t = {}
+      for i = 3, 1, -1 do t[i] = i end
+      assert.is_true(same(t, decode((encode(t)))))
+    end)
+
     it("appends after what the buffer already holds", function()
       assert(codec._encode_into, "codec_test probes missing")
       local rc, buf, delta = codec._encode_into("HDR", { 1, "x" })
