@@ -13,6 +13,8 @@ R=${R:-15}
 CPUS=${BENCH_CPUS-0}
 ANCHORS=${ANCHORS:-../shared/anchors}
 LUA=${LUA:-lua5.4}
+export LUA_PATH="$PWD/lua/?.lua;$PWD/lua/?/init.lua;${LUA_PATH:-;}"
+export LUA_CPATH="$PWD/build/?.so;${LUA_CPATH:-;}"
 export ANCHOR_SECS=${ANCHOR_SECS:-0.5} ANCHOR_WARM=${ANCHOR_WARM:-0.1}
 PIN=""
 [ -n "$CPUS" ] && PIN="taskset -c $CPUS"

@@ -24,6 +24,9 @@
 #   SPAWN_BENCH=0     skip it
 #   SPAWN_SIZES, SPAWN_REPS, SPAWN_ROUNDS, SPAWN_PROG, SPAWN_MODES: passed
 #   through
+# After the anchors, the per-message overhead (bench/overhead.sh: raw C,
+# libuv C and tether's 16-byte ping-pong and call in interleaved rounds).
+#   OVERHEAD_BENCH=0  skip it;  OVERHEAD_ROUNDS (default 9)
 # Last, the Node.js interop bench (bench/node_bench.lua: a tether Lua
 # parent with a Node child against a Node parent with a Node child, same
 # messages), pinned like the first part.
@@ -60,6 +63,12 @@ fi
     ANCHOR_CPUS=$CPUS sh "$ANCHORS/run.sh" || echo "# anchors reported a failure"
   else
     echo "# anchors not found in $ANCHORS"
+  fi
+  if [ "${OVERHEAD_BENCH:-1}" != 0 ]; then
+    # per-message overhead: interleaved short rounds, medians of the ratios
+    BENCH_CPUS=$CPUS ANCHORS=$ANCHORS LUA=$LUA R=${OVERHEAD_ROUNDS:-9} sh bench/overhead.sh |
+      sed 's/^\([0-9]\)/# overhead round \1/; s/^median/# overhead median/' ||
+      echo "# overhead bench FAILED rc=$?"
   fi
   if [ "${SUP_BENCH:-1}" != 0 ]; then
     echo "# supervisor bench: ulimit -n $(ulimit -n)"

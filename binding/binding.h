@@ -43,6 +43,9 @@ struct tt_lobj_s {
   tt_state_t *st;
   int self_ref;    /* pins the box while active */
   int handler_ref; /* function(event, ...) */
+  /* a lone "message" listener: a native message without a descriptor goes
+   * to it straight, not through the handler (tt_lua_on_frame) */
+  int listener_ref;
   /* collected: the box's __gc ran, so no Lua callback may run any more;
    * box_gone: after that, the memory is ours to free. */
   unsigned closing : 1, closed : 1, collected : 1, box_gone : 1;
@@ -131,6 +134,8 @@ lua_State *tt_lobj_begin(tt_lobj_t *o, const char *event);
  * [id]).  `o` NULL means the object is closed; `ch` NULL that it has no
  * channel.  Returns true/false (backpressure) or nil, err. */
 int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch);
+/* h:set_listener(fn | nil): o's lone "message" listener, or none */
+int tt_lua_set_listener_method(lua_State *L, tt_lobj_t *o);
 /* Channel callbacks that decode and dispatch to an object's handler; the
  * channel's `data` must point at the tt_lobj_t. */
 void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,

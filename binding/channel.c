@@ -121,6 +121,11 @@ static int m_send(lua_State *L) {
   return tt_lua_send_method(L, c ? &c->o : NULL, c ? &c->ch : NULL);
 }
 
+static int m_set_listener(lua_State *L) {
+  tt_lchannel_t *c = check(L);
+  return tt_lua_set_listener_method(L, c ? &c->o : NULL);
+}
+
 static int m_take_handle(lua_State *L) {
   tt_lchannel_t *c = check(L);
   return tt_lua_take_handle(L, c ? &c->ch : NULL);
@@ -208,7 +213,7 @@ static int m_tostring(lua_State *L) {
 void tt_open_channel(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"send", m_send},   {"disconnect", m_disconnect},
-      {"take_handle", m_take_handle},
+      {"take_handle", m_take_handle}, {"set_listener", m_set_listener},
       {"connected", m_connected}, {"ref", m_ref},
       {"flush", m_flush}, {"stats", m_stats},
       {"call", m_call},   {"answer", m_answer},

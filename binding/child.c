@@ -310,6 +310,11 @@ static int m_send(lua_State *L) {
   return tt_lua_send_method(L, c ? &c->o : NULL, live_channel(c));
 }
 
+static int m_set_listener(lua_State *L) {
+  tt_lchild_t *c = check(L);
+  return tt_lua_set_listener_method(L, c ? &c->o : NULL);
+}
+
 static int m_take_handle(lua_State *L) {
   return tt_lua_take_handle(L, live_channel(check(L)));
 }
@@ -414,7 +419,7 @@ static int m_tostring(lua_State *L) {
 void tt_open_child(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"send", m_send},           {"disconnect", m_disconnect},
-      {"take_handle", m_take_handle},
+      {"take_handle", m_take_handle}, {"set_listener", m_set_listener},
       {"connected", m_connected}, {"kill", m_kill}, {"ref", m_ref},
       {"stats", m_stats},         {"pid", m_pid},
       {"write", m_write},         {"end_input", m_end},

@@ -272,6 +272,19 @@ int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
   return send_value(L, o, ch, 2, cb, kind, id, fd);
 }
 
+int tt_lua_set_listener_method(lua_State *L, tt_lobj_t *o) {
+  int none = lua_isnoneornil(L, 2);
+  if (!none) luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (o == NULL || o->closed) return 0;
+  luaL_unref(L, LUA_REGISTRYINDEX, o->listener_ref);
+  o->listener_ref = LUA_NOREF;
+  if (!none) {
+    lua_pushvalue(L, 2);
+    o->listener_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
 size_t tt_lua_decode_budget(size_t max_message) {
   size_t b = max_message > SIZE_MAX / TT_DECODE_FACTOR
                  ? SIZE_MAX
@@ -435,14 +448,16 @@ typedef struct {
   const tt_frame_header_t *h;
   const char *payload;
   int json;
+  int direct;          /* to the lone listener: listener(value) */
   int calling;         /* decoded: the handler runs (its errors are its own) */
   int malformed;       /* the payload is not a value: why says how */
   char why[256];
 } frame_t;
 
 /* deliver(handler, event, frame): decodes the frame's value and calls
- * handler(event, value, [handle | id]).  One protected call for both
- * halves: a message's whole way in costs one setjmp, not two. */
+ * handler(event, value, [handle | id]), or listener(value) when the frame
+ * goes to the lone listener (then `event` is nil).  One protected call for
+ * both halves: a message's whole way in costs one setjmp, not two. */
 static int deliver_protected(lua_State *L) {
   frame_t *f = lua_touserdata(L, 3);
   const tt_frame_header_t *h = f->h;
@@ -459,7 +474,10 @@ static int deliver_protected(lua_State *L) {
     f->malformed = 1;
     return 0;
   }
-  if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
+  if (f->direct) {
+    lua_remove(L, 2);
+    nargs = 1;
+  } else if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
     int fd = tt_lua_frame_fd(f->ch, h);
     if (fd >= 0) {
       tt_lua_push_handle(L, fd); /* the handler's now; __gc if dropped */
@@ -483,8 +501,17 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   int base;
   if (tt_peer_heartbeat(ch, h, tt_lua_heap, st->L)) return;
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
-  L = tt_lobj_begin(o, event_of(h->kind));
+  /* A native message without a descriptor (no handle, no buffer) goes
+   * straight to a lone "message" listener: no dispatcher, no emit */
+  f.direct = o->listener_ref != LUA_NOREF && h->kind == TT_FRAME_MESSAGE &&
+             !o->json && !(h->flags & TT_FRAME_F_HANDLE);
+  L = tt_lobj_begin(o, f.direct ? NULL : event_of(h->kind));
   if (L == NULL) return;
+  if (f.direct) {
+    lua_pop(L, 1); /* the handler */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, o->listener_ref);
+    lua_pushnil(L); /* (no event) */
+  }
   f.st = st;
   f.ch = ch;
   f.h = h;

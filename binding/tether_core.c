@@ -51,6 +51,7 @@ tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
   st->objects.next = o;
   lua_pushvalue(L, -1);
   o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  o->listener_ref = LUA_NOREF;
   if (handler_idx != 0) {
     lua_pushvalue(L, handler_idx);
     o->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -90,7 +91,8 @@ void tt_lobj_release(tt_lobj_t *o) {
   lua_State *L = o->st->L;
   luaL_unref(L, LUA_REGISTRYINDEX, o->handler_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
-  o->handler_ref = o->self_ref = LUA_NOREF;
+  luaL_unref(L, LUA_REGISTRYINDEX, o->listener_ref);
+  o->handler_ref = o->self_ref = o->listener_ref = LUA_NOREF;
 }
 
 void tt_lobj_closed(tt_lobj_t *o) {

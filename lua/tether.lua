@@ -152,27 +152,32 @@ tether._printable = printable
 -- The core calls an object's handler as (event, ...): `events` maps each
 -- event to function(self, ...).  Messages, the hot path, are looked for
 -- first; an event with no entry goes to events[false] (event, ...) if
--- there is one, else is dropped.  With `plain`, a message without a
--- handle on a native channel (self._json false) goes straight to a lone
--- "message" listener, as emit would call it: every message takes this
--- path, and a vararg emit costs more than the listener's own work.
-local function dispatcher(events, self, plain)
+-- there is one, else is dropped.  (A native message without a handle,
+-- when the object has one "message" listener, skips all this: the core
+-- calls the listener itself; see sync_listener.)
+local function dispatcher(events, self)
   local on_message, other = events.message, events[false]
   return function(event, a, b, c, d, e)
-    if event == "message" then
-      if plain and b == nil and not self._json then
-        local all = self._listeners
-        local list = all and all.message
-        if list and #list == 1 then return list[1](a) end
-      end
-      return on_message(self, a, b, c, d, e)
-    end
+    if event == "message" then return on_message(self, a, b, c, d, e) end
     local f = events[event]
     if f then return f(self, a, b, c, d, e) end
     if other then return other(self, event, a, b, c, d, e) end
   end
 end
 tether._dispatcher = dispatcher
+
+--- An object's "message" listeners changed: with exactly one, on a native
+-- channel, the core calls it straight for each message that comes without
+-- a handle (what emit would do, without the dispatcher and emit between:
+-- every message takes this path).  `_listeners_changed` of the classes
+-- whose core handle has set_listener.
+local function sync_listener(self, event)
+  local h = self._h
+  if event ~= "message" or self._json or not h then return end
+  local all = rawget(self, "_listeners")
+  local list = all and all.message
+  h:set_listener(list and #list == 1 and list[1] or nil)
+end
 
 function Emitter:emit(event, ...)
   local all = rawget(self, "_listeners")
@@ -486,6 +491,7 @@ local Child = class()
 -- field absent from the object and its class is looked for up the whole
 -- metatable chain, each time
 Child._update_ref, Child._serve_limit, Child._line = false, false, false
+Child._listeners_changed = sync_listener
 tether.Child = Child
 
 --- The error a runner reported in a control frame (ERR_WORKER_INIT,
@@ -634,7 +640,7 @@ local CHILD_EVENTS = {
   [false] = function(self, event, a, b, c) self:emit(event, a, b, c) end,
 }
 
-local function child_handler(self) return dispatcher(CHILD_EVENTS, self, true) end
+local function child_handler(self) return dispatcher(CHILD_EVENTS, self) end
 
 -- spawn as the user asked, with arguments already checked
 local function spawn(cmd, argv, opts)
@@ -1154,7 +1160,8 @@ end
 local Parent = class()
 Parent._serve_limit, Parent._line = false, false -- (as Child's)
 
-function Parent:_listeners_changed()
+function Parent:_listeners_changed(event)
+  sync_listener(self, event)
   self:_update_ref()
 end
 
@@ -1229,7 +1236,7 @@ local function open_parent()
   if not core.handshake().channel then return nil end
   local self = emitter({ connected = true }, Parent)
   core.parent_alive() -- who our parent is, learnt now (a Node.js parent does not say)
-  local h, a_err = core.open_parent(dispatcher(PARENT_EVENTS, self, true))
+  local h, a_err = core.open_parent(dispatcher(PARENT_EVENTS, self))
   if not h then
     -- a channel was given but cannot be used: say so rather than run as if
     -- there were no parent (e.g. Node's "advanced" serialization: ENOTSUP)
@@ -1292,7 +1299,7 @@ local PEER_EVENTS = {
 -- (the handle stays the caller's).  peer | nil, err
 function tether._channel(h, max_message)
   local self = emitter({ connected = true, _json = false }, Peer)
-  local ch, err = core.open_channel(dispatcher(PEER_EVENTS, self, true), h, max_message)
+  local ch, err = core.open_channel(dispatcher(PEER_EVENTS, self), h, max_message)
   if not ch then return nil, err end
   self._h, self._send = ch, ch.send
   self:_update_ref()
