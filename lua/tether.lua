@@ -1016,14 +1016,19 @@ local function call(self, msg, opts, cb)
   -- the core never runs this callback from inside call(): yield is safe
   local wake = resumers[co]
   if not wake then
-    wake = function(e, reply) task_done(co, coroutine.resume(co, e, reply)) end
+    wake = function(e, reply)
+      local ok, err = coroutine.resume(co, e, reply)
+      if not ok then task_done(co, ok, err) end
+    end
     resumers[co] = wake
   end
   local ok, err = self._h:call(msg, timeout, retries, backoff, wake)
   if ok == nil then return nil, err end
-  calls_in_flight(self, 1)
+  -- (calls_in_flight, written out: a call's own path)
+  local counted = self._update_ref
+  if counted then calls_in_flight(self, 1) end
   local e, reply = coroutine.yield()
-  calls_in_flight(self, -1)
+  if counted then calls_in_flight(self, -1) end
   if e then return nil, e end
   return reply
 end
@@ -1105,7 +1110,8 @@ function serve_request(self, msg, id)
   local co = idle_servers[n]
   if co then
     idle_servers[n] = nil
-    task_done(co, coroutine.resume(co, self, msg, id))
+    local ok, err = coroutine.resume(co, self, msg, id)
+    if not ok then task_done(co, ok, err) end
   else
     tether.go(server_loop, self, msg, id)
   end
