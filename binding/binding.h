@@ -69,6 +69,10 @@ struct tt_state_s {
    * errors_ref[errors_head..errors_tail] */
   int errors_ref;
   int errors_head, errors_tail;
+  /* {"not enough memory", "not enough memory"}, made at start: what a
+   * callback's memory error becomes (msgh does not run for those, and
+   * making a box then may fail again) */
+  int nomem_ref;
   /* Ctrl-C while the loop runs (see tether_core.c) */
   volatile sig_atomic_t interrupted;
   int interrupt_stashed;
@@ -245,6 +249,9 @@ int tt_lua_frame_fd(tt_channel_t *ch, const tt_frame_header_t *h);
 int tt_lua_take_handle(lua_State *L, tt_channel_t *ch);
 /* A new handle owning `fd`. */
 int tt_lua_push_handle(lua_State *L, int fd);
+/* An empty handle (fd -1) on the stack, and where its descriptor goes:
+ * made before a descriptor is taken, so that no raise can lose it. */
+int *tt_lua_new_handle(lua_State *L);
 /* The fd of the handle at `idx`: -1 when it is empty, -2 when the value is
  * not a handle. */
 int tt_lua_handle_fd(lua_State *L, int idx);

@@ -393,14 +393,17 @@ static void put_counts(enc_t *e, size_t at, uint64_t n, uint64_t m) {
   put_varint(p, m);
 }
 
-/* One walk with lua_next: the values of keys 1, 2, 3... as they come, in
- * order, from the first key on, are the array part; every other key (a
- * hole ends the run) goes in the hash part.  lua_next gives the table's
- * array slots first and in order, so a list is all array part. */
+/* One walk with lua_next, which gives a table's array slots first and in
+ * order: the values of keys 1, 2, 3... as they come from the first key on
+ * are the array part.  Where that run breaks, the array part still goes
+ * on to the table's length (a border, raw access; its holes are written
+ * as nil), so a list whose keys sit in the hash part, or that has holes,
+ * is not sent as pairs: then the walk starts again for the other keys.
+ * Every other key goes in the hash part. */
 static int enc_table(enc_t *e, int t, int depth, const path_t *path) {
   lua_State *L = e->L;
   const void *ptr = lua_topointer(L, t);
-  lua_Integer id = seen_find(e, t, ptr);
+  lua_Integer id = seen_find(e, t, ptr), len = -1; /* -1: the run goes on */
   uint64_t n = 0, m = 0;
   size_t at;
   unsigned char *p;
@@ -425,13 +428,36 @@ static int enc_table(enc_t *e, int t, int depth, const path_t *path) {
   while (lua_next(L, t)) {
     int isint = 0;
     lua_Integer ki = 0;
-    if (m == 0 && lua_type(L, k) == LUA_TNUMBER)
+    if (lua_type(L, k) == LUA_TNUMBER)
       ki = lua_tointegerx(L, k, &isint); /* (a float key is never integral) */
-    if (isint && ki == (lua_Integer)n + 1) {
-      path_t sub = {path, P_INDEX, 0, ki};
-      if ((r = enc_value(e, k + 1, depth, &sub)) != 0) return r;
-      n++;
-    } else {
+    if (len < 0) {
+      if (isint && ki == (lua_Integer)n + 1) {
+        path_t sub = {path, P_INDEX, 0, ki};
+        if ((r = enc_value(e, k + 1, depth, &sub)) != 0) return r;
+        n++;
+        lua_pop(L, 1);
+        continue;
+      }
+      len = (lua_Integer)lua_rawlen(L, t);
+      if (len > (lua_Integer)n) {
+        lua_Integer i;
+        lua_pop(L, 2); /* the key too: the walk starts again below */
+        for (i = (lua_Integer)n + 1; i <= len; i++) {
+          path_t sub = {path, P_INDEX, 0, i};
+          lua_rawgeti(L, t, i);
+          if ((r = enc_value(e, k, depth, &sub)) != 0) return r;
+          lua_pop(L, 1);
+        }
+        n = (uint64_t)len;
+        lua_pushnil(L);
+        continue;
+      }
+    }
+    if (isint && ki >= 1 && ki <= (lua_Integer)n) { /* sent in the array */
+      lua_pop(L, 1);
+      continue;
+    }
+    {
       path_t kp = {path, P_KEY, k, 0}, vp = {path, P_FIELD, k, 0};
       if (bad_type(lua_type(L, k)))
         return enc_fail(e, &kp, "%s used as a key", luaL_typename(L, k));

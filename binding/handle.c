@@ -24,10 +24,15 @@ static tt_lhandle_t *check_handle(lua_State *L, int idx) {
 }
 
 int tt_lua_push_handle(lua_State *L, int fd) {
-  tt_lhandle_t *h = lua_newuserdatauv(L, sizeof *h, 0);
-  h->fd = fd;
-  luaL_setmetatable(L, TT_HANDLE_MT);
+  *tt_lua_new_handle(L) = fd;
   return 1;
+}
+
+int *tt_lua_new_handle(lua_State *L) {
+  tt_lhandle_t *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->fd = -1;
+  luaL_setmetatable(L, TT_HANDLE_MT);
+  return &h->fd;
 }
 
 int tt_lua_handle_fd(lua_State *L, int idx) {

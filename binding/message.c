@@ -478,10 +478,12 @@ static int deliver_protected(lua_State *L) {
     lua_remove(L, 2);
     nargs = 1;
   } else if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
-    int fd = tt_lua_frame_fd(f->ch, h);
-    if (fd >= 0) {
-      tt_lua_push_handle(L, fd); /* the handler's now; __gc if dropped */
-      nargs = 3;
+    if (h->flags & TT_FRAME_F_HANDLE) {
+      /* the box first: once taken, the descriptor is the handler's (its
+       * __gc closes it if dropped), and nothing between may raise */
+      int *slot = tt_lua_new_handle(L);
+      if ((*slot = tt_lua_frame_fd(f->ch, h)) >= 0) nargs = 3;
+      else lua_pop(L, 1); /* (a buffer's: the decoder took it) */
     }
   } else {
     lua_pushinteger(L, (lua_Integer)h->id);

@@ -40,6 +40,8 @@ tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
   tt_state_t *st = tt_state(L);
   tt_box_t *box;
   if (handler_idx != 0) handler_idx = lua_absindex(L, handler_idx);
+  /* no ref yet: a raise below leaves nothing to release by mistake */
+  o->self_ref = o->handler_ref = o->listener_ref = LUA_NOREF;
   box = lua_newuserdatauv(L, sizeof *box, 0);
   box->o = o;
   luaL_setmetatable(L, mt);
@@ -51,7 +53,6 @@ tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
   st->objects.next = o;
   lua_pushvalue(L, -1);
   o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  o->listener_ref = LUA_NOREF;
   if (handler_idx != 0) {
     lua_pushvalue(L, handler_idx);
     o->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -367,16 +368,44 @@ static int l_uncaught(lua_State *L) {
   return 0;
 }
 
+/* box(v) -> {v, tostring(v)}: for an error msgh did not see */
+static int box_error(lua_State *L) {
+  lua_createtable(L, 2, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  luaL_tolstring(L, 1, NULL);
+  lua_rawseti(L, -3, 2);
+  lua_pop(L, 1);
+  return 1;
+}
+
 int tt_pcall(tt_state_t *st, lua_State *L, int nargs) {
   int base = lua_gettop(L) - nargs; /* the function */
   int rc;
-  (void)st;
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
   rc = lua_pcall(L, nargs, 0, base);
-  /* the error box (if any) goes where msgh was */
-  if (rc != LUA_OK) lua_replace(L, base);
-  else lua_remove(L, base);
+  if (rc == LUA_OK) {
+    lua_remove(L, base);
+    return rc;
+  }
+  /* Lua calls no message handler for a memory error (and an error in the
+   * handler is a string too): the {err, traceback} box everyone after
+   * expects is made here, or is the one made at start */
+  if (lua_type(L, -1) != LUA_TTABLE) {
+    if (rc == LUA_ERRMEM) {
+      lua_pop(L, 1);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, st->nomem_ref);
+    } else {
+      lua_pushcfunction(L, box_error);
+      lua_insert(L, -2);
+      if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, st->nomem_ref);
+      }
+    }
+  }
+  lua_replace(L, base); /* the box goes where msgh was */
   return rc;
 }
 
@@ -808,6 +837,12 @@ __attribute__((visibility("default"))) int luaopen_tether_core(lua_State *L) {
     st->errors_tail = 0;
     st->json_encode_ref = st->json_decode_ref = LUA_NOREF;
     st->max_depth = TT_CODEC_DEFAULT_MAX_DEPTH;
+    lua_createtable(L, 2, 0);
+    lua_pushliteral(L, "not enough memory");
+    lua_rawseti(L, -2, 1);
+    lua_pushliteral(L, "not enough memory");
+    lua_rawseti(L, -2, 2);
+    st->nomem_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     st->objects.next = st->objects.prev = &st->objects;
     uv_async_init(&st->loop, &st->interrupt_async, on_interrupt_async);
     st->interrupt_async.data = st;

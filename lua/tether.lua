@@ -991,8 +991,11 @@ tether._call_options = call_options
 local NO_OPTIONS = {} -- (read only)
 
 -- the callback that resumes a coroutine waiting in call(): one per
--- coroutine, made once (a call costs no closure)
+-- coroutine, made once (a call costs no closure); `counting[co]` is the
+-- parent channel whose call it waits for, counted in flight till the
+-- answer comes (whether or not the coroutine is ever resumed)
 local resumers = setmetatable({}, { __mode = "k" })
+local counting = setmetatable({}, { __mode = "k" })
 
 local function call(self, msg, opts, cb)
   if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
@@ -1017,6 +1020,11 @@ local function call(self, msg, opts, cb)
   local wake = resumers[co]
   if not wake then
     wake = function(e, reply)
+      local counted = counting[co]
+      if counted then
+        counting[co] = nil
+        calls_in_flight(counted, -1)
+      end
       local ok, err = coroutine.resume(co, e, reply)
       if not ok then task_done(co, ok, err) end
     end
@@ -1024,11 +1032,11 @@ local function call(self, msg, opts, cb)
   end
   local ok, err = self._h:call(msg, timeout, retries, backoff, wake)
   if ok == nil then return nil, err end
-  -- (calls_in_flight, written out: a call's own path)
-  local counted = self._update_ref
-  if counted then calls_in_flight(self, 1) end
+  if self._update_ref then -- (calls_in_flight's test, written out)
+    counting[co] = self
+    calls_in_flight(self, 1)
+  end
   local e, reply = coroutine.yield()
-  if counted then calls_in_flight(self, -1) end
   if e then return nil, e end
   return reply
 end

@@ -385,4 +385,35 @@ describe("channel", function()
     assert.equals(7, code)
     assert.matches("ENOMEM: out of memory decoding a message", out, 1, true)
   end)
+  it("reports a listener's out-of-memory error as the worker's uncaught error, not a crash", function()
+    if H.scale > 1 then return pending("address-space limit: plain build only") end
+    -- Lua runs no message handler for a memory error: the core made the
+    -- {err, traceback} box itself from a nil (and crashed on a string)
+    local wrapper = H.tmpfile("lua-80mb-b.sh")
+    local f = assert(io.open(wrapper, "w"))
+    f:write("#!/bin/sh\nulimit -v 80000 || exit 3\nexec lua5.4 \"$@\"\n")
+    f:close()
+    os.execute("chmod +x " .. wrapper)
+    local script = H.script([[
+      local tether = require "tether"
+      tether.parent:on("message", function()
+        local t = {}
+        for i = 1, 1e9 do t[i] = i end
+      end)
+      tether.parent:send("ready")
+    ]])
+    local c = assert(tether.fork(script, nil, { lua = wrapper, stdio = { stderr = "pipe" } }))
+    local err = ""
+    c.stderr:on("data", function(d) err = err .. d end)
+    local failure
+    c:on("error", function(e) failure = e end)
+    c:on("message", function() c:send("go") end)
+    local code, sig
+    c:on("close", function(cd, sg) code, sig = cd, sg end)
+    H.run_until(function() return code ~= nil or sig ~= nil end, 30)
+    assert.is_nil(sig)
+    assert.equals(1, code)
+    assert.matches("not enough memory", err, 1, true)
+    assert.equals("ERR_WORKER_UNCAUGHT", failure and failure.code)
+  end)
 end)

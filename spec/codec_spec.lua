@@ -259,17 +259,24 @@ describe("codec", function()
       end
     end)
 
-    it("ends the array part at a hole: what follows goes as pairs", function()
-      -- {1, nil, 3}: n = 1, then the pair 3 = 3
-      assert.are.equal("060101" .. "41" .. "4343", hex(encode { 1, nil, 3 }))
-      local d = decode(unhex("060101" .. "41" .. "4343"))
-      assert.are.equal(1, d[1])
-      assert.is_nil(d[2])
-      assert.are.equal(3, d[3])
-      -- a list built backwards is still a list
-      local t = {}
-      for i = 3, 1, -1 do t[i] = i end
-      assert.is_true(same(t, decode((encode(t)))))
+    it("sends a list as an array part wherever Lua keeps its keys, holes as nil", function()
+      -- holes: the array part runs to the length, nil where there is none
+      assert.are.equal("060300" .. "410043", hex(encode { 1, nil, 3 }))
+      -- keys kept in the hash part (a constructor with [i] =, a list built
+      -- backwards, a leading hole): still an array part, not pairs
+      assert.are.equal("060300" .. "816181628163", hex(encode { [1] = "a", [2] = "b", [3] = "c" }))
+      local back = {}
+      for i = 3, 1, -1 do back[i] = i end
+      assert.are.equal("060300" .. "414243", hex(encode(back)))
+      local popped = {}
+      for i = 1, 200 do popped[i] = i % 64 end
+      popped[1] = nil -- a queue after a pop from the front
+      local s = encode(popped)
+      assert.is_true(#s <= 3 + 200 + 2, "encoded in " .. #s .. " bytes")
+      assert.is_true(same(popped, decode(s)))
+      -- and the pairs after an array part that broke early come once
+      local mixed = { [1] = 1, [2] = 2, x = "y", [4] = 4 }
+      assert.is_true(same(mixed, decode((encode(mixed)))))
     end)
 
     it("appends after what the buffer already holds", function()
