@@ -235,11 +235,7 @@ describe("tether.buffer", function()
     -- a child limited to 200 descriptors sends 600 buffers in one loop
     -- tick: each frame's descriptor must go with its frame, not wait in a
     -- queue as a duplicate (EMFILE at the 190th or so)
-    local wrapper = H.tmpfile("lua-200fds.sh")
-    local f = assert(io.open(wrapper, "w"))
-    f:write("#!/bin/sh\nulimit -n 200 || exit 3\nexec lua5.4 \"$@\"\n")
-    f:close()
-    os.execute("chmod +x " .. wrapper)
+    local wrapper = H.limited_lua("ulimit -n 200")
     local script = H.script([[
       local tether = require "tether"
       local failed

@@ -351,16 +351,21 @@ describe("channel", function()
     assert.equals(0, errs)
   end)
 
+  -- a child held to 80 MB of address space (`ulimit -v`, which sanitizers
+  -- and valgrind cannot run under), its `stream` piped: the child, and a
+  -- function that returns what it wrote there
+  local function fork_80mb(src, stream)
+    local c = assert(tether.fork(H.script(src), nil,
+      { lua = H.limited_lua("ulimit -v 80000"), stdio = { [stream] = "pipe" } }))
+    local out = {}
+    c[stream]:on("data", function(d) out[#out + 1] = d end)
+    return c, function() return table.concat(out) end
+  end
+
   it("ends a channel whose message the receiver has no memory to decode, with ENOMEM", function()
     if H.scale > 1 then return pending("address-space limit: plain build only") end
-    -- a child limited to 80 MB of address space gets a message that
-    -- decodes to about 120 MB (2 million tables, 6 MB on the wire)
-    local wrapper = H.tmpfile("lua-80mb.sh")
-    local f = assert(io.open(wrapper, "w"))
-    f:write("#!/bin/sh\nulimit -v 80000 || exit 3\nexec lua5.4 \"$@\"\n")
-    f:close()
-    os.execute("chmod +x " .. wrapper)
-    local script = H.script([[
+    -- the message decodes to about 120 MB (2 million tables, 6 MB on the wire)
+    local c, out = fork_80mb([[
       local tether = require "tether"
       tether.parent:on("message", function() os.exit(8) end)
       tether.parent:on("error", function(e)
@@ -369,10 +374,7 @@ describe("channel", function()
         os.exit(7)
       end)
       tether.parent:send("ready")
-    ]])
-    local c = assert(tether.fork(script, nil, { lua = wrapper, stdio = { stdout = "pipe" } }))
-    local out = ""
-    c.stdout:on("data", function(d) out = out .. d end)
+    ]], "stdout")
     c:on("message", function()
       local big = {}
       for i = 1, 2000000 do big[i] = {} end
@@ -383,28 +385,21 @@ describe("channel", function()
     c:on("close", function(cd) code = cd end)
     H.run_until(function() return code ~= nil end, 30)
     assert.equals(7, code)
-    assert.matches("ENOMEM: out of memory decoding a message", out, 1, true)
+    assert.matches("ENOMEM: out of memory decoding a message", out(), 1, true)
   end)
+
   it("reports a listener's out-of-memory error as the worker's uncaught error, not a crash", function()
     if H.scale > 1 then return pending("address-space limit: plain build only") end
-    -- Lua runs no message handler for a memory error: the core made the
-    -- {err, traceback} box itself from a nil (and crashed on a string)
-    local wrapper = H.tmpfile("lua-80mb-b.sh")
-    local f = assert(io.open(wrapper, "w"))
-    f:write("#!/bin/sh\nulimit -v 80000 || exit 3\nexec lua5.4 \"$@\"\n")
-    f:close()
-    os.execute("chmod +x " .. wrapper)
-    local script = H.script([[
+    -- Lua runs no message handler for a memory error: the error is a bare
+    -- string, which the core used to index as its {err, traceback} box
+    local c, err = fork_80mb([[
       local tether = require "tether"
       tether.parent:on("message", function()
         local t = {}
         for i = 1, 1e9 do t[i] = i end
       end)
       tether.parent:send("ready")
-    ]])
-    local c = assert(tether.fork(script, nil, { lua = wrapper, stdio = { stderr = "pipe" } }))
-    local err = ""
-    c.stderr:on("data", function(d) err = err .. d end)
+    ]], "stderr")
     local failure
     c:on("error", function(e) failure = e end)
     c:on("message", function() c:send("go") end)
@@ -413,7 +408,7 @@ describe("channel", function()
     H.run_until(function() return code ~= nil or sig ~= nil end, 30)
     assert.is_nil(sig)
     assert.equals(1, code)
-    assert.matches("not enough memory", err, 1, true)
+    assert.matches("not enough memory", err(), 1, true)
     assert.equals("ERR_WORKER_UNCAUGHT", failure and failure.code)
   end)
 end)

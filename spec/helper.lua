@@ -168,6 +168,18 @@ function H.tmpfile(name)
   return tmpdir .. "/" .. name
 end
 
+--- a `lua` for tether.fork that runs lua5.4 under a shell limit, e.g.
+-- H.limited_lua("ulimit -n 200") (exit 3 when the shell refuses it)
+function H.limited_lua(limit)
+  H._n = (H._n or 0) + 1
+  local path = H.tmpfile(("lua-limited-%d.sh"):format(H._n))
+  local f = assert(io.open(path, "w"))
+  f:write("#!/bin/sh\n", limit, " || exit 3\nexec lua5.4 \"$@\"\n")
+  f:close()
+  os.execute("chmod +x " .. path)
+  return path
+end
+
 --- a leak check around each test: no new fds, no zombies.  Pass busted's
 -- before_each and after_each (they live in the spec's environment).
 function H.leak_guard(before_each, after_each)
