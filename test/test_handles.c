@@ -71,6 +71,19 @@ static void side_up(uv_loop_t *loop, tt_channel_t *ch, side_t *s, int fd) {
   tt_channel_ref(ch, 1);
 }
 
+/* A loop with channels a -> b on a socket pair, b taking the descriptors
+ * that come, and a pipe p whose ends are descriptors to send. */
+static void pair_up(uv_loop_t *loop, tt_channel_t *a, side_t *sa,
+                    tt_channel_t *b, side_t *sb, int p[2]) {
+  int sv[2];
+  ck_assert_int_eq(uv_loop_init(loop), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+  side_up(loop, a, sa, sv[0]);
+  side_up(loop, b, sb, sv[1]);
+  sb->take = 1;
+}
+
 static int closed_count;
 static void on_closed(tt_channel_t *ch) {
   (void)ch;
@@ -291,14 +304,9 @@ START_TEST(test_descriptor_frames_go_at_once) {
   uv_loop_t loop;
   tt_channel_t a, b;
   side_t sa, sb;
-  int sv[2], p[2], before, mid;
+  int p[2], before, mid;
   before = open_fds();
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-  side_up(&loop, &a, &sa, sv[0]);
-  side_up(&loop, &b, &sb, sv[1]);
-  sb.take = 1;
+  pair_up(&loop, &a, &sa, &b, &sb, p);
   mid = open_fds();
   for (int i = 0; i < 6; i++) {
     ck_assert_int_ge(tt_channel_send_fd(&a, TT_FRAME_MESSAGE, 0, "m", 1, p[1],
@@ -412,14 +420,9 @@ START_TEST(test_outbox_carries_descriptors) {
   tt_outbox_t ob;
   tt_channel_t a, b;
   side_t sa, sb;
-  int sv[2], p[2], before, mid;
+  int p[2], before, mid;
   before = open_fds();
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-  ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
-  side_up(&loop, &a, &sa, sv[0]);
-  side_up(&loop, &b, &sb, sv[1]);
-  sb.take = 1;
+  pair_up(&loop, &a, &sa, &b, &sb, p);
   memset(&ob, 0, sizeof ob);
   tt_outbox_init(&loop, &ob, 0);
   mid = open_fds();
