@@ -170,6 +170,32 @@ int tt_lua_encode(lua_State *L, tt_state_t *st, int idx, int json);
 int tt_lua_encode_with(lua_State *L, tt_state_t *st, int idx, int json,
                        tt_codec_attach_t *attach);
 void tt_lua_encode_done(tt_state_t *st);
+/* The buffers a value to send holds, in the order of their tags, and the
+ * descriptors its frame carries: the buffers', then a handle's. */
+typedef struct {
+  unsigned nbufs;
+  tt_shmbuf_t *bufs[TT_FRAME_MAX_FDS];
+  uint64_t bytes; /* their sizes, summed */
+  int handle;     /* a handle's descriptor sent beside (-1: none) */
+  unsigned nfds;  /* set by tt_lua_freeze_carried */
+  int fds[TT_FRAME_MAX_FDS];
+} tt_carried_t;
+/* Encodes the value at idx for a frame of `kind` to a peer whose
+ * max_message is `max_message`: tether.buffers may be in it when the frame
+ * can carry their descriptors (a message, a request, a reply), and are
+ * listed in *c, not yet frozen; their sizes together count toward
+ * max_message.  0, or the
+ * count of results (nil, err) pushed, the encoding released. */
+int tt_lua_encode_frame(lua_State *L, tt_state_t *st, int idx, int json,
+                        unsigned kind, size_t max_message, tt_carried_t *c);
+/* Adds a handle's descriptor (fd >= 0) to what *c carries, if there is
+ * room: 0, or the count of results (nil, err) pushed. */
+int tt_lua_carry_handle(lua_State *L, tt_state_t *st, tt_carried_t *c,
+                        int fd);
+/* Freezes the buffers *c lists, once nothing else refuses the send, and
+ * sets c->fds: 0, or the count of results (nil, err) pushed, the encoding
+ * released. */
+int tt_lua_freeze_carried(lua_State *L, tt_state_t *st, tt_carried_t *c);
 /* Pushes the decoded value and returns 1; or pushes why it failed and
  * returns 0 (malformed), -1 (out of memory) or -2 (a Ctrl-C interrupted
  * it: drop the frame, blame nobody; run() is ending).  Never raises. */

@@ -502,9 +502,9 @@ static int enc_value(enc_t *e, int idx, int depth, const path_t *path) {
       const char *why =
           e->attach != NULL
               ? e->attach->take(e->attach, L, idx, &size)
-              : "a tether.buffer travels only in a message on a fork's "
-                "channel (child:send, tether.parent:send), not in a call, a "
-                "reply, a task or to a supervisor's worker";
+              : "a tether.buffer travels only between processes on one "
+                "machine, in a message, a call, a reply or a local pool's "
+                "task (not in an error, an option or a remote pool's task)";
       if (why != NULL) return enc_fail(e, path, "%s", why);
       put_tagged_varint(e, TAG_BUFFER, size);
       return 0;

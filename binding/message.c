@@ -100,18 +100,22 @@ int tt_lua_encode_with(lua_State *L, tt_state_t *st, int idx, int json,
 
 typedef struct {
   tt_codec_attach_t a;
-  tt_shmbuf_t *buf;
+  tt_carried_t *c;
 } send_attach_t;
 
 static const char *take_buffer(tt_codec_attach_t *a, lua_State *L, int idx,
                                uint64_t *size) {
-  send_attach_t *s = (send_attach_t *)a;
+  tt_carried_t *c = ((send_attach_t *)a)->c;
   tt_shmbuf_t *b = tt_lua_buffer_test(L, idx);
   if (b->fd < 0) return "the tether.buffer is closed";
-  /* (one descriptor per frame: the receiver pairs it with the one tag) */
-  if (s->buf == b) return "the same tether.buffer twice in one message";
-  if (s->buf != NULL) return "a message carries at most one tether.buffer";
-  s->buf = b;
+  /* (the receiver pairs each tag with a descriptor of its own: the same
+   * buffer twice would come out as two) */
+  for (unsigned i = 0; i < c->nbufs; i++)
+    if (c->bufs[i] == b) return "the same tether.buffer twice in one message";
+  if (c->nbufs == TT_FRAME_MAX_FDS)
+    return "a message carries at most 16 tether.buffers";
+  c->bufs[c->nbufs++] = b;
+  c->bytes += b->size;
   *size = b->size;
   return NULL;
 }
@@ -119,13 +123,73 @@ static const char *take_buffer(tt_codec_attach_t *a, lua_State *L, int idx,
 typedef struct {
   tt_codec_attach_t a;
   tt_channel_t *ch;
+  uint64_t bytes; /* of the buffers decoded so far */
 } recv_attach_t;
 
-/* A buffer counts toward max_message by its size: what a peer can make us
+/* Buffers count toward max_message by their sizes: what a peer can make us
  * hold in one message stays bounded by the same setting. */
+static size_t buffer_cap(size_t max_message) {
+  return max_message < TT_SHMBUF_MAX ? max_message : TT_SHMBUF_MAX;
+}
+
 static size_t buffer_max(tt_channel_t *ch) {
-  size_t m = tt_channel_max_message(ch);
-  return m < TT_SHMBUF_MAX ? m : TT_SHMBUF_MAX;
+  return buffer_cap(tt_channel_max_message(ch));
+}
+
+/* The frames whose value may hold a buffer: those that carry a descriptor
+ * for it, except control (the runner's own). */
+static int may_carry(unsigned kind) {
+  return kind == TT_FRAME_MESSAGE || kind == TT_FRAME_REQUEST ||
+         kind == TT_FRAME_REPLY;
+}
+
+int tt_lua_encode_frame(lua_State *L, tt_state_t *st, int idx, int json,
+                        unsigned kind, size_t max_message, tt_carried_t *c) {
+  send_attach_t at = {{take_buffer, NULL}, c};
+  int rc;
+  c->nbufs = c->nfds = 0;
+  c->bytes = 0;
+  c->handle = -1;
+  if ((rc = tt_lua_encode_with(L, st, idx, json,
+                               may_carry(kind) ? &at.a : NULL)) != 0)
+    return rc;
+  if (c->bytes > buffer_cap(max_message)) {
+    tt_lua_encode_done(st);
+    return tt_lua_too_large(L, c->nbufs > 1 ? "tether.buffers together"
+                                            : "tether.buffer",
+                            (size_t)c->bytes, buffer_cap(max_message));
+  }
+  return 0;
+}
+
+int tt_lua_carry_handle(lua_State *L, tt_state_t *st, tt_carried_t *c,
+                        int fd) {
+  if (fd < 0) return 0;
+  if (c->nbufs == TT_FRAME_MAX_FDS) {
+    tt_lua_encode_done(st);
+    return tt_lua_fail(L, TT_ERR_SERIALIZE,
+                       "a message carries at most 16 descriptors: 15 "
+                       "tether.buffers with a handle");
+  }
+  c->handle = fd;
+  return 0;
+}
+
+int tt_lua_freeze_carried(lua_State *L, tt_state_t *st, tt_carried_t *c) {
+  int rc;
+  c->nfds = 0;
+  /* frozen before their descriptors leave: the receiver maps a buffer only
+   * if it is sealed, and nobody may change it from then on */
+  for (unsigned i = 0; i < c->nbufs; i++) {
+    if ((rc = tt_shmbuf_freeze(c->bufs[i])) != 0) {
+      tt_lua_encode_done(st);
+      return tt_lua_fail(L, rc, "cannot freeze the buffer to send it");
+    }
+    c->fds[c->nfds++] = c->bufs[i]->fd;
+  }
+  /* a handle's goes last: the receiver's decoder takes the buffers' first */
+  if (c->handle >= 0) c->fds[c->nfds++] = c->handle;
+  return 0;
 }
 
 static const char *give_buffer(tt_codec_attach_t *a, lua_State *L,
@@ -135,6 +199,8 @@ static const char *give_buffer(tt_codec_attach_t *a, lua_State *L,
   const char *why = NULL;
   int fd, err;
   if (size > buffer_max(r->ch)) return "a buffer larger than max_message";
+  if (r->bytes + size > buffer_max(r->ch))
+    return "buffers larger than max_message together";
   b = tt_lua_new_buffer(L); /* (before the descriptor is ours: a raise
                                here leaves it to the channel to close) */
   if ((fd = tt_channel_take_fd(r->ch)) < 0) {
@@ -149,6 +215,7 @@ static const char *give_buffer(tt_codec_attach_t *a, lua_State *L,
           : err == UV_EBADF  ? "a buffer whose descriptor is not a memfd"
                              : "a buffer that cannot be mapped";
   } else {
+    r->bytes += size;
     tt_lua_buffer_pressure(L, (size_t)size);
   }
   return why;
@@ -191,55 +258,33 @@ static int send_value(lua_State *L, tt_lobj_t *o, tt_channel_t *ch,
                       int fd) {
   tt_state_t *st = o->st;
   tt_send_req_t *req = NULL;
-  send_attach_t at = {{take_buffer, NULL}, NULL};
+  tt_carried_t c;
   int rc;
 
-  /* buffers travel in messages (not in calls or replies) */
-  if ((rc = tt_lua_encode_with(L, st, idx, o->json,
-                               kind == TT_FRAME_MESSAGE ? &at.a : NULL)) != 0)
+  if ((rc = tt_lua_encode_frame(L, st, idx, o->json, kind,
+                                tt_channel_max_message(ch), &c)) != 0 ||
+      (rc = tt_lua_carry_handle(L, st, &c, fd)) != 0)
     return rc;
-  if (at.buf != NULL) {
-    if (fd >= 0) {
-      tt_lua_encode_done(st);
-      return tt_lua_fail(L, TT_ERR_SERIALIZE,
-                         "a message carries a handle or a tether.buffer, "
-                         "not both");
-    }
-    if (at.buf->size > buffer_max(ch)) {
-      tt_lua_encode_done(st);
-      return tt_lua_too_large(L, "tether.buffer", at.buf->size,
-                              buffer_max(ch));
-    }
-  }
-  if (!tt_channel_is_connected(ch))
+  if (!tt_channel_is_connected(ch)) {
+    tt_lua_encode_done(st);
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
-  if ((rc = check_too_big(L, ch, st, kind)) != 0) return rc;
-  if (at.buf != NULL) {
-    /* frozen before its descriptor leaves, once nothing else refuses the
-     * send: the receiver maps it only if it is sealed, and nobody may
-     * change it from then on */
-    if ((rc = tt_shmbuf_freeze(at.buf)) != 0) {
-      tt_lua_encode_done(st);
-      return tt_lua_fail(L, rc, "cannot freeze the buffer to send it");
-    }
-    fd = at.buf->fd;
   }
+  if ((rc = check_too_big(L, ch, st, kind)) != 0) return rc;
+  /* once nothing else refuses the send */
+  if ((rc = tt_lua_freeze_carried(L, st, &c)) != 0) return rc;
   if (cb_idx != 0) {
     req = malloc(sizeof *req);
-    if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
+    if (req == NULL) {
+      tt_lua_encode_done(st);
+      return tt_lua_fail(L, UV_ENOMEM, NULL);
+    }
     req->o = o;
     lua_pushvalue(L, cb_idx);
     req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  if (fd >= 0)
-    rc = tt_channel_send_fd(ch, kind, id,
-                            st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                            st->wbuf.len - TT_FRAME_HEADER_SIZE, fd,
-                            req ? tt_lua_on_sent : NULL, req);
-  else
-    rc = tt_channel_send(ch, kind, id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                         st->wbuf.len - TT_FRAME_HEADER_SIZE,
-                         req ? tt_lua_on_sent : NULL, req);
+  rc = tt_channel_send_fds(ch, kind, id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                           st->wbuf.len - TT_FRAME_HEADER_SIZE, c.fds, c.nfds,
+                           req ? tt_lua_on_sent : NULL, req);
   tt_lua_encode_done(st);
   if (rc < 0) {
     if (req != NULL) {
@@ -324,7 +369,7 @@ static size_t json_cost(const char *p, size_t n) {
  * comes from (NULL: none may come). */
 static int decode_value(lua_State *L, tt_state_t *st, const char *p, size_t n,
                         int json, size_t budget, tt_channel_t *ch) {
-  recv_attach_t at = {{NULL, give_buffer}, ch};
+  recv_attach_t at = {{NULL, give_buffer}, ch, 0};
   if (json) { /* the facade's decoder -> ok, value|why */
     size_t cost;
     if (st->json_decode_ref == LUA_NOREF) {
@@ -462,13 +507,14 @@ static int deliver_protected(lua_State *L) {
   frame_t *f = lua_touserdata(L, 3);
   const tt_frame_header_t *h = f->h;
   tt_state_t *st = f->st;
-  int native_msg = h->kind == TT_FRAME_MESSAGE && !tt_channel_is_lines(f->ch);
+  int carries = may_carry(h->kind) && !tt_channel_is_lines(f->ch);
   int nargs = 2;
   lua_settop(L, 2);
-  /* a native MESSAGE may carry a buffer: its descriptor is the frame's */
+  /* a native message or request may carry a buffer: its descriptor is the
+   * frame's */
   if (!decode_value(L, st, f->payload, h->len, f->json,
                     budget_for(tt_channel_max_message(f->ch)),
-                    native_msg ? f->ch : NULL)) {
+                    carries ? f->ch : NULL)) {
     const char *why = lua_tostring(L, -1);
     snprintf(f->why, sizeof f->why, "%s", why ? why : "malformed value");
     f->malformed = 1;
@@ -616,9 +662,13 @@ typedef struct {
  * fn(err) for a fault: like deliver_protected, one protected call. */
 static int reply_protected(lua_State *L) {
   reply_t *r = lua_touserdata(L, 2);
+  int carries = r->kind == TT_FRAME_REPLY && !tt_channel_is_lines(r->ch);
   lua_settop(L, 1);
+  /* a reply may carry a buffer (the frame is still being delivered: its
+   * descriptor is the channel's current one) */
   if (!decode_value(L, r->st, r->payload, r->len, r->json,
-                    budget_for(tt_channel_max_message(r->ch)), NULL)) {
+                    budget_for(tt_channel_max_message(r->ch)),
+                    carries ? r->ch : NULL)) {
     const char *why = lua_tostring(L, -1);
     snprintf(r->why, sizeof r->why, "%s", why ? why : "malformed value");
     r->malformed = 1;
@@ -730,6 +780,7 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
   tt_call_options_t opts;
   tt_call_req_t *req;
   tt_state_t *st;
+  tt_carried_t c;
   lua_Number timeout = luaL_optnumber(L, 3, 0);
   lua_Integer retries = luaL_optinteger(L, 4, 0);
   int err;
@@ -756,16 +807,26 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
     return tt_lua_fail(L, o == NULL ? TT_ERR_IPC_CHANNEL_CLOSED
                                     : TT_ERR_NO_CHANNEL, NULL);
   st = o->st;
-  if ((err = tt_lua_encode(L, st, 2, o->json)) != 0) return err;
+  if ((err = tt_lua_encode_frame(L, st, 2, o->json, TT_FRAME_REQUEST,
+                                 tt_channel_max_message(o->rpc->ch), &c)) != 0)
+    return err;
   if ((err = check_too_big(L, o->rpc->ch, st, TT_FRAME_REQUEST)) != 0)
     return err;
+  if (c.nbufs > 0 && !tt_channel_is_connected(o->rpc->ch)) {
+    tt_lua_encode_done(st); /* (refused before the buffers are frozen) */
+    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  }
+  if ((err = tt_lua_freeze_carried(L, st, &c)) != 0) return err;
   req = malloc(sizeof *req);
-  if (req == NULL) return tt_lua_fail(L, UV_ENOMEM, NULL);
+  if (req == NULL) {
+    tt_lua_encode_done(st);
+    return tt_lua_fail(L, UV_ENOMEM, NULL);
+  }
   req->o = o;
   req->ch = o->rpc->ch;
-  err = tt_rpc_call(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                    st->wbuf.len - TT_FRAME_HEADER_SIZE, &opts, on_call_done,
-                    req);
+  err = tt_rpc_call_fds(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                        st->wbuf.len - TT_FRAME_HEADER_SIZE, c.fds, c.nfds,
+                        &opts, on_call_done, req);
   tt_lua_encode_done(st);
   if (err != 0) {
     free(req);
@@ -781,19 +842,30 @@ int tt_lua_answer(lua_State *L, tt_lobj_t *o, tt_channel_t *ch, int at) {
   lua_Integer id = luaL_checkinteger(L, at);
   int fault = lua_toboolean(L, at + 2), automatic = lua_toboolean(L, at + 3);
   tt_state_t *st;
+  tt_carried_t c;
   int err;
   luaL_checkany(L, at + 1);
   luaL_argcheck(L, id > 0 && id <= (lua_Integer)UINT32_MAX, at, "bad id");
   if (o == NULL || ch == NULL)
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   st = o->st;
-  if ((err = tt_lua_encode(L, st, at + 1, o->json)) != 0) return err;
-  err = tt_peer_answer(ch, (uint32_t)id,
-                       automatic ? TT_ANSWER_REFUSAL
-                       : fault   ? TT_ANSWER_FAULT
-                                 : TT_ANSWER_REPLY,
-                       st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                       st->wbuf.len - TT_FRAME_HEADER_SIZE);
+  /* a reply may carry a buffer; a fault is an error, which may not */
+  if ((err = tt_lua_encode_frame(
+           L, st, at + 1, o->json,
+           fault || automatic ? TT_FRAME_FAULT : TT_FRAME_REPLY,
+           tt_channel_max_message(ch), &c)) != 0)
+    return err;
+  if (c.nbufs > 0 && !tt_channel_is_connected(ch)) {
+    tt_lua_encode_done(st);
+    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  }
+  if ((err = tt_lua_freeze_carried(L, st, &c)) != 0) return err;
+  err = tt_peer_answer_fds(ch, (uint32_t)id,
+                           automatic ? TT_ANSWER_REFUSAL
+                           : fault   ? TT_ANSWER_FAULT
+                                     : TT_ANSWER_REPLY,
+                           st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                           st->wbuf.len - TT_FRAME_HEADER_SIZE, c.fds, c.nfds);
   tt_lua_encode_done(st);
   if (err != 0) return tt_lua_fail(L, err, NULL);
   lua_pushboolean(L, 1);

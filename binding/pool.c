@@ -146,8 +146,13 @@ static void on_task_done(void *arg, int status, unsigned kind,
     tt_call(st, L, 1);
     return;
   }
-  if ((rc = tt_lua_decode(L, st, payload, len, json,
-                          ch ? tt_channel_max_message(ch) : 0)) != 1) {
+  /* a result may carry a buffer: the answer's frame is being delivered,
+   * its descriptor is the channel's current one */
+  if ((rc = tt_lua_decode_from(
+           L, st, payload, len, json, ch ? tt_channel_max_message(ch) : 0,
+           ch != NULL && kind == TT_FRAME_REPLY && !tt_channel_is_lines(ch)
+               ? ch
+               : NULL)) != 1) {
     if (rc == -2) { /* Ctrl-C: run() ends */
       lua_settop(L, top);
       return;
@@ -247,14 +252,22 @@ static int m_submit(lua_State *L) {
   tt_lpool_t *c = check(L);
   tt_send_req_t *req;
   tt_state_t *st;
+  tt_carried_t cr;
   size_t len;
   int err;
   luaL_checkany(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, "pool is closed");
   st = c->o.st;
-  if ((err = tt_lua_encode(L, st, 2, c->o.json)) != 0) return err;
+  if ((err = tt_lua_encode_frame(L, st, 2, c->o.json, TT_FRAME_REQUEST,
+                                 tt_pool_max_message(&c->p), &cr)) != 0)
+    return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
+  if (cr.nbufs > 0 && len > tt_pool_max_message(&c->p)) {
+    tt_lua_encode_done(st); /* (refused before the buffers are frozen) */
+    return tt_lua_too_large(L, "task", len, tt_pool_max_message(&c->p));
+  }
+  if ((err = tt_lua_freeze_carried(L, st, &cr)) != 0) return err;
   if ((req = malloc(sizeof *req)) == NULL) {
     tt_lua_encode_done(st);
     return tt_lua_fail(L, UV_ENOMEM, NULL);
@@ -262,8 +275,8 @@ static int m_submit(lua_State *L) {
   req->o = &c->o;
   lua_pushvalue(L, 3);
   req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  err = tt_pool_submit(&c->p, st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
-                       on_task_done, req);
+  err = tt_pool_submit_fds(&c->p, st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
+                           cr.fds, cr.nfds, on_task_done, req);
   tt_lua_encode_done(st);
   if (err != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
@@ -281,16 +294,25 @@ static int m_send(lua_State *L) {
   tt_lpool_t *c = check(L);
   lua_Integer id = luaL_checkinteger(L, 2);
   tt_state_t *st;
+  tt_carried_t cr;
   size_t len;
   int err;
   luaL_checkany(L, 3);
   luaL_argcheck(L, id >= 1 && id <= UINT32_MAX, 2, "bad worker id");
   if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
   st = c->o.st;
-  if ((err = tt_lua_encode(L, st, 3, c->o.json)) != 0) return err;
+  if ((err = tt_lua_encode_frame(L, st, 3, c->o.json, TT_FRAME_MESSAGE,
+                                 tt_pool_max_message(&c->p), &cr)) != 0)
+    return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
-  err = tt_pool_send(&c->p, (unsigned)id, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                     len);
+  if (cr.nbufs > 0 && len > tt_pool_max_message(&c->p)) {
+    tt_lua_encode_done(st);
+    return tt_lua_too_large(L, "message", len, tt_pool_max_message(&c->p));
+  }
+  if ((err = tt_lua_freeze_carried(L, st, &cr)) != 0) return err;
+  err = tt_pool_send_fds(&c->p, (unsigned)id,
+                         st->wbuf.data + TT_FRAME_HEADER_SIZE, len, cr.fds,
+                         cr.nfds);
   tt_lua_encode_done(st);
   if (err == TT_ERR_SERIALIZE)
     return tt_lua_too_large(L, "message", len, tt_pool_max_message(&c->p));

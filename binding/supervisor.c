@@ -209,10 +209,11 @@ static void on_frame(tt_supervisor_t *s, unsigned id, uint64_t serial,
   if ((L = tt_lobj_begin(&c->o, event)) == NULL) return;
   c->frame_ch = ch;
   lua_pushinteger(L, id);
-  /* a worker's message may carry a buffer (its tether.parent:send) */
+  /* a worker's message or request may carry a buffer (its
+   * tether.parent:send or :call) */
   rc = tt_lua_decode_from(
       L, c->o.st, payload, h->len, c->o.json, tt_channel_max_message(ch),
-      h->kind == TT_FRAME_MESSAGE && !tt_channel_is_lines(ch) ? ch : NULL);
+      h->kind != TT_FRAME_CONTROL && !tt_channel_is_lines(ch) ? ch : NULL);
   if (rc != 1) {
     char why[256];
     snprintf(why, sizeof why, "%s", lua_tostring(L, -1));
@@ -535,6 +536,7 @@ static int m_send(lua_State *L) {
   uint32_t fid = (uint32_t)luaL_optinteger(L, 7, 0);
   tt_send_req_t *req = NULL;
   tt_state_t *st;
+  tt_carried_t cr;
   size_t len;
   int err, fd;
   if ((fd = tt_lua_opt_handle_fd(L, 8)) == -2)
@@ -545,8 +547,20 @@ static int m_send(lua_State *L) {
   luaL_argcheck(L, kind >= 1 && kind <= TT_FRAME_CONTROL, 6, "bad kind");
   if (c == NULL) return tt_lua_fail(L, TT_ERR_CLOSED, NULL);
   st = c->o.st;
-  if ((err = tt_lua_encode(L, st, 3, c->o.json)) != 0) return err;
+  if ((err = tt_lua_encode_frame(L, st, 3, c->o.json, kind,
+                                 tt_supervisor_max_message(&c->s), &cr)) != 0 ||
+      (err = tt_lua_carry_handle(L, st, &cr, fd)) != 0)
+    return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
+  /* a send refused for its size leaves the buffers writable */
+  if (cr.nbufs > 0 &&
+      tt_channel_options_check_size(&c->s.opts.process.channel_options, kind,
+                                    len) != 0) {
+    tt_lua_encode_done(st);
+    return tt_lua_too_large(L, "message", len,
+                            tt_supervisor_max_message(&c->s));
+  }
+  if ((err = tt_lua_freeze_carried(L, st, &cr)) != 0) return err;
   if (!lua_isnoneornil(L, 5)) {
     if ((req = malloc(sizeof *req)) == NULL) {
       tt_lua_encode_done(st);
@@ -556,10 +570,10 @@ static int m_send(lua_State *L) {
     lua_pushvalue(L, 5);
     req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  err = tt_supervisor_send_fd(&c->s, id, kind, fid,
-                              st->wbuf.data + TT_FRAME_HEADER_SIZE, len, fd,
-                              (uint64_t)(timeout + 0.5),
-                              req ? tt_lua_on_sent : NULL, req);
+  err = tt_supervisor_send_fds(&c->s, id, kind, fid,
+                               st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
+                               cr.fds, cr.nfds, (uint64_t)(timeout + 0.5),
+                               req ? tt_lua_on_sent : NULL, req);
   tt_lua_encode_done(st);
   if (err != 0) {
     if (req != NULL) {

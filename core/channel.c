@@ -54,7 +54,7 @@
 /* Descriptors received and not yet handed out (a native frame's comes with
  * its first byte, a JSON line's waits for its NODE_HANDLE message): more
  * is a protocol error, so a peer cannot make us hold descriptors. */
-#define TT_CHANNEL_MAX_PENDING_FDS 16
+#define TT_CHANNEL_MAX_PENDING_FDS (2 * TT_FRAME_MAX_FDS)
 
 enum {
   CH_CONNECTED = 1u << 0,     /* sends accepted */
@@ -160,12 +160,13 @@ static size_t ack_run(tt_channel_t *ch, int status) {
 
 /* ---- descriptors ----------------------------------------------------------- */
 
-/* Room for one more, so that a push after it cannot fail. */
-static int fdq_reserve(tt_fd_queue_t *q) {
+/* Room for `n` more, so that pushes after it cannot fail. */
+static int fdq_reserve(tt_fd_queue_t *q, size_t n) {
   size_t ncap;
   tt_fd_at_t *nv;
-  if (q->len < q->cap) return 0;
+  if (q->len + n <= q->cap) return 0;
   ncap = q->cap ? q->cap * 2 : 4;
+  while (ncap < q->len + n) ncap *= 2;
   if ((nv = malloc(ncap * sizeof *nv)) == NULL) return UV_ENOMEM;
   for (size_t i = 0; i < q->len; i++) nv[i] = q->v[(q->head + i) % q->cap];
   free(q->v);
@@ -176,7 +177,7 @@ static int fdq_reserve(tt_fd_queue_t *q) {
 }
 
 static int fdq_push(tt_fd_queue_t *q, uint64_t pos, int fd) {
-  int err = fdq_reserve(q);
+  int err = fdq_reserve(q, 1);
   if (err != 0) return err;
   q->v[(q->head + q->len) % q->cap] = (tt_fd_at_t){pos, fd};
   q->len++;
@@ -196,6 +197,10 @@ static int fdq_pop(tt_fd_queue_t *q) {
 
 static void fdq_close_all(tt_fd_queue_t *q) {
   while (q->len > 0) close(fdq_pop(q));
+}
+
+static void close_fds(const int *fds, unsigned n) {
+  for (unsigned i = 0; i < n; i++) close(fds[i]);
 }
 
 static void fdq_free(tt_fd_queue_t *q) {
@@ -297,28 +302,29 @@ static int queued_frame(tt_channel_t *ch, unsigned kind, size_t total,
   return 1;
 }
 
-/* One sendmsg(), with descriptor `fd` on its first byte when fd >= 0:
- * bytes written, 0 when the socket is full, or -errno. */
-static ssize_t send_iov(tt_channel_t *ch, struct iovec *iov, int n, int fd) {
+/* One sendmsg(), with `nfds` descriptors on its first byte: bytes
+ * written, 0 when the socket is full, or -errno. */
+static ssize_t send_iov(tt_channel_t *ch, struct iovec *iov, int n,
+                        const int *fds, unsigned nfds) {
   struct msghdr msg;
   union {
     struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int))];
+    char buf[CMSG_SPACE(sizeof(int) * TT_FRAME_MAX_FDS)];
   } cm;
   ssize_t w;
   memset(&msg, 0, sizeof msg);
   msg.msg_iov = iov;
   msg.msg_iovlen = (size_t)n;
-  if (fd >= 0) {
+  if (nfds > 0) {
     struct cmsghdr *c;
     memset(&cm, 0, sizeof cm);
     msg.msg_control = cm.buf;
-    msg.msg_controllen = sizeof cm.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
     c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
   }
   do
     w = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -340,7 +346,8 @@ typedef struct {
  * caller's memory: no copy, no allocation.  Returns the bytes written; the
  * caller queues the rest.  A failure is left for the flush to meet again,
  * so the channel ends from the loop, not inside send(). */
-static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f, int fd) {
+static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f,
+                           const int *fds, unsigned nfds) {
   struct iovec iov[3];
   int n = 0;
   ssize_t w;
@@ -349,7 +356,7 @@ static size_t write_direct(tt_channel_t *ch, const tt_wire_t *f, int fd) {
     iov[n].iov_base = (void *)f->part[i];
     iov[n++].iov_len = f->len[i];
   }
-  w = send_iov(ch, iov, n, fd);
+  w = send_iov(ch, iov, n, fds, nfds);
   return w > 0 ? (size_t)w : 0;
 }
 
@@ -366,11 +373,11 @@ static void copy_wire(char *dst, const tt_wire_t *f, size_t from) {
   }
 }
 
-/* Queues a frame; `fd` >= 0 is a descriptor of ours (a duplicate) that
- * goes with it, closed here on failure. */
+/* Queues a frame; `fds` are `nfds` descriptors of ours (duplicates) that
+ * go with it, closed here once sent or on failure. */
 static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
-                      const void *payload, size_t len, int fd,
-                      tt_channel_send_cb cb, void *arg) {
+                      const void *payload, size_t len, const int *fds,
+                      unsigned nfds, tt_channel_send_cb cb, void *arg) {
   size_t total, done = 0, rest;
   uint64_t start = ch->queued_total;
   char head[TT_LINES_HEAD_MAX > TT_FRAME_HEADER_SIZE ? TT_LINES_HEAD_MAX
@@ -379,9 +386,9 @@ static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
   tt_wire_t f;
   tt_chunk_t *c = ch->tail;
   int err = check_send(ch, kind, len);
-  if (err == 0 && fd >= 0) err = fdq_reserve(&ch->tx_fds);
+  if (err == 0 && nfds > 0) err = fdq_reserve(&ch->tx_fds, nfds);
   if (err != 0) {
-    if (fd >= 0) close(fd);
+    close_fds(fds, nfds);
     return err;
   }
 
@@ -394,12 +401,12 @@ static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
     if ((err = tt_lines_pack(kind, id, head, &f.len[0], tail, &f.len[2])) !=
             0 ||
         (len > 0 && memchr(payload, '\n', len) != NULL)) {
-      if (fd >= 0) close(fd);
+      close_fds(fds, nfds);
       return UV_EINVAL;
     }
   } else {
-    tt_frame_header_pack((unsigned char *)head, kind,
-                         fd >= 0 ? TT_FRAME_F_HANDLE : 0, id, (uint32_t)len);
+    tt_frame_header_pack((unsigned char *)head, kind, tt_frame_fd_flags(nfds),
+                         id, (uint32_t)len);
     f.len[0] = TT_FRAME_HEADER_SIZE;
     f.len[2] = 0;
   }
@@ -410,12 +417,12 @@ static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
    * burst of such sends does not hold a descriptor per frame (EMFILE).
    * Otherwise the queue takes it, and write_some puts the descriptor on
    * its first byte. */
-  if ((fd >= 0 || total > TT_CHANNEL_COALESCE_MAX) && queued(ch) == 0 &&
+  if ((nfds > 0 || total > TT_CHANNEL_COALESCE_MAX) && queued(ch) == 0 &&
       !(ch->flags & CH_WRITE_BLOCKED)) {
-    done = write_direct(ch, &f, fd);
-    if (done > 0 && fd >= 0) {
-      close(fd); /* (the peer's now) */
-      fd = -1;
+    done = write_direct(ch, &f, fds, nfds);
+    if (done > 0 && nfds > 0) {
+      close_fds(fds, nfds); /* (the peer's now) */
+      nfds = 0;
     }
     if (done == total) return queued_frame(ch, kind, total, done, cb, arg);
   }
@@ -424,7 +431,7 @@ static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
     size_t cap = rest > TT_CHANNEL_COALESCE_MAX ? rest : TT_CHANNEL_CHUNK_SIZE;
     c = malloc(sizeof *c + cap);
     if (c == NULL) {
-      if (fd >= 0) close(fd);
+      close_fds(fds, nfds);
       if (done == 0) return UV_ENOMEM;
       /* Part of the frame is on the wire: the stream cannot go on.  It
        * ends from the loop (the flusher), never inside send(). */
@@ -441,36 +448,49 @@ static int send_frame(tt_channel_t *ch, unsigned kind, uint32_t id,
   }
   copy_wire(c->data + c->len, &f, done); /* what was not written yet */
   c->len += rest;
-  if (fd >= 0) fdq_push(&ch->tx_fds, start, fd); /* reserved: cannot fail */
+  for (unsigned i = 0; i < nfds; i++) /* reserved: cannot fail */
+    fdq_push(&ch->tx_fds, start, fds[i]);
   return queued_frame(ch, kind, total, total - rest, cb, arg);
 }
 
 int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
                     const void *payload, size_t len, tt_channel_send_cb cb,
                     void *arg) {
-  return send_frame(ch, kind, id, payload, len, -1, cb, arg);
+  return send_frame(ch, kind, id, payload, len, NULL, 0, cb, arg);
 }
 
 int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
                        const void *payload, size_t len, int fd,
                        tt_channel_send_cb cb, void *arg) {
-  int dup;
+  return tt_channel_send_fds(ch, kind, id, payload, len, &fd, 1, cb, arg);
+}
+
+int tt_channel_send_fds(tt_channel_t *ch, unsigned kind, uint32_t id,
+                        const void *payload, size_t len, const int *fds,
+                        unsigned nfds, tt_channel_send_cb cb, void *arg) {
+  int dup[TT_FRAME_MAX_FDS];
+  if (nfds == 0) return send_frame(ch, kind, id, payload, len, NULL, 0, cb, arg);
   /* a JSON line carries one as Node's NODE_HANDLE message, which the
    * binding writes */
-  if (!tt_frame_kind_carries_fd(kind) ||
-      (ch->dec.lines && kind != TT_FRAME_MESSAGE))
+  if (!tt_frame_kind_carries_fd(kind) || nfds > TT_FRAME_MAX_FDS ||
+      (ch->dec.lines && (kind != TT_FRAME_MESSAGE || nfds > 1)))
     return UV_EINVAL;
   if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_CHANNEL_CLOSED;
-  if ((dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) return -errno;
-  return send_frame(ch, kind, id, payload, len, dup, cb, arg);
+  for (unsigned i = 0; i < nfds; i++) {
+    if ((dup[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3)) < 0) {
+      int err = -errno;
+      close_fds(dup, i);
+      return err;
+    }
+  }
+  return send_frame(ch, kind, id, payload, len, dup, nfds, cb, arg);
 }
 
 int tt_channel_take_fd(tt_channel_t *ch) {
-  int fd = ch->cur_fd;
-  ch->cur_fd = -1;
+  if (ch->cur_next < ch->cur_nfds) return ch->cur_fds[ch->cur_next++];
   /* JSON lines pair nothing: the oldest pending one is the claimant's */
-  if (fd < 0 && ch->dec.lines && ch->rx_fds.len > 0) fd = fdq_pop(&ch->rx_fds);
-  return fd;
+  if (ch->dec.lines && ch->rx_fds.len > 0) return fdq_pop(&ch->rx_fds);
+  return -1;
 }
 
 int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
@@ -512,14 +532,17 @@ static void queue_consume(tt_channel_t *ch, size_t n) {
  * socket is full, or a negative error. */
 static ssize_t write_some(tt_channel_t *ch) {
   struct iovec iov[TT_CHANNEL_MAX_IOV];
-  int n = 0, fd = -1;
+  int n = 0, fds[TT_FRAME_MAX_FDS];
+  unsigned nfds = 0;
   uint64_t limit = UINT64_MAX;
   ssize_t w;
   tt_fd_at_t *next = fdq_at(&ch->tx_fds, 0);
 
-  if (next != NULL && next->pos == ch->written_total) {
-    fd = next->fd;
-    next = fdq_at(&ch->tx_fds, 1);
+  /* (one frame's descriptors share its position) */
+  while (next != NULL && next->pos == ch->written_total &&
+         nfds < TT_FRAME_MAX_FDS) {
+    fds[nfds++] = next->fd;
+    next = fdq_at(&ch->tx_fds, nfds);
   }
   if (next != NULL) limit = next->pos - ch->written_total;
   for (tt_chunk_t *c = ch->head; c != NULL && n < TT_CHANNEL_MAX_IOV &&
@@ -534,10 +557,10 @@ static ssize_t write_some(tt_channel_t *ch) {
     n++;
   }
   if (n == 0) return 0;
-  w = send_iov(ch, iov, n, fd);
+  w = send_iov(ch, iov, n, fds, nfds);
   if (w > 0) {
-    /* the peer has its own copy now */
-    if (fd >= 0) close(fdq_pop(&ch->tx_fds));
+    /* the peer has its own copies now */
+    for (unsigned i = 0; i < nfds; i++) close(fdq_pop(&ch->tx_fds));
     queue_consume(ch, (size_t)w);
     ch->written_total += (uint64_t)w;
   }
@@ -631,7 +654,8 @@ static void schedule_flush(tt_channel_t *ch) {
  * channel (a protocol error). */
 static int pair_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
   uint64_t start = ch->rx_pos;
-  tt_fd_at_t *f = fdq_at(&ch->rx_fds, 0);
+  tt_fd_at_t *f = fdq_at(&ch->rx_fds, 0), *last;
+  unsigned n = tt_frame_fd_count(h->flags);
   ch->rx_pos += TT_FRAME_HEADER_SIZE + (uint64_t)h->len;
   if (f != NULL && f->pos <= start) {
     channel_end(ch, TT_ERR_IPC_PROTOCOL, "a descriptor came without its frame");
@@ -648,7 +672,16 @@ static int pair_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
                 "a frame that carries a descriptor came without one");
     return 1;
   }
-  ch->cur_fd = fdq_pop(&ch->rx_fds);
+  /* all of a frame's descriptors come with the one read */
+  last = fdq_at(&ch->rx_fds, n - 1);
+  if (last == NULL || last->pos != f->pos) {
+    channel_end(ch, TT_ERR_IPC_PROTOCOL,
+                "a frame came with fewer descriptors than its header says");
+    return 1;
+  }
+  for (unsigned i = 0; i < n; i++) ch->cur_fds[i] = fdq_pop(&ch->rx_fds);
+  ch->cur_nfds = n;
+  ch->cur_next = 0;
   return 0;
 }
 
@@ -659,10 +692,9 @@ static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
   ch->tick_frames++;
   ch->tick_bytes += TT_FRAME_HEADER_SIZE + (size_t)h->len;
   ch->on_frame(ch, h, payload);
-  if (ch->cur_fd >= 0) { /* nobody took it */
-    close(ch->cur_fd);
-    ch->cur_fd = -1;
-  }
+  /* those nobody took */
+  close_fds(ch->cur_fds + ch->cur_next, ch->cur_nfds - ch->cur_next);
+  ch->cur_nfds = ch->cur_next = 0;
   /* The owner may have ended or closed the channel from the callback. */
   if (!(ch->flags & CH_READING)) return 1;
   if (!(ch->flags & CH_UNBOUNDED) &&
@@ -873,7 +905,6 @@ int tt_channel_init(uv_loop_t *loop, tt_channel_t *ch, int fd,
   memset(ch, 0, sizeof *ch);
   ch->loop = loop;
   ch->fd = fd;
-  ch->cur_fd = -1;
   ch->high_water = (opts && opts->high_water) ? opts->high_water
                                               : TT_CHANNEL_DEFAULT_HIGH_WATER;
   ch->flush_timeout_ms = (opts && opts->flush_timeout_ms)

@@ -10,11 +10,8 @@
  */
 #include "tt_outbox.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "internal.h"
 #include "tt_error.h"
@@ -28,7 +25,8 @@ struct tt_outbox_msg_s {
   uint64_t deadline; /* loop time; 0: none */
   tt_channel_send_cb cb;
   void *arg;
-  int fd; /* a duplicate, ours until the frame is done; -1: none */
+  int *fds; /* duplicates, ours until the frame is done */
+  unsigned nfds;
   int timer_init;
   uv_timer_t timer;
   char payload[];
@@ -80,8 +78,9 @@ static void done(tt_outbox_msg_t *m, int status) {
   tt_outbox_t *ob = m->ob;
   tt_channel_send_cb cb = m->cb;
   void *arg = m->arg;
-  if (m->fd >= 0) close(m->fd); /* the peer has its own, or gets none */
-  m->fd = -1;
+  tt__free_fds(m->fds, m->nfds); /* the peer has its own, or gets none */
+  m->fds = NULL;
+  m->nfds = 0;
   if (m->timer_init) {
     uv_timer_stop(&m->timer);
     m->timer.data = m;
@@ -140,12 +139,8 @@ static void on_sent(void *arg, int status) {
 static int deliver(tt_outbox_t *ob, tt_outbox_msg_t *m) {
   int rc;
   if (ob->target == NULL) return TT_ERR_IPC_CHANNEL_CLOSED;
-  if (m->fd >= 0)
-    rc = tt_channel_send_fd(ob->target, m->kind, m->frame_id, m->payload,
-                            m->len, m->fd, on_sent, m);
-  else
-    rc = tt_channel_send(ob->target, m->kind, m->frame_id, m->payload,
-                         m->len, on_sent, m);
+  rc = tt_channel_send_fds(ob->target, m->kind, m->frame_id, m->payload,
+                           m->len, m->fds, m->nfds, on_sent, m);
   if (rc < 0) return rc;
   ob->in_flight++;
   return 0;
@@ -180,26 +175,36 @@ void tt_outbox_init(uv_loop_t *loop, tt_outbox_t *ob, size_t limit) {
 int tt_outbox_send(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                    const void *payload, size_t len, uint64_t timeout_ms,
                    tt_channel_send_cb cb, void *arg) {
-  return tt_outbox_send_fd(ob, kind, frame_id, payload, len, -1, timeout_ms,
-                           cb, arg);
+  return tt_outbox_send_fds(ob, kind, frame_id, payload, len, NULL, 0,
+                            timeout_ms, cb, arg);
 }
 
 int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                       const void *payload, size_t len, int fd,
                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
+  return tt_outbox_send_fds(ob, kind, frame_id, payload, len, &fd,
+                            fd >= 0 ? 1 : 0, timeout_ms, cb, arg);
+}
+
+int tt_outbox_send_fds(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
+                       const void *payload, size_t len, const int *fds,
+                       unsigned nfds, uint64_t timeout_ms,
+                       tt_channel_send_cb cb, void *arg) {
   tt_outbox_msg_t *m;
-  int dup = -1;
+  int *dup = NULL, err;
   if (ob->shut) return TT_ERR_CLOSED;
   if (ob->limit > 0 && ob->queued >= ob->limit) return TT_ERR_QUEUE_FULL;
-  if (fd >= 0 && !tt_frame_kind_carries_fd(kind)) return UV_EINVAL;
-  if (fd >= 0 && (dup = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) return -errno;
+  if (nfds > 0 && (!tt_frame_kind_carries_fd(kind) || nfds > TT_FRAME_MAX_FDS))
+    return UV_EINVAL;
+  if ((err = tt__dup_fds(fds, nfds, &dup)) != 0) return err;
   m = malloc(sizeof *m + len);
   if (m == NULL) {
-    if (dup >= 0) close(dup);
+    tt__free_fds(dup, nfds);
     return UV_ENOMEM;
   }
   memset(m, 0, sizeof *m);
-  m->fd = dup;
+  m->fds = dup;
+  m->nfds = nfds;
   m->ob = ob;
   m->kind = kind;
   m->frame_id = frame_id;
@@ -213,7 +218,7 @@ int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
     int rc = deliver(ob, m);
     if (rc == 0) return 0;
     if (rc != TT_ERR_IPC_CHANNEL_CLOSED) { /* refused for itself: say so */
-      if (m->fd >= 0) close(m->fd);
+      tt__free_fds(m->fds, m->nfds);
       free(m);
       return rc;
     }

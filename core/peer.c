@@ -32,8 +32,20 @@ int tt_peer_ready(tt_channel_t *ch, tt_peer_heap_cb heap, void *arg) {
 
 int tt_peer_answer(tt_channel_t *ch, uint32_t id, tt_answer_t how,
                    const void *payload, size_t len) {
+  return tt_peer_answer_fds(ch, id, how, payload, len, NULL, 0);
+}
+
+int tt_peer_answer_fds(tt_channel_t *ch, uint32_t id, tt_answer_t how,
+                       const void *payload, size_t len, const int *fds,
+                       unsigned nfds) {
   int rc;
   if (id == 0) return UV_EINVAL; /* id 0 is no request's */
+  if (nfds > 0) { /* only a reply carries them (a fault is words) */
+    if (how != TT_ANSWER_REPLY) return UV_EINVAL;
+    rc = tt_channel_send_fds(ch, TT_FRAME_REPLY, id, payload, len, fds, nfds,
+                             NULL, NULL);
+    return rc < 0 ? rc : 0;
+  }
   switch (how) {
   case TT_ANSWER_REPLY:
   case TT_ANSWER_FAULT:

@@ -45,6 +45,8 @@ struct tt_task_s {
   void *arg;
   int timer_init;
   uv_timer_t timer;
+  int *fds; /* our duplicates of the descriptors the task carries */
+  unsigned nfds;
   size_t len;
   char payload[];
 };
@@ -126,6 +128,9 @@ static void finish_on(tt_task_t *t, int status, unsigned kind,
   tt_task_cb cb = t->cb;
   void *arg = t->arg;
   t->done = 1;
+  tt__free_fds(t->fds, t->nfds); /* (sent, or never to be) */
+  t->fds = NULL;
+  t->nfds = 0;
   if (status != 0 || kind == TT_FRAME_FAULT)
     p->stats.failed++;
   else
@@ -294,9 +299,18 @@ static void dispatch(tt_pool_t *p) {
     while (!TAILQ_EMPTY(&p->queue) && !(p->flags & PL_ENDED)) {
       tt_pool_worker_t *w = least_loaded(p);
       tt_task_t *t = TAILQ_FIRST(&p->queue);
+      int err;
       if (w == NULL) break;
-      if (tt_rpc_request(&w->rpc, &t->req, t->payload, t->len,
-                         on_answer) != 0) {
+      err = tt_rpc_request_fds(&w->rpc, &t->req, t->payload, t->len, t->fds,
+                               t->nfds, on_answer);
+      if (err == UV_EMFILE || err == UV_ENFILE) {
+        /* no descriptor for the frame's copy: the task's failure, not the
+         * worker's */
+        queue_remove(p, t);
+        finish(t, err, 0, NULL, 0);
+        continue;
+      }
+      if (err != 0) {
         w->ch = NULL; /* going away: its exit comes */
         continue;
       }
@@ -503,6 +517,13 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o) {
 
 int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
                    tt_task_cb cb, void *arg) {
+  return tt_pool_submit_fds(p, payload, len, NULL, 0, cb, arg);
+}
+
+int tt_pool_submit_fds(tt_pool_t *p, const void *payload, size_t len,
+                       const int *fds, unsigned nfds, tt_task_cb cb,
+                       void *arg) {
+  int err;
   tt_task_t *t;
   if (tt_channel_options_check_size(&p->opts.workers.process.channel_options,
                                     TT_FRAME_REQUEST, len) != 0)
@@ -512,9 +533,19 @@ int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
                                                : TT_ERR_CLOSED;
   if (p->opts.max_queue > 0 && p->stats.queued >= p->opts.max_queue)
     return TT_ERR_QUEUE_FULL;
+  if (nfds > 0 && p->opts.workers.process.channel_options.lines)
+    return UV_ENOTSUP;
+  if (nfds > TT_FRAME_MAX_FDS) return UV_EINVAL;
   t = malloc(sizeof *t + len);
   if (t == NULL) return UV_ENOMEM;
   memset(t, 0, sizeof *t);
+  /* the task may wait, and be run again after a crash: it keeps its own
+   * copies of the descriptors until it ends */
+  if ((err = tt__dup_fds(fds, nfds, &t->fds)) != 0) {
+    free(t);
+    return err;
+  }
+  t->nfds = nfds;
   t->pool = p;
   t->cb = cb;
   t->arg = arg;
@@ -561,9 +592,14 @@ void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out) {
 }
 
 int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len) {
+  return tt_pool_send_fds(p, id, payload, len, NULL, 0);
+}
+
+int tt_pool_send_fds(tt_pool_t *p, unsigned id, const void *payload,
+                     size_t len, const int *fds, unsigned nfds) {
   if (p->flags & PL_SUP_CLOSED) return TT_ERR_CLOSED;
-  return tt_supervisor_send(&p->sup, id, TT_FRAME_MESSAGE, 0, payload, len, 0,
-                            NULL, NULL);
+  return tt_supervisor_send_fds(&p->sup, id, TT_FRAME_MESSAGE, 0, payload,
+                                len, fds, nfds, 0, NULL, NULL);
 }
 
 unsigned tt_pool_size(const tt_pool_t *p) {

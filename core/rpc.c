@@ -28,6 +28,8 @@ struct tt_call_s {
   void *arg;
   char *payload; /* kept for re-sends only */
   size_t len;
+  int *fds; /* our duplicates of what every re-send carries (retries) */
+  unsigned nfds;
   int has_timer;
   int done; /* ended: nothing may touch the call but its timer close */
   uv_timer_t timer;
@@ -76,13 +78,14 @@ static void drop_id(tt_rpc_t *rpc, tt_request_t *r) {
 
 /* ---- requests ------------------------------------------------------------ */
 
-/* One attempt on the wire under a fresh id. */
-static int send_attempt(tt_request_t *r, const void *payload, size_t len) {
+/* One attempt on the wire under a fresh id, carrying duplicates of `fds`. */
+static int send_attempt(tt_request_t *r, const void *payload, size_t len,
+                        const int *fds, unsigned nfds) {
   tt_rpc_t *rpc = r->rpc;
   int err = take_id(rpc, r);
   if (err != 0) return err;
-  err = tt_channel_send(rpc->ch, TT_FRAME_REQUEST, r->id, payload, len, NULL,
-                        NULL);
+  err = tt_channel_send_fds(rpc->ch, TT_FRAME_REQUEST, r->id, payload, len,
+                            fds, nfds, NULL, NULL);
   if (err < 0) {
     drop_id(rpc, r);
     return err;
@@ -113,14 +116,14 @@ static void end(tt_request_t *r, int status, unsigned kind,
 }
 
 static int start(tt_rpc_t *rpc, tt_request_t *r, const void *payload,
-                 size_t len, tt_request_cb cb) {
+                 size_t len, const int *fds, unsigned nfds, tt_request_cb cb) {
   int err;
   if (rpc->closing || !tt_channel_is_connected(rpc->ch))
     return TT_ERR_IPC_CHANNEL_CLOSED;
   r->rpc = rpc;
   r->cb = cb;
   r->id = 0;
-  if ((err = send_attempt(r, payload, len)) != 0) return err;
+  if ((err = send_attempt(r, payload, len, fds, nfds)) != 0) return err;
   r->live = 1;
   TAILQ_INSERT_TAIL(&rpc->live, r, link);
   rpc->stats.calls++;
@@ -130,8 +133,14 @@ static int start(tt_rpc_t *rpc, tt_request_t *r, const void *payload,
 
 int tt_rpc_request(tt_rpc_t *rpc, tt_request_t *req, const void *payload,
                    size_t len, tt_request_cb cb) {
+  return tt_rpc_request_fds(rpc, req, payload, len, NULL, 0, cb);
+}
+
+int tt_rpc_request_fds(tt_rpc_t *rpc, tt_request_t *req, const void *payload,
+                       size_t len, const int *fds, unsigned nfds,
+                       tt_request_cb cb) {
   req->live = 0;
-  return start(rpc, req, payload, len, cb);
+  return start(rpc, req, payload, len, fds, nfds, cb);
 }
 
 void tt_rpc_cancel(tt_request_t *req) {
@@ -152,11 +161,16 @@ static void timer_gone(tt_rpc_t *rpc) {
   }
 }
 
+static void call_release(tt_call_t *c) {
+  tt__free_fds(c->fds, c->nfds);
+  free(c->payload);
+  free(c);
+}
+
 static void on_timer_closed(uv_handle_t *h) {
   tt_call_t *c = h->data;
   tt_rpc_t *rpc = c->req.rpc;
-  free(c->payload);
-  free(c);
+  call_release(c);
   timer_gone(rpc);
 }
 
@@ -167,8 +181,7 @@ static void call_free(tt_call_t *c) {
     c->req.rpc->pending_timers++;
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
   } else {
-    free(c->payload);
-    free(c);
+    call_release(c);
   }
 }
 
@@ -189,7 +202,8 @@ static void on_retry(uv_timer_t *t) {
   tt_call_t *c = t->data;
   int err;
   if (c->done) return;
-  if ((err = send_attempt(&c->req, c->payload, c->len)) != 0) {
+  if ((err = send_attempt(&c->req, c->payload, c->len, c->fds, c->nfds)) !=
+      0) {
     end(&c->req, err == UV_ENOMEM ? UV_ENOMEM : TT_ERR_IPC_CHANNEL_CLOSED, 0,
         NULL, 0);
     return;
@@ -230,6 +244,12 @@ int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch) {
 
 int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
                 const tt_call_options_t *opts, tt_rpc_cb cb, void *arg) {
+  return tt_rpc_call_fds(rpc, payload, len, NULL, 0, opts, cb, arg);
+}
+
+int tt_rpc_call_fds(tt_rpc_t *rpc, const void *payload, size_t len,
+                    const int *fds, unsigned nfds,
+                    const tt_call_options_t *opts, tt_rpc_cb cb, void *arg) {
   static const tt_call_options_t no_options; /* no timeout, no retries */
   tt_call_t *c;
   int err;
@@ -254,13 +274,21 @@ int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
       return UV_ENOMEM;
     }
     memcpy(c->payload, payload, len);
+    /* a re-send carries the descriptor again, even if the caller's copy is
+     * closed by then */
+    if ((err = tt__dup_fds(fds, nfds, &c->fds)) != 0) {
+      call_release(c);
+      return err;
+    }
+    c->nfds = nfds;
   }
   if (opts->timeout_ms > 0) {
     uv_timer_init(rpc->loop, &c->timer);
     c->timer.data = c;
     c->has_timer = 1;
   }
-  if ((err = start(rpc, &c->req, payload, len, on_call_ended)) != 0) {
+  if ((err = start(rpc, &c->req, payload, len, fds, nfds, on_call_ended)) !=
+      0) {
     call_free(c);
     return err;
   }

@@ -125,6 +125,14 @@ int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
                           uint32_t frame_id, const void *payload, size_t len,
                           int fd, uint64_t timeout_ms, tt_channel_send_cb cb,
                           void *arg) {
+  return tt_supervisor_send_fds(s, id, kind, frame_id, payload, len, &fd,
+                                fd >= 0 ? 1 : 0, timeout_ms, cb, arg);
+}
+
+int tt_supervisor_send_fds(tt_supervisor_t *s, unsigned id, unsigned kind,
+                           uint32_t frame_id, const void *payload, size_t len,
+                           const int *fds, unsigned nfds, uint64_t timeout_ms,
+                           tt_channel_send_cb cb, void *arg) {
   tt_slot_t *slot;
   /* a removed slot that still exists answers TT_ERR_CLOSED (it is dead) */
   if (id < 1 || id > tt_supervisor_instances(s)) return UV_EINVAL;
@@ -133,16 +141,16 @@ int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
     return TT_ERR_SERIALIZE;
   slot = s->slots[id - 1];
   if ((s->flags & S_STOPPING) || slot->dead) return TT_ERR_CLOSED;
-  if (fd >= 0 && s->opts.process.channel_options.lines) return UV_ENOTSUP;
-  return tt_outbox_send_fd(&slot->outbox, kind, frame_id, payload, len, fd,
-                           timeout_ms, cb, arg);
+  if (nfds > 0 && s->opts.process.channel_options.lines) return UV_ENOTSUP;
+  return tt_outbox_send_fds(&slot->outbox, kind, frame_id, payload, len, fds,
+                            nfds, timeout_ms, cb, arg);
 }
 
 int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
                        uint32_t frame_id, const void *payload, size_t len,
                        uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
-  return tt_supervisor_send_fd(s, id, kind, frame_id, payload, len, -1,
-                               timeout_ms, cb, arg);
+  return tt_supervisor_send_fds(s, id, kind, frame_id, payload, len, NULL, 0,
+                                timeout_ms, cb, arg);
 }
 
 unsigned tt_supervisor_instances(const tt_supervisor_t *s) {

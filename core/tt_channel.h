@@ -123,7 +123,9 @@ struct tt_channel_s {
   size_t acks_cap, acks_head, acks_len;
   tt_fd_queue_t tx_fds, rx_fds; /* descriptors to send, received */
   uint64_t rx_pos; /* stream offset of the next frame handed out */
-  int cur_fd;      /* the frame being handed out's descriptor, until taken */
+  /* the frame being handed out's descriptors, in order, until taken */
+  int cur_fds[TT_FRAME_MAX_FDS];
+  unsigned cur_nfds, cur_next;
   tt_channel_stats_t stats;
 };
 
@@ -152,9 +154,14 @@ int tt_channel_send(tt_channel_t *ch, unsigned kind, uint32_t id,
 int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
                        const void *payload, size_t len, int fd,
                        tt_channel_send_cb cb, void *arg);
-/* During on_frame: the frame's descriptor, now the caller's (close-on-exec),
- * or -1 when it carries none or it was taken.  On a JSON-lines channel:
- * the oldest descriptor not yet claimed, or -1. */
+/* The same with `nfds` descriptors (0..TT_FRAME_MAX_FDS), which the peer
+ * takes in this order; more than one only on a native channel. */
+int tt_channel_send_fds(tt_channel_t *ch, unsigned kind, uint32_t id,
+                        const void *payload, size_t len, const int *fds,
+                        unsigned nfds, tt_channel_send_cb cb, void *arg);
+/* During on_frame: the frame's next descriptor, in the order they were
+ * sent, now the caller's (close-on-exec), or -1 when none is left.  On a
+ * JSON-lines channel: the oldest descriptor not yet claimed, or -1. */
 int tt_channel_take_fd(tt_channel_t *ch);
 int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
                          const void *payload, size_t len);

@@ -40,11 +40,26 @@ typedef enum {
 } tt_frame_kind_t;
 
 /* Header flags (the decoder hands them on; flags are the channel's).
- * TT_FRAME_F_HANDLE: the frame carries one descriptor, sent as SCM_RIGHTS
+ * TT_FRAME_F_HANDLE: the frame carries descriptors, sent as SCM_RIGHTS
  * with the frame's first byte (PROTOCOL.md, "Handles"); only MESSAGE,
  * REQUEST, REPLY and CONTROL (a cluster's connections) may, which
- * tt_channel checks. */
+ * tt_channel checks.  How many: 1 + the 4 bits at TT_FRAME_FDS_SHIFT
+ * (read only with TT_FRAME_F_HANDLE), at most TT_FRAME_MAX_FDS. */
 enum { TT_FRAME_F_HANDLE = 1u << 0 };
+#define TT_FRAME_FDS_SHIFT 8
+#define TT_FRAME_MAX_FDS 16
+
+/* The flags for a frame carrying `nfds` descriptors (0..TT_FRAME_MAX_FDS). */
+static inline unsigned tt_frame_fd_flags(unsigned nfds) {
+  return nfds == 0 ? 0
+                   : TT_FRAME_F_HANDLE | ((nfds - 1) << TT_FRAME_FDS_SHIFT);
+}
+
+/* How many descriptors a frame with `flags` carries. */
+static inline unsigned tt_frame_fd_count(unsigned flags) {
+  return (flags & TT_FRAME_F_HANDLE) ? 1 + ((flags >> TT_FRAME_FDS_SHIFT) & 15)
+                                     : 0;
+}
 
 /* Whether a frame of `kind` may carry a descriptor. */
 static inline int tt_frame_kind_carries_fd(unsigned kind) {

@@ -59,6 +59,12 @@ int tt_outbox_send(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
 int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                       const void *payload, size_t len, int fd,
                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);
+/* The same with `nfds` descriptors (at most TT_FRAME_MAX_FDS), which the
+ * peer takes in this order. */
+int tt_outbox_send_fds(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
+                       const void *payload, size_t len, const int *fds,
+                       unsigned nfds, uint64_t timeout_ms,
+                       tt_channel_send_cb cb, void *arg);
 /* Where frames go from now on (NULL: nowhere, they wait); a channel gets
  * what waits at once. */
 void tt_outbox_target(tt_outbox_t *ob, tt_channel_t *ch);

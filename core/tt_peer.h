@@ -44,6 +44,11 @@ typedef enum {
  * channel's error (TT_ERR_SERIALIZE, TT_ERR_IPC_CHANNEL_CLOSED, ...). */
 int tt_peer_answer(tt_channel_t *ch, uint32_t id, tt_answer_t how,
                    const void *payload, size_t len);
+/* As tt_peer_answer, a REPLY carrying duplicates of `nfds` descriptors; a
+ * fault or refusal with any is UV_EINVAL. */
+int tt_peer_answer_fds(tt_channel_t *ch, uint32_t id, tt_answer_t how,
+                       const void *payload, size_t len, const int *fds,
+                       unsigned nfds);
 
 /* The heap size a PONG carries: 0 and *bytes, or -1 when it has none. */
 int tt_peer_pong_heap(const tt_frame_header_t *h, const char *payload,

@@ -109,6 +109,14 @@ int tt_pool_start(uv_loop_t *loop, tt_pool_t *p, const tt_pool_options_t *o);
  * called. */
 int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
                    tt_task_cb cb, void *arg);
+/* As tt_pool_submit, the task carrying `nfds` descriptors (tether
+ * buffers' memfds): the task keeps duplicates until it ends, and each
+ * REQUEST it is sent in carries them.  UV_ENOTSUP on JSON workers; EMFILE
+ * when the duplicates cannot be made, then or when the task is sent (its
+ * callback says so). */
+int tt_pool_submit_fds(tt_pool_t *p, const void *payload, size_t len,
+                       const int *fds, unsigned nfds, tt_task_cb cb,
+                       void *arg);
 /* Takes no more tasks; the queued and running ones finish, then the
  * workers stop (on_stopped). */
 void tt_pool_drain(tt_pool_t *p);
@@ -123,6 +131,9 @@ int tt_pool_give_up(tt_pool_t *p, const char *why);
 /* A frame to worker `id` outside the task protocol (e.g. Node's
  * NODE_HANDLE_NACK), queued as tt_supervisor_send() does. */
 int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len);
+/* As tt_pool_send, with `nfds` descriptors (the caller's stay open). */
+int tt_pool_send_fds(tt_pool_t *p, unsigned id, const void *payload,
+                     size_t len, const int *fds, unsigned nfds);
 int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out);
 /* The number of workers and their max_message (the default resolved). */
 unsigned tt_pool_size(const tt_pool_t *p);

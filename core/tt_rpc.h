@@ -102,11 +102,21 @@ int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch);
  * called. */
 int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
                 const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
+/* As tt_rpc_call, the REQUEST carrying `nfds` descriptors (PROTOCOL.md,
+ * "Handles"): every attempt sends duplicates; the caller's stay open, and
+ * a call with retries keeps duplicates of its own until it ends. */
+int tt_rpc_call_fds(tt_rpc_t *rpc, const void *payload, size_t len,
+                    const int *fds, unsigned nfds,
+                    const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
 /* Sends a REQUEST for `req` (no timeout, no retry: the caller's).  0 (then
  * `cb` runs exactly once, never from inside this function, unless the
  * request is cancelled first), or an error as tt_rpc_call's. */
 int tt_rpc_request(tt_rpc_t *rpc, tt_request_t *req, const void *payload,
                    size_t len, tt_request_cb cb);
+/* As tt_rpc_request, the REQUEST carrying duplicates of `fds`. */
+int tt_rpc_request_fds(tt_rpc_t *rpc, tt_request_t *req, const void *payload,
+                       size_t len, const int *fds, unsigned nfds,
+                       tt_request_cb cb);
 /* Withdraws a waiting request without its callback: an answer that still
  * comes is counted late.  No-op for a request that has ended. */
 void tt_rpc_cancel(tt_request_t *req);

@@ -218,6 +218,11 @@ int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
                           uint32_t frame_id, const void *payload, size_t len,
                           int fd, uint64_t timeout_ms, tt_channel_send_cb cb,
                           void *arg);
+/* The same with `nfds` descriptors (fds NULL when 0). */
+int tt_supervisor_send_fds(tt_supervisor_t *s, unsigned id, unsigned kind,
+                           uint32_t frame_id, const void *payload, size_t len,
+                           const int *fds, unsigned nfds, uint64_t timeout_ms,
+                           tt_channel_send_cb cb, void *arg);
 int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
                        uint32_t frame_id, const void *payload, size_t len,
                        uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);

@@ -1057,7 +1057,10 @@ end
 local function handler_error(e)
   if getmetatable(e) == EXIT then return e end -- tether.exit(): not a failure
   if type(e) == "table" and e.code and e.message then
-    return { message = tostring(e), traceback = debug.traceback(nil, 2) }
+    -- a plain table (no __tostring) says what its fields say, not its address
+    local mt = getmetatable(e)
+    local text = (mt and mt.__tostring) and tostring(e) or (tostring(e.code) .. ": " .. tostring(e.message))
+    return { message = text, traceback = debug.traceback(nil, 2) }
   end
   return { message = tostring(e), traceback = debug.traceback(tostring(e), 2) }
 end

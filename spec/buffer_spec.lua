@@ -140,33 +140,31 @@ describe("tether.buffer", function()
     got.data:close()
   end)
 
-  it("refuses what cannot travel: two buffers, a buffer and a handle, a closed one, a call, a Node peer", function()
+  it("refuses what cannot travel: the same one twice, 17, a closed one, a Node peer", function()
     local c = assert(tether.fork(H.script(ECHO)))
-    local a, b = tether.buffer(3), tether.buffer(4)
-    local ok, err = c:send({ a, b })
+    local a = tether.buffer(3)
+    local ok, err = c:send({ a, a })
     assert.is_nil(ok)
     assert.equals("ERR_SERIALIZE", err.code)
-    assert.matches("at most one", err.message)
-    assert.is_false(b:frozen() and a:frozen(), "a refused message froze both")
-    ok, err = c:send({ a, a })
-    assert.is_nil(ok)
     assert.matches("the same tether.buffer twice", err.message)
-    local h = assert(tether.listen("tcp://127.0.0.1:0"))
-    ok, err = c:send({ data = a }, h)
+    assert.is_false(a:frozen(), "a refused message froze it")
+    local many = {}
+    for i = 1, 17 do many[i] = tether.buffer(1) end
+    ok, err = c:send(many)
     assert.is_nil(ok)
-    assert.equals("ERR_SERIALIZE", err.code)
-    assert.matches("not both", err.message)
+    assert.matches("at most 16 tether.buffers", err.message)
+    -- 16 and a handle are 17 descriptors for one frame
+    local h = assert(tether.listen("tcp://127.0.0.1:0"))
+    ok, err = c:send({ table.unpack(many, 1, 16) }, h)
+    assert.is_nil(ok)
+    assert.matches("at most 16 descriptors", err.message)
+    for i = 1, 17 do assert.is_false(many[i]:frozen()) many[i]:close() end
     h:close()
     local closed = tether.buffer(1)
     closed:close()
     ok, err = c:send({ data = closed })
     assert.is_nil(ok)
     assert.matches("closed", err.message)
-    -- (a call's refusal is synchronous, as for any value that cannot be sent)
-    ok, err = c:call({ data = a }, function() end)
-    assert.is_nil(ok)
-    assert.equals("ERR_SERIALIZE", err.code)
-    assert.matches("only in a message", err.message)
     c:send({ op = "bye" })
     H.run_until(function() return c.exit_code ~= nil end, 10)
     -- a Node (JSON) peer has no such type
@@ -175,10 +173,172 @@ describe("tether.buffer", function()
     assert.is_nil(ok)
     assert.equals("ERR_SERIALIZE", err.code)
     assert.matches("cannot travel to a Node", err.message)
+    ok, err = n:call({ data = a }, function() end)
+    assert.is_nil(ok)
+    assert.equals("ERR_SERIALIZE", err.code)
     n:disconnect()
     H.run_until(function() return n.exit_code ~= nil end, 10)
+    assert.is_false(a:frozen())
     a:close()
+  end)
+
+  it("travels several to a message, each its own, with a handle beside them", function()
+    local c = assert(tether.fork(H.script([[
+      local tether = require "tether"
+      tether.parent:on("message", function(m, handle)
+        if m.op == "bye" then return tether.parent:disconnect() end
+        local got = {}
+        for i, b in ipairs(m.list) do got[i] = b:read() end
+        tether.parent:send({ got = got, named = m.named:read(), handle = handle ~= nil,
+          list = m.list, fresh = tether.buffer("fresh") })
+        if handle then handle:close() end
+      end)
+    ]])))
+    local before = memfds()
+    local list = {}
+    for i = 1, 15 do list[i] = tether.buffer("buffer " .. i) end
+    local named <close> = tether.buffer("named")
+    local h = assert(tether.listen("tcp://127.0.0.1:0"))
+    assert.is_true(c:send({ list = { table.unpack(list, 1, 14) }, named = named }, h))
+    h:close()
+    local got
+    c:on("message", function(m) got = m end)
+    H.run_until(function() return got ~= nil end, 10)
+    for i = 1, 14 do
+      assert.equals("buffer " .. i, got.got[i])
+      assert.equals("buffer " .. i, got.list[i]:read(), "came back in its place")
+      assert.is_true(list[i]:frozen())
+      got.list[i]:close()
+    end
+    assert.is_false(list[15]:frozen())
+    assert.equals("named", got.named)
+    assert.is_true(got.handle)
+    assert.equals("fresh", got.fresh:read())
+    got.fresh:close()
+    for i = 1, 15 do list[i]:close() end
+    c:send({ op = "bye" })
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+    named:close()
+    assert.equals(before, memfds())
+  end)
+
+  it("counts several toward max_message together, and a refused send leaves them unfrozen", function()
+    local c = assert(tether.fork(H.script(ECHO), nil, { max_message = 1024 }))
+    local a <close> = tether.buffer(600)
+    local b <close> = tether.buffer(600)
+    local ok, err = c:send({ a, b })
+    assert.is_nil(ok)
+    assert.equals("ERR_SERIALIZE", err.code)
+    assert.matches("tether.buffers together of 1200 bytes exceeds max_message", err.message, 1, true)
+    assert.is_false(a:frozen() or b:frozen())
+    c:send({ op = "bye" })
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+  end)
+
+  local SERVE = [[
+    local tether = require "tether"
+    local asked = 0
+    tether.serve(function(req)
+      asked = asked + 1
+      if req.op == "slow_once" and asked == 1 then tether.sleep(400) end
+      if req.op == "two" then return { tether.buffer("one"), tether.buffer("two") } end
+      if req.op == "fail" then error({ code = "E", message = "with a buffer", b = req.data }) end
+      return { read = req.data:read(), asked = asked, back = req.data, fresh = tether.buffer("fresh " .. asked) }
+    end)
+  ]]
+
+  it("travels in a call and in its reply: the same one back, and new ones", function()
+    local c = assert(tether.fork(H.script(SERVE)))
+    local before = memfds()
+    local b = tether.buffer("asked with")
+    local r, err
+    assert.is_true(c:call({ data = b }, function(e, v) err, r = e, v end))
+    assert.is_true(b:frozen())
+    H.run_until(function() return r ~= nil or err ~= nil end, 10)
+    assert.is_nil(err)
+    assert.equals("asked with", r.read)
+    assert.equals("asked with", r.back:read())
+    assert.equals("fresh 1", r.fresh:read())
+    r.back:close()
+    r.fresh:close()
+    local two
+    c:call({ op = "two" }, function(e, v) err, two = e, v end)
+    H.run_until(function() return two ~= nil or err ~= nil end, 10)
+    assert.is_nil(err)
+    assert.equals("one", two[1]:read())
+    assert.equals("two", two[2]:read())
+    two[1]:close()
+    two[2]:close()
+    -- a handler's error holding one: the caller learns of the error, not of a
+    -- buffer it cannot get
+    local failed
+    c:call({ op = "fail", data = b }, function(e) failed = e end)
+    H.run_until(function() return failed ~= nil end, 10)
+    assert.equals("ERR_TASK_FAILED", failed.code)
+    assert.matches("E: with a buffer", failed.message, 1, true)
     b:close()
+    c:disconnect()
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+    assert.equals(before, memfds())
+  end)
+
+  it("travels again with a call's re-send, after the first try timed out", function()
+    local c = assert(tether.fork(H.script(SERVE)))
+    local before = memfds()
+    local r, err
+    do
+      local b <close> = tether.buffer("sent twice")
+      assert.is_true(c:call({ op = "slow_once", data = b },
+        { timeout = 150, retries = 2, backoff = { initial = 10 } },
+        function(e, v) err, r = e, v end))
+    end -- (closed by us: the call keeps its own copy for the re-send)
+    H.run_until(function() return r ~= nil or err ~= nil end, 10)
+    assert.is_nil(err)
+    assert.equals("sent twice", r.read)
+    assert.equals(2, r.asked)
+    assert.equals(1, c:stats().retries)
+    r.back:close()
+    r.fresh:close()
+    H.run_until(function() return c:stats().late_replies == 1 end, 10)
+    c:disconnect()
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+    collectgarbage() -- (the late reply's buffers were dropped)
+    assert.equals(before, memfds())
+  end)
+
+  it("travels in a pool's task and result, and again when the task is re-run after a crash", function()
+    local marker = H.tmpfile("crashed")
+    os.remove(marker)
+    local script = H.script(([[
+      local tether = require "tether"
+      tether.serve(function(task)
+        if task.crash_once and not io.open(%q) then
+          io.open(%q, "w"):close()
+          os.exit(3)
+        end
+        return { up = tether.buffer(task.data:read():upper()), pid = tether.core.getpid() }
+      end)
+    ]]):format(marker, marker))
+    local before = memfds()
+    local pool = assert(tether.pool { script = script, size = 2, retries = 1 })
+    local results, errs = {}, {}
+    local b <close> = tether.buffer("a task's bytes")
+    assert.is_true(pool:submit({ data = b }, function(e, v) errs[1], results[1] = e, v end))
+    assert.is_true(pool:submit({ data = b, crash_once = true }, function(e, v) errs[2], results[2] = e, v end))
+    H.run_until(function() return (results[1] or errs[1]) and (results[2] or errs[2]) end, 20)
+    assert.is_nil(errs[1])
+    assert.is_nil(errs[2])
+    assert.equals("A TASK'S BYTES", results[1].up:read())
+    assert.equals("A TASK'S BYTES", results[2].up:read(), "the re-run had the buffer")
+    assert.is_truthy(io.open(marker), "a worker crashed")
+    os.remove(marker)
+    results[1].up:close()
+    results[2].up:close()
+    local closed = false
+    pool:close(function() closed = true end)
+    H.run_until(function() return closed end, 20)
+    b:close()
+    assert.equals(before, memfds())
   end)
 
   it("counts toward max_message, and a refused send leaves it unfrozen", function()
@@ -258,13 +418,15 @@ describe("tether.buffer", function()
     collectgarbage()
   end)
 
-  it("comes from a supervised worker's tether.parent:send to the supervisor", function()
+  it("travels between a supervisor and its worker, both ways", function()
     local script = H.script([[
       local tether = require "tether"
       local b = tether.buffer("from worker " .. tostring(tether.core.getpid()))
       tether.parent:send({ kind = "buf", data = b })
       b:close()
-      tether.parent:on("message", function() end) -- (alive until stopped)
+      tether.parent:on("message", function(m)
+        tether.parent:send({ kind = "echo", read = m.data:read(), data = m.data })
+      end)
     ]])
     local sup = assert(tether.supervise { script = script, instances = 1, restart = "never",
       handle_signals = false })
@@ -274,23 +436,34 @@ describe("tether.buffer", function()
     assert.matches("^from worker %d+$", got.data:read())
     assert.is_true(got.data:frozen())
     got.data:close()
-    -- and a supervisor cannot send one to its worker (yet): refused, not lost
-    local b <close> = tether.buffer(1)
-    local ok, err = sup:send(1, { b })
-    assert.is_nil(ok)
-    assert.equals("ERR_SERIALIZE", err.code)
+    local echo
+    sup:on("message", function(_, m) if m.kind == "echo" then echo = m end end)
+    do
+      local b <close> = tether.buffer("from the supervisor")
+      assert.is_true(sup:send(1, { data = b }))
+      assert.is_true(b:frozen())
+    end
+    H.run_until(function() return echo ~= nil end, 10)
+    assert.equals("from the supervisor", echo.read)
+    assert.equals("from the supervisor", echo.data:read())
+    echo.data:close()
     local stopped = false
     sup:stop(function() stopped = true end)
     H.run_until(function() return stopped end, 10)
   end)
 
   -- a peer that is not tether sends a BUFFER tag with a descriptor of its
-  -- choosing (build/fd_peer)
-  local function from_peer(mode, opts)
-    local c = assert(tether.spawn(ROOT .. "/build/fd_peer", { mode }, opts))
+  -- choosing (build/fd_peer); with `reply`, as its answer to our call
+  local function from_peer(mode, opts, reply)
+    local c = assert(tether.spawn(ROOT .. "/build/fd_peer", { mode, reply and "reply" or nil }, opts))
     local got, err
-    c:on("message", function(m) got = m end)
-    c:on("error", function(e) err = e end)
+    if reply then
+      c:on("error", function() end) -- (the call's callback is told)
+      assert.is_true(c:call({ op = "?" }, function(e, v) err, got = e, v end))
+    else
+      c:on("message", function(m) got = m end)
+      c:on("error", function(e) err = e end)
+    end
     H.run_until(function() return got ~= nil or err ~= nil end, 10)
     c:disconnect()
     H.run_until(function() return c.exit_code ~= nil end, 10)
@@ -314,6 +487,54 @@ describe("tether.buffer", function()
     assert.is_nil(got)
     assert.equals("ERR_IPC_PROTOCOL", err.code)
     assert.matches("larger than max_message", err.message)
+    assert.equals(before, memfds())
+  end)
+
+  it("takes two buffers, each with its descriptor, from any peer", function()
+    local before = memfds()
+    local got, err = from_peer("two")
+    assert.is_nil(err)
+    assert.equals("ok", got[1]:read(1, 2))
+    assert.equals("ok", got[2]:read(1, 2))
+    got[1]:close()
+    got[2]:close()
+    -- and refuses them when together they are over our max_message
+    got, err = from_peer("two", { max_message = 6000 })
+    assert.is_nil(got)
+    assert.equals("ERR_IPC_PROTOCOL", err.code)
+    assert.matches("larger than max_message together", err.message)
+    collectgarbage()
+    assert.equals(before, memfds())
+  end)
+
+  it("closes a descriptor no tag took, and refuses a frame with fewer than its header says", function()
+    local before = memfds()
+    local got, err = from_peer("extra")
+    assert.is_nil(err)
+    assert.equals("ok", got:read(1, 2))
+    got:close()
+    got, err = from_peer("fewer")
+    assert.is_nil(got)
+    assert.equals("ERR_IPC_PROTOCOL", err.code)
+    assert.matches("fewer descriptors than its header says", err.message)
+    collectgarbage()
+    assert.equals(before, memfds())
+  end)
+
+  it("takes a buffer in a peer's reply, and refuses a reply's buffer without its descriptor", function()
+    local before = memfds()
+    local got, err = from_peer("good", nil, true)
+    assert.is_nil(err)
+    assert.equals("ok", got:read(1, 2))
+    got:close()
+    got, err = from_peer("none", nil, true)
+    assert.is_nil(got)
+    assert.equals("ERR_IPC_PROTOCOL", err.code)
+    assert.matches("without its descriptor", err.message)
+    got, err = from_peer("unsealed", nil, true)
+    assert.is_nil(got)
+    assert.matches("could still change", err.message)
+    collectgarbage()
     assert.equals(before, memfds())
   end)
 

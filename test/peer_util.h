@@ -32,31 +32,38 @@ static inline int tt_test_open_fds(void) {
   return n - 1; /* the directory's own */
 }
 
-/* One sendmsg() of `n` bytes on socket `s`, with descriptor `fd` attached
- * (SCM_RIGHTS) when fd >= 0: what sendmsg returns. */
-static inline ssize_t tt_test_sendmsg_fd(int s, const void *p, size_t n,
-                                         int fd, int flags) {
+/* One sendmsg() of `n` bytes on socket `s`, with `nfds` descriptors
+ * attached (SCM_RIGHTS, at most 16): what sendmsg returns. */
+static inline ssize_t tt_test_sendmsg_fds(int s, const void *p, size_t n,
+                                          const int *fds, int nfds,
+                                          int flags) {
   union {
     struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int))];
+    char buf[CMSG_SPACE(sizeof(int) * 16)];
   } cm;
   struct iovec iov = {(void *)p, n};
   struct msghdr mh;
   memset(&mh, 0, sizeof mh);
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
-  if (fd >= 0) {
+  if (nfds > 0) {
     struct cmsghdr *c;
     memset(&cm, 0, sizeof cm);
     mh.msg_control = cm.buf;
-    mh.msg_controllen = sizeof cm.buf;
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
     c = CMSG_FIRSTHDR(&mh);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
   }
   return sendmsg(s, &mh, flags | MSG_NOSIGNAL);
+}
+
+/* The same with one descriptor, or none when fd < 0. */
+static inline ssize_t tt_test_sendmsg_fd(int s, const void *p, size_t n,
+                                         int fd, int flags) {
+  return tt_test_sendmsg_fds(s, p, n, &fd, fd >= 0 ? 1 : 0, flags);
 }
 
 #endif /* TT_TEST_PEER_UTIL_H */

@@ -33,6 +33,9 @@ static int open_fds(void) {
 
 typedef struct {
   int frames, errors, disconnects, take;
+  int take_all;    /* every descriptor of a frame, not only the first */
+  int extra[32];   /* then the second and later ones, in order */
+  int nextra;
   int fds[8];      /* taken, by frame number */
   unsigned flags[8];
   char why[160];
@@ -45,6 +48,12 @@ static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   if (s->frames < 8) {
     s->flags[s->frames] = h->flags;
     s->fds[s->frames] = s->take ? tt_channel_take_fd(ch) : -1;
+  }
+  if (s->take_all) {
+    int fd;
+    while ((fd = tt_channel_take_fd(ch)) >= 0 && s->nextra < 32)
+      s->extra[s->nextra++] = fd;
+    if (fd >= 0) close(fd);
   }
   s->frames++;
 }
@@ -177,7 +186,7 @@ static ssize_t peer_sendmsg(int s, const void *p, size_t n, int fd) {
 /* A frame that says it carries a descriptor and comes without one, and a
  * descriptor that comes without its frame, are protocol errors; the
  * descriptor is closed, nothing leaks. */
-static void hostile(unsigned kind, int with_flag, int with_fd,
+static void hostile(unsigned kind, unsigned flags, int with_fd,
                     const char *want) {
   uv_loop_t loop;
   tt_channel_t b;
@@ -190,10 +199,10 @@ static void hostile(unsigned kind, int with_flag, int with_fd,
   ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
   side_up(&loop, &b, &sb, sv[1]);
   sb.take = 1;
-  tt_frame_header_pack(h, kind, with_flag ? TT_FRAME_F_HANDLE : 0, 1, 0);
+  tt_frame_header_pack(h, kind, flags, 1, 0);
   ck_assert_int_eq(peer_sendmsg(sv[0], h, sizeof h, with_fd ? p[1] : -1),
                    (ssize_t)sizeof h);
-  if (with_fd && !with_flag) { /* the frame after the descriptor's */
+  if (with_fd && !flags) { /* the frame after the descriptor's */
     tt_frame_header_pack(h, TT_FRAME_MESSAGE, 0, 0, 0);
     ck_assert_int_eq(write(sv[0], h, sizeof h), (ssize_t)sizeof h);
   }
@@ -216,13 +225,19 @@ static void hostile(unsigned kind, int with_flag, int with_fd,
 }
 
 START_TEST(test_flagged_frame_without_descriptor) {
-  hostile(TT_FRAME_MESSAGE, 1, 0,
+  hostile(TT_FRAME_MESSAGE, TT_FRAME_F_HANDLE, 0,
           "a frame that carries a descriptor came without one");
 }
 END_TEST
 
+START_TEST(test_frame_with_fewer_descriptors) {
+  hostile(TT_FRAME_MESSAGE, tt_frame_fd_flags(2), 1,
+          "a frame came with fewer descriptors than its header says");
+}
+END_TEST
+
 START_TEST(test_descriptor_on_a_ping) {
-  hostile(TT_FRAME_PING, 1, 1,
+  hostile(TT_FRAME_PING, TT_FRAME_F_HANDLE, 1,
           "a descriptor on a frame kind that cannot carry one");
 }
 END_TEST
@@ -234,7 +249,7 @@ END_TEST
 
 /* A peer cannot make us hold descriptors: a flagged frame whose payload
  * trickles in a byte at a time, each byte with a descriptor, ends the
- * channel once 16 wait; all are closed. */
+ * channel once 32 wait (two frames' worth); all are closed. */
 START_TEST(test_descriptors_waiting_are_bounded) {
   uv_loop_t loop;
   tt_channel_t b;
@@ -327,6 +342,57 @@ START_TEST(test_descriptor_frames_go_at_once) {
   while (closed_count < 2) uv_run(&loop, UV_RUN_ONCE);
   tt_test_loop_close(&loop);
   close(p[0]), close(p[1]);
+  ck_assert_int_eq(open_fds(), before);
+}
+END_TEST
+
+/* A frame carries up to 16 descriptors, which the receiver takes in the
+ * order they were sent, whether the frame was queued (behind a small one)
+ * or written at once; those it does not take are closed; 17 are refused. */
+START_TEST(test_several_descriptors_per_frame) {
+  uv_loop_t loop;
+  tt_channel_t a, b;
+  side_t sa, sb;
+  int p[2], q[2], before, three[3], many[17];
+  before = open_fds();
+  pair_up(&loop, &a, &sa, &b, &sb, p);
+  ck_assert_int_eq(pipe2(q, O_CLOEXEC), 0);
+  three[0] = p[1], three[1] = q[1], three[2] = p[0];
+  sb.take_all = 1;
+  ck_assert_int_ge(tt_channel_send(&a, TT_FRAME_MESSAGE, 0, "q", 1, NULL,
+                                   NULL), 0);
+  ck_assert_int_ge(tt_channel_send_fds(&a, TT_FRAME_REQUEST, 7, "m", 1, three,
+                                       3, NULL, NULL), 0);
+  ck_assert_int_ge(tt_channel_send_fds(&a, TT_FRAME_MESSAGE, 0, "n", 1, NULL,
+                                       0, NULL, NULL), 0);
+  for (int i = 0; i < 17; i++) many[i] = p[1];
+  ck_assert_int_eq(tt_channel_send_fds(&a, TT_FRAME_MESSAGE, 0, "x", 1, many,
+                                       17, NULL, NULL), UV_EINVAL);
+  tt_test_run_until_n(&loop, &sb.frames, 3, 5000);
+  ck_assert_int_eq(sb.errors, 0);
+  ck_assert_int_eq(sb.fds[0], -1);
+  ck_assert_uint_eq(sb.flags[1], tt_frame_fd_flags(3));
+  ck_assert_uint_eq(tt_frame_fd_count(sb.flags[1]), 3);
+  ck_assert_int_eq(sb.nextra, 2);
+  ck_assert(same_file(sb.fds[1], p[1]));
+  ck_assert(same_file(sb.extra[0], q[1]));
+  ck_assert(same_file(sb.extra[1], p[0]));
+  ck_assert_int_eq(sb.fds[2], -1);
+  close(sb.fds[1]), close(sb.extra[0]), close(sb.extra[1]);
+  /* 16 written at once, none taken: the channel closes them */
+  sb.take = sb.take_all = 0;
+  ck_assert_int_ge(tt_channel_send_fds(&a, TT_FRAME_MESSAGE, 0, "o", 1, many,
+                                       16, NULL, NULL), 0);
+  ck_assert_int_eq(tt_channel_queued(&a), 0);
+  tt_test_run_until_n(&loop, &sb.frames, 4, 5000);
+  ck_assert_uint_eq(tt_frame_fd_count(sb.flags[3]), 16);
+  ck_assert_int_eq(sb.errors, 0);
+  closed_count = 0;
+  tt_channel_close(&a, on_closed);
+  tt_channel_close(&b, on_closed);
+  tt_test_run_until_n(&loop, &closed_count, 2, 5000);
+  tt_test_loop_close(&loop);
+  close(p[0]), close(p[1]), close(q[0]), close(q[1]);
   ck_assert_int_eq(open_fds(), before);
 }
 END_TEST
@@ -570,6 +636,8 @@ Suite *handles_suite(void) {
   tcase_set_timeout(tc, 20);
   tcase_add_test(tc, test_descriptors_travel_with_their_frames);
   tcase_add_test(tc, test_flagged_frame_without_descriptor);
+  tcase_add_test(tc, test_frame_with_fewer_descriptors);
+  tcase_add_test(tc, test_several_descriptors_per_frame);
   tcase_add_test(tc, test_descriptor_without_its_frame);
   tcase_add_test(tc, test_descriptor_on_a_ping);
   tcase_add_test(tc, test_descriptors_waiting_are_bounded);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "loop_util.h"
+#include "peer_util.h"
 #include "suites.h"
 #include "tt_error.h"
 #include "tt_logsink.h"
@@ -178,6 +179,46 @@ START_TEST(test_retries_under_new_ids_then_times_out) {
 }
 END_TEST
 
+/* A call carrying descriptors: every attempt's frame says so; with
+ * retries the call keeps its own copies (the caller may close its own at
+ * once) until it ends, then none is left. */
+START_TEST(test_retries_carry_descriptors_again) {
+  rig_t r;
+  call_seen_t a = {0};
+  tt_call_options_t o;
+  tt_frame_header_t h[2];
+  char p[16];
+  int pp[2], before, fds[2];
+  before = tt_test_open_fds();
+  rig_up(&r);
+  ck_assert_int_eq(pipe2(pp, O_CLOEXEC), 0);
+  memset(&o, 0, sizeof o);
+  o.timeout_ms = 20;
+  o.retries = 1;
+  tt_backoff_init(&o.backoff);
+  o.backoff.initial_ms = o.backoff.max_ms = 1;
+  o.backoff.jitter_ms = 0;
+  fds[0] = pp[0], fds[1] = pp[1];
+  ck_assert_int_eq(tt_rpc_call_fds(&r.rpc, "x", 1, fds, 2, &o, on_call, &a),
+                   0);
+  close(pp[0]), close(pp[1]); /* the call has its own */
+  for (int i = 0; i < 2; i++) {
+    peer_read(&r, &h[i], p, sizeof p);
+    ck_assert_uint_eq(h[i].flags, tt_frame_fd_flags(2));
+  }
+  tt_test_run_until(&r.loop, &a.ended, 5000);
+  ck_assert_int_eq(a.status, TT_ERR_TIMEOUT);
+  /* a descriptor that cannot be duplicated is refused, nothing called */
+  fds[0] = -1;
+  ck_assert_int_eq(tt_rpc_call_fds(&r.rpc, "x", 1, fds, 1, &o, on_call, &a),
+                   UV_EBADF);
+  ck_assert_int_eq(tt_rpc_call_fds(&r.rpc, "x", 1, fds, 1, NULL, on_call, &a),
+                   UV_EBADF);
+  rig_down(&r);
+  ck_assert_int_eq(tt_test_open_fds(), before);
+}
+END_TEST
+
 /* Caller-owned requests (what a pool uses): answered ones call back once,
  * cancelled ones never, and their answers count late. */
 typedef struct {
@@ -342,6 +383,7 @@ Suite *rpc_suite(void) {
   tcase_set_timeout(tc, 20);
   tcase_add_test(tc, test_replies_reach_their_calls);
   tcase_add_test(tc, test_retries_under_new_ids_then_times_out);
+  tcase_add_test(tc, test_retries_carry_descriptors_again);
   tcase_add_test(tc, test_close_fails_pending_calls);
   tcase_add_test(tc, test_requests_answered_and_cancelled);
   tcase_add_test(tc, test_logsink_close_is_deferred);
