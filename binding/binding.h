@@ -46,6 +46,7 @@ struct tt_lobj_s {
   /* a lone "message" listener: a native message without a descriptor goes
    * to it straight, not through the handler (tt_lua_on_frame) */
   int listener_ref;
+  int request_ref; /* set_listener(fn, "request"): fn(value, id) */
   /* collected: the box's __gc ran, so no Lua callback may run any more;
    * box_gone: after that, the memory is ours to free. */
   unsigned closing : 1, closed : 1, collected : 1, box_gone : 1;
@@ -195,7 +196,12 @@ int tt_lua_carry_handle(lua_State *L, tt_state_t *st, tt_carried_t *c,
 /* Freezes the buffers *c lists, once nothing else refuses the send, and
  * sets c->fds: 0, or the count of results (nil, err) pushed, the encoding
  * released. */
-int tt_lua_freeze_carried(lua_State *L, tt_state_t *st, tt_carried_t *c);
+int tt_lua_freeze_buffers(lua_State *L, tt_state_t *st, tt_carried_t *c);
+static inline int tt_lua_freeze_carried(lua_State *L, tt_state_t *st,
+                                        tt_carried_t *c) {
+  c->nfds = 0; /* (a call per message saved when nothing rides along) */
+  return c->nbufs == 0 && c->handle < 0 ? 0 : tt_lua_freeze_buffers(L, st, c);
+}
 /* Pushes the decoded value and returns 1; or pushes why it failed and
  * returns 0 (malformed), -1 (out of memory) or -2 (a Ctrl-C interrupted
  * it: drop the frame, blame nobody; run() is ending).  Never raises. */

@@ -175,7 +175,7 @@ int tt_lua_carry_handle(lua_State *L, tt_state_t *st, tt_carried_t *c,
   return 0;
 }
 
-int tt_lua_freeze_carried(lua_State *L, tt_state_t *st, tt_carried_t *c) {
+int tt_lua_freeze_buffers(lua_State *L, tt_state_t *st, tt_carried_t *c) {
   int rc;
   c->nfds = 0;
   /* frozen before their descriptors leave: the receiver maps a buffer only
@@ -318,14 +318,17 @@ int tt_lua_send_method(lua_State *L, tt_lobj_t *o, tt_channel_t *ch) {
 }
 
 int tt_lua_set_listener_method(lua_State *L, tt_lobj_t *o) {
-  int none = lua_isnoneornil(L, 2);
+  static const char *const which[] = {"message", "request", NULL};
+  int none = lua_isnoneornil(L, 2), *ref;
+  int requests = luaL_checkoption(L, 3, "message", which);
   if (!none) luaL_checktype(L, 2, LUA_TFUNCTION);
   if (o == NULL || o->closed) return 0;
-  luaL_unref(L, LUA_REGISTRYINDEX, o->listener_ref);
-  o->listener_ref = LUA_NOREF;
+  ref = requests ? &o->request_ref : &o->listener_ref;
+  luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+  *ref = LUA_NOREF;
   if (!none) {
     lua_pushvalue(L, 2);
-    o->listener_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   return 0;
 }
@@ -523,6 +526,10 @@ static int deliver_protected(lua_State *L) {
   if (f->direct) {
     lua_remove(L, 2);
     nargs = 1;
+    if (h->kind == TT_FRAME_REQUEST) { /* server(value, id) */
+      lua_pushinteger(L, (lua_Integer)h->id);
+      nargs = 2;
+    }
   } else if (h->kind == TT_FRAME_MESSAGE || h->kind == TT_FRAME_CONTROL) {
     if (h->flags & TT_FRAME_F_HANDLE) {
       /* the box first: once taken, the descriptor is the handler's (its
@@ -546,18 +553,25 @@ void tt_lua_on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
   tt_state_t *st = o->st;
   frame_t f;
   lua_State *L;
-  int base;
+  int base, direct;
   if (tt_peer_heartbeat(ch, h, tt_lua_heap, st->L)) return;
   if (o->rpc != NULL && tt_rpc_dispatch(o->rpc, h, payload)) return;
   /* A native message without a descriptor (no handle, no buffer) goes
-   * straight to a lone "message" listener: no dispatcher, no emit */
-  f.direct = o->listener_ref != LUA_NOREF && h->kind == TT_FRAME_MESSAGE &&
-             !o->json && !(h->flags & TT_FRAME_F_HANDLE);
+   * straight to a lone "message" listener, and a native request to the
+   * request server: no dispatcher, no emit */
+  direct = LUA_NOREF;
+  if (!o->json) {
+    if (h->kind == TT_FRAME_MESSAGE && !(h->flags & TT_FRAME_F_HANDLE))
+      direct = o->listener_ref;
+    else if (h->kind == TT_FRAME_REQUEST)
+      direct = o->request_ref;
+  }
+  f.direct = direct != LUA_NOREF;
   L = tt_lobj_begin(o, f.direct ? NULL : event_of(h->kind));
   if (L == NULL) return;
   if (f.direct) {
     lua_pop(L, 1); /* the handler */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, o->listener_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, direct);
     lua_pushnil(L); /* (no event) */
   }
   f.st = st;
@@ -694,16 +708,15 @@ static void on_call_done(void *arg, int status, unsigned kind,
   lua_State *L = st->L;
   int top = lua_gettop(L);
   reply_t r;
+  /* (req lives in the call until we return: tt_rpc_call_with) */
   lua_rawgeti(L, LUA_REGISTRYINDEX, req->ref);
   luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
   if (gone(req->o)) {
-    free(req);
     lua_settop(L, top);
     return;
   }
   if (status != 0) {
     tt_lua_push_error(L, status, NULL);
-    free(req);
     tt_call(st, L, 1);
     return;
   }
@@ -714,7 +727,6 @@ static void on_call_done(void *arg, int status, unsigned kind,
   r.len = len;
   r.json = req->o->json;
   r.calling = r.malformed = 0;
-  free(req);
   lua_pushcfunction(L, reply_protected);
   lua_pushvalue(L, -2); /* (fn stays below, for a reply that fails) */
   lua_pushlightuserdata(L, &r);
@@ -783,7 +795,7 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
   tt_carried_t c;
   lua_Number timeout = luaL_optnumber(L, 3, 0);
   lua_Integer retries = luaL_optinteger(L, 4, 0);
-  int err;
+  int err, ref;
   luaL_checkany(L, 2);
   luaL_checktype(L, 6, LUA_TFUNCTION);
   luaL_argcheck(L, timeout >= 0 && timeout < 9e15, 3, "timeout out of range");
@@ -795,14 +807,14 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
     opts.backoff.factor = opt_number(L, 5, "factor", 2);
     opts.backoff.jitter_ms =
         opt_number(L, 5, "jitter", opts.backoff.initial_ms / 4);
+    if (tt_backoff_check(&opts.backoff) != 0)
+      return luaL_argerror(L, 5, "bad backoff (initial <= max, factor >= 1)");
   }
   opts.timeout_ms = (uint64_t)(timeout + 0.5);
   if (timeout > 0 && opts.timeout_ms == 0) opts.timeout_ms = 1;
   opts.retries = (unsigned)retries;
   if (opts.retries > 0 && opts.timeout_ms == 0)
     return luaL_argerror(L, 4, "retries need a timeout");
-  if (tt_backoff_check(&opts.backoff) != 0)
-    return luaL_argerror(L, 5, "bad backoff (initial <= max, factor >= 1)");
   if (o == NULL || o->rpc == NULL)
     return tt_lua_fail(L, o == NULL ? TT_ERR_IPC_CHANNEL_CLOSED
                                     : TT_ERR_NO_CHANNEL, NULL);
@@ -817,23 +829,21 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   }
   if ((err = tt_lua_freeze_carried(L, st, &c)) != 0) return err;
-  req = malloc(sizeof *req);
-  if (req == NULL) {
-    tt_lua_encode_done(st);
-    return tt_lua_fail(L, UV_ENOMEM, NULL);
+  lua_pushvalue(L, 6);
+  ref = luaL_ref(L, LUA_REGISTRYINDEX); /* (before: it may raise) */
+  /* the request's state lives in the call: one allocation per call */
+  err = tt_rpc_call_with(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
+                         st->wbuf.len - TT_FRAME_HEADER_SIZE, c.fds, c.nfds,
+                         &opts, on_call_done, NULL, sizeof *req,
+                         (void **)&req);
+  tt_lua_encode_done(st);
+  if (err != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return tt_lua_fail(L, err, NULL);
   }
   req->o = o;
   req->ch = o->rpc->ch;
-  err = tt_rpc_call_fds(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
-                        st->wbuf.len - TT_FRAME_HEADER_SIZE, c.fds, c.nfds,
-                        &opts, on_call_done, req);
-  tt_lua_encode_done(st);
-  if (err != 0) {
-    free(req);
-    return tt_lua_fail(L, err, NULL);
-  }
-  lua_pushvalue(L, 6);
-  req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  req->ref = ref;
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -41,7 +41,7 @@ tt_box_t *tt_lobj_new_box(lua_State *L, tt_lobj_t *o, const char *mt,
   tt_box_t *box;
   if (handler_idx != 0) handler_idx = lua_absindex(L, handler_idx);
   /* no ref yet: a raise below leaves nothing to release by mistake */
-  o->self_ref = o->handler_ref = o->listener_ref = LUA_NOREF;
+  o->self_ref = o->handler_ref = o->listener_ref = o->request_ref = LUA_NOREF;
   box = lua_newuserdatauv(L, sizeof *box, 0);
   box->o = o;
   luaL_setmetatable(L, mt);
@@ -93,7 +93,8 @@ void tt_lobj_release(tt_lobj_t *o) {
   luaL_unref(L, LUA_REGISTRYINDEX, o->handler_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, o->listener_ref);
-  o->handler_ref = o->self_ref = o->listener_ref = LUA_NOREF;
+  luaL_unref(L, LUA_REGISTRYINDEX, o->request_ref);
+  o->handler_ref = o->self_ref = o->listener_ref = o->request_ref = LUA_NOREF;
 }
 
 void tt_lobj_closed(tt_lobj_t *o) {

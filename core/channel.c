@@ -465,11 +465,11 @@ int tt_channel_send_fd(tt_channel_t *ch, unsigned kind, uint32_t id,
   return tt_channel_send_fds(ch, kind, id, payload, len, &fd, 1, cb, arg);
 }
 
-int tt_channel_send_fds(tt_channel_t *ch, unsigned kind, uint32_t id,
-                        const void *payload, size_t len, const int *fds,
-                        unsigned nfds, tt_channel_send_cb cb, void *arg) {
+/* (apart, so that a frame without descriptors does not pay for the array) */
+static int send_dups(tt_channel_t *ch, unsigned kind, uint32_t id,
+                     const void *payload, size_t len, const int *fds,
+                     unsigned nfds, tt_channel_send_cb cb, void *arg) {
   int dup[TT_FRAME_MAX_FDS];
-  if (nfds == 0) return send_frame(ch, kind, id, payload, len, NULL, 0, cb, arg);
   /* a JSON line carries one as Node's NODE_HANDLE message, which the
    * binding writes */
   if (!tt_frame_kind_carries_fd(kind) || nfds > TT_FRAME_MAX_FDS ||
@@ -484,6 +484,13 @@ int tt_channel_send_fds(tt_channel_t *ch, unsigned kind, uint32_t id,
     }
   }
   return send_frame(ch, kind, id, payload, len, dup, nfds, cb, arg);
+}
+
+int tt_channel_send_fds(tt_channel_t *ch, unsigned kind, uint32_t id,
+                        const void *payload, size_t len, const int *fds,
+                        unsigned nfds, tt_channel_send_cb cb, void *arg) {
+  if (nfds == 0) return send_frame(ch, kind, id, payload, len, NULL, 0, cb, arg);
+  return send_dups(ch, kind, id, payload, len, fds, nfds, cb, arg);
 }
 
 int tt_channel_take_fd(tt_channel_t *ch) {
@@ -655,7 +662,7 @@ static void schedule_flush(tt_channel_t *ch) {
 static int pair_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
   uint64_t start = ch->rx_pos;
   tt_fd_at_t *f = fdq_at(&ch->rx_fds, 0), *last;
-  unsigned n = tt_frame_fd_count(h->flags);
+  unsigned n;
   ch->rx_pos += TT_FRAME_HEADER_SIZE + (uint64_t)h->len;
   if (f != NULL && f->pos <= start) {
     channel_end(ch, TT_ERR_IPC_PROTOCOL, "a descriptor came without its frame");
@@ -673,6 +680,7 @@ static int pair_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
     return 1;
   }
   /* all of a frame's descriptors come with the one read */
+  n = tt_frame_fd_count(h->flags);
   last = fdq_at(&ch->rx_fds, n - 1);
   if (last == NULL || last->pos != f->pos) {
     channel_end(ch, TT_ERR_IPC_PROTOCOL,
@@ -692,9 +700,10 @@ static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
   ch->tick_frames++;
   ch->tick_bytes += TT_FRAME_HEADER_SIZE + (size_t)h->len;
   ch->on_frame(ch, h, payload);
-  /* those nobody took */
-  close_fds(ch->cur_fds + ch->cur_next, ch->cur_nfds - ch->cur_next);
-  ch->cur_nfds = ch->cur_next = 0;
+  if (ch->cur_nfds > 0) { /* those nobody took */
+    close_fds(ch->cur_fds + ch->cur_next, ch->cur_nfds - ch->cur_next);
+    ch->cur_nfds = ch->cur_next = 0;
+  }
   /* The owner may have ended or closed the channel from the callback. */
   if (!(ch->flags & CH_READING)) return 1;
   if (!(ch->flags & CH_UNBOUNDED) &&

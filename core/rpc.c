@@ -33,6 +33,7 @@ struct tt_call_s {
   int has_timer;
   int done; /* ended: nothing may touch the call but its timer close */
   uv_timer_t timer;
+  _Alignas(max_align_t) unsigned char extra[]; /* the caller's (call_with) */
 };
 
 /* ---- id slots ---------------------------------------------------------- */
@@ -188,12 +189,11 @@ static void call_free(tt_call_t *c) {
 static void on_call_ended(tt_request_t *r, int status, unsigned kind,
                           const char *payload, size_t len) {
   tt_call_t *c = r->data;
-  tt_rpc_cb cb = c->cb;
-  void *arg = c->arg;
   c->done = 1;
   if (c->has_timer) uv_timer_stop(&c->timer);
+  /* (freed after: `arg` may point into the call, at its extra bytes) */
+  c->cb(c->arg, status, kind, payload, len);
   call_free(c);
-  cb(arg, status, kind, payload, len);
 }
 
 static void on_timer(uv_timer_t *t);
@@ -250,6 +250,14 @@ int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
 int tt_rpc_call_fds(tt_rpc_t *rpc, const void *payload, size_t len,
                     const int *fds, unsigned nfds,
                     const tt_call_options_t *opts, tt_rpc_cb cb, void *arg) {
+  return tt_rpc_call_with(rpc, payload, len, fds, nfds, opts, cb, arg, 0,
+                          NULL);
+}
+
+int tt_rpc_call_with(tt_rpc_t *rpc, const void *payload, size_t len,
+                     const int *fds, unsigned nfds,
+                     const tt_call_options_t *opts, tt_rpc_cb cb, void *arg,
+                     size_t extra, void **extra_out) {
   static const tt_call_options_t no_options; /* no timeout, no retries */
   tt_call_t *c;
   int err;
@@ -259,8 +267,12 @@ int tt_rpc_call_fds(tt_rpc_t *rpc, const void *payload, size_t len,
   if (opts->retries > 0 &&
       (opts->timeout_ms == 0 || tt_backoff_check(&opts->backoff) != 0))
     return UV_EINVAL;
-  c = calloc(1, sizeof *c);
+  /* (malloc, not calloc: glibc's calloc skips its per-thread cache, and
+   * this is once per call) */
+  c = malloc(sizeof *c + extra);
   if (c == NULL) return UV_ENOMEM;
+  memset(c, 0, offsetof(tt_call_t, timer)); /* (the timer: uv_timer_init) */
+  if (extra_out != NULL) arg = *extra_out = c->extra;
   c->req.data = c;
   c->req.rpc = rpc;
   c->opts = *opts;

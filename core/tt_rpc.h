@@ -108,6 +108,13 @@ int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
 int tt_rpc_call_fds(tt_rpc_t *rpc, const void *payload, size_t len,
                     const int *fds, unsigned nfds,
                     const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
+/* As tt_rpc_call_fds, the call holding `extra` bytes for the caller
+ * (aligned for any type): *extra_out points at them, and that pointer is
+ * the callback's `arg`.  They live until the callback has returned. */
+int tt_rpc_call_with(tt_rpc_t *rpc, const void *payload, size_t len,
+                     const int *fds, unsigned nfds,
+                     const tt_call_options_t *opts, tt_rpc_cb cb, void *arg,
+                     size_t extra, void **extra_out);
 /* Sends a REQUEST for `req` (no timeout, no retry: the caller's).  0 (then
  * `cb` runs exactly once, never from inside this function, unless the
  * request is cancelled first), or an error as tt_rpc_call's. */

@@ -642,6 +642,14 @@ local CHILD_EVENTS = {
 
 local function child_handler(self) return dispatcher(CHILD_EVENTS, self) end
 
+--- a native channel's requests go from the core straight to the request
+-- server, as events.request would take them, without the dispatcher
+local function direct_requests(self, h)
+  if not self._json then
+    h:set_listener(function(msg, id) return serve_request(self, msg, id) end, "request")
+  end
+end
+
 -- spawn as the user asked, with arguments already checked
 local function spawn(cmd, argv, opts)
   local o, extra = spawn_options(opts)
@@ -651,6 +659,7 @@ local function spawn(cmd, argv, opts)
   if not h then return nil, err end
   self._h, self._send = h, h.send -- (_send: the hot path skips a lookup)
   self._json = o.json or false -- (always set: send looks at it first)
+  direct_requests(self, h)
   self.pid = h:pid()
   self.connected = h:connected()
   if o.stdin == "pipe" then self.stdin = emitter({ _child = self }, Writable) end
@@ -1265,6 +1274,7 @@ local function open_parent()
   self._h, self._send = h, h.send
   self.json = h:json() -- started by Node.js (or by tether in JSON mode)
   self._json = self.json -- (what send looks at, as on a Child)
+  direct_requests(self, h)
   -- started with detached = true: we outlive the parent (its death only
   -- ends the channel, as in Node)
   self._detached = core.handshake().detached
@@ -1319,6 +1329,7 @@ function tether._channel(h, max_message)
   local ch, err = core.open_channel(dispatcher(PEER_EVENTS, self), h, max_message)
   if not ch then return nil, err end
   self._h, self._send = ch, ch.send
+  direct_requests(self, ch)
   self:_update_ref()
   return self
 end
