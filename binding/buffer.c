@@ -1,9 +1,10 @@
 /*
  * tether.buffer (core/tt_shmbuf.h) seen from Lua: a byte array in shared
  * memory, writable until it is frozen (explicitly, or by sending it), then
- * read-only everywhere.  A message carries one buffer without copying its
- * bytes: its descriptor travels with the frame, and the receiver maps the
- * same memory (binding/message.c, the codec's BUFFER tag).
+ * read-only everywhere.  A message, a call, a reply or a task carries up to
+ * 16 buffers without copying their bytes: their descriptors travel with
+ * the frame, and the receiver maps the same memory (binding/message.c, the
+ * codec's BUFFER tag).
  *
  * core.buffer(n | string) -> buffer | nil, err
  * buf:read([i [, j]]) -> string (string.sub's positions)

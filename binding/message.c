@@ -865,9 +865,12 @@ int tt_lua_answer(lua_State *L, tt_lobj_t *o, tt_channel_t *ch, int at) {
            fault || automatic ? TT_FRAME_FAULT : TT_FRAME_REPLY,
            tt_channel_max_message(ch), &c)) != 0)
     return err;
-  if (c.nbufs > 0 && !tt_channel_is_connected(ch)) {
-    tt_lua_encode_done(st);
-    return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+  if (c.nbufs > 0) { /* refused before the buffers are frozen */
+    if (!tt_channel_is_connected(ch)) {
+      tt_lua_encode_done(st);
+      return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
+    }
+    if ((err = check_too_big(L, ch, st, TT_FRAME_REPLY)) != 0) return err;
   }
   if ((err = tt_lua_freeze_carried(L, st, &c)) != 0) return err;
   err = tt_peer_answer_fds(ch, (uint32_t)id,

@@ -263,10 +263,10 @@ static int m_submit(lua_State *L) {
                                  tt_pool_max_message(&c->p), &cr)) != 0)
     return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
-  if (cr.nbufs > 0 && len > tt_pool_max_message(&c->p)) {
-    tt_lua_encode_done(st); /* (refused before the buffers are frozen) */
-    return tt_lua_too_large(L, "task", len, tt_pool_max_message(&c->p));
-  }
+  /* a task refused (too large, a full queue, a closed pool) leaves its
+   * buffers writable: the refusals come before the freeze */
+  if (cr.nbufs > 0 && (err = tt_pool_check_submit(&c->p, len, cr.nbufs)) != 0)
+    goto refused;
   if ((err = tt_lua_freeze_carried(L, st, &cr)) != 0) return err;
   if ((req = malloc(sizeof *req)) == NULL) {
     tt_lua_encode_done(st);
@@ -277,10 +277,13 @@ static int m_submit(lua_State *L) {
   req->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   err = tt_pool_submit_fds(&c->p, st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
                            cr.fds, cr.nfds, on_task_done, req);
-  tt_lua_encode_done(st);
   if (err != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
     free(req);
+  }
+refused:
+  tt_lua_encode_done(st);
+  if (err != 0) {
     if (err == TT_ERR_SERIALIZE)
       return tt_lua_too_large(L, "task", len, tt_pool_max_message(&c->p));
     return tt_lua_fail(L, err, err == TT_ERR_CLOSED ? "pool is closed" : NULL);
@@ -305,14 +308,14 @@ static int m_send(lua_State *L) {
                                  tt_pool_max_message(&c->p), &cr)) != 0)
     return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
-  if (cr.nbufs > 0 && len > tt_pool_max_message(&c->p)) {
-    tt_lua_encode_done(st);
-    return tt_lua_too_large(L, "message", len, tt_pool_max_message(&c->p));
+  /* (refusals before the buffers are frozen) */
+  if (cr.nbufs == 0 ||
+      (err = tt_pool_check_send(&c->p, (unsigned)id, len, cr.nbufs)) == 0) {
+    if ((err = tt_lua_freeze_carried(L, st, &cr)) != 0) return err;
+    err = tt_pool_send_fds(&c->p, (unsigned)id,
+                           st->wbuf.data + TT_FRAME_HEADER_SIZE, len, cr.fds,
+                           cr.nfds);
   }
-  if ((err = tt_lua_freeze_carried(L, st, &cr)) != 0) return err;
-  err = tt_pool_send_fds(&c->p, (unsigned)id,
-                         st->wbuf.data + TT_FRAME_HEADER_SIZE, len, cr.fds,
-                         cr.nfds);
   tt_lua_encode_done(st);
   if (err == TT_ERR_SERIALIZE)
     return tt_lua_too_large(L, "message", len, tt_pool_max_message(&c->p));

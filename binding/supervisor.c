@@ -552,14 +552,12 @@ static int m_send(lua_State *L) {
       (err = tt_lua_carry_handle(L, st, &cr, fd)) != 0)
     return err;
   len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
-  /* a send refused for its size leaves the buffers writable */
+  /* a send refused (its size, a full queue, a dead slot) leaves the
+   * buffers writable: the refusals come before the freeze */
   if (cr.nbufs > 0 &&
-      tt_channel_options_check_size(&c->s.opts.process.channel_options, kind,
-                                    len) != 0) {
-    tt_lua_encode_done(st);
-    return tt_lua_too_large(L, "message", len,
-                            tt_supervisor_max_message(&c->s));
-  }
+      (err = tt_supervisor_check_send(&c->s, id, kind, len,
+                                      cr.nbufs + (cr.handle >= 0))) != 0)
+    goto refused;
   if ((err = tt_lua_freeze_carried(L, st, &cr)) != 0) return err;
   if (!lua_isnoneornil(L, 5)) {
     if ((req = malloc(sizeof *req)) == NULL) {
@@ -574,12 +572,13 @@ static int m_send(lua_State *L) {
                                st->wbuf.data + TT_FRAME_HEADER_SIZE, len,
                                cr.fds, cr.nfds, (uint64_t)(timeout + 0.5),
                                req ? tt_lua_on_sent : NULL, req);
+  if (err != 0 && req != NULL) {
+    luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
+    free(req);
+  }
+refused:
   tt_lua_encode_done(st);
   if (err != 0) {
-    if (req != NULL) {
-      luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
-      free(req);
-    }
     if (err == TT_ERR_SERIALIZE)
       return tt_lua_too_large(L, "message", len, tt_supervisor_max_message(&c->s));
     if (err == UV_ENOTSUP)

@@ -179,6 +179,14 @@ int tt_outbox_send(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                             timeout_ms, cb, arg);
 }
 
+int tt_outbox_check(const tt_outbox_t *ob, unsigned kind, unsigned nfds) {
+  if (ob->shut) return TT_ERR_CLOSED;
+  if (ob->limit > 0 && ob->queued >= ob->limit) return TT_ERR_QUEUE_FULL;
+  if (nfds > 0 && (!tt_frame_kind_carries_fd(kind) || nfds > TT_FRAME_MAX_FDS))
+    return UV_EINVAL;
+  return 0;
+}
+
 int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                       const void *payload, size_t len, int fd,
                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg) {
@@ -192,10 +200,7 @@ int tt_outbox_send_fds(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                        tt_channel_send_cb cb, void *arg) {
   tt_outbox_msg_t *m;
   int *dup = NULL, err;
-  if (ob->shut) return TT_ERR_CLOSED;
-  if (ob->limit > 0 && ob->queued >= ob->limit) return TT_ERR_QUEUE_FULL;
-  if (nfds > 0 && (!tt_frame_kind_carries_fd(kind) || nfds > TT_FRAME_MAX_FDS))
-    return UV_EINVAL;
+  if ((err = tt_outbox_check(ob, kind, nfds)) != 0) return err;
   if ((err = tt__dup_fds(fds, nfds, &dup)) != 0) return err;
   m = malloc(sizeof *m + len);
   if (m == NULL) {

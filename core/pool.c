@@ -303,15 +303,16 @@ static void dispatch(tt_pool_t *p) {
       if (w == NULL) break;
       err = tt_rpc_request_fds(&w->rpc, &t->req, t->payload, t->len, t->fds,
                                t->nfds, on_answer);
-      if (err == UV_EMFILE || err == UV_ENFILE) {
-        /* no descriptor for the frame's copy: the task's failure, not the
-         * worker's */
-        queue_remove(p, t);
-        finish(t, err, 0, NULL, 0);
+      if (err == TT_ERR_IPC_CHANNEL_CLOSED) {
+        w->ch = NULL; /* going away: its exit comes */
         continue;
       }
       if (err != 0) {
-        w->ch = NULL; /* going away: its exit comes */
+        /* no memory or no descriptor for this frame: the task's failure,
+         * not the worker's (which would wait for an exit that never
+         * comes) */
+        queue_remove(p, t);
+        finish(t, err, 0, NULL, 0);
         continue;
       }
       queue_remove(p, t);
@@ -520,11 +521,7 @@ int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
   return tt_pool_submit_fds(p, payload, len, NULL, 0, cb, arg);
 }
 
-int tt_pool_submit_fds(tt_pool_t *p, const void *payload, size_t len,
-                       const int *fds, unsigned nfds, tt_task_cb cb,
-                       void *arg) {
-  int err;
-  tt_task_t *t;
+int tt_pool_check_submit(const tt_pool_t *p, size_t len, unsigned nfds) {
   if (tt_channel_options_check_size(&p->opts.workers.process.channel_options,
                                     TT_FRAME_REQUEST, len) != 0)
     return TT_ERR_SERIALIZE;
@@ -536,6 +533,15 @@ int tt_pool_submit_fds(tt_pool_t *p, const void *payload, size_t len,
   if (nfds > 0 && p->opts.workers.process.channel_options.lines)
     return UV_ENOTSUP;
   if (nfds > TT_FRAME_MAX_FDS) return UV_EINVAL;
+  return 0;
+}
+
+int tt_pool_submit_fds(tt_pool_t *p, const void *payload, size_t len,
+                       const int *fds, unsigned nfds, tt_task_cb cb,
+                       void *arg) {
+  int err;
+  tt_task_t *t;
+  if ((err = tt_pool_check_submit(p, len, nfds)) != 0) return err;
   t = malloc(sizeof *t + len);
   if (t == NULL) return UV_ENOMEM;
   memset(t, 0, sizeof *t);
@@ -593,6 +599,12 @@ void tt_pool_stats(const tt_pool_t *p, tt_pool_stats_t *out) {
 
 int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len) {
   return tt_pool_send_fds(p, id, payload, len, NULL, 0);
+}
+
+int tt_pool_check_send(tt_pool_t *p, unsigned id, size_t len,
+                       unsigned nfds) {
+  if (p->flags & PL_SUP_CLOSED) return TT_ERR_CLOSED;
+  return tt_supervisor_check_send(&p->sup, id, TT_FRAME_MESSAGE, len, nfds);
 }
 
 int tt_pool_send_fds(tt_pool_t *p, unsigned id, const void *payload,

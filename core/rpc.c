@@ -204,8 +204,13 @@ static void on_retry(uv_timer_t *t) {
   if (c->done) return;
   if ((err = send_attempt(&c->req, c->payload, c->len, c->fds, c->nfds)) !=
       0) {
-    end(&c->req, err == UV_ENOMEM ? UV_ENOMEM : TT_ERR_IPC_CHANNEL_CLOSED, 0,
-        NULL, 0);
+    /* (no memory, or no descriptor for the re-sent frame's copies: the
+     * channel is fine, say what it was) */
+    end(&c->req,
+        err == UV_ENOMEM || err == UV_EMFILE || err == UV_ENFILE
+            ? err
+            : TT_ERR_IPC_CHANNEL_CLOSED,
+        0, NULL, 0);
     return;
   }
   c->attempt++;

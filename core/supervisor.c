@@ -129,10 +129,8 @@ int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
                                 fd >= 0 ? 1 : 0, timeout_ms, cb, arg);
 }
 
-int tt_supervisor_send_fds(tt_supervisor_t *s, unsigned id, unsigned kind,
-                           uint32_t frame_id, const void *payload, size_t len,
-                           const int *fds, unsigned nfds, uint64_t timeout_ms,
-                           tt_channel_send_cb cb, void *arg) {
+int tt_supervisor_check_send(tt_supervisor_t *s, unsigned id, unsigned kind,
+                             size_t len, unsigned nfds) {
   tt_slot_t *slot;
   /* a removed slot that still exists answers TT_ERR_CLOSED (it is dead) */
   if (id < 1 || id > tt_supervisor_instances(s)) return UV_EINVAL;
@@ -142,6 +140,17 @@ int tt_supervisor_send_fds(tt_supervisor_t *s, unsigned id, unsigned kind,
   slot = s->slots[id - 1];
   if ((s->flags & S_STOPPING) || slot->dead) return TT_ERR_CLOSED;
   if (nfds > 0 && s->opts.process.channel_options.lines) return UV_ENOTSUP;
+  return tt_outbox_check(&slot->outbox, kind, nfds);
+}
+
+int tt_supervisor_send_fds(tt_supervisor_t *s, unsigned id, unsigned kind,
+                           uint32_t frame_id, const void *payload, size_t len,
+                           const int *fds, unsigned nfds, uint64_t timeout_ms,
+                           tt_channel_send_cb cb, void *arg) {
+  tt_slot_t *slot;
+  int err = tt_supervisor_check_send(s, id, kind, len, nfds);
+  if (err != 0) return err;
+  slot = s->slots[id - 1];
   return tt_outbox_send_fds(&slot->outbox, kind, frame_id, payload, len, fds,
                             nfds, timeout_ms, cb, arg);
 }

@@ -19,15 +19,16 @@
  * reported together through on_error), and I/O stops; the owner then calls
  * tt_channel_close(), whose callback tells it the memory may be freed.
  *
- * Descriptors (native frames only): tt_channel_send_fd() sends a frame with
- * one descriptor (a duplicate, closed once the kernel took the frame's
- * first byte, or with the frame's failure); a received one is paired with
- * its frame and handed out during on_frame through tt_channel_take_fd(),
- * else closed when on_frame returns.  Every descriptor that arrived is
- * closed on every path where no owner took it (PROTOCOL.md, "Handles").
- * On a JSON-lines channel (Node's format) nothing pairs a descriptor with
- * a line: it waits (up to 16) until the binding claims it for a
- * NODE_HANDLE line with tt_channel_take_fd(), or the channel ends.
+ * Descriptors (native frames only): tt_channel_send_fds() sends a frame with
+ * up to 16 descriptors (duplicates, closed once the kernel took the
+ * frame's first byte, or with the frame's failure); received ones are
+ * paired with their frame and handed out, in order, during on_frame
+ * through tt_channel_take_fd(), else closed when on_frame returns.  Every
+ * descriptor that arrived is closed on every path where no owner took it
+ * (PROTOCOL.md, "Handles").  On a JSON-lines channel (Node's format)
+ * nothing pairs a descriptor with a line: it waits (up to 32) until the
+ * binding claims it for a NODE_HANDLE line with tt_channel_take_fd(), or
+ * the channel ends.
  *
  * Every callback may call any channel function, including close.
  */

@@ -59,6 +59,9 @@ int tt_outbox_send(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
 int tt_outbox_send_fd(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,
                       const void *payload, size_t len, int fd,
                       uint64_t timeout_ms, tt_channel_send_cb cb, void *arg);
+/* What a send of `kind` with `nfds` descriptors would be refused with at
+ * once (shut, full, a kind that carries none): 0 or that error. */
+int tt_outbox_check(const tt_outbox_t *ob, unsigned kind, unsigned nfds);
 /* The same with `nfds` descriptors (at most TT_FRAME_MAX_FDS), which the
  * peer takes in this order. */
 int tt_outbox_send_fds(tt_outbox_t *ob, unsigned kind, uint32_t frame_id,

@@ -117,6 +117,10 @@ int tt_pool_submit(tt_pool_t *p, const void *payload, size_t len,
 int tt_pool_submit_fds(tt_pool_t *p, const void *payload, size_t len,
                        const int *fds, unsigned nfds, tt_task_cb cb,
                        void *arg);
+/* What tt_pool_submit_fds would refuse a task of `len` bytes and `nfds`
+ * descriptors with, before anything is made: 0, or its error (a caller
+ * freezes buffers only for a task that will be taken). */
+int tt_pool_check_submit(const tt_pool_t *p, size_t len, unsigned nfds);
 /* Takes no more tasks; the queued and running ones finish, then the
  * workers stop (on_stopped). */
 void tt_pool_drain(tt_pool_t *p);
@@ -134,6 +138,8 @@ int tt_pool_send(tt_pool_t *p, unsigned id, const void *payload, size_t len);
 /* As tt_pool_send, with `nfds` descriptors (the caller's stay open). */
 int tt_pool_send_fds(tt_pool_t *p, unsigned id, const void *payload,
                      size_t len, const int *fds, unsigned nfds);
+/* What tt_pool_send_fds would refuse at once (tt_supervisor_check_send). */
+int tt_pool_check_send(tt_pool_t *p, unsigned id, size_t len, unsigned nfds);
 int tt_pool_info(tt_pool_t *p, unsigned id, tt_worker_info_t *out);
 /* The number of workers and their max_message (the default resolved). */
 unsigned tt_pool_size(const tt_pool_t *p);

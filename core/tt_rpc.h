@@ -54,7 +54,8 @@ TAILQ_HEAD(tt_request_list, tt_request_s);
 
 /* status 0: the peer answered; `kind` is TT_FRAME_REPLY or TT_FRAME_FAULT
  * and the payload is valid during the call.  Otherwise status is
- * TT_ERR_TIMEOUT, TT_ERR_IPC_CHANNEL_CLOSED or UV_ENOMEM, without payload. */
+ * TT_ERR_TIMEOUT, TT_ERR_IPC_CHANNEL_CLOSED, or UV_ENOMEM, UV_EMFILE or
+ * UV_ENFILE (a re-send could not be made), without payload. */
 typedef void (*tt_rpc_cb)(void *arg, int status, unsigned kind,
                           const char *payload, size_t len);
 typedef void (*tt_rpc_close_cb)(tt_rpc_t *rpc);

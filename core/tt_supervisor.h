@@ -218,6 +218,11 @@ int tt_supervisor_send_fd(tt_supervisor_t *s, unsigned id, unsigned kind,
                           uint32_t frame_id, const void *payload, size_t len,
                           int fd, uint64_t timeout_ms, tt_channel_send_cb cb,
                           void *arg);
+/* What tt_supervisor_send_fds would refuse at once, before anything is
+ * made: 0, or its error (a caller freezes buffers only for a frame that
+ * will be taken). */
+int tt_supervisor_check_send(tt_supervisor_t *s, unsigned id, unsigned kind,
+                             size_t len, unsigned nfds);
 /* The same with `nfds` descriptors (fds NULL when 0). */
 int tt_supervisor_send_fds(tt_supervisor_t *s, unsigned id, unsigned kind,
                            uint32_t frame_id, const void *payload, size_t len,

@@ -9,13 +9,17 @@
  *
  * Input: a script of operations, each an op byte then its operands:
  *   op % 4 == 0  raw bytes: n = next byte, then n bytes, one sendmsg
- *   op % 4 == 1  the same, with one descriptor (a /dev/null) attached
- *   op % 4 == 2  a frame header: kind = next byte % 8, flags = next byte
- *                % 4, len = next byte; written with a descriptor when
- *                op & 4; then `len` zero bytes (a valid payload for the
- *                owner does not matter: the channel never decodes it)
+ *   op % 4 == 1  the same, with 1 + (op / 4) % 17 descriptors (of
+ *                /dev/null) attached: up to 17, one more than a frame
+ *                may carry
+ *   op % 4 == 2  a frame header: kind = next byte % 8, flags = the next
+ *                two bytes (bit 0 HANDLE, bits 8-11 how many more), len =
+ *                next byte; written with 1 + (op / 8) % 17 descriptors
+ *                when op & 4; then `len` zero bytes (a valid payload for
+ *                the owner does not matter: the channel never decodes it)
  *   op % 4 == 3  run the loop once (the channel reads)
- * The owner takes the descriptor of every other frame (and closes it).
+ * The owner takes every descriptor of every other frame (and closes
+ * them).
  *
  * Invariant checked (abort() on violation): after the peer closes and the
  * channel and loop are closed, the process has exactly the descriptors it
@@ -45,8 +49,8 @@ static void on_frame(tt_channel_t *ch, const tt_frame_header_t *h,
                      const char *payload) {
   (void)h, (void)payload;
   if (frames++ % 2 == 0) {
-    int fd = tt_channel_take_fd(ch);
-    if (fd >= 0) close(fd);
+    int fd;
+    while ((fd = tt_channel_take_fd(ch)) >= 0) close(fd);
   }
 }
 
@@ -60,18 +64,19 @@ static void on_closed(tt_channel_t *ch) {
   closed = 1;
 }
 
-/* One sendmsg of `n` bytes, with a descriptor when `with_fd`; the loop
- * runs while the socket is full. */
+/* One sendmsg of `n` bytes, with `nfds` descriptors (at most 17); the
+ * loop runs while the socket is full. */
 static void peer_send(uv_loop_t *loop, int s, const void *p, size_t n,
-                      int with_fd) {
-  int fd = with_fd ? open("/dev/null", O_RDONLY | O_CLOEXEC) : -1, tries = 0;
-  if (n == 0) {
-    if (fd >= 0) close(fd);
-    return;
-  }
-  while (tt_test_sendmsg_fd(s, p, n, fd, MSG_DONTWAIT) < 0 && tries++ < 100)
+                      int nfds) {
+  int fds[17], tries = 0, k = 0;
+  if (n == 0) return;
+  while (k < nfds && k < 17 &&
+         (fds[k] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+    k++;
+  while (tt_test_sendmsg_fds(s, p, n, fds, k, MSG_DONTWAIT) < 0 &&
+         tries++ < 100)
     uv_run(loop, UV_RUN_NOWAIT); /* full (or the channel ended: give up) */
-  if (fd >= 0) close(fd); /* ours; the peer has its copy, or none */
+  while (k > 0) close(fds[--k]); /* ours; the peer has its copies, or none */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -94,17 +99,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     case 1: {
       size_t n = i < size ? data[i++] : 0;
       if (n > size - i) n = size - i;
-      peer_send(&loop, sv[1], data + i, n, op % 4 == 1);
+      peer_send(&loop, sv[1], data + i, n, op % 4 == 1 ? 1 + (op / 4) % 17 : 0);
       i += n;
       break;
     }
     case 2: {
       unsigned char h[TT_FRAME_HEADER_SIZE];
       unsigned kind = i < size ? data[i++] % 8 : 1;
-      unsigned flags = i < size ? data[i++] % 4 : 0;
-      uint32_t len = i < size ? data[i++] : 0;
+      unsigned flags = i < size ? data[i++] : 0;
+      uint32_t len;
+      flags |= i < size ? (unsigned)data[i++] << 8 : 0;
+      len = i < size ? data[i++] : 0;
       tt_frame_header_pack(h, kind, flags, 1, len);
-      peer_send(&loop, sv[1], h, sizeof h, (op & 4) != 0);
+      peer_send(&loop, sv[1], h, sizeof h, (op & 4) ? 1 + (op / 8) % 17 : 0);
       peer_send(&loop, sv[1], zeros, len, 0);
       break;
     }

@@ -999,15 +999,17 @@ tether._call_options = call_options
 
 local NO_OPTIONS = {} -- (read only)
 
--- the callback that resumes a coroutine waiting in call(): one per
--- coroutine, made once (a call costs no closure); `counting[co]` is the
--- parent channel whose call it waits for, counted in flight till the
--- answer comes (whether or not the coroutine is ever resumed)
-local resumers = setmetatable({}, { __mode = "k" })
-local counting = setmetatable({}, { __mode = "k" })
+-- what a coroutine waiting in call() needs, made once per coroutine (a
+-- call costs no closure): waiters[co] = { wake, counted }, wake the
+-- callback that resumes it, counted the parent channel whose call it waits
+-- for, counted in flight till the answer comes (whether or not the
+-- coroutine is ever resumed), or false
+local waiters = setmetatable({}, { __mode = "k" })
+local co_running, co_resume, co_yield = coroutine.running, coroutine.resume, coroutine.yield
 
 local function call(self, msg, opts, cb)
-  if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
+  -- (type() is looked at only when it matters: it costs a string per call)
+  if cb == nil and opts ~= nil and type(opts) == "function" then opts, cb = nil, opts end
   if opts == nil then opts = NO_OPTIONS else opts = call_options("call", 2, opts, 2) end
   if cb ~= nil and type(cb) ~= "function" then argerror("call", 3, "function expected, got " .. type(cb), 2) end
   local timeout, retries, backoff = opts.timeout, opts.retries, opts.backoff
@@ -1023,29 +1025,31 @@ local function call(self, msg, opts, cb)
     if ok then calls_in_flight(self, 1) end
     return ok, err
   end
-  local co = current_task()
-  if not co then return no_coroutine("call") end
-  -- the core never runs this callback from inside call(): yield is safe
-  local wake = resumers[co]
-  if not wake then
-    wake = function(e, reply)
-      local counted = counting[co]
+  local co, main = co_running()
+  local w = not main and waiters[co] -- (only a task's coroutine has one)
+  if not w then
+    if main or not tasks[co] then return no_coroutine("call") end
+    w = { false, false }
+    w[1] = function(e, reply)
+      local counted = w[2]
       if counted then
-        counting[co] = nil
+        w[2] = false
         calls_in_flight(counted, -1)
       end
-      local ok, err = coroutine.resume(co, e, reply)
+      local ok, err = co_resume(co, e, reply)
       if not ok then task_done(co, ok, err) end
     end
-    resumers[co] = wake
+    waiters[co] = w
   end
-  local ok, err = self._h:call(msg, timeout, retries, backoff, wake)
+  -- the core never runs this callback from inside call(): yield is safe
+  local h = self._h
+  local ok, err = h.call(h, msg, timeout, retries, backoff, w[1])
   if ok == nil then return nil, err end
   if self._update_ref then -- (calls_in_flight's test, written out)
-    counting[co] = self
+    w[2] = self
     calls_in_flight(self, 1)
   end
-  local e, reply = coroutine.yield()
+  local e, reply = co_yield()
   if e then return nil, e end
   return reply
 end

@@ -306,6 +306,62 @@ describe("tether.buffer", function()
     assert.equals(before, memfds())
   end)
 
+  it("stays writable when a reply, a task or sup:send that holds it is refused", function()
+    -- a reply over the caller's max_message: the handler's buffer is not frozen
+    local c = assert(tether.fork(H.script([[
+      local tether = require "tether"
+      local keep = tether.buffer("kept")
+      tether.serve(function(req)
+        if req.op == "check" then return { frozen = keep:frozen() } end
+        return { data = keep, pad = ("x"):rep(2000) }
+      end)
+    ]]), nil, { max_message = 1024 }))
+    local e1, r2, e2
+    c:call({ op = "big" }, function(e) e1 = e or false end)
+    H.run_until(function() return e1 ~= nil end, 10)
+    assert.equals("ERR_TASK_FAILED", e1.code)
+    assert.matches("exceeds max_message", e1.message)
+    c:call({ op = "check" }, function(e, v) e2, r2 = e, v end)
+    H.run_until(function() return r2 ~= nil or e2 ~= nil end, 10)
+    assert.is_false(r2.frozen, "a reply refused for its size froze the buffer")
+    c:disconnect()
+    H.run_until(function() return c.exit_code ~= nil end, 10)
+    -- a task refused with ERR_QUEUE_FULL
+    local pool = assert(tether.pool { script = H.script([[
+      local tether = require "tether"
+      tether.serve(function() tether.sleep(300) return 1 end)
+    ]]), size = 1, max_queue = 1, prefetch = 0 })
+    local b <close> = tether.buffer("x")
+    local ok, err
+    for i = 1, 5 do
+      ok, err = pool:submit({ i = i }, function() end)
+      if not ok then break end
+    end
+    assert.equals("ERR_QUEUE_FULL", err.code)
+    ok, err = pool:submit({ data = b }, function() end)
+    assert.is_nil(ok)
+    assert.equals("ERR_QUEUE_FULL", err.code)
+    assert.is_false(b:frozen(), "a refused task froze the buffer")
+    local closed = false
+    pool:terminate()
+    pool:close(function() closed = true end)
+    H.run_until(function() return closed end, 20)
+    -- sup:send refused with ERR_QUEUE_FULL
+    local sup = assert(tether.supervise { script = H.script([[
+      local tether = require "tether"
+      tether.parent:on("message", function() end)
+      tether.sleep(200)
+    ]]), instances = 1, queue_limit = 1 })
+    repeat ok, err = sup:send(1, { "filler" }, function() end) until not ok
+    assert.equals("ERR_QUEUE_FULL", err.code)
+    ok, err = sup:send(1, { data = b }, function() end)
+    assert.equals("ERR_QUEUE_FULL", err.code)
+    assert.is_false(b:frozen(), "a refused sup:send froze the buffer")
+    local stopped = false
+    sup:stop(function() stopped = true end)
+    H.run_until(function() return stopped end, 20)
+  end)
+
   it("travels in a pool's task and result, and again when the task is re-run after a crash", function()
     local marker = H.tmpfile("crashed")
     os.remove(marker)

@@ -497,11 +497,11 @@ describe("codec", function()
       assert_protocol("\6\1\0\8\128\32", "a buffer where none may travel at byte 3")
     end)
 
-    it("refuses to encode a buffer outside a message", function()
+    it("refuses to encode a buffer outside a frame that carries its descriptor", function()
       local b <close> = core.buffer(1)
       local v, err = encode({ b })
       assert.is_nil(v)
-      assert.matches("only in a message", tostring(err))
+      assert.matches("travels only between processes on one machine", tostring(err), 1, true)
     end)
 
     it("rejects every truncation of a valid payload", function()

@@ -33,13 +33,13 @@ static inline int tt_test_open_fds(void) {
 }
 
 /* One sendmsg() of `n` bytes on socket `s`, with `nfds` descriptors
- * attached (SCM_RIGHTS, at most 16): what sendmsg returns. */
+ * attached (SCM_RIGHTS, at most 32): what sendmsg returns. */
 static inline ssize_t tt_test_sendmsg_fds(int s, const void *p, size_t n,
                                           const int *fds, int nfds,
                                           int flags) {
   union {
     struct cmsghdr align;
-    char buf[CMSG_SPACE(sizeof(int) * 16)];
+    char buf[CMSG_SPACE(sizeof(int) * 32)];
   } cm;
   struct iovec iov = {(void *)p, n};
   struct msghdr mh;
