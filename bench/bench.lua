@@ -52,7 +52,13 @@ if arg[1] == "child" then
       expect, count, bytes, errs = 0, 0, 0, 0
     end
   end)
-  parent:handle(function(m) return m end)
+  parent:handle(function(m)
+    if m[0] == "B" then -- (as the message case: its first and last byte read)
+      local b = m[2]
+      if b:read(1, 1) ~= "b" or b:read(-1) ~= "e" then errs = errs + 1 end
+    end
+    return m
+  end)
   parent:send({ [0] = "R", tonumber(require("lfs").symlinkattributes("/proc/self").target) })
   return
 end
@@ -133,8 +139,9 @@ end
 
 -- ping-pong of a tether.buffer (doc/zero-copy.md): `fresh` makes a new one
 -- per round trip and writes all of it (as the anchors write their bytes),
--- else one buffer goes back and forth (a value passed on, never copied)
-local function buffer_pingpong(kid, size, secs, fresh)
+-- else one buffer goes back and forth (a value passed on, never copied);
+-- `by_call`: in a call and its reply instead of two messages
+local function buffer_pingpong(kid, size, secs, fresh, by_call)
   local data = fresh and ("b" .. string.rep("x", size - 2) .. "e")
   local buf = tether.buffer(size)
   buf:write(1, "b")
@@ -151,9 +158,16 @@ local function buffer_pingpong(kid, size, secs, fresh)
       buf:write(1, data)
       msg[2] = buf
     end
-    local ok, err = kid:send(msg)
-    if ok == nil then fail("buffer send: " .. tostring(err)) end
-    local m = recv(kid)
+    local m
+    if by_call then
+      local err
+      m, err = kid:call(msg)
+      if not m then fail("buffer call: " .. tostring(err)) end
+    else
+      local ok, err = kid:send(msg)
+      if ok == nil then fail("buffer send: " .. tostring(err)) end
+      m = recv(kid)
+    end
     if m[1] ~= seq or #m[2] ~= size or m[0] ~= "B" then fail("buffer echo mismatch") end
     m[2]:close()
     n = n + 1
@@ -282,6 +296,11 @@ local function main_task()
           report(case, size, "rt_per_s", n / el)
           io.stderr:write(("# %s %s size=%d n=%d secs=%.3f verified\n"):format(ANCHOR, case, size, n, el))
         end
+        -- the same buffer in a call and its reply (the handler returns it)
+        buffer_pingpong(kid, size, WARM, false, true)
+        local n, el = buffer_pingpong(kid, size, SECS, false, true)
+        report("buffer-call", size, "rt_per_s", n / el)
+        io.stderr:write(("# %s buffer-call size=%d n=%d secs=%.3f verified\n"):format(ANCHOR, size, n, el))
       end
     end
   end
