@@ -504,7 +504,8 @@ typedef struct {
 
 /* deliver(handler, event, frame): decodes the frame's value and calls
  * handler(event, value, [handle | id]), or listener(value) when the frame
- * goes to the lone listener (then `event` is nil).  One protected call for
+ * goes to the lone listener, or server(value, id) for a request when the
+ * object has a request server (then `event` is nil).  One protected call for
  * both halves: a message's whole way in costs one setjmp, not two. */
 static int deliver_protected(lua_State *L) {
   frame_t *f = lua_touserdata(L, 3);
@@ -828,9 +829,14 @@ int tt_lua_call_method(lua_State *L, tt_lobj_t *o) {
     tt_lua_encode_done(st); /* (refused before the buffers are frozen) */
     return tt_lua_fail(L, TT_ERR_IPC_CHANNEL_CLOSED, NULL);
   }
-  if ((err = tt_lua_freeze_carried(L, st, &c)) != 0) return err;
+  /* the callback's ref before the freeze: a raise (no memory) leaves the
+   * buffers writable, and the ref goes if the freeze fails */
   lua_pushvalue(L, 6);
-  ref = luaL_ref(L, LUA_REGISTRYINDEX); /* (before: it may raise) */
+  ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if ((err = tt_lua_freeze_carried(L, st, &c)) != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return err;
+  }
   /* the request's state lives in the call: one allocation per call */
   err = tt_rpc_call_with(o->rpc, st->wbuf.data + TT_FRAME_HEADER_SIZE,
                          st->wbuf.len - TT_FRAME_HEADER_SIZE, c.fds, c.nfds,

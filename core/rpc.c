@@ -277,7 +277,7 @@ int tt_rpc_call_with(tt_rpc_t *rpc, const void *payload, size_t len,
   c = malloc(sizeof *c + extra);
   if (c == NULL) return UV_ENOMEM;
   memset(c, 0, offsetof(tt_call_t, timer)); /* (the timer: uv_timer_init) */
-  if (extra_out != NULL) arg = *extra_out = c->extra;
+  if (extra_out != NULL) arg = c->extra;
   c->req.data = c;
   c->req.rpc = rpc;
   c->opts = *opts;
@@ -311,6 +311,7 @@ int tt_rpc_call_with(tt_rpc_t *rpc, const void *payload, size_t len,
   }
   c->attempt = 1;
   if (c->has_timer) tt__timer_start(&c->timer, on_timer, c->opts.timeout_ms, 0);
+  if (extra_out != NULL) *extra_out = c->extra;
   return 0;
 }
 

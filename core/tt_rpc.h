@@ -55,7 +55,8 @@ TAILQ_HEAD(tt_request_list, tt_request_s);
 /* status 0: the peer answered; `kind` is TT_FRAME_REPLY or TT_FRAME_FAULT
  * and the payload is valid during the call.  Otherwise status is
  * TT_ERR_TIMEOUT, TT_ERR_IPC_CHANNEL_CLOSED, or UV_ENOMEM, UV_EMFILE or
- * UV_ENFILE (a re-send could not be made), without payload. */
+ * UV_ENFILE (a re-send could not be made; stats count it as closed),
+ * without payload. */
 typedef void (*tt_rpc_cb)(void *arg, int status, unsigned kind,
                           const char *payload, size_t len);
 typedef void (*tt_rpc_close_cb)(tt_rpc_t *rpc);
@@ -99,7 +100,8 @@ int tt_rpc_init(uv_loop_t *loop, tt_rpc_t *rpc, tt_channel_t *ch);
 /* Starts a call (`opts` NULL: no timeout, no retries).  0 (then `cb` runs
  * exactly once, never from inside this function), or an error
  * (TT_ERR_IPC_CHANNEL_CLOSED, TT_ERR_SERIALIZE for a payload over
- * max_message, UV_EINVAL for bad options, UV_ENOMEM) and `cb` is not
+ * max_message, UV_EINVAL for bad options, UV_ENOMEM; with descriptors,
+ * what duplicating them failed with, e.g. UV_EMFILE) and `cb` is not
  * called. */
 int tt_rpc_call(tt_rpc_t *rpc, const void *payload, size_t len,
                 const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
@@ -110,8 +112,9 @@ int tt_rpc_call_fds(tt_rpc_t *rpc, const void *payload, size_t len,
                     const int *fds, unsigned nfds,
                     const tt_call_options_t *opts, tt_rpc_cb cb, void *arg);
 /* As tt_rpc_call_fds, the call holding `extra` bytes for the caller
- * (aligned for any type): *extra_out points at them, and that pointer is
- * the callback's `arg`.  They live until the callback has returned. */
+ * (aligned for any type): when it returns 0, *extra_out points at them,
+ * and that pointer is the callback's `arg`.  They live until the callback
+ * has returned. */
 int tt_rpc_call_with(tt_rpc_t *rpc, const void *payload, size_t len,
                      const int *fds, unsigned nfds,
                      const tt_call_options_t *opts, tt_rpc_cb cb, void *arg,

@@ -1008,7 +1008,7 @@ local waiters = setmetatable({}, { __mode = "k" })
 local co_running, co_resume, co_yield = coroutine.running, coroutine.resume, coroutine.yield
 
 local function call(self, msg, opts, cb)
-  -- (type() is looked at only when it matters: it costs a string per call)
+  -- (type() only when it matters: a C call and a type name per call)
   if cb == nil and opts ~= nil and type(opts) == "function" then opts, cb = nil, opts end
   if opts == nil then opts = NO_OPTIONS else opts = call_options("call", 2, opts, 2) end
   if cb ~= nil and type(cb) ~= "function" then argerror("call", 3, "function expected, got " .. type(cb), 2) end

@@ -179,6 +179,82 @@ START_TEST(test_retries_under_new_ids_then_times_out) {
 }
 END_TEST
 
+/* tt_rpc_call_with: the caller's bytes live in the call until its
+ * callback has returned (the callback reads and scribbles over them), for
+ * every way a call ends: a reply, a timeout after a retry, and the close
+ * that a callback itself starts, ending a call it had just started. */
+typedef struct {
+  int canary;
+  char pad[40];
+} mine_t;
+
+static int with_ended, with_closed;
+static tt_rpc_t *with_rpc;
+
+static void on_with_closed(tt_rpc_t *rpc) {
+  (void)rpc;
+  with_closed++;
+}
+
+static void on_with(void *arg, int status, unsigned kind, const char *payload,
+                    size_t len) {
+  mine_t *m = arg;
+  (void)kind, (void)payload, (void)len;
+  ck_assert_int_eq(m->canary, 0x5a5a);
+  memset(m, 0xee, sizeof *m); /* ours until we return */
+  with_ended++;
+  if (status == TT_ERR_TIMEOUT) { /* the second ending: close from here */
+    void *x = NULL;
+    tt_call_options_t o;
+    memset(&o, 0, sizeof o);
+    o.timeout_ms = 1000;
+    ck_assert_int_eq(tt_rpc_call_with(with_rpc, "n", 1, NULL, 0, &o, on_with,
+                                      NULL, sizeof(mine_t), &x),
+                     0);
+    ((mine_t *)x)->canary = 0x5a5a;
+    tt_rpc_close(with_rpc, on_with_closed); /* ends the one just made */
+  }
+}
+
+START_TEST(test_call_with_keeps_the_callers_bytes) {
+  rig_t r;
+  tt_call_options_t o;
+  tt_frame_header_t h;
+  char p[16];
+  void *x = NULL;
+  rig_up(&r);
+  with_rpc = &r.rpc;
+  with_ended = with_closed = 0;
+  memset(&o, 0, sizeof o);
+  o.timeout_ms = 30;
+  o.retries = 1;
+  tt_backoff_init(&o.backoff);
+  o.backoff.initial_ms = o.backoff.max_ms = 1;
+  o.backoff.jitter_ms = 0;
+  /* one answered, one timed out after its retry */
+  ck_assert_int_eq(tt_rpc_call_with(&r.rpc, "a", 1, NULL, 0, NULL, on_with,
+                                    NULL, sizeof(mine_t), &x), 0);
+  ((mine_t *)x)->canary = 0x5a5a;
+  ck_assert_int_eq(tt_rpc_call_with(&r.rpc, "b", 1, NULL, 0, &o, on_with,
+                                    NULL, sizeof(mine_t), &x), 0);
+  ((mine_t *)x)->canary = 0x5a5a;
+  peer_read(&r, &h, p, sizeof p);
+  peer_write(&r, TT_FRAME_REPLY, h.id, "yes");
+  tt_test_run_until_n(&r.loop, &with_ended, 3, 5000); /* and the nested one */
+  tt_test_run_until(&r.loop, &with_closed, 5000);
+  /* refused (the rpc is closed): *extra_out is left alone */
+  x = NULL;
+  ck_assert_int_eq(tt_rpc_call_with(&r.rpc, "x", 1, NULL, 0, NULL, on_with,
+                                    NULL, sizeof(mine_t), &x),
+                   TT_ERR_IPC_CHANNEL_CLOSED);
+  ck_assert_ptr_null(x);
+  tt_channel_close(&r.ch, NULL);
+  close(r.peer);
+  tt_test_run_dry(&r.loop, 1000);
+  tt_test_loop_close(&r.loop);
+}
+END_TEST
+
 /* A call carrying descriptors: every attempt's frame says so; with
  * retries the call keeps its own copies (the caller may close its own at
  * once) until it ends, then none is left. */
@@ -384,6 +460,7 @@ Suite *rpc_suite(void) {
   tcase_add_test(tc, test_replies_reach_their_calls);
   tcase_add_test(tc, test_retries_under_new_ids_then_times_out);
   tcase_add_test(tc, test_retries_carry_descriptors_again);
+  tcase_add_test(tc, test_call_with_keeps_the_callers_bytes);
   tcase_add_test(tc, test_close_fails_pending_calls);
   tcase_add_test(tc, test_requests_answered_and_cancelled);
   tcase_add_test(tc, test_logsink_close_is_deferred);
