@@ -299,6 +299,10 @@ local function task_done(co, ok, ...)
   local err = ...
   -- tether.exit() inside a task unwinds on through the resumer
   if getmetatable(err) == EXIT then error(err, 0) end
+  -- an answer or a timer for a task its owner closed (coroutine.close)
+  -- while it waited: nobody is left to tell.  (A task that died of an
+  -- error keeps its stack, so that error, even this one, is still told.)
+  if err == "cannot resume dead coroutine" and not debug.getinfo(co, 0, "l") then return end
   local tb = debug.traceback(co, tostring(err))
   if core.running() then
     core.uncaught(err, tb) -- the uncaught handler, else run() re-raises it

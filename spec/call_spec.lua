@@ -31,6 +31,40 @@ describe("call", function()
     end)
   end)
 
+  it("drops the answer for a task closed while it waited, and its timer, without an error", function()
+    local c = assert(tether.fork(H.script([[
+      local tether = require "tether"
+      tether.serve(function(req) tether.sleep(req.ms) return req.ms end)
+    ]])))
+    local seen = {}
+    local handler = function(err) seen[#seen + 1] = tostring(err) end
+    tether.on("uncaught", handler)
+    finally(function()
+      tether.off("uncaught", handler)
+      if c.connected then c:disconnect() end
+      H.run_until(function() return c.exit_code ~= nil end, 10)
+    end)
+    local waited = tether.go(function() c:call({ ms = 100 }) error("resumed after close") end)
+    local slept = tether.go(function() tether.sleep(50) error("resumed after close") end)
+    assert.is_true(coroutine.close(waited))
+    assert.is_true(coroutine.close(slept))
+    local r
+    tether.go(function() r = c:call({ ms = 200 }) end) -- (answered after the dropped one)
+    H.run_until(function() return r ~= nil end, 10)
+    assert.equals(200, r)
+    assert.equals(2, c:stats().replies)
+    assert.same({}, seen, "a closed task's wake-up was an error")
+    -- a task that died of this very error still has it told
+    tether.go(function()
+      local dead = coroutine.create(function() end)
+      coroutine.resume(dead)
+      tether.sleep(10)
+      assert(coroutine.resume(dead))
+    end)
+    H.run_until(function() return #seen > 0 end, 5)
+    assert.matches("cannot resume dead coroutine", seen[1])
+  end)
+
   it("gives a callback err == nil and the reply", function()
     local c = assert(tether.fork(H.fixture("server.lua")))
     c:once("message", function()
