@@ -141,6 +141,18 @@ START_TEST(test_replies_reach_their_calls) {
 }
 END_TEST
 
+/* Options for `retries` re-sends after `timeout_ms`, each after a fixed
+ * pause of `pause_ms` (no jitter). */
+static void retry_options(tt_call_options_t *o, uint64_t timeout_ms,
+                          unsigned retries, double pause_ms) {
+  memset(o, 0, sizeof *o);
+  o->timeout_ms = timeout_ms;
+  o->retries = retries;
+  tt_backoff_init(&o->backoff);
+  o->backoff.initial_ms = o->backoff.max_ms = pause_ms;
+  o->backoff.jitter_ms = 0;
+}
+
 START_TEST(test_retries_under_new_ids_then_times_out) {
   rig_t r;
   call_seen_t a = {0};
@@ -150,13 +162,7 @@ START_TEST(test_retries_under_new_ids_then_times_out) {
   tt_rpc_stats_t st;
   uint64_t t0;
   rig_up(&r);
-  memset(&o, 0, sizeof o);
-  o.timeout_ms = 30;
-  o.retries = 2;
-  tt_backoff_init(&o.backoff);
-  o.backoff.initial_ms = 5;
-  o.backoff.max_ms = 5;
-  o.backoff.jitter_ms = 0;
+  retry_options(&o, 30, 2, 5);
   t0 = uv_hrtime();
   ck_assert_int_eq(tt_rpc_call(&r.rpc, "x", 1, &o, on_call, &a), 0);
   for (int i = 0; i < 3; i++) peer_read(&r, &h[i], p, sizeof p);
@@ -225,12 +231,7 @@ START_TEST(test_call_with_keeps_the_callers_bytes) {
   rig_up(&r);
   with_rpc = &r.rpc;
   with_ended = with_closed = 0;
-  memset(&o, 0, sizeof o);
-  o.timeout_ms = 30;
-  o.retries = 1;
-  tt_backoff_init(&o.backoff);
-  o.backoff.initial_ms = o.backoff.max_ms = 1;
-  o.backoff.jitter_ms = 0;
+  retry_options(&o, 30, 1, 1);
   /* one answered, one timed out after its retry */
   ck_assert_int_eq(tt_rpc_call_with(&r.rpc, "a", 1, NULL, 0, NULL, on_with,
                                     NULL, sizeof(mine_t), &x), 0);
@@ -268,12 +269,7 @@ START_TEST(test_retries_carry_descriptors_again) {
   before = tt_test_open_fds();
   rig_up(&r);
   ck_assert_int_eq(pipe2(pp, O_CLOEXEC), 0);
-  memset(&o, 0, sizeof o);
-  o.timeout_ms = 20;
-  o.retries = 1;
-  tt_backoff_init(&o.backoff);
-  o.backoff.initial_ms = o.backoff.max_ms = 1;
-  o.backoff.jitter_ms = 0;
+  retry_options(&o, 20, 1, 1);
   fds[0] = pp[0], fds[1] = pp[1];
   ck_assert_int_eq(tt_rpc_call_fds(&r.rpc, "x", 1, fds, 2, &o, on_call, &a),
                    0);
