@@ -4,8 +4,9 @@
  * core.zygote_pair() -> asker, zygote_fd: a blocking socket pair
  * (close-on-exec).  `asker` is a userdata (tt_zygote_t: the socket and
  * the spares to reap) given as the `zygote` spawn option; asker:close(),
- * __gc and __close close it.  The zygote's end is passed with pass_fds
- * and closed by the caller (core.close_fd).
+ * __gc and __close close it; asker:set_pid(pid) names the zygote once it
+ * is spawned.  The zygote's end is passed with pass_fds and closed by the
+ * caller (core.close_fd).
  * core.zygote_serve(fd, spares) -> link (in a new spare) | false (the
  * asker closed the socket: the zygote should exit) | nil, err.
  * core.zygote_claim(fd, link) -> argv (in the new worker, after the
@@ -45,6 +46,16 @@ static int l_zygote_pair(lua_State *L) {
   tt_zygote_init(z, sv[0]);
   lua_pushinteger(L, sv[1]);
   return 2;
+}
+
+/* asker:set_pid(pid): the zygote's pid, once spawned (its records of the
+ * spares it makes are then believed, tt_zygote_set_pid) */
+static int l_zygote_set_pid(lua_State *L) {
+  tt_zygote_t *z = luaL_checkudata(L, 1, TT_ZYGOTE_MT);
+  lua_Integer pid = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, pid > 0 && pid < 0x7fffffff, 2, "bad pid");
+  tt_zygote_set_pid(z, (int)pid);
+  return 0;
 }
 
 static int l_close_fd(lua_State *L) {
@@ -131,6 +142,8 @@ void tt_open_zygote(lua_State *L) {
   lua_newtable(L);
   lua_pushcfunction(L, l_zygote_close);
   lua_setfield(L, -2, "close");
+  lua_pushcfunction(L, l_zygote_set_pid);
+  lua_setfield(L, -2, "set_pid");
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }

@@ -18,9 +18,11 @@
  * One spare at a time is armed and reads the next request; once it has
  * taken one, the zygote arms the next and forks a replacement.  Spares
  * are made with clone(CLONE_PARENT) too: each is the asker's child from
- * its birth, and the zygote tells the asker its pid (a SPARE record), so
- * that a spare never used is reaped by tt_zygote_close(), not left a
- * zombie.
+ * its birth, and tells the asker its pid (a SPARE record), so that a
+ * spare never used is reaped by tt_zygote_close(), not left a zombie.
+ * The zygote writes that record too, once clone() returns: a spare
+ * killed before its own record is still known (only both killed within
+ * those few system calls would leave a zombie).
  *
  * The asker sends one request on a stream socket: the worker's argv, its
  * whole environment, cwd, whether it gets a new session, and the
@@ -69,6 +71,9 @@ typedef struct tt_zygote_s {
   /* how long a request waits for its answer (a spare stopped, or stuck)
    * before the zygote is given up: TT_ZYGOTE_TIMEOUT_MS */
   unsigned timeout_ms;
+  /* the zygote's pid (0: not known): its records may name the spares it
+   * makes, where any other writer may name only itself */
+  int zygote_pid;
 } tt_zygote_t;
 
 /* Takes `sock`, a connected stream socket to the zygote, and asks the
@@ -76,6 +81,11 @@ typedef struct tt_zygote_s {
  * a record naming a spare must come from that spare.  Call it before the
  * other end is written to (what was written before carries no name). */
 void tt_zygote_init(tt_zygote_t *z, int sock);
+
+/* Says which process the zygote is (the asker started it), so that its
+ * records of the spares it made are believed.  Before the first
+ * request. */
+void tt_zygote_set_pid(tt_zygote_t *z, int zygote_pid);
 
 /* Sends `req` and waits for the answer.  0 and *pid, or a negative error:
  * the worker's own (UV_EBUSY: a target descriptor the zygote's loop

@@ -141,8 +141,20 @@ void tt_zygote_init(tt_zygote_t *z, int sock) {
   if (sock >= 0) (void)setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
 }
 
+void tt_zygote_set_pid(tt_zygote_t *z, int zygote_pid) {
+  z->zygote_pid = zygote_pid > 0 ? zygote_pid : 0;
+}
+
+/* A SPARE record is believed from the spare itself or from the zygote;
+ * each spare is named twice (by both), and noted once. */
+static int may_name(const tt_zygote_t *z, const record_t *r, int sender) {
+  return r->pid == sender || (z->zygote_pid != 0 && sender == z->zygote_pid);
+}
+
 static int note_spare(tt_zygote_t *z, int pid) {
-  if (pid <= 0 || z->nspares == TT_ZYGOTE_MAX_SPARES) return UV_EPROTO;
+  if (pid <= 0) return UV_EPROTO;
+  if (is_spare(z, pid)) return 0;
+  if (z->nspares == TT_ZYGOTE_MAX_SPARES) return UV_EPROTO;
   z->spares[z->nspares++] = pid;
   return 0;
 }
@@ -229,8 +241,8 @@ int tt_zygote_request(tt_zygote_t *z, const tt_zygote_request_t *req,
       goto unusable;
     }
     if (r.kind == RECORD_SPARE) {
-      /* a spare says so itself */
-      if (r.pid != sender || note_spare(z, r.pid) != 0) goto garbled;
+      /* a spare says so itself, and the zygote says so of it */
+      if (!may_name(z, &r, sender) || note_spare(z, r.pid) != 0) goto garbled;
       continue;
     }
     if (r.kind != RECORD_REPLY || !is_spare(z, sender)) goto garbled;
@@ -265,7 +277,8 @@ void tt_zygote_close(tt_zygote_t *z) {
     if (k != 0) break;
     /* (a REPLY read here is a worker nobody will hear of: it stays
      * among the spares, and is killed and reaped with them) */
-    if (r.kind == RECORD_SPARE && r.pid == sender) (void)note_spare(z, r.pid);
+    if (r.kind == RECORD_SPARE && may_name(z, &r, sender))
+      (void)note_spare(z, r.pid);
   }
   close(z->sock);
   z->sock = -1;
@@ -553,6 +566,17 @@ static int make_spare(int sock, spare_t *sp, size_t n) {
   }
   sp[n].pid = (int)pid;
   sp[n].link = sv[0];
+  {
+    /* ours too, before the spare is armed (so before its answer to a
+     * request): were it killed before its own record, the asker would
+     * not know of it.  A failed write is the asker gone: the loop sees
+     * that on the socket. */
+    record_t rec;
+    memset(&rec, 0, sizeof rec);
+    rec.kind = RECORD_SPARE;
+    rec.pid = (int32_t)pid;
+    (void)write_all(sock, (char *)&rec, sizeof rec);
+  }
   return 0;
 }
 

@@ -30,6 +30,7 @@ static void start_zygote_n(tt_zygote_t *z, int *zpid, const int *keep,
   tt_zygote_init(z, sv[0]); /* (before anything is written to it) */
   *zpid = fork();
   ck_assert_int_ge(*zpid, 0);
+  tt_zygote_set_pid(z, *zpid);
   if (*zpid == 0) {
     tt_zygote_worker_t w;
     int r;
@@ -288,9 +289,28 @@ START_TEST(test_garbled_zygote) {
 }
 END_TEST
 
-/* A record naming a process other than its writer is refused: the asker
- * never takes another child of its own for a spare (to kill at the
- * close). */
+/* A stand-in zygote (a fork of ours) names a spare it did not make, as
+ * the real one names each spare once clone() returns.  `spare` is our
+ * child (`ours`: the asker's end); the stand-in writes SPARE(spare), then waits for our end to
+ * close. */
+static int fake_zygote(int sock, int ours, int spare) {
+  int pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int32_t rec[3] = {1 /* SPARE */, 0, (int32_t)spare};
+    char buf[4096];
+    close(ours);
+    (void)!write(sock, rec, sizeof rec);
+    while (read(sock, buf, sizeof buf) > 0) {
+    }
+    _exit(0);
+  }
+  return pid;
+}
+
+/* A record naming a process other than its writer is refused unless the
+ * zygote wrote it: the asker never takes another child of its own for a
+ * spare (to kill at the close). */
 START_TEST(test_spare_record_from_another) {
   tt_zygote_t z;
   int sv[2], fpid, victim, got = 0, p[2], st;
@@ -303,17 +323,8 @@ START_TEST(test_spare_record_from_another) {
   }
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
   tt_zygote_init(&z, sv[0]);
-  fpid = fork();
-  ck_assert_int_ge(fpid, 0);
-  if (fpid == 0) {
-    int32_t rec[3] = {1 /* SPARE */, 0, (int32_t)victim};
-    char buf[4096];
-    close(sv[0]);
-    (void)!write(sv[1], rec, sizeof rec);
-    while (read(sv[1], buf, sizeof buf) > 0) {
-    }
-    _exit(0);
-  }
+  tt_zygote_set_pid(&z, getpid()); /* a zygote is known: not the writer */
+  fpid = fake_zygote(sv[1], sv[0], victim);
   close(sv[1]);
   ck_assert_int_eq(pipe(p), 0);
   ck_assert_int_eq(request(&z, p[1], &got, targets, 1), UV_EPROTO);
@@ -322,6 +333,90 @@ START_TEST(test_spare_record_from_another) {
   ck_assert_int_eq(waitpid(fpid, &st, 0), fpid);
   kill(victim, SIGKILL);
   ck_assert_int_eq(waitpid(victim, &st, 0), victim);
+  assert_no_children();
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+/* A spare killed before its own record (between the zygote's clone and
+ * its first write) is known from the zygote's record alone, and reaped
+ * when the zygote is closed: no zombie we never heard of. */
+START_TEST(test_spare_named_by_zygote) {
+  tt_zygote_t z;
+  int sv[2], fpid, spare, got = 0, p[2], st;
+  int targets[1] = {1};
+  spare = fork();
+  ck_assert_int_ge(spare, 0);
+  if (spare == 0) _exit(9); /* dies before it could say a word */
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  tt_zygote_init(&z, sv[0]);
+  fpid = fake_zygote(sv[1], sv[0], spare);
+  tt_zygote_set_pid(&z, fpid);
+  close(sv[1]);
+  ck_assert_int_eq(pipe(p), 0);
+  /* the stand-in answers nothing: the request times out, the zygote is
+   * closed, and the spare it named is reaped */
+  z.timeout_ms = 300;
+  ck_assert_int_eq(request(&z, p[1], &got, targets, 1), UV_ETIMEDOUT);
+  ck_assert_int_eq(z.sock, -1);
+  ck_assert_int_eq(waitpid(fpid, &st, 0), fpid);
+  assert_no_children(); /* the spare too */
+  close(p[0]);
+  close(p[1]);
+}
+END_TEST
+
+/* Each spare is named twice, by the zygote and by itself, in either
+ * order: it is noted once, and once it serves nothing of it is left. */
+START_TEST(test_spare_named_twice) {
+  tt_zygote_t z;
+  int sv[2], fpid, spare, got = 0, p[2], go[2], st;
+  int targets[1] = {1};
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ck_assert_int_eq(pipe(go), 0);
+  tt_zygote_init(&z, sv[0]);
+  spare = fork();
+  ck_assert_int_ge(spare, 0);
+  if (spare == 0) {
+    int32_t rec[3] = {1 /* SPARE */, 0, (int32_t)getpid()};
+    int32_t reply[3] = {2 /* REPLY */, 0, (int32_t)getpid()};
+    char b;
+    close(sv[0]);
+    (void)!write(sv[1], rec, sizeof rec);
+    (void)!read(go[0], &b, 1); /* after the zygote's record */
+    (void)!write(sv[1], reply, sizeof reply);
+    _exit(7);
+  }
+  close(go[0]);
+  {
+    /* the zygote's record comes after the spare's own here; then it lets
+     * the spare answer, as arming it would */
+    int32_t again[3] = {1 /* SPARE */, 0, (int32_t)spare};
+    fpid = fork();
+    ck_assert_int_ge(fpid, 0);
+    if (fpid == 0) {
+      char buf[4096];
+      close(sv[0]);
+      usleep(20000);
+      (void)!write(sv[1], again, sizeof again);
+      (void)!write(go[1], "g", 1);
+      while (read(sv[1], buf, sizeof buf) > 0) {
+      }
+      _exit(0);
+    }
+  }
+  tt_zygote_set_pid(&z, fpid);
+  close(sv[1]);
+  close(go[1]);
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(request(&z, p[1], &got, targets, 1), 0);
+  ck_assert_int_eq(got, spare);
+  ck_assert_uint_eq(z.nspares, 0); /* noted once, forgotten once */
+  ck_assert_int_eq(waitpid(spare, &st, 0), spare);
+  ck_assert_int_eq(WEXITSTATUS(st), 7);
+  tt_zygote_close(&z);
+  ck_assert_int_eq(waitpid(fpid, &st, 0), fpid);
   assert_no_children();
   close(p[0]);
   close(p[1]);
@@ -359,6 +454,7 @@ START_TEST(test_spare_out_of_memory) {
   tt_zygote_init(&z, sv[0]);
   zpid = fork();
   ck_assert_int_ge(zpid, 0);
+  tt_zygote_set_pid(&z, zpid);
   if (zpid == 0) {
     struct rlimit rl;
     tt_zygote_worker_t w;
@@ -420,6 +516,8 @@ Suite *zygote_suite(void) {
   tcase_add_test(tc, test_one_of_several_dies);
   tcase_add_test(tc, test_garbled_zygote);
   tcase_add_test(tc, test_spare_record_from_another);
+  tcase_add_test(tc, test_spare_named_by_zygote);
+  tcase_add_test(tc, test_spare_named_twice);
   tcase_add_test(tc, test_spare_out_of_memory);
   suite_add_tcase(s, tc);
   return s;

@@ -56,6 +56,7 @@ function M.new(spec, level)
     asker:close()
     return nil, err
   end
+  asker:set_pid(child.pid) -- (its records of the spares it makes count too)
   local self = setmetatable({ lua = lua, pid = child.pid, _asker = asker, _child = child }, Zygote)
   child._h:ref(false) -- it lives as long as we do, and keeps nothing running
   child:on("exit", function(code, sig)
