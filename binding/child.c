@@ -166,6 +166,14 @@ static int spawn_failed(lua_State *L, int err, const tt_process_options_t *po) {
                     strchr(po->file, '/') == NULL ? " (searched in PATH)" : "");
     return tt_lua_fail(L, err, lua_tostring(L, -1));
   }
+  if (err == UV_EBADF) {
+    for (size_t k = 0; k < po->pass_fds_count; k++)
+      if (fcntl(po->pass_fds[k], F_GETFD) < 0) {
+        lua_pushfstring(L, "pass_fds: descriptor %d is not open",
+                        po->pass_fds[k]);
+        return tt_lua_fail(L, err, lua_tostring(L, -1));
+      }
+  }
   return tt_lua_fail(L, err, NULL);
 }
 

@@ -111,9 +111,16 @@ void tt_lobj_closed(tt_lobj_t *o) {
  * every channel still has queued is delivered first, all in parallel,
  * before the first object goes. */
 static void flush_at_exit(tt_state_t *st) {
+  size_t left;
   if (st->exit_flushed) return;
   st->exit_flushed = 1;
-  tt_flush_all(st);
+  /* what is left is told, as os.exit and tether.exit tell it: never
+   * dropped silently */
+  if ((left = tt_flush_all(st)) > 0)
+    fprintf(stderr,
+            "tether: exiting with %zu bytes of queued messages not delivered "
+            "(a peer did not read them within the flush timeout)\n",
+            left);
 }
 
 static int lobj_gone(lua_State *L, int closing_scope) {
@@ -499,7 +506,12 @@ static int l_run(lua_State *L) {
     lua_pop(L, 1);
     return raise_stashed(L);
   }
-  lua_pushboolean(L, more != 0);
+  if (mode == 0) return 0; /* run(): nothing, once no work is left */
+  /* uv_run counts a handle still closing (a timer that just fired its last
+   * time) as work; the program asks whether its own work is left */
+  more = more && (st->loop.active_handles > 0 ||
+                  st->loop.active_reqs.count > 0);
+  lua_pushboolean(L, more);
   return 1;
 }
 
@@ -700,6 +712,24 @@ size_t tt_flush_all(tt_state_t *st) {
   return left;
 }
 
+/* default_sigint(): a forked worker's Ctrl-C is the default one, as an
+ * exec'd program's and a zygote's worker's: the signal ends the process,
+ * and its parent sees it die of SIGINT.  Under lua5.4 the runner runs
+ * inside lua.c's handler, which would make it an "interrupted!" error,
+ * reported to the parent as the worker's own failure.  (Ignored stays
+ * ignored; tether.on_signal("SIGINT") still takes it over.) */
+static int l_default_sigint(lua_State *L) {
+  struct sigaction cur, dfl;
+  (void)L;
+  if (sigaction(SIGINT, NULL, &cur) != 0) return 0;
+  if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_IGN) return 0;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGINT, &dfl, NULL);
+  return 0;
+}
+
 /* flush_all() -> bytes that could not be written in time */
 static int l_flush_all(lua_State *L) {
   tt_state_t *st = tt_state(L);
@@ -816,6 +846,7 @@ static const luaL_Reg funcs[] = {
     {"parent_alive", l_parent_alive},
     {"set_max_depth", l_set_max_depth},
     {"flush_all", l_flush_all},
+      {"default_sigint", l_default_sigint},
     {"set_exit", l_set_exit},
     {NULL, NULL}};
 

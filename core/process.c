@@ -51,7 +51,8 @@ enum {
   P_STDIN_FULL = 1u << 4, /* a write reported backpressure */
   P_POSIX = 1u << 5, /* posix_spawn'd: watched through h.pidfd_poll */
   P_PIPE0 = 1u << 6, /* P_PIPE0 << i: pipes[i] is open (6, 7, 8) */
-  P_GROUP = 1u << 9  /* leads a process group of its own (a new session) */
+  P_GROUP = 1u << 9, /* leads a process group of its own (a new session) */
+  P_STDIN_ENDED = 1u << 10 /* stdin_end: closes once what is queued is written */
 };
 
 /* ---- signals ------------------------------------------------------------ */
@@ -765,12 +766,17 @@ int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
     err = UV_EINVAL;
     goto fail;
   }
-  for (size_t k = 0; k < opts->pass_fds_count; k++)
+  for (size_t k = 0; k < opts->pass_fds_count; k++) {
     if (opts->pass_fds[k] < 0 ||
         opts->pass_fds[k] < (opts->channel ? 4 : 3)) {
       err = UV_EINVAL; /* stdio and the channel have their own numbers */
       goto fail;
     }
+    if (!fd_open(opts->pass_fds[k])) {
+      err = UV_EBADF; /* a child told to expect it would not find it */
+      goto fail;
+    }
+  }
   for (i = 0; i < 3; i++)
     if (opts->stdio[i] == TT_STDIO_FILE &&
         (files[i] = open_stdio_file(opts->stdio_path[i], i)) < 0) {
@@ -908,7 +914,7 @@ int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len) {
   uv_write_t *req;
   uv_buf_t b;
   int err;
-  if (!(p->flags & P_PIPE0)) return UV_EPIPE;
+  if (!(p->flags & P_PIPE0) || (p->flags & P_STDIN_ENDED)) return UV_EPIPE;
   req = malloc(sizeof *req + len);
   if (req == NULL) return UV_ENOMEM;
   memcpy(req + 1, buf, len);
@@ -925,9 +931,27 @@ int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len) {
   return 1;
 }
 
-int tt_process_stdin_end(tt_process_t *p) {
-  if (!(p->flags & P_PIPE0)) return UV_EPIPE;
+/* Every queued write has gone (or failed: the child closed its end, or
+ * exited and the pipe was closed, UV_ECANCELED): the pipe closes now. */
+static void on_stdin_shut(uv_shutdown_t *req, int status) {
+  tt_process_t *p = req->handle->data;
+  (void)status;
+  free(req);
   close_pipe(p, 0);
+}
+
+int tt_process_stdin_end(tt_process_t *p) {
+  uv_shutdown_t *req;
+  if (!(p->flags & P_PIPE0) || (p->flags & P_STDIN_ENDED)) return UV_EPIPE;
+  p->flags |= P_STDIN_ENDED;
+  /* what was written before the end goes first, as in a shell's pipe:
+   * closing the handle now would cancel the writes still queued */
+  req = malloc(sizeof *req);
+  if (req == NULL ||
+      uv_shutdown(req, (uv_stream_t *)&p->pipes[0], on_stdin_shut) != 0) {
+    free(req);
+    close_pipe(p, 0);
+  }
   return 0;
 }
 

@@ -115,7 +115,9 @@ int tt_process_kill(tt_process_t *p, int signum);
 int tt_process_kill_group(tt_process_t *p, int signum);
 /* Piped stdin: queue bytes (copied): 1 while what waits is under
  * TT_STDIN_HIGH_WATER, 0 over it (still queued: wait for
- * on_stdin_drain), or a negative error.  / Close it. */
+ * on_stdin_drain), or a negative error (UV_EPIPE once ended).  / End it:
+ * the child reads everything queued before, then EOF; the pipe closes
+ * once that is written (or the child is gone). */
 int tt_process_stdin_write(tt_process_t *p, const char *buf, size_t len);
 int tt_process_stdin_end(tt_process_t *p);
 int tt_process_has_exited(const tt_process_t *p);

@@ -262,8 +262,9 @@ tether.fd = core.fd
 tether.timeout = core.timeout
 
 local function check_ms(fname, n, ms, min)
-  if type(ms) ~= "number" or ms ~= ms or ms < min then
-    argerror(fname, n, ("number of ms >= %d expected, got %s"):format(min, check.describe(ms)), 3)
+  if type(ms) ~= "number" or not (ms >= min and ms < check.MAX_MS) then
+    argerror(fname, n, ("number of ms >= %d (below 1e15) expected, got %s"):format(min,
+      ms == math.huge and "inf" or check.describe(ms)), 3)
   end
 end
 
@@ -400,6 +401,7 @@ local function stdio_check(v)
       return false, nil, ("stdio.%s is %s: \"inherit\", \"pipe\", \"ignore\" or a file path expected")
         :format(k, check.describe(x))
     end
+    if x:find("\0", 1, true) then return false, nil, "stdio." .. k .. ": " .. check.nul_complaint(x) end
     -- a near miss of a mode is a typo, not a file name
     if not STDIO_MODES[x] and not x:find("[/.]") then
       local near = check.closest(x, STDIO_MODES)
@@ -419,14 +421,14 @@ local SPAWN_OPTIONS, FORK_OPTIONS
 local function spawn_schemas()
   if SPAWN_OPTIONS then return end
   SPAWN_OPTIONS = {
-    cwd = "string", env = check.env, stdio = stdio_check, detached = "boolean",
+    cwd = "path", env = check.env, stdio = stdio_check, detached = "boolean",
     serialization = check.oneof("native", "json"), max_message = "bytes", high_water = "bytes",
-    flush_timeout = "ms", close_fds = "boolean", pass_fds = check.array_of(FD, "fd numbers"),
+    flush_timeout = "ms_or_forever", close_fds = "boolean", pass_fds = check.array_of(FD, "fd numbers"),
     channel = "boolean",
   }
   FORK_OPTIONS = {}
   for k, v in pairs(SPAWN_OPTIONS) do FORK_OPTIONS[k] = v end
-  FORK_OPTIONS.lua, FORK_OPTIONS.channel = "string", nil
+  FORK_OPTIONS.lua, FORK_OPTIONS.channel = "path", nil
   FORK_OPTIONS.prefork = function(v) return require("tether.zygote").check(v) end
 end
 
@@ -461,6 +463,9 @@ local function check_args(fname, args)
   for i, v in ipairs(args) do
     if type(v) ~= "string" and type(v) ~= "number" then
       argerror(fname, 2, ("args[%d] is a %s, string expected"):format(i, type(v)), 3)
+    end
+    if type(v) == "string" and v:find("\0", 1, true) then
+      argerror(fname, 2, ("args[%d]: %s"):format(i, check.nul_complaint(v)), 3)
     end
     argv[i] = tostring(v)
   end
@@ -676,6 +681,7 @@ end
 --- tether.spawn(cmd, [args], [opts]) -> child | nil, err
 function tether.spawn(cmd, args, opts)
   if type(cmd) ~= "string" then argerror("spawn", 1, "string expected, got " .. type(cmd), 2) end
+  if cmd:find("\0", 1, true) then argerror("spawn", 1, check.nul_complaint(cmd), 2) end
   local argv = check_args("spawn", args)
   spawn_schemas()
   opts = check.options("spawn", 3, opts, SPAWN_OPTIONS, 2)
@@ -700,6 +706,7 @@ end
 --- tether.fork(script, [args], [opts]) -> child | nil, err
 function tether.fork(script, args, opts)
   if type(script) ~= "string" then argerror("fork", 1, "string expected, got " .. type(script), 2) end
+  if script:find("\0", 1, true) then argerror("fork", 1, check.nul_complaint(script), 2) end
   local argv = check_args("fork", args)
   spawn_schemas()
   opts = check.options("fork", 3, opts, FORK_OPTIONS, 2)
@@ -1073,10 +1080,14 @@ end
 
 local function handler_error(e)
   if getmetatable(e) == EXIT then return e end -- tether.exit(): not a failure
-  if type(e) == "table" and e.code and e.message then
+  if type(e) == "table" and (e.code ~= nil or e.message ~= nil) then
     -- a plain table (no __tostring) says what its fields say, not its address
     local mt = getmetatable(e)
-    local text = (mt and mt.__tostring) and tostring(e) or (tostring(e.code) .. ": " .. tostring(e.message))
+    local text
+    if mt and mt.__tostring then text = tostring(e)
+    elseif e.message == nil then text = tostring(e.code)
+    elseif e.code == nil then text = tostring(e.message)
+    else text = tostring(e.code) .. ": " .. tostring(e.message) end
     return { message = text, traceback = debug.traceback(nil, 2) }
   end
   return { message = tostring(e), traceback = debug.traceback(tostring(e), 2) }
@@ -1377,7 +1388,17 @@ end
 
 -- os.exit delivers what was sent first, as tether.exit does (in a parent
 -- as in a child); inside a callback it unwinds the loop first
+-- (checked before anything is flushed: a bad code is the caller's mistake,
+-- raised at its line, and the process goes on)
+local function check_exit_code(fname, code)
+  if code ~= nil and type(code) ~= "boolean" and math.type(code) ~= "integer"
+      and not (type(code) == "number" and math.tointeger(code)) then
+    argerror(fname, 1, "integer or boolean expected, got " .. check.describe(code), 3)
+  end
+end
+
 os.exit = function(code, close)
+  check_exit_code("exit", code)
   if core.running() then return tether.exit(code) end
   flush_before_exit()
   return real_exit(code, close)
@@ -1387,6 +1408,7 @@ end
 -- first.  Inside a callback the loop is unwound first (the stack above the
 -- callback must not resume).
 function tether.exit(code)
+  check_exit_code("exit", code)
   if code == true then code = 0 elseif code == false then code = 1 end
   if core.running() then
     error(setmetatable({ tether_exit = true, code = code, message = "tether.exit" }, EXIT), 0)

@@ -24,6 +24,21 @@ describe("loop", function()
     assert.is_false(h:active())
   end)
 
+  it("run() returns nothing; run('once') and run('nowait') whether work is left", function()
+    assert.equals(0, select("#", tether.run()))
+    tether.timer(20, function() end)
+    -- the timer's last run: its handle still closes, but no work is left
+    assert.is_false(tether.run("once"))
+    assert.is_false(tether.run("nowait"))
+    local n = 0
+    local t = tether.every(5, function() n = n + 1 end)
+    assert.is_true(tether.run("once"))
+    assert.equals(1, n)
+    t:stop()
+    assert.is_false(tether.run("nowait"))
+    assert.equals(0, select("#", tether.run()))
+  end)
+
   it("lets a stopped timer never fire, and stop twice is harmless", function()
     local t = tether.timer(10, H.expect(nil, 0))
     t:stop()

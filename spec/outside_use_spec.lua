@@ -237,6 +237,48 @@ describe("outside use (issue 11)", function()
     end)
   end
 
+  it("[4] Ctrl-C to the process group: a forked worker dies of SIGINT, it is not its fault", function()
+    -- the parent handles SIGINT and reports how its worker ended; the
+    -- worker (its main chunk done, in run()) must not report an error
+    local out = H.tmpfile("ctrlc4.out")
+    os.remove(out)
+    local c = assert(tether.spawn("setsid", { H.LUA, H.script(([[
+      local tether = require "tether"
+      local w = assert(tether.fork(%q))
+      tether.on_signal("SIGINT", function() end)
+      w:on("error", function(e) io.stderr:write("EVENT ", tostring(e), "\n") end)
+      w:on("message", function() io.open(%q .. ".ready", "w"):close() end)
+      w:on("exit", function(code, sig)
+        local f = io.open(%q, "w")
+        f:write(tostring(code), " ", tostring(sig), "\n")
+        f:close()
+        os.exit(0)
+      end)
+      tether.run()
+    ]]):format(H.script([[
+      local t = require "tether"
+      t.parent:send("up")
+      t.every(1000, function() end)]]), out, out)) }, { channel = false,
+      stdio = { stderr = "pipe" }, env = lua_env() }))
+    local err = {}
+    c.stderr:on("data", function(d) err[#err + 1] = d end)
+    local code
+    c:on("exit", function(cd) code = cd end)
+    H.run_until(function()
+      local f = io.open(out .. ".ready")
+      if f then f:close() end
+      return f ~= nil
+    end)
+    os.execute("kill -INT -" .. c.pid)
+    H.run_until(function() return code ~= nil end)
+    assert.equals(0, code, table.concat(err))
+    assert.equals("nil SIGINT\n", assert(io.open(out)):read("a"))
+    assert.not_matches("ERR_WORKER", table.concat(err))
+    assert.not_matches("EVENT", table.concat(err))
+    os.remove(out)
+    os.remove(out .. ".ready")
+  end)
+
   it("[4] a program that handles SIGINT itself keeps running", function()
     local p = ctrl_c([[
       local h
@@ -317,6 +359,22 @@ describe("outside use (issue 11)", function()
     local took = (tether.hrtime() - t0) / 1e6
     assert.is_true(took < 3000 * H.scale, "exit took " .. took .. " ms")
     assert.matches("not delivered", p.err())
+  end)
+
+  it("[6] a script that just ends with messages a child never read says so too", function()
+    -- no os.exit, no tether.run: the end of the script (the Lua state's
+    -- close) flushes, and tells what it could not deliver
+    local p = program(([[
+      local tether = require "tether"
+      local c = assert(tether.fork(%q, nil, { flush_timeout = 300, stdio = "ignore" }))
+      local big = string.rep("x", 1 << 20)
+      for i = 1, 20 do c:send(big) end
+    ]]):format(H.script([[
+      local s = os.clock()
+      while os.clock() - s < 10 do end]])))
+    p:on("exit", H.expect(function(code) assert.equals(0, code) end))
+    H.run(20)
+    assert.matches("bytes of queued messages not delivered", p.err(), 1, true)
   end)
 
   ---------------------------------------------------------------------------

@@ -205,6 +205,76 @@ describe("tether.spawn", function()
     assert.equals("err:hello\n", err)
   end)
 
+  it("refuses a NUL byte in anything that reaches the system as a C string", function()
+    -- (it would end the string there: another program, argument or path)
+    local function refused(f, ...)
+      local args = table.pack(...)
+      local ok, err = pcall(function() f(table.unpack(args, 1, args.n)) end)
+      assert.is_false(ok)
+      assert.matches("NUL byte", err)
+      assert.matches("process_spec", err) -- raised at the caller's line
+    end
+    refused(tether.spawn, "echo\0rm", { "a" }, { channel = false })
+    refused(tether.spawn, "echo", { "a\0b" }, { channel = false })
+    refused(tether.spawn, "echo", {}, { channel = false, env = { A = "x\0y" } })
+    refused(tether.spawn, "echo", {}, { channel = false, cwd = "/tmp\0/x" })
+    refused(tether.spawn, "echo", {}, { channel = false, stdio = { stdout = "/tmp/a\0b" } })
+    refused(tether.fork, "w.lua\0junk")
+    refused(tether.fork, "w.lua", {}, { lua = "lua5.4\0x" })
+    refused(tether.supervise, { script = "w.lua\0x" })
+    refused(tether.supervise, { script = "w.lua", stdout = "./log\0x" })
+    local ok, err = pcall(tether.pool, { script = "w.lua", args = { "a\0" } })
+    assert.is_false(ok)
+    assert.matches("without NUL bytes", err)
+  end)
+
+  it("fails with EBADF when a pass_fds descriptor is not open", function()
+    local path = H.tmpfile("passed.txt")
+    local f = assert(io.open(path, "w"))
+    local open, top = nil, 0
+    for n, target in pairs(H.fds()) do
+      if target == path then open = n end
+      top = math.max(top, n)
+    end
+    local closed = top + 100 -- (nothing of ours is there)
+    local c, err = tether.spawn("true", {}, { channel = false, pass_fds = { open, closed } })
+    f:close()
+    assert.is_nil(c)
+    assert.equals("EBADF", err.code)
+    assert.matches("descriptor " .. closed .. " is not open", err.message)
+  end)
+
+  it("ends a piped stdin only after everything written before was read", function()
+    -- 1 MiB queued at once, far over the pipe's buffer, then end: the
+    -- child counts every byte before its EOF
+    local c = assert(tether.spawn("wc", { "-c" }, { stdio = "pipe", channel = false }))
+    local out = ""
+    c.stdout:on("data", function(d) out = out .. d end)
+    local chunk = string.rep("a", 65536)
+    for _ = 1, 16 do assert.is_not_nil(c.stdin:write(chunk)) end
+    assert.is_true(c.stdin["end"](c.stdin))
+    -- ended: no more writes, no second end
+    local ok, err = c.stdin:write("late")
+    assert.is_nil(ok)
+    assert.equals("EPIPE", err.code)
+    assert.is_nil((c.stdin["end"](c.stdin)))
+    H.run()
+    assert.equals("1048576", out:match("%d+"))
+    assert.equals(0, c.exit_code)
+  end)
+
+  it("drops what a piped stdin still queues when the child exits", function()
+    -- the child never reads: its exit closes the pipe, the shutdown is
+    -- cancelled, and nothing hangs or leaks
+    local c = assert(tether.spawn("sh", { "-c", "exit 3" }, { stdio = "pipe", channel = false }))
+    local chunk = string.rep("b", 65536)
+    for _ = 1, 16 do c.stdin:write(chunk) end
+    c.stdin["end"](c.stdin)
+    c:on("close", H.expect())
+    H.run()
+    assert.equals(3, c.exit_code)
+  end)
+
   it("emits close only after exit and after the pipes are closed", function()
     local c = assert(tether.spawn("sh", { "-c", "echo a; echo b >&2" }, { stdio = "pipe" }))
     local order = {}

@@ -37,7 +37,7 @@ describe("usability (issue 12)", function()
     { "supervise: a bad size", function() tether.supervise { script = W, max_memory = "lots" } end,
       "option 'max_memory'" },
     { "pool: a wrong type", function() tether.pool { script = W, timeout = "5" } end,
-      "option 'timeout': number of ms (>= 0) expected, got '5'" },
+      "option 'timeout': number of ms (>= 0, below 1e15) expected, got '5'" },
     { "pool: an option of supervisors only", function() tether.pool { script = W, handle_signals = false } end,
       "unknown option 'handle_signals'" },
     { "fork: stdio as a bare path", function() tether.fork(W, nil, { stdio = "bogus" }) end,
@@ -57,6 +57,19 @@ describe("usability (issue 12)", function()
     { "on_signal: unknown signal", function() tether.on_signal("SIGBOGUS", function() end) end,
       "unknown signal 'SIGBOGUS'" },
     { "sleep: bad delay", function() tether.sleep("x") end, "bad argument #1 to 'sleep'" },
+    -- times the core cannot hold are refused here, not deep inside tether
+    { "timer: an infinite delay", function() tether.timer(math.huge, function() end) end,
+      "bad argument #1 to 'timer' (number of ms >= 0 (below 1e15) expected, got inf)" },
+    { "every: a huge period", function() tether.every(1e300, function() end) end,
+      "bad argument #1 to 'every'" },
+    { "pool: an infinite timeout", function() tether.pool { script = W, timeout = math.huge } end,
+      "option 'timeout': number of ms (>= 0, below 1e15)" },
+    { "supervise: an infinite heartbeat", function() tether.supervise { script = W, heartbeat = { interval = math.huge } } end,
+      "option 'heartbeat.interval'" },
+    { "exit: a code that is not one", function() tether.exit("x") end,
+      "bad argument #1 to 'exit' (integer or boolean expected, got 'x')" },
+    { "os.exit: a fractional code", function() os.exit(2.5) end,
+      "bad argument #1 to 'exit' (integer or boolean expected" },
   }
   for _, case in ipairs(cases) do
     it("checks options strictly and points at the caller: " .. case[1], function()
@@ -71,6 +84,7 @@ describe("usability (issue 12)", function()
     raises_here(function() c:call(1, { retries = 2 }) end, "needs a 'timeout'")
     raises_here(function() c:kill("SIGBOGUS") end, "unknown signal 'SIGBOGUS'")
     raises_here(function() c:send(1, "not a function") end, "bad argument #2 to 'send'")
+    raises_here(function() c:call(1, { timeout = math.huge }) end, "option 'timeout': number of ms")
     -- valid options outside a coroutine: the usual nil, ERR_NO_COROUTINE
     local r, err = c:call(1, { timeout = 5 })
     assert.is_nil(r)

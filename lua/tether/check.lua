@@ -52,7 +52,7 @@ end
 local function describe(v)
   local t = type(v)
   if t == "number" then return math_type(v) == "integer" and "integer" or "number" end
-  if t == "string" then return ("'%s'"):format(#v > 40 and v:sub(1, 37) .. "..." or v) end
+  if t == "string" then return ("'%s'"):format((#v > 40 and v:sub(1, 37) .. "..." or v):gsub("%z", "\\0")) end
   return t
 end
 M.describe = describe
@@ -62,13 +62,29 @@ M.describe = describe
 local checks = {}
 
 function checks.string(v) return type(v) == "string", "string" end
+-- what reaches the system as a C string (a path, a program, an argument):
+-- a NUL byte would end it there and silently run something else
+local NUL_COMPLAINT = "%s has a NUL byte (a path, a program, an argument or a variable ends there)"
+function M.nul_complaint(v) return NUL_COMPLAINT:format(describe(v)) end
+function checks.path(v)
+  if type(v) ~= "string" then return false, "string" end
+  if v:find("\0", 1, true) then return false, nil, M.nul_complaint(v) end
+  return true
+end
 function checks.boolean(v) return type(v) == "boolean", "boolean" end
 function checks.table(v) return type(v) == "table", "table" end
 function checks.func(v) return type(v) == "function", "function" end
 function checks.any() return true end
 function checks.number(v) return type(v) == "number" and v == v, "number" end
+-- a time in ms: finite, and below what the core's clocks take (uint64 ns
+-- and libuv's timers); math.huge only where "for ever" is a meaning
+M.MAX_MS = 1e15
 function checks.ms(v)
-  return type(v) == "number" and v >= 0 and v == v, "number of ms (>= 0)"
+  return type(v) == "number" and v >= 0 and v < M.MAX_MS, "number of ms (>= 0, below 1e15)"
+end
+function checks.ms_or_forever(v)
+  return type(v) == "number" and v >= 0 and (v < M.MAX_MS or v == math.huge),
+    "number of ms (>= 0; math.huge: for ever)"
 end
 function checks.count(v)
   return math_type(v) == "integer" and v >= 0, "integer >= 0"
@@ -161,6 +177,7 @@ function M.env(v)
     if t ~= "string" and t ~= "number" and t ~= "boolean" then
       return false, nil, ("env.%s is a %s: a string expected"):format(k, t)
     end
+    if t == "string" and x:find("\0", 1, true) then return false, nil, "env." .. k .. ": " .. M.nul_complaint(x) end
   end
   return true
 end

@@ -11,6 +11,10 @@ if os.getenv("TETHER_GC") == "aggressive" then collectgarbage("incremental", 0, 
 local tether = require "tether"
 local core = tether.core
 local parent = tether.parent
+-- Ctrl-C ends a worker as it ends any program, by the signal (lua.c's
+-- handler would make it our "interrupted!" error: a fault reported to the
+-- parent)
+core.default_sigint()
 
 -- The failure goes to the worker's own stderr (its terminal, or a
 -- supervisor's log file), as an uncaught error does under lua5.4 or Node,

@@ -36,6 +36,7 @@ local function log_target(v)
   if type(v) ~= "string" or v == "" or v == "pipe" then
     return false, '"inherit", "ignore" or a log file path'
   end
+  if v:find("\0", 1, true) then return false, nil, check.nul_complaint(v) end
   if v ~= "inherit" and v ~= "ignore" and not v:find("[/.]") then
     local near = check.closest(v, { inherit = true, ignore = true })
     if near then
@@ -48,12 +49,14 @@ end
 
 local LOG_KEEP, MAX_LOG_KEEP = 5, 1000 -- (core/tt_limits.h TT_LOGSINK_MAX_KEEP)
 
-local function arg_item(v) return type(v) == "string" or type(v) == "number" end
+local function arg_item(v)
+  return (type(v) == "string" and not v:find("\0", 1, true)) or type(v) == "number"
+end
 
 -- What supervisors and pools share: the worker and how it is kept.
 M.WORKER_OPTIONS = {
-  script = "string", cmd = "string", args = check.array_of(arg_item, "strings"), lua = "string",
-  env = check.env, cwd = "string", detached = "boolean", stdout = log_target, stderr = log_target,
+  script = "path", cmd = "path", args = check.array_of(arg_item, "strings (without NUL bytes)"), lua = "path",
+  env = check.env, cwd = "path", detached = "boolean", stdout = log_target, stderr = log_target,
   max_message = "bytes", serialization = check.oneof("native", "json"), wait_ready = "boolean",
   start_timeout = "ms", heartbeat = check.nested { interval = "ms", timeout = "ms" },
   shutdown = check.nested { message = "any", timeout = "ms", kill_timeout = "ms" },

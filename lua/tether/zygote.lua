@@ -23,8 +23,9 @@ local Zygote = {}
 Zygote.__index = Zygote
 
 local MAX_SPARES = 64 -- (TT_ZYGOTE_MAX_SPARES)
-local OPTIONS = { preload = check.array_of(function(v) return type(v) == "string" end, "module names"),
-  lua = "string",
+local OPTIONS = { preload = check.array_of(function(v) return type(v) == "string" and not v:find("\0", 1, true) end,
+  "module names"),
+  lua = "path",
   spares = function(v)
     if math.type(v) == "integer" and v >= 1 and v <= MAX_SPARES then return true end
     return false, ("an integer from 1 to %d"):format(MAX_SPARES)
