@@ -1425,7 +1425,7 @@ local LISTEN_OPTIONS = { backlog = "count", reuseport = "boolean" }
 -- "tcp://127.0.0.1:8080", "tcp://[::1]:0", "unix:/path".  opts.backlog
 -- (511), opts.reuseport (SO_REUSEPORT).  handle | nil, err
 function tether.listen(address, opts)
-  if type(address) ~= "string" then argerror("listen", 1, "string expected, got " .. type(address)) end
+  if type(address) ~= "string" then argerror("listen", 1, "string expected, got " .. check.describe(address), 2) end
   if opts ~= nil then check.options("listen", 2, opts, LISTEN_OPTIONS, 2) end
   opts = opts or {}
   return core.listen(address, opts.backlog or 0, opts.reuseport or false)
@@ -1434,7 +1434,7 @@ end
 --- tether.handle(fd): a handle on a duplicate of `fd` (the caller's stays
 -- the caller's), e.g. from luv's uv.fileno(h) or LuaSocket's getfd().
 function tether.handle(fd)
-  if math.type(fd) ~= "integer" then argerror("handle", 1, "integer expected, got " .. type(fd)) end
+  if math.type(fd) ~= "integer" then argerror("handle", 1, "integer expected, got " .. check.describe(fd), 2) end
   return core.handle(fd)
 end
 

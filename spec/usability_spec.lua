@@ -68,6 +68,12 @@ describe("usability (issue 12)", function()
       "option 'heartbeat.interval'" },
     { "exit: a code that is not one", function() tether.exit("x") end,
       "bad argument #1 to 'exit' (integer or boolean expected, got 'x')" },
+    { "handle: not a descriptor", function() tether.handle("x") end,
+      "bad argument #1 to 'handle' (integer expected, got 'x')" },
+    { "handle: a fractional descriptor", function() tether.handle(1.5) end,
+      "bad argument #1 to 'handle' (integer expected, got number)" },
+    { "listen: not an address", function() tether.listen(123) end,
+      "bad argument #1 to 'listen' (string expected, got integer)" },
     { "os.exit: a fractional code", function() os.exit(2.5) end,
       "bad argument #1 to 'exit' (integer or boolean expected" },
   }

@@ -54,6 +54,30 @@ local function dies_with_us(s)
   s.cmd, s.args = SETPRIV, args
 end
 
+--- M.check(spec): the spec's mistakes (an unknown option, a bad value),
+-- found before anything is stopped for it: true | nil, err.  Makes
+-- nothing (no zygote, no worker).
+function M.check(spec)
+  local s = {}
+  for k, v in pairs(spec) do if not OWN[k] then s[k] = v end end
+  s.handle_signals = false
+  local ok, err = pcall(function()
+    local check = require "tether.check"
+    local supervisor = require "tether.supervisor"
+    local fname, schema, sup_spec = "supervise", supervisor.SUPERVISE_OPTIONS, s
+    if s.listen ~= nil then
+      local cluster = require "tether.cluster"
+      fname, schema, sup_spec = "cluster", cluster.SCHEMA, {}
+      for k, v in pairs(s) do if cluster.OPTIONS[k] == nil then sup_spec[k] = v end end
+    end
+    check.options(fname, 1, s, schema, 1)
+    sup_spec.prefork = nil -- (its value is checked above; its zygote is made at the start)
+    supervisor.options(sup_spec, fname, 1)
+  end)
+  if not ok then return nil, (tostring(err):gsub("^[^:]*:%d+: ", "")) end
+  return true
+end
+
 local function spawn(self, spec)
   local s = {}
   for k, v in pairs(spec) do if not OWN[k] then s[k] = v end end
@@ -104,7 +128,23 @@ local function when_running(sup, cb)
   sup:on("give_up", fns.give_up)
   sup:on("stopped", fns.stopped)
   sup:on("error", fns.error)
-  timer = tether.timer(M.START_WAIT, function() finish(nil, true) end)
+  timer = tether.timer(M.START_WAIT, function()
+    -- still starting (a slow start is no failure), unless every worker
+    -- has already died before it ran: a script that exits or crashes at
+    -- once is told as such, not as "started"
+    local running, restarts, last = 0, 0, nil
+    for _, w in ipairs(sup:workers()) do
+      if w.state == "running" then running = running + 1 end
+      restarts = restarts + (w.restarts or 0)
+      if w.last_code ~= nil or w.last_signal ~= nil then last = w end
+    end
+    if running == 0 and restarts > 0 then
+      return finish(("no worker is running after %d s: they exited %d times before they were ready%s")
+        :format(M.START_WAIT // 1000, restarts, last and (" (the last one: %s)"):format(last.last_signal
+          and ("signal " .. tostring(last.last_signal)) or ("exit code " .. tostring(last.last_code))) or ""))
+    end
+    finish(nil, true)
+  end)
   if all_running(sup) then tether.defer(function() finish(nil) end) end
 end
 

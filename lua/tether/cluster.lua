@@ -48,6 +48,7 @@ local OPTIONS = { listen = listen_check, balance = check.oneof("rr", "shared", "
 local SCHEMA = {}
 for k, v in pairs(supervisor.SUPERVISE_OPTIONS) do SCHEMA[k] = v end
 for k, v in pairs(OPTIONS) do SCHEMA[k] = v end
+M.SCHEMA, M.OPTIONS = SCHEMA, OPTIONS -- (the tether command checks a spec before it stops an app)
 
 local function close_all(list)
   for _, h in ipairs(list) do h:close() end

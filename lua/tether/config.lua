@@ -84,4 +84,59 @@ function M.load(path)
   return specs
 end
 
+--- M.eval(path, env, cwd, timeout_ms, cb): the config's specs, run in a
+-- process of its own (config_child.lua) with `env` and `cwd`, so that a
+-- config which loops, exits or crashes costs the caller nothing: killed
+-- after timeout_ms.  cb(specs) or cb(nil, err), once.  Returns cancel():
+-- the process is killed and cb is not called.
+function M.eval(path, env, cwd, timeout_ms, cb)
+  local tether = require "tether"
+  local script = assert(package.searchpath("tether.config_child", package.path))
+  local answered = false
+  local function answer(a, b)
+    if answered then return end
+    answered = true
+    cb(a, b)
+  end
+  local child, err = tether.fork(script, { path }, {
+    env = env, cwd = cwd, stdio = { stdin = "ignore", stdout = "ignore", stderr = "ignore" } })
+  if not child then
+    answer(nil, "cannot run the config: " .. tostring(err))
+    return function() end
+  end
+  local timer = tether.timer(timeout_ms, function()
+    child:kill("SIGKILL")
+    answer(nil, ("%s: did not finish within %d s"):format(path, timeout_ms // 1000))
+  end)
+  child:on("message", function(m)
+    if type(m) ~= "table" then return end
+    if m.error then return answer(nil, tostring(m.error)) end
+    -- what config_child sends, unless the config itself sent something
+    -- else on the channel: checked, since the daemon uses it from here
+    local specs = m.specs
+    if type(specs) ~= "table" or #specs == 0 then return answer(nil, path .. ": no specs in the answer") end
+    for i, s in ipairs(specs) do
+      if type(s) ~= "table" or not home.valid_name(s.name) then
+        return answer(nil, ("%s: app %d: not a spec with a valid name"):format(path, i))
+      end
+      if s.env ~= nil and type(s.env) ~= "table" then
+        return answer(nil, ("%s: app %s: 'env' must be a table, got %s"):format(path, s.name, type(s.env)))
+      end
+    end
+    answer(specs)
+  end)
+  child:on("error", function(e) answer(nil, tostring(e.message or e)) end)
+  child:on("exit", function(code, sig)
+    timer:stop()
+    answer(nil, ("%s: the config's process ended (%s) without an answer"):format(path,
+      sig and ("signal " .. tostring(sig)) or ("code " .. tostring(code))))
+  end)
+  return function()
+    if answered then return end
+    answered = true
+    timer:stop()
+    child:kill("SIGKILL")
+  end
+end
+
 return M

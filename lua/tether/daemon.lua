@@ -16,6 +16,7 @@
 local tether = require "tether"
 local core = tether.core
 local home = require "tether.home"
+local config = require "tether.config"
 local app_mod = require "tether.app"
 local dump = require "tether.dump"
 
@@ -61,46 +62,10 @@ end
 ---------------------------------------------------------------------------
 -- specs
 
--- The config's specs, run in a child with the app's environment.
--- cb(specs) or cb(nil, err)
+-- The config's specs, run in a child with the app's environment
+-- (config.eval). cb(specs) or cb(nil, err)
 local function eval_config(path, env, cwd, cb)
-  local script = assert(package.searchpath("tether.config_child", package.path))
-  local answered = false
-  local function answer(a, b)
-    if answered then return end
-    answered = true
-    cb(a, b)
-  end
-  local child, err = tether.fork(script, { path }, {
-    env = env, cwd = cwd, stdio = { stdin = "ignore", stdout = "ignore", stderr = "ignore" } })
-  if not child then return answer(nil, "cannot run the config: " .. tostring(err)) end
-  local timer = tether.timer(CONFIG_TIMEOUT, function()
-    child:kill("SIGKILL")
-    answer(nil, ("%s: did not finish within %d s"):format(path, CONFIG_TIMEOUT // 1000))
-  end)
-  child:on("message", function(m)
-    if type(m) ~= "table" then return end
-    if m.error then return answer(nil, tostring(m.error)) end
-    -- what config_child sends, unless the config itself sent something
-    -- else on the channel: checked, since the daemon uses it from here
-    local specs = m.specs
-    if type(specs) ~= "table" or #specs == 0 then return answer(nil, path .. ": no specs in the answer") end
-    for i, s in ipairs(specs) do
-      if type(s) ~= "table" or not home.valid_name(s.name) then
-        return answer(nil, ("%s: app %d: not a spec with a valid name"):format(path, i))
-      end
-      if s.env ~= nil and type(s.env) ~= "table" then
-        return answer(nil, ("%s: app %s: 'env' must be a table, got %s"):format(path, s.name, type(s.env)))
-      end
-    end
-    answer(specs)
-  end)
-  child:on("error", function(e) answer(nil, tostring(e.message or e)) end)
-  child:on("exit", function(code, sig)
-    timer:stop()
-    answer(nil, ("%s: the config's process ended (%s) without an answer"):format(path,
-      sig and ("signal " .. tostring(sig)) or ("code " .. tostring(code))))
-  end)
+  return config.eval(path, env, cwd, CONFIG_TIMEOUT, cb)
 end
 
 -- The spec an app runs: what its source says, with the command's options.
@@ -335,6 +300,9 @@ function COMMANDS.restart(self, req, reply)
     -- the spec first: a config that no longer runs leaves the app as it is
     self:_spec(app, function(spec, serr)
       if not spec then return finish(serr) end
+      -- and the spec checked: a bad option too leaves the app running
+      local good, cerr = app_mod.check(spec)
+      if not good then return finish(cerr .. " (the app runs on as it was)") end
       app:stop(function()
         local ok, e = app:start(spec, function(werr) finish(werr) end)
         if not ok then finish(e) end

@@ -19,6 +19,9 @@ local app_mod = require "tether.app"
 
 local M = {}
 
+-- how long a config may take to run at a reload (the daemon's limit too)
+local CONFIG_TIMEOUT = 10000
+
 local function notify(state)
   if core.sd_notify then core.sd_notify(state) end
 end
@@ -41,7 +44,9 @@ function M.main(path)
   local apps, code, stopping = {}, 0, false
   local left = #specs
 
+  local cancel_reload -- a config being run for a reload: killed at a stop
   local function stop_all(why)
+    if cancel_reload then cancel_reload() cancel_reload = nil end
     if stopping then
       -- a second signal: kill what is left
       for _, a in ipairs(apps) do if a.sup and a.sup._h and not a.sup.stopped then a.sup._h:hurry() end end
@@ -98,29 +103,48 @@ function M.main(path)
 
   tether.on_signal("SIGINT", function() stop_all("SIGINT") end)
   tether.on_signal("SIGTERM", function() stop_all("SIGTERM") end)
+  local reloading = false
   tether.on_signal("SIGHUP", function()
     if stopping then return end
+    if reloading then return log("reload: one is already under way (this SIGHUP is ignored)") end
+    reloading = true
     notify("RELOADING=1")
-    local fresh, ferr = config.load(abs)
-    if not fresh then
-      log("reload: %s (the running apps stay)", ferr)
-      return notify("READY=1")
-    end
-    local pending = 0
-    for _, a in ipairs(apps) do
-      for _, s in ipairs(fresh) do
-        if s.name == a.name then
-          pending = pending + 1
-          local ok = a:reload(s, function(e)
-            if e then log("reload %s: %s", a.name, e) end
-            pending = pending - 1
-            if pending == 0 then notify("READY=1") end
-          end)
-          if not ok then pending = pending - 1 end
+    -- the config runs in a process of its own, as the daemon's does: one
+    -- that loops, exits or crashes is an error message, and we go on
+    -- serving and answering signals meanwhile
+    cancel_reload = config.eval(abs, nil, nil, CONFIG_TIMEOUT, function(fresh, ferr)
+      cancel_reload = nil
+      if stopping then reloading = false return end
+      if not fresh then
+        reloading = false
+        log("reload: %s (the running apps stay)", ferr)
+        return notify("READY=1")
+      end
+      local pending = 1 -- (this loop's own, dropped at its end)
+      local function one_done()
+        pending = pending - 1
+        if pending == 0 then
+          reloading = false
+          notify("READY=1")
         end
       end
-    end
-    if pending == 0 then notify("READY=1") end
+      for _, a in ipairs(apps) do
+        for _, s in ipairs(fresh) do
+          if s.name == a.name then
+            pending = pending + 1
+            local ok, rerr = a:reload(s, function(e)
+              if e then log("reload %s: %s", a.name, e) end
+              one_done()
+            end)
+            if not ok then
+              log("reload %s: %s (it runs on as it was)", a.name, tostring(rerr))
+              one_done()
+            end
+          end
+        end
+      end
+      one_done()
+    end)
   end)
   local usec = tonumber(os.getenv("WATCHDOG_USEC") or "")
   if usec and usec > 0 then
