@@ -456,11 +456,14 @@ int tt_lua_worker_options(lua_State *L, int idx, tt_supervisor_options_t *so,
     lua_getfield(L, idx, "shutdown_message");
     lua_getfield(L, idx, "json");
     err = tt_lua_encode(L, st, lua_gettop(L) - 1, lua_toboolean(L, -1));
-    lua_pop(L, 1);
-    if (err != 0) {
+    if (err != 0) { /* the caller returns nil, err (which option says) */
       tt_lua_workers_free(w);
-      return err;
+      lua_getfield(L, -1, "message");
+      return tt_lua_fail(L, TT_ERR_SERIALIZE,
+                         lua_pushfstring(L, "option 'shutdown.message': %s",
+                                         lua_tostring(L, -1)));
     }
+    lua_pop(L, 1);
     so->shutdown_message = st->wbuf.data + TT_FRAME_HEADER_SIZE;
     so->shutdown_message_len = st->wbuf.len - TT_FRAME_HEADER_SIZE;
     *encoded = 1;

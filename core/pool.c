@@ -97,7 +97,9 @@ static void start_clocks(tt_pool_t *p, tt_pool_worker_t *w) {
   }
 }
 
-static void worker_remove(tt_pool_t *p, tt_task_t *t) {
+/* `next`: the next task in that worker's line begins (its clock starts);
+ * not when the worker is about to be stopped for this one. */
+static void worker_take(tt_pool_t *p, tt_task_t *t, int next) {
   tt_pool_worker_t *w = t->w;
   TAILQ_REMOVE(&w->tasks, t, link);
   tt_rpc_cancel(&t->req); /* (a no-op when it was answered) */
@@ -107,9 +109,11 @@ static void worker_remove(tt_pool_t *p, tt_task_t *t) {
   if (t->timer_init) uv_timer_stop(&t->timer);
   if (t->started) {
     t->started = 0;
-    start_clocks(p, w); /* the next one in that worker's line begins */
+    if (next) start_clocks(p, w);
   }
 }
+
+static void worker_remove(tt_pool_t *p, tt_task_t *t) { worker_take(p, t, 1); }
 
 /* ---- ending a task ------------------------------------------------------- */
 
@@ -246,7 +250,9 @@ static void on_task_timeout(uv_timer_t *timer) {
     if (t->done) return;
     w = t->w;
   }
-  worker_remove(p, t);
+  /* no clock starts for a task sent ahead to it: that one never began,
+   * and runs again elsewhere once the worker is stopped */
+  worker_take(p, t, 0);
   p->stats.timeouts++;
   /* Whatever it is doing cannot be interrupted from here: the process is
    * replaced, and its other tasks are run again elsewhere. */

@@ -173,6 +173,60 @@ describe("tether.pool", function()
     os.remove(log)
   end)
 
+  it("starts no clock for a task sent ahead to a worker stopped for a timeout", function()
+    -- the worker ignores SIGTERM, so it takes a while to go: the task sent
+    -- ahead to it never began there, and must run on the replacement, not
+    -- time out on the dying worker
+    local slow = H.script [[
+      local tether = require "tether"
+      tether.on_signal("SIGTERM", function() end)
+      tether.serve(function(t) tether.sleep(t.sleep) return t.n end)
+    ]]
+    local pool = new_pool { script = slow, size = 1, concurrency = 1, prefetch = 1, timeout = 300,
+      shutdown = { timeout = 100, kill_timeout = 800 } }
+    local got = {}
+    H.run_until(function() return pool:workers()[1].state == "running" end)
+    for i = 1, 2 do
+      pool:submit({ n = i, sleep = i == 1 and 5000 or 10 }, function(e, r) got[i] = e and e.code or r end)
+    end
+    H.run_until(function() return got[1] and got[2] end, 20)
+    assert.equals("ERR_TIMEOUT", got[1])
+    assert.equals(2, got[2])
+    assert.equals(1, pool:stats().timeouts)
+    close_and_wait(pool)
+  end)
+
+  it("map waits for room in a queue that other tasks filled", function()
+    local pool = new_pool { size = 2, max_queue = 4 }
+    local function tasks(n, from)
+      local t = {}
+      for i = 1, n do t[i] = { n = from + i, sleep = 10 } end
+      return t
+    end
+    local got = {}
+    for k = 1, 2 do
+      tether.go(function()
+        local rs, err = pool:map(tasks(10, k * 100))
+        assert.is_nil(err)
+        got[k] = rs
+      end)
+    end
+    -- and a queue full of submit()'s tasks before a map begins
+    local fill = 0
+    while pool:submit({ sleep = 20 }, function() fill = fill + 1 end) do end
+    tether.go(function()
+      local rs, err = pool:map(tasks(3, 300))
+      assert.is_nil(err)
+      got[3] = rs
+    end)
+    H.run_until(function() return got[1] and got[2] and got[3] end, 20)
+    for k, n in pairs { 10, 10, 3 } do
+      assert.equals(n, #got[k])
+      for i, r in ipairs(got[k]) do assert.equals((k * 100 + i) ^ 2, r.square) end
+    end
+    close_and_wait(pool)
+  end)
+
   it("refuses tasks over max_queue with ERR_QUEUE_FULL", function()
     local pool = new_pool { size = 1, max_queue = 2, prefetch = 0 }
     local done = 0
@@ -291,6 +345,11 @@ describe("tether.pool", function()
       assert.equals("ERR_WORKER_INIT", errs[i].code)
       assert.matches("more than 3 restarts", errs[i].message)
     end
+    -- after "close" too, submit says why the pool is gone
+    local ok, err = pool:submit({ n = 4 }, function() error("never called") end)
+    assert.is_nil(ok)
+    assert.equals("ERR_WORKER_INIT", err.code)
+    assert.matches("more than 3 restarts", err.message)
   end)
 
   it("map fails fast, or collects errors when asked", function()

@@ -68,6 +68,12 @@ describe("usability (issue 12)", function()
       "option 'heartbeat.interval'" },
     { "exit: a code that is not one", function() tether.exit("x") end,
       "bad argument #1 to 'exit' (integer or boolean expected, got 'x')" },
+    { "pool: too many workers", function() tether.pool { script = W, size = 100001 } end,
+      "option 'size': integer from 1 to 100000 expected" },
+    { "supervise: too many workers", function() tether.supervise { script = W, instances = math.maxinteger } end,
+      "option 'instances': integer from 1 to 100000 expected" },
+    { "supervise: within is in seconds", function() tether.supervise { script = W, within = -1 } end,
+      "option 'within': number of seconds (>= 0) expected" },
     { "handle: not a descriptor", function() tether.handle("x") end,
       "bad argument #1 to 'handle' (integer expected, got 'x')" },
     { "handle: a fractional descriptor", function() tether.handle(1.5) end,
@@ -82,6 +88,19 @@ describe("usability (issue 12)", function()
       raises_here(case[2], case[3])
     end)
   end
+
+  it("returns nil, ERR_SERIALIZE for a shutdown message that cannot be sent, and starts nothing", function()
+    for _, make in ipairs {
+      function() return tether.supervise { script = W, shutdown = { message = { f = print } } } end,
+      function() return tether.pool { script = W, shutdown = { message = print } } end,
+      function() return tether.cluster { script = W, listen = "tcp://127.0.0.1:0", shutdown = { message = print } } end,
+    } do
+      local s, err = make()
+      assert.is_nil(s)
+      assert.equals("ERR_SERIALIZE", err.code)
+      assert.matches("option 'shutdown.message'", err.message, 1, true)
+    end
+  end)
 
   it("checks call options before it needs a coroutine, and at the caller's line", function()
     local c = assert(tether.fork(W))

@@ -82,6 +82,9 @@ M.MAX_MS = 1e15
 function checks.ms(v)
   return type(v) == "number" and v >= 0 and v < M.MAX_MS, "number of ms (>= 0, below 1e15)"
 end
+function checks.seconds(v)
+  return type(v) == "number" and v >= 0 and v < M.MAX_MS / 1000, "number of seconds (>= 0)"
+end
 function checks.ms_or_forever(v)
   return type(v) == "number" and v >= 0 and (v < M.MAX_MS or v == math.huge),
     "number of ms (>= 0; math.huge: for ever)"
@@ -91,6 +94,12 @@ function checks.count(v)
 end
 function checks.positive(v)
   return math_type(v) == "integer" and v >= 1, "integer >= 1"
+end
+-- a number of workers (the core's TT_SUPERVISOR_MAX_INSTANCES)
+M.MAX_WORKERS = 100000
+function checks.workers(v)
+  return math_type(v) == "integer" and v >= 1 and v <= M.MAX_WORKERS,
+    ("integer from 1 to %d"):format(M.MAX_WORKERS)
 end
 function checks.bytes(v) -- a size: a positive integer below 4 GiB
   return math_type(v) == "integer" and v >= 1 and v < (1 << 32), "positive integer below 4 GiB"

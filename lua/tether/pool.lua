@@ -13,7 +13,7 @@ M.Pool = Pool
 local check = require "tether.check"
 
 local POOL_OPTIONS = {
-  size = "positive", concurrency = "positive", prefetch = "count", max_queue = "count",
+  size = "workers", concurrency = "positive", prefetch = "count", max_queue = "count",
   timeout = "ms", retries = "count", max_tasks_per_worker = "count",
 }
 for k, v in pairs(supervisor.WORKER_OPTIONS) do POOL_OPTIONS[k] = v end
@@ -102,10 +102,20 @@ function Pool:submit(task, cb)
       self:emit("error", e)
     end
     self:emit("progress", self._done, self._total)
+    -- maps waiting for room in a queue others filled try again (deferred:
+    -- the pool moves its queue on after this callback)
+    local waiting = self._room
+    if waiting and #waiting > 0 then
+      self._room = {}
+      tether.defer(function() for _, pump in ipairs(waiting) do pump() end end)
+    end
   end)
   if not ok then
     if err.code == "ERR_WORKER_INIT" and self.gave_up then
       err.message = err.message .. ": " .. self.gave_up
+    elseif err.code == "ERR_CLOSED" and self.gave_up then
+      -- closed because it gave up: that is still why, after "close" too
+      err = tether.error("ERR_WORKER_INIT", "worker script failed to start: " .. self.gave_up)
     end
     return nil, err
   end
@@ -172,7 +182,15 @@ function Pool:map(tasks, opts)
         local i = next_i
         local ok, err = self:submit(tasks[i], function(e, r) on_result(i, e, r) end)
         if not ok then
-          if err.code == "ERR_QUEUE_FULL" and pending > 0 then return end
+          if err.code == "ERR_QUEUE_FULL" then
+            -- wait for room: its own next result pumps again, or, with
+            -- none in flight, the next task of anyone's that ends
+            if pending == 0 then
+              self._room = self._room or {}
+              self._room[#self._room + 1] = pump
+            end
+            return
+          end
           finished = true
           err.index = i
           return done(nil, err)

@@ -60,13 +60,13 @@ M.WORKER_OPTIONS = {
   max_message = "bytes", serialization = check.oneof("native", "json"), wait_ready = "boolean",
   start_timeout = "ms", heartbeat = check.nested { interval = "ms", timeout = "ms" },
   shutdown = check.nested { message = "any", timeout = "ms", kill_timeout = "ms" },
-  backoff = check.backoff, max_restarts = "count", within = "ms", min_uptime = "ms",
+  backoff = check.backoff, max_restarts = "count", within = "seconds", min_uptime = "ms",
   max_memory = memory_check, memory_interval = "ms",
   log_rotate = check.nested { size = memory_check, keep = "count" },
   prefork = function(v) return require("tether.zygote").check(v) end,
 }
 local SUPERVISE_OPTIONS = {
-  instances = "positive", restart = check.oneof("always", "on-failure", "never"),
+  instances = "workers", restart = check.oneof("always", "on-failure", "never"),
   queue_limit = "count", handle_signals = "boolean",
 }
 for k, v in pairs(M.WORKER_OPTIONS) do SUPERVISE_OPTIONS[k] = v end
@@ -394,7 +394,7 @@ function Supervisor:reload(cb)
   return true
 end
 
-local MAX_INSTANCES = 100000
+local MAX_INSTANCES = check.MAX_WORKERS
 
 --- sup:scale(n, [cb]) -> true | nil, err: n workers from now on.  Growing
 -- adds workers n+1.. (ids after the last), started at once; shrinking
