@@ -440,7 +440,9 @@ static void on_worker_disconnect(tt_supervisor_t *s, unsigned id,
   (void)id;
   if (w == NULL) return;
   w->ch = NULL;
-  stop_worker(p, w, TT_EXIT_UNRESPONSIVE, 0);
+  /* most often it is exiting (its channel ends first): it is given a
+   * moment to, so that its exit is told as it was, not as our SIGTERM */
+  stop_worker(p, w, TT_EXIT_UNRESPONSIVE, TT_STOP_GRACE);
   dispatch(p);
 }
 

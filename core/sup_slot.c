@@ -181,7 +181,9 @@ static void after_exit(tt_slot_t *slot, tt_incarnation_t *w,
 }
 
 static tt_exit_reason_t classify(tt_incarnation_t *w) {
-  if (w->stop_reason != TT_EXIT_NONE) return w->stop_reason;
+  /* (one that exited by itself during a grace period is told as it was) */
+  if (w->stop_reason != TT_EXIT_NONE && !(w->flags & I_GRACE))
+    return w->stop_reason;
   if (w->p.term_signal == SIGKILL && !(w->flags & I_SENT_KILL))
     return TT_EXIT_KILLED;
   if (w->p.term_signal != 0) return TT_EXIT_SIGNAL;

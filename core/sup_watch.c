@@ -63,6 +63,7 @@ static void on_timer(uv_timer_t *t) {
   case TT_WORKER_STOPPING:
     if (w->phase < 2) {
       w->phase = 2;
+      w->flags &= ~I_GRACE; /* from here the stop is ours */
       /* the worker's process group: what it started goes with it, as
        * under systemd's KillMode=control-group */
       tt_process_kill_group(&w->p, SIGTERM);
@@ -100,6 +101,15 @@ void tt__sup_stop_worker(tt_incarnation_t *w, tt_exit_reason_t why,
   if (w == w->slot->cur) tt_outbox_target(&w->slot->outbox, NULL);
   w->flags &= ~I_PING_OUT;
   uv_timer_stop(&w->timer);
+  if (polite == TT_STOP_GRACE) {
+    uint64_t grace = s->opts.shutdown_timeout_ms < TT_STOP_GRACE_MS
+                         ? s->opts.shutdown_timeout_ms
+                         : TT_STOP_GRACE_MS;
+    w->phase = 1;
+    w->flags |= I_GRACE;
+    tt__timer_start(&w->timer, on_timer, grace, 0);
+    return;
+  }
   if (polite && s->shutdown_message != NULL && w->p.channel != NULL &&
       tt_channel_is_connected(w->p.channel) &&
       tt_channel_send(w->p.channel,

@@ -38,7 +38,8 @@ enum {
   I_RELOAD_OLD = 1u << 5, /* replaced by a reload step: its exit moves on */
   I_PCLOSE = 1u << 6,     /* tt_process_close() was called */
   I_PROMOTED = 1u << 7,   /* a replacement that took over while starting */
-  I_WORKED = 1u << 8      /* tt_supervisor_mark_worked() */
+  I_WORKED = 1u << 8,     /* tt_supervisor_mark_worked() */
+  I_GRACE = 1u << 9       /* stopped with TT_STOP_GRACE: not signalled yet */
 };
 
 struct tt_incarnation_s {

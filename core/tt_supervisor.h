@@ -240,7 +240,14 @@ int tt_supervisor_send(tt_supervisor_t *s, unsigned id, unsigned kind,
 int tt_supervisor_replace(tt_supervisor_t *s, unsigned id, int keep_old);
 /* Per incarnation: stop (escalating as configured), signal, its channel
  * until it exited, its pid, its RSS in bytes (0: unknown).  UV_ESRCH once
- * it is gone. */
+ * it is gone.  `polite`: 0 SIGTERM now; 1 the shutdown message first
+ * (SIGTERM after shutdown.timeout); TT_STOP_GRACE for a worker whose
+ * channel ended, which is most often exiting already: it has up to
+ * TT_STOP_GRACE_MS (or shutdown.timeout if shorter) to exit by itself, and
+ * an exit meanwhile is told as it happened (a crash, an exit code), not as
+ * `why`. */
+#define TT_STOP_GRACE 2
+#define TT_STOP_GRACE_MS 1000
 int tt_supervisor_stop_worker(tt_supervisor_t *s, uint64_t serial,
                               tt_exit_reason_t why, int polite);
 int tt_supervisor_kill_worker(tt_supervisor_t *s, uint64_t serial,

@@ -227,6 +227,20 @@ describe("tether.pool", function()
     close_and_wait(pool)
   end)
 
+  it("tells a worker's own exit in the middle of a task as it was, not as a SIGTERM of ours", function()
+    -- its channel ends a moment before its exit: that is no reason to
+    -- signal it (the message said "killed by SIGTERM (unresponsive)")
+    local pool = new_pool { retries = 0, size = 1, backoff = { initial = 5, max = 5 } }
+    for _ = 1, 5 do
+      local err
+      pool:submit({ crash = true }, function(e) err = e end)
+      H.run_until(function() return err end)
+      assert.equals("ERR_WORKER_CRASH", err.code)
+      assert.matches("exited with code 9 (crash", err.message, 1, true)
+    end
+    close_and_wait(pool)
+  end)
+
   it("refuses tasks over max_queue with ERR_QUEUE_FULL", function()
     local pool = new_pool { size = 1, max_queue = 2, prefetch = 0 }
     local done = 0
