@@ -137,44 +137,8 @@ static size_t opt_size(lua_State *L, int opts, const char *name) {
 /* nil, err for a spawn that failed, naming what was wrong: the program,
  * the working directory or a stdio file (libuv says ENOENT for all). */
 static int spawn_failed(lua_State *L, int err, const tt_process_options_t *po) {
-  static const char *const names[3] = {"stdin", "stdout", "stderr"};
-  struct stat st;
-  if (err == UV_ENOENT || err == UV_EACCES || err == UV_ENOTDIR ||
-      err == UV_EISDIR) {
-    for (int i = 0; i < 3; i++) {
-      int fd;
-      if (po->stdio[i] != TT_STDIO_FILE) continue;
-      fd = open(po->stdio_path[i], i == 0 ? O_RDONLY : (O_WRONLY | O_APPEND | O_CREAT), 0644);
-      if (fd >= 0) {
-        close(fd);
-        continue;
-      }
-      lua_pushfstring(L, "stdio.%s '%s': %s", names[i], po->stdio_path[i],
-                      strerror(errno));
-      return tt_lua_fail(L, -errno, lua_tostring(L, -1));
-    }
-    if (po->cwd != NULL) {
-      int bad = stat(po->cwd, &st) != 0 ? -errno
-                : !S_ISDIR(st.st_mode)     ? UV_ENOTDIR
-                                           : 0;
-      if (bad != 0) {
-        lua_pushfstring(L, "cwd '%s': %s", po->cwd, uv_strerror(bad));
-        return tt_lua_fail(L, bad, lua_tostring(L, -1));
-      }
-    }
-    lua_pushfstring(L, "cannot run '%s': %s%s", po->file, uv_strerror(err),
-                    strchr(po->file, '/') == NULL ? " (searched in PATH)" : "");
-    return tt_lua_fail(L, err, lua_tostring(L, -1));
-  }
-  if (err == UV_EBADF) {
-    for (size_t k = 0; k < po->pass_fds_count; k++)
-      if (fcntl(po->pass_fds[k], F_GETFD) < 0) {
-        lua_pushfstring(L, "pass_fds: descriptor %d is not open",
-                        po->pass_fds[k]);
-        return tt_lua_fail(L, err, lua_tostring(L, -1));
-      }
-  }
-  return tt_lua_fail(L, err, NULL);
+  char why[1024];
+  return tt_lua_fail(L, err, tt_process_spawn_error(po, err, why, sizeof why));
 }
 
 /* spawn(file, args, opts, handler) -> child | nil, err.  args is an array

@@ -1037,3 +1037,55 @@ int tt_process_watch_parent(int on, int grace_ms) {
   return 0;
 }
 #endif
+
+/* ---- why a spawn failed ---------------------------------------------------- */
+
+const char *tt_process_spawn_error(const tt_process_options_t *o, int err,
+                                   char *buf, size_t size) {
+  static const char *const names[3] = {"stdin", "stdout", "stderr"};
+  struct stat st;
+  if (size == 0) return buf;
+  if (err == UV_ENOENT || err == UV_EACCES || err == UV_ENOTDIR ||
+      err == UV_EISDIR) {
+    /* what is missing: a stdio file, the cwd, or else the program */
+    for (int i = 0; i < 3; i++) {
+      int fd;
+      if (o->stdio[i] != TT_STDIO_FILE || o->stdio_path[i] == NULL) continue;
+      fd = open(o->stdio_path[i],
+                i == 0 ? O_RDONLY : (O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC),
+                0644);
+      if (fd >= 0) {
+        close(fd);
+        continue;
+      }
+      snprintf(buf, size, "stdio.%s '%s': %s", names[i], o->stdio_path[i],
+               strerror(errno));
+      return buf;
+    }
+    if (o->cwd != NULL) {
+      int bad = stat(o->cwd, &st) != 0 ? -errno
+                : !S_ISDIR(st.st_mode)   ? UV_ENOTDIR
+                                         : 0;
+      if (bad != 0) {
+        snprintf(buf, size, "cwd '%s': %s", o->cwd, uv_strerror(bad));
+        return buf;
+      }
+    }
+    snprintf(buf, size, "cannot run '%s': %s%s",
+             o->file != NULL ? o->file : "?", uv_strerror(err),
+             o->file != NULL && strchr(o->file, '/') == NULL
+                 ? " (searched in PATH)"
+                 : "");
+    return buf;
+  }
+  if (err == UV_EBADF) {
+    for (size_t k = 0; k < o->pass_fds_count; k++)
+      if (!fd_open(o->pass_fds[k])) {
+        snprintf(buf, size, "pass_fds: descriptor %d is not open",
+                 o->pass_fds[k]);
+        return buf;
+      }
+  }
+  snprintf(buf, size, "spawn: %s", uv_strerror(err));
+  return buf;
+}

@@ -333,7 +333,11 @@ void tt__sup_spawn(tt_slot_t *slot, int as_next) {
   return;
 
 failed:
-  if (s->on_error) s->on_error(s, slot->id, err, "spawn");
+  if (s->on_error) {
+    char why[1024];
+    s->on_error(s, slot->id, err,
+                tt_process_spawn_error(&po, err, why, sizeof why));
+  }
   if (as_next) {
     if (s->reload_next == slot->id) tt__sup_reload_done(s, err);
     return;

@@ -107,6 +107,11 @@ struct tt_process_s {
 
 int tt_process_spawn(uv_loop_t *loop, tt_process_t *p,
                      const tt_process_options_t *opts);
+/* Why tt_process_spawn(opts) failed with `err`, naming what is missing
+ * (a stdio file, the cwd, the program, a pass_fds descriptor), written to
+ * buf (always NUL-ended) and returned. */
+const char *tt_process_spawn_error(const tt_process_options_t *opts, int err,
+                                   char *buf, size_t size);
 /* UV_ESRCH once the exit was seen: a reaped pid is never signalled. */
 int tt_process_kill(tt_process_t *p, int signum);
 /* The same to the child's whole process group when it leads one (spawned

@@ -366,6 +366,22 @@ describe("tether.pool", function()
     assert.matches("more than 3 restarts", err.message)
   end)
 
+  it("names a missing interpreter or cwd in the start errors and the tasks' failure", function()
+    for _, o in ipairs { { lua = "/nonexistent/lua", says = "cannot run '/nonexistent/lua'" },
+                         { cwd = "/nonexistent", says = "cwd '/nonexistent'" } } do
+      local pool = new_pool { size = 1, max_restarts = 1, lua = o.lua, cwd = o.cwd,
+        backoff = { initial = 5, max = 10, jitter = 0 } }
+      local seen, err = nil, nil
+      pool:on("error", function(e) seen = seen or e end)
+      pool:submit({ n = 1 }, function(e) err = e end)
+      H.run_until(function() return err and pool.closed end)
+      assert.equals("ENOENT", seen.code)
+      assert.matches(o.says, seen.message, 1, true)
+      assert.equals("ERR_WORKER_INIT", err.code)
+      assert.matches("the last start failed with: ENOENT: " .. o.says, err.message, 1, true)
+    end
+  end)
+
   it("map fails fast, or collects errors when asked", function()
     local pool = new_pool { size = 2 }
     local r1, e1, r2, e2

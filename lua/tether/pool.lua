@@ -40,6 +40,11 @@ local EVENTS = {
   end,
   error = function(self, id, err)
     err.worker = id
+    -- a start that failed (a missing interpreter or cwd): named in the
+    -- give-up's reason, as a main chunk's error is
+    if type(err.message) == "string" and not err.message:find("^writing the") then
+      self._init_error = tostring(err)
+    end
     self:emit("error", err)
   end,
   give_up = function(self, why)
