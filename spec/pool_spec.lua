@@ -366,6 +366,22 @@ describe("tether.pool", function()
     assert.matches("more than 3 restarts", err.message)
   end)
 
+  it("counts a script that forgot tether.serve as a failed start, and says so", function()
+    for _, src in ipairs { 'local tether = require "tether"',
+                           'local tether = require "tether"; tether.parent:keep_alive(true)' } do
+      local pool = new_pool { script = H.script(src), size = 1, max_restarts = 2,
+        backoff = { initial = 5, max = 10, jitter = 0 } }
+      local errs = {}
+      pool:on("error", function() end)
+      for i = 1, 2 do pool:submit({ n = i }, function(e) errs[i] = e end) end
+      H.run_until(function() return errs[1] and errs[2] and pool.closed end)
+      for i = 1, 2 do
+        assert.equals("ERR_WORKER_INIT", errs[i].code)
+        assert.matches("did not call tether.serve", errs[i].message, 1, true)
+      end
+    end
+  end)
+
   it("names a missing interpreter or cwd in the start errors and the tasks' failure", function()
     for _, o in ipairs { { lua = "/nonexistent/lua", says = "cannot run '/nonexistent/lua'" },
                          { cwd = "/nonexistent", says = "cwd '/nonexistent'" } } do

@@ -80,6 +80,15 @@ if not ok then
   fail("ERR_WORKER_INIT", e.message, e.traceback)
 end
 
+-- A pool's worker answers its tasks with tether.serve(fn), called by its
+-- main chunk: without it every task would come back ERR_NO_HANDLER.  It
+-- is a start that failed (counted toward max_restarts; past them the
+-- pool's tasks fail with ERR_WORKER_INIT and this reason).
+if parent and core.handshake().concurrency >= 1 and parent._handler == nil then
+  fail("ERR_WORKER_INIT", "the worker script did not call tether.serve(fn) in its main chunk "
+    .. "(a pool's worker answers its tasks with it)")
+end
+
 -- the main chunk ran: a supervising parent now counts us as running
 tether.ready()
 
