@@ -302,6 +302,36 @@ describe("pools across machines (Redis Streams)", function()
     r.stop()
   end)
 
+  it("terminate stops waiting: tasks no agent took fail with ERR_CLOSED, and the pool closes", function()
+    local r = redis()
+    -- no agent: close() alone would wait for one, as a queue does
+    local pool = B.pool { broker = r.addr, queue = "qt" }
+    local errs, closed = {}, false
+    for i = 1, 3 do assert.is_true(pool:submit({ n = i }, function(e) errs[#errs + 1] = { i, e and e.code } end)) end
+    H.sleep(100)
+    pool:close(function() closed = true end)
+    H.sleep(100)
+    assert.is_false(closed)
+    assert.is_true(pool:terminate())
+    assert.is_true(pool:terminate()) -- twice: harmless
+    H.run_until(function() return closed end)
+    assert.same({ { 1, "ERR_CLOSED" }, { 2, "ERR_CLOSED" }, { 3, "ERR_CLOSED" } }, errs)
+    assert.is_true(pool.closed)
+    local ok, err = pool:submit({}, function() end)
+    assert.is_nil(ok)
+    assert.equals("ERR_CLOSED", err.code)
+    -- and with Redis gone: terminate and close still end
+    local gone = B.pool { broker = r.addr, queue = "qt2" }
+    r.stop()
+    local e2
+    gone:submit({}, function(e) e2 = e end)
+    local closed2 = false
+    gone:close(function() closed2 = true end)
+    gone:terminate()
+    H.run_until(function() return closed2 end)
+    assert.equals("ERR_CLOSED", e2.code)
+  end)
+
   it("examples/distributed.lua runs a 2-agent pool on one machine", function()
     local out = {}
     local c = assert(tether.spawn(H.LUA, { H.dir .. "/../examples/distributed.lua" },

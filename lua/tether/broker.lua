@@ -286,7 +286,7 @@ function Submitter:submit(task, cb)
   local body, err = core.encode(task)
   if not body then return nil, err end
   self._seq = self._seq + 1
-  local t = { id = self._id .. ":" .. self._seq, body = body, cb = cb, sent = false }
+  local t = { id = self._id .. ":" .. self._seq, seq = self._seq, body = body, cb = cb, sent = false }
   self._inflight[t.id] = t
   self._n = self._n + 1
   self._stats.submitted = self._stats.submitted + 1
@@ -376,22 +376,53 @@ function Submitter:stats()
   return s
 end
 
+-- the connections closed, our result stream deleted first when Redis can
+-- be reached (what is queued goes first: the last deletions); cb()
+function Submitter:_finish(cb)
+  if self._finishing then
+    if cb then self:once("close", cb) end
+    return
+  end
+  self._finishing = true
+  local function done()
+    self._cmd:close()
+    self._read:close()
+    self.closed = true
+    if cb then cb() end
+    self:emit("close")
+  end
+  if not self._cmd:connected() or
+      not self._cmd:command({ "DEL", self._reply }, 0, done) then
+    tether.defer(done)
+  end
+end
+
 --- close([cb]): waits for every submitted task's callback, then closes.
+-- (Tasks wait in the queue for an agent, however long that takes:
+-- terminate() stops waiting.)
 function Submitter:close(cb)
   self._closing = true
-  local function finish()
-    self._closed = true
-    -- what is queued goes first (the last deletions), and our result
-    -- stream with it
-    self._cmd:command({ "DEL", self._reply }, 0, function()
-      self._cmd:close()
-      self._read:close()
-      self.closed = true
-      if cb then cb() end
-      self:emit("close")
-    end)
-  end
+  local function finish() self:_finish(cb) end
   if self._n == 0 then tether.defer(finish) else self._on_idle = finish end
+  return true
+end
+
+--- terminate(): stops waiting for results: every task without one fails
+-- now with ERR_CLOSED (one already in the queue may still run on an agent;
+-- its result is not read), then the pool closes.
+function Submitter:terminate()
+  if self.closed or self._finishing then return true end
+  self._closing = true
+  local pending = {}
+  for _, t in pairs(self._inflight) do pending[#pending + 1] = t end
+  table.sort(pending, function(a, b) return a.seq < b.seq end)
+  local idle = self._on_idle -- a close() that waited: its cb runs too
+  self._inflight, self._n, self._outbox, self._on_idle = {}, 0, {}, nil
+  for _, t in ipairs(pending) do
+    self._stats.failed = self._stats.failed + 1
+    call_user(t.cb, tether.error("ERR_CLOSED", "the pool was terminated before the task's result came"))
+  end
+  if idle then idle() else self:_finish() end
   return true
 end
 
