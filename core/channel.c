@@ -78,6 +78,8 @@ struct tt_chunk_s {
 };
 
 static void channel_end(tt_channel_t *ch, int err, const char *why);
+static void protocol_end(tt_channel_t *ch, const char *why);
+static void on_drain_timeout(uv_timer_t *t);
 static void channel_end_lost(tt_channel_t *ch, int err, const char *why,
                              const char *lost_why);
 static void on_poll(uv_poll_t *h, int status, int events);
@@ -266,6 +268,8 @@ size_t tt_channel_max_message(const tt_channel_t *ch) {
 }
 
 int tt_channel_is_lines(const tt_channel_t *ch) { return ch->dec.lines; }
+
+int tt_channel_end_error(const tt_channel_t *ch) { return ch->end_err; }
 
 size_t tt_channel_queued(const tt_channel_t *ch) { return (size_t)queued(ch); }
 
@@ -665,26 +669,23 @@ static int pair_fd(tt_channel_t *ch, const tt_frame_header_t *h) {
   unsigned n;
   ch->rx_pos += TT_FRAME_HEADER_SIZE + (uint64_t)h->len;
   if (f != NULL && f->pos <= start) {
-    channel_end(ch, TT_ERR_IPC_PROTOCOL, "a descriptor came without its frame");
+    protocol_end(ch, "a descriptor came without its frame");
     return 1;
   }
   if (!(h->flags & TT_FRAME_F_HANDLE)) return 0;
   if (!tt_frame_kind_carries_fd(h->kind)) {
-    channel_end(ch, TT_ERR_IPC_PROTOCOL,
-                "a descriptor on a frame kind that cannot carry one");
+    protocol_end(ch, "a descriptor on a frame kind that cannot carry one");
     return 1;
   }
   if (f == NULL) {
-    channel_end(ch, TT_ERR_IPC_PROTOCOL,
-                "a frame that carries a descriptor came without one");
+    protocol_end(ch, "a frame that carries a descriptor came without one");
     return 1;
   }
   /* all of a frame's descriptors come with the one read */
   n = tt_frame_fd_count(h->flags);
   last = fdq_at(&ch->rx_fds, n - 1);
   if (last == NULL || last->pos != f->pos) {
-    channel_end(ch, TT_ERR_IPC_PROTOCOL,
-                "a frame came with fewer descriptors than its header says");
+    protocol_end(ch, "a frame came with fewer descriptors than its header says");
     return 1;
   }
   for (unsigned i = 0; i < n; i++) ch->cur_fds[i] = fdq_pop(&ch->rx_fds);
@@ -732,7 +733,7 @@ static void end_at_eof(tt_channel_t *ch) {
 static int deliver_buffered(tt_channel_t *ch) {
   int err = tt_frame_decoder_commit(&ch->dec, 0, deliver, ch);
   if (err == TT_ERR_IPC_PROTOCOL) {
-    channel_end(ch, err, ch->dec.error);
+    protocol_end(ch, ch->dec.error);
     return 1;
   }
   return (ch->flags & CH_READING) ? 0 : 1;
@@ -773,7 +774,7 @@ static int take_rx_fds(tt_channel_t *ch, struct msghdr *mh, uint64_t end) {
     why = "descriptors lost in a read (more than 16 at once, or we are out "
           "of descriptors: EMFILE)";
   if (why == NULL) return 0;
-  channel_end(ch, TT_ERR_IPC_PROTOCOL, why);
+  protocol_end(ch, why);
   return 1;
 }
 
@@ -823,7 +824,8 @@ static int read_some(tt_channel_t *ch, int max_reads) {
     n = receive(ch, base, room);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      if (ch->flags & CH_ENDED) return 1; /* a descriptor error ended it */
+      /* a descriptor error ended it, or stopped its reading */
+      if ((ch->flags & CH_ENDED) || !(ch->flags & CH_READING)) return 1;
       if (errno == ECONNRESET) {
         channel_end(ch, 0, NULL);
       } else {
@@ -838,7 +840,7 @@ static int read_some(tt_channel_t *ch, int max_reads) {
     ch->stats.bytes_received += (uint64_t)n;
     err = tt_frame_decoder_commit(&ch->dec, (size_t)n, deliver, ch);
     if (err == TT_ERR_IPC_PROTOCOL) {
-      channel_end(ch, err, ch->dec.error);
+      protocol_end(ch, ch->dec.error);
       return 1;
     }
     if ((ch->flags & CH_READING) == 0) return 1;
@@ -948,6 +950,7 @@ static void channel_end_lost(tt_channel_t *ch, int err, const char *why,
                              const char *lost_why) {
   if (ch->flags & CH_ENDED) return;
   ch->flags |= CH_ENDED;
+  if (ch->end_err == 0) ch->end_err = err; /* (protocol_end set it first) */
   ch->flags &= ~(CH_CONNECTED | CH_READING | CH_WRITE_BLOCKED |
                  CH_DISCONNECTING | CH_NEED_DRAIN | CH_PAUSED);
   if (!(ch->flags & CH_CLOSING)) {
@@ -978,8 +981,35 @@ static void channel_end_lost(tt_channel_t *ch, int err, const char *why,
   if (ch->on_disconnect) ch->on_disconnect(ch);
 }
 
+/* The peer sent what cannot be read.  Nothing more is read and the error
+ * is told at once; what we queued before (answers to its good messages)
+ * is still written, bounded by flush_timeout as a disconnect is, and then
+ * the channel ends.  With nothing queued, or a socket that failed, it ends
+ * now. */
+static void protocol_end(tt_channel_t *ch, const char *why) {
+  if ((ch->flags & (CH_ENDED | CH_CLOSING | CH_BROKEN)) || queued(ch) == 0 ||
+      !(ch->flags & (CH_CONNECTED | CH_DISCONNECTING))) {
+    channel_end(ch, TT_ERR_IPC_PROTOCOL, why);
+    return;
+  }
+  ch->flags &= ~(CH_CONNECTED | CH_READING | CH_PAUSED | CH_NEED_DRAIN);
+  if (!(ch->flags & CH_DISCONNECTING)) {
+    ch->flags |= CH_DISCONNECTING;
+    if (ch->flush_timeout_ms > 0) {
+      tt__timer_start(&ch->drain_timer, on_drain_timeout,
+                      (uint64_t)ch->flush_timeout_ms, 0);
+      uv_unref((uv_handle_t *)&ch->drain_timer);
+    }
+  }
+  ch->end_err = TT_ERR_IPC_PROTOCOL;
+  update_poll(ch);
+  schedule_flush(ch);
+  if (ch->on_error) ch->on_error(ch, TT_ERR_IPC_PROTOCOL, why);
+}
+
 void tt_channel_fail(tt_channel_t *ch, int err, const char *why) {
-  channel_end(ch, err, why);
+  if (err == TT_ERR_IPC_PROTOCOL) protocol_end(ch, why);
+  else channel_end(ch, err, why);
 }
 
 static void on_drain_timeout(uv_timer_t *t) {

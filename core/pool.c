@@ -439,10 +439,13 @@ static void on_worker_disconnect(tt_supervisor_t *s, unsigned id,
   tt_pool_worker_t *w = worker_of(p, serial);
   (void)id;
   if (w == NULL) return;
+  /* At an end of stream it is most often exiting (its channel ends
+   * first): it is given a moment to, so that its exit is told as it was,
+   * not as our SIGTERM.  One that sent what cannot be read is stopped. */
+  stop_worker(p, w, TT_EXIT_UNRESPONSIVE,
+              w->ch != NULL && tt_channel_end_error(w->ch) == 0 ? TT_STOP_GRACE
+                                                                : 0);
   w->ch = NULL;
-  /* most often it is exiting (its channel ends first): it is given a
-   * moment to, so that its exit is told as it was, not as our SIGTERM */
-  stop_worker(p, w, TT_EXIT_UNRESPONSIVE, TT_STOP_GRACE);
   dispatch(p);
 }
 

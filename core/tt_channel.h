@@ -114,6 +114,7 @@ struct tt_channel_s {
   uv_timer_t drain_timer; /* bounds a disconnect's flush */
   int64_t flush_timeout_ms;
   int broken_err;        /* why a write failed where no callback may run */
+  int end_err;           /* why it ended: 0 (EOF, a disconnect) or the error */
   unsigned tick_frames;  /* handed out in this iteration */
   size_t tick_bytes;
   tt_channel_event_cb close_cb;
@@ -178,6 +179,10 @@ size_t tt_channel_max_message(const tt_channel_t *ch);
 /* max_message of channels opened with `o` (the default resolved). */
 size_t tt_channel_options_max_message(const tt_channel_options_t *o);
 int tt_channel_is_lines(const tt_channel_t *ch);
+/* Once ended (on_disconnect): why: 0 for an end of stream or a
+ * disconnect, else the error told to on_error (TT_ERR_IPC_PROTOCOL for a
+ * peer that sent what cannot be read). */
+int tt_channel_end_error(const tt_channel_t *ch);
 /* Stops accepting sends and reading; queued frames are still written, then
  * the channel disconnects.  A backlog the peer has not taken within the
  * flush timeout is dropped and reported (callbacks with
@@ -186,7 +191,10 @@ int tt_channel_is_lines(const tt_channel_t *ch);
 int tt_channel_disconnect(tt_channel_t *ch);
 /* Ends the channel because of what the owner found (e.g. a payload that
  * does not decode): on_error(err, why), then on_disconnect, as for any
- * protocol error.  No-op once ended. */
+ * protocol error.  For TT_ERR_IPC_PROTOCOL, as for a protocol error found
+ * here: nothing more is read, but what was queued before is still written
+ * (bounded by the flush timeout, as tt_channel_disconnect) before
+ * on_disconnect.  No-op once ended. */
 void tt_channel_fail(tt_channel_t *ch, int err, const char *why);
 /* The peer is known to be gone (its process exited): read what it left in
  * the socket, deliver it, then disconnect. */

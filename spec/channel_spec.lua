@@ -295,6 +295,29 @@ describe("channel", function()
     end)
   end
 
+  it("still writes the answers to a peer's good frames when a later frame is bad", function()
+    -- one read brings the message 5 and a garbage header: our answer (10)
+    -- to the good one was queued before the error, and is written before
+    -- the channel ends (the peer then reads it back)
+    local out = H.tmpfile("answers.bin")
+    os.remove(out)
+    local c = assert(tether.spawn("sh", { "-c",
+      [[printf '\001\000\000\000\001\001\000\000\000\000\000\000\105\001\002\003\004\005\006\007\010\011\012\013\014' >&3; cat <&3 > ]]
+        .. out }))
+    c:on("message", H.expect(function(m)
+      assert.equals(5, m)
+      assert.is_true(c:send(m * 2))
+    end))
+    c:on("error", H.expect(function(err) assert.equals("ERR_IPC_PROTOCOL", err.code) end))
+    c:on("disconnect", H.expect())
+    H.run()
+    assert.equals(0, c.exit_code)
+    local got = assert(io.open(out, "rb")):read("a")
+    assert.equals(13, #got)
+    assert.equals(0x4a, got:byte(13)) -- 10, as one byte
+    os.remove(out)
+  end)
+
   it("survives a peer killed with SIGKILL mid-stream", function()
     local c = echo_child()
     local n = 0

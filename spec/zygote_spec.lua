@@ -8,7 +8,9 @@ local function stat_field(pid, n)
   if not f then return nil end
   local s = f:read("l")
   f:close()
-  local rest = s:match("%) (.*)$")
+  -- (a process that ended between the listing and the read has nothing)
+  local rest = s and s:match("%) (.*)$")
+  if not rest then return nil end
   local fields = {}
   for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
   return tonumber(fields[n - 2])
