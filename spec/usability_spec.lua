@@ -72,6 +72,8 @@ describe("usability (issue 12)", function()
       "option 'size': integer from 1 to 100000 expected" },
     { "supervise: too many workers", function() tether.supervise { script = W, instances = math.maxinteger } end,
       "option 'instances': integer from 1 to 100000 expected" },
+    { "pool: max_queue 0 (no task could wait)", function() tether.pool { script = W, max_queue = 0 } end,
+      "option 'max_queue': integer >= 1 expected, got integer" },
     { "supervise: within is in seconds", function() tether.supervise { script = W, within = -1 } end,
       "option 'within': number of seconds (>= 0) expected" },
     { "handle: not a descriptor", function() tether.handle("x") end,

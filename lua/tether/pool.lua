@@ -13,7 +13,7 @@ M.Pool = Pool
 local check = require "tether.check"
 
 local POOL_OPTIONS = {
-  size = "workers", concurrency = "positive", prefetch = "count", max_queue = "count",
+  size = "workers", concurrency = "positive", prefetch = "count", max_queue = "positive", -- (0 would read as "none may wait": leave it out for no limit)
   timeout = "ms", retries = "count", max_tasks_per_worker = "count",
 }
 for k, v in pairs(supervisor.WORKER_OPTIONS) do POOL_OPTIONS[k] = v end
