@@ -72,6 +72,15 @@ function H.run_until(pred, secs)
   tether.run("nowait")
 end
 
+--- runs the loop until the file `path` exists (a child's "I am ready")
+function H.wait_file(path, secs)
+  H.run_until(function()
+    local f = io.open(path)
+    if f then f:close() end
+    return f ~= nil
+  end, secs)
+end
+
 function H.sleep(ms)
   local done = false
   tether.timer(ms, function() done = true end)

@@ -264,11 +264,7 @@ describe("outside use (issue 11)", function()
     c.stderr:on("data", function(d) err[#err + 1] = d end)
     local code
     c:on("exit", function(cd) code = cd end)
-    H.run_until(function()
-      local f = io.open(out .. ".ready")
-      if f then f:close() end
-      return f ~= nil
-    end)
+    H.wait_file(out .. ".ready")
     os.execute("kill -INT -" .. c.pid)
     H.run_until(function() return code ~= nil end)
     assert.equals(0, code, table.concat(err))

@@ -627,11 +627,7 @@ describe("tether.supervise", function()
       env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } }))
     local code
     c:on("exit", function(cd) code = cd end)
-    H.run_until(function()
-      local f = io.open(out .. ".ready")
-      if f then f:close() end
-      return f ~= nil
-    end)
+    H.wait_file(out .. ".ready")
     os.execute("kill -INT -" .. c.pid)
     H.run_until(function() return code ~= nil end)
     assert.equals(0, code)
