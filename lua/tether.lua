@@ -436,6 +436,7 @@ end
 local function spawn_options(opts)
   local o = {}
   o.cwd, o.detached, o.max_message, o.high_water = opts.cwd, opts.detached, opts.max_message, opts.high_water
+  if o.cwd == "" then o.cwd = nil end -- (as Node: an empty cwd is ours)
   o.flush_timeout, o.close_fds, o.pass_fds = opts.flush_timeout, opts.close_fds, opts.pass_fds
   o.zygote = opts.zygote -- set by fork for `prefork` (lua/tether/zygote.lua)
   if opts.serialization == "json" then
@@ -489,6 +490,7 @@ function Writable:write(data)
 end
 
 Writable["end"] = function(self)
+  self.writable = false
   return self._child._h:end_input()
 end
 
@@ -533,7 +535,10 @@ local serve_request -- below, with call and handle
 
 local function child_output(self, a, name)
   local s = self[name]
-  if a then s:emit("data", a) else s:emit("end") end
+  if a then return s:emit("data", a) end
+  s.readable = false
+  s:emit("end")
+  s:emit("close") -- (Node's streams: "end", then "close"; the pipe is closed)
 end
 
 -- A message that came with a handle: a listener that raises does not keep
@@ -629,6 +634,7 @@ local CHILD_EVENTS = {
   end,
   exit = function(self, code, sig)
     self.exit_code, self.signal = code, sig
+    if self.stdin then self.stdin.writable = false end -- (closed with the exit)
     self:emit("exit", code, sig)
   end,
   close = function(self, a, b) self:emit("close", a, b) end,
@@ -663,17 +669,23 @@ end
 local function spawn(cmd, argv, opts)
   local o, extra = spawn_options(opts)
   o.env = build_env(extra)
-  local self = emitter({ connected = false }, Child)
+  local self = emitter({ connected = false, killed = false }, Child)
   local h, err = core.spawn(cmd, argv, o, child_handler(self))
-  if not h then return nil, err end
+  if not h then
+    -- as Node's spawn error: what was run, and how
+    if type(err) == "table" then
+      err.syscall, err.path, err.spawnargs = "spawn " .. cmd, cmd, table.move(argv, 1, #argv, 1, {})
+    end
+    return nil, err
+  end
   self._h, self._send = h, h.send -- (_send: the hot path skips a lookup)
   self._json = o.json or false -- (always set: send looks at it first)
   direct_requests(self, h)
   self.pid = h:pid()
   self.connected = h:connected()
-  if o.stdin == "pipe" then self.stdin = emitter({ _child = self }, Writable) end
-  if o.stdout == "pipe" then self.stdout = emitter({}, Stream) end
-  if o.stderr == "pipe" then self.stderr = emitter({}, Stream) end
+  if o.stdin == "pipe" then self.stdin = emitter({ _child = self, writable = true }, Writable) end
+  if o.stdout == "pipe" then self.stdout = emitter({ readable = true }, Stream) end
+  if o.stderr == "pipe" then self.stderr = emitter({ readable = true }, Stream) end
   defer(function() self:emit("spawn") end)
   return self
 end
@@ -938,7 +950,7 @@ end
 --- send(msg, [handle], [cb]): a handle (tether.listen, tether.handle, or
 -- one received) travels with the message; the sender's stays open.
 function Child:send(msg, a, b)
-  if a == nil and not self._json then
+  if a == nil and b == nil and not self._json then
     -- the common case (a native channel, no handle, no callback), taken
     -- first: it is every message's path
     local ok, err = self._send(self._h, msg)
@@ -949,8 +961,9 @@ function Child:send(msg, a, b)
     return ok, err
   end
   local handle, cb = nil, a
-  if core.is_handle(a) then handle, cb = a, b end
-  if cb ~= nil then check_fn("send", handle and 3 or 2, cb) end
+  if core.is_handle(a) then handle, cb = a, b
+  elseif a == nil then cb = b end -- send(msg, nil, cb): no handle, as Node's
+  if cb ~= nil then check_fn("send", (handle or a == nil) and 3 or 2, cb) end
   if self._json then
     if handle then
       if not NODE_TYPES[handle.kind] then
@@ -1192,7 +1205,9 @@ end
 tether._check_signal = check_signal
 
 function Child:kill(sig)
-  return self._h:kill(check_signal("kill", 1, sig, 2))
+  local ok, err = self._h:kill(check_signal("kill", 1, sig, 2))
+  if ok then self.killed = true end -- (Node's child.killed: a signal was sent)
+  return ok, err
 end
 
 function Child:__tostring()
@@ -1434,8 +1449,10 @@ end
 --- tether.handle(fd): a handle on a duplicate of `fd` (the caller's stays
 -- the caller's), e.g. from luv's uv.fileno(h) or LuaSocket's getfd().
 function tether.handle(fd)
-  if math.type(fd) ~= "integer" then argerror("handle", 1, "integer expected, got " .. check.describe(fd), 2) end
-  return core.handle(fd)
+  -- (LuaSocket's getfd() gives a float: 9.0 is descriptor 9)
+  local n = type(fd) == "number" and math.tointeger(fd)
+  if not n then argerror("handle", 1, "integer (a descriptor) expected, got " .. check.describe(fd), 2) end
+  return core.handle(n)
 end
 
 tether.is_handle = core.is_handle
