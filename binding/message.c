@@ -769,11 +769,18 @@ void tt_lua_fault_error(lua_State *L) {
     lua_settop(L, v + 3);
   }
   tt_lua_push_error(L, TT_ERR_TASK_FAILED, msg ? msg : "request failed");
-  if (code != NULL) {
+  if (code != NULL && lua_type(L, v + 1) == LUA_TSTRING) {
+    /* a peer's answer may say only what a peer may say (PROTOCOL.md):
+     * ERR_NO_HANDLER and ERR_QUEUE_FULL refusals; any other code is the
+     * task's failure, the code kept aside (it cannot pass for one of ours,
+     * e.g. ERR_TIMEOUT) */
+    int ours = strcmp(code, "ERR_NO_HANDLER") == 0 ||
+               strcmp(code, "ERR_QUEUE_FULL") == 0 ||
+               strcmp(code, "ERR_TASK_FAILED") == 0;
     lua_pushvalue(L, v + 1);
-    lua_setfield(L, -2, "code");
+    lua_setfield(L, -2, ours ? "code" : "peer_code");
   }
-  if (!lua_isnil(L, v + 3)) {
+  if (lua_type(L, v + 3) == LUA_TSTRING) {
     lua_pushvalue(L, v + 3);
     lua_setfield(L, -2, "traceback");
   }

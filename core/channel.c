@@ -68,7 +68,12 @@ enum {
   CH_SCHEDULED = 1u << 8,     /* flusher active */
   CH_BROKEN = 1u << 9,        /* a write failed outside the loop: end there */
   CH_PAUSED = 1u << 10,       /* this iteration's budget is spent */
-  CH_UNBOUNDED = 1u << 11     /* delivering without a budget (finishing) */
+  CH_UNBOUNDED = 1u << 11,    /* delivering without a budget (finishing) */
+  /* Reading is held while our output to the peer is over
+   * TT_CHANNEL_HOLD_FACTOR x high_water: a peer that sends requests and
+   * never reads the answers cannot grow our memory; it is read again once
+   * the output is down to high_water. */
+  CH_HELD = 1u << 12
 };
 
 struct tt_chunk_s {
@@ -88,13 +93,18 @@ static uint64_t queued(const tt_channel_t *ch) {
   return ch->queued_total - ch->written_total;
 }
 
+/* (not while finishing: the peer is gone, what it left is read anyway) */
+static int held(const tt_channel_t *ch) {
+  return (ch->flags & (CH_HELD | CH_UNBOUNDED)) == CH_HELD;
+}
+
 static void update_poll(tt_channel_t *ch) {
   int events = 0;
   if (ch->flags & CH_CLOSING) return;
   /* (also while paused: the flusher keeps the loop from blocking then, and
    * readiness is ignored until the held-back frames are out; no epoll_ctl
    * churn per batch) */
-  if (ch->flags & CH_READING) events |= UV_READABLE;
+  if ((ch->flags & CH_READING) && !held(ch)) events |= UV_READABLE;
   if (ch->flags & CH_WRITE_BLOCKED) events |= UV_WRITABLE;
   if (events != ch->poll_events) {
     ch->poll_events = events;
@@ -293,7 +303,8 @@ static int queued_frame(tt_channel_t *ch, unsigned kind, size_t total,
   ch->written_total += done;
   /* One record per frame, callback or not: it counts the frame as sent
    * once written, or as lost if the channel ends first. */
-  if (ack_push(ch, cb, arg, kind >= TT_FRAME_PING) != 0 && cb != NULL) {
+  if (ack_push(ch, cb, arg, kind >= TT_FRAME_PING || ch->sending_auto) != 0 &&
+      cb != NULL) {
     /* The frame is queued and will go out; only its receipt is lost.  Say
      * so now rather than never. */
     cb(arg, UV_ENOMEM);
@@ -511,7 +522,11 @@ int tt_channel_send_auto(tt_channel_t *ch, unsigned kind, uint32_t id,
     ch->stats.auto_dropped++;
     return 0;
   }
+  /* the channel's own answer (a refusal): not the owner's message, so
+   * neither counted as sent nor reported as lost */
+  ch->sending_auto = 1;
   rc = tt_channel_send(ch, kind, id, payload, len, NULL, NULL);
+  ch->sending_auto = 0;
   return rc < 0 ? rc : 1;
 }
 
@@ -606,6 +621,11 @@ static int flush(tt_channel_t *ch) {
     ch->flags |= CH_WRITE_BLOCKED;
   else
     ch->flags &= ~CH_WRITE_BLOCKED;
+  if ((ch->flags & CH_HELD) && queued(ch) <= ch->high_water) {
+    /* the peer took our output: read it again, frames held back first */
+    ch->flags &= ~CH_HELD;
+    if (ch->flags & CH_PAUSED) schedule_idle(ch);
+  }
   update_poll(ch);
   ack_run(ch, 0);
   if (ch->flags & CH_ENDED) return 0;
@@ -640,7 +660,7 @@ static void on_flusher(uv_idle_t *h) {
   if (!(ch->flags & CH_WRITE_BLOCKED) && queued(ch) > 0 && flush(ch) != 0)
     return;
   if (ch->flags & CH_ENDED) return;
-  if (ch->flags & CH_PAUSED)
+  if ((ch->flags & CH_PAUSED) && !held(ch))
     resume_reading(ch);
   else if (!(ch->flags & CH_WRITE_BLOCKED))
     flush(ch); /* callbacks, drain, a pending disconnect */
@@ -707,6 +727,13 @@ static int deliver(void *ctx, const tt_frame_header_t *h, const char *payload) {
   }
   /* The owner may have ended or closed the channel from the callback. */
   if (!(ch->flags & CH_READING)) return 1;
+  if (!(ch->flags & CH_UNBOUNDED) &&
+      queued(ch) > (uint64_t)ch->high_water * TT_CHANNEL_HOLD_FACTOR) {
+    /* the rest waits until the peer takes our output (flush) */
+    ch->flags |= CH_HELD | CH_PAUSED;
+    update_poll(ch);
+    return 1;
+  }
   if (!(ch->flags & CH_UNBOUNDED) &&
       (ch->tick_frames >= TT_CHANNEL_FRAMES_PER_TICK ||
        ch->tick_bytes >= TT_CHANNEL_BYTES_PER_TICK)) {

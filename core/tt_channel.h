@@ -115,6 +115,7 @@ struct tt_channel_s {
   int64_t flush_timeout_ms;
   int broken_err;        /* why a write failed where no callback may run */
   int end_err;           /* why it ended: 0 (EOF, a disconnect) or the error */
+  int sending_auto;      /* inside tt_channel_send_auto */
   unsigned tick_frames;  /* handed out in this iteration */
   size_t tick_bytes;
   tt_channel_event_cb close_cb;

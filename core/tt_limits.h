@@ -22,6 +22,11 @@
 /* Received frames handed out per loop iteration (and bytes), so a burst
  * cannot keep a process from writing its answers or serving others. */
 #define TT_CHANNEL_FRAMES_PER_TICK 256
+/* A channel stops reading while its output waiting for the peer is over
+ * this many times high_water, and reads again once it is down to
+ * high_water: a peer that sends requests and never reads the answers
+ * cannot grow our memory. */
+#define TT_CHANNEL_HOLD_FACTOR 4
 #define TT_CHANNEL_BYTES_PER_TICK ((size_t)1 << 20)
 /* A piped stdin reports backpressure once more than this waits (bytes). */
 #define TT_STDIN_HIGH_WATER ((size_t)1 << 20)

@@ -531,7 +531,7 @@ local function control(self, msg)
   if err then self:emit("error", err) end
 end
 
-local serve_request -- below, with call and handle
+local serve_request, MAX_REQUESTS -- below, with call and handle
 
 local function child_output(self, a, name)
   local s = self[name]
@@ -807,12 +807,16 @@ local function node_socket_list(obj, m, id)
   poll:unref()
 end
 
+local NOOP = function() end
+
 function tether._internal_message(obj, m, id, deliver, answered)
   local h, cmd = obj._h, m.cmd
   if cmd == "NODE_HANDLE" then
     local handle = h.take_handle and h:take_handle()
     local reply = { cmd = handle and "NODE_HANDLE_ACK" or "NODE_HANDLE_NACK" }
-    if id then h:send(id, reply) else h:send(reply) end
+    -- (our own answer: its loss, should the peer leave unread, is not the
+    -- user's to hear of)
+    if id then h:send(id, reply) else h:send(reply, NOOP) end
     if handle then
       local key = type(m.key) == "string" and m.type == "net.Socket" and (id or 0) .. "\0" .. m.key
       local mark = key and fd_mark(handle)
@@ -1125,6 +1129,11 @@ local function serve_one(self, msg, id)
   end
 end
 
+-- Requests one peer may have in progress at once (handlers waiting in
+-- call, sleep or await); beyond it a request is refused with
+-- ERR_QUEUE_FULL.  (A pool's worker takes `concurrency` at a time.)
+MAX_REQUESTS = 10000
+
 -- Handler coroutines are reused: one that finished a request waits in
 -- `idle_servers` for the next, so a request costs no coroutine creation.
 local idle_servers = {}
@@ -1157,7 +1166,15 @@ function serve_request(self, msg, id)
     line[line.last] = { msg, id }
     return
   end
-  self._active = (self._active or 0) + 1
+  local active = self._active or 0
+  if active >= MAX_REQUESTS then
+    -- a peer that asks faster than its requests end (handlers that wait)
+    -- cannot pile up handlers without bound: the rest are refused
+    answer_error(self, id, "ERR_QUEUE_FULL", ("%d requests of this peer are in progress already"):format(active),
+      nil, true)
+    return
+  end
+  self._active = active + 1
   local n = #idle_servers
   local co = idle_servers[n]
   if co then

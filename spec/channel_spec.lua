@@ -318,6 +318,82 @@ describe("channel", function()
     os.remove(out)
   end)
 
+  -- request frames (kind 2) with ids from `first`, each carrying `payload`
+  local function requests(path, first, n, payload)
+    local parts = {}
+    for i = first, first + n - 1 do
+      parts[#parts + 1] = string.pack("<I4BBI2I4", #payload, 1, 2, 0, i) .. payload
+    end
+    local f = assert(io.open(path, "wb"))
+    f:write(table.concat(parts))
+    f:close()
+  end
+
+  it("stops reading a peer that sends requests and never reads the answers (memory stays bounded)", function()
+    local flood = H.tmpfile("flood.bin")
+    -- 20 MB of 1 KiB requests: more than the kernel buffers of both ends hold
+    requests(flood, 1, 20000, "\5\128\8" .. string.rep("x", 1024))
+    local c = assert(tether.spawn("sh", { "-c", "cat " .. flood .. " >&3; sleep 30" }, { high_water = 65536 }))
+    c:handle(function(req) return req end)
+    local last, still = -1, 0
+    H.run_until(function()
+      local n = c:stats().messages_received
+      if n == last then still = still + 1 else still, last = 0, n end
+      return still >= 20 -- nothing more read for a while: held
+    end, 20)
+    local s = c:stats()
+    assert.is_true(s.messages_received < 20000, "read everything: " .. s.messages_received)
+    assert.is_true(s.queued_bytes <= 4 * 65536 + 2048, "queued " .. s.queued_bytes)
+    c:kill("SIGKILL")
+    c:on("error", function() end) -- (the answers it never read)
+    H.run()
+    os.remove(flood)
+  end)
+
+  it("refuses requests beyond 10,000 in progress with ERR_QUEUE_FULL, and says nothing of its own refusals", function()
+    local flood = H.tmpfile("many.bin")
+    requests(flood, 1, 10050, "\64") -- the integer 0
+    local c = assert(tether.spawn("sh", { "-c", "cat " .. flood .. " >&3; sleep 0.5" }))
+    local active = 0
+    c:handle(function()
+      active = active + 1
+      tether.sleep(1500)
+      active = active - 1
+    end)
+    local peak = 0
+    c:on("error", function(e) error("an error event: " .. tostring(e)) end)
+    H.run_until(function()
+      peak = math.max(peak, active)
+      return c:stats().messages_received >= 10050
+    end, 20)
+    assert.equals(10000, peak)
+    H.run(20)
+    os.remove(flood)
+  end)
+
+  it("takes a peer's fault only with the codes a peer may send", function()
+    local c = assert(tether.fork(H.script [[
+      local t = require "tether"
+      local h = t.parent._h
+      h:set_listener(function(msg, id)
+        h:answer(id, { code = msg, message = "from the peer", traceback = {} }, true)
+      end, "request")
+      t.parent:keep_alive(true)
+    ]]))
+    local got = {}
+    tether.go(function()
+      for _, code in ipairs { "ERR_TIMEOUT", "ERR_NO_HANDLER", "ERR_IPC_CHANNEL_CLOSED" } do
+        local r, err = c:call(code, { timeout = 5000 })
+        got[code] = { err.code, err.peer_code, type(err.traceback) }
+      end
+      c:kill()
+    end)
+    H.run()
+    assert.same({ "ERR_TASK_FAILED", "ERR_TIMEOUT", "nil" }, got.ERR_TIMEOUT)
+    assert.same({ "ERR_NO_HANDLER", nil, "nil" }, got.ERR_NO_HANDLER)
+    assert.same({ "ERR_TASK_FAILED", "ERR_IPC_CHANNEL_CLOSED", "nil" }, got.ERR_IPC_CHANNEL_CLOSED)
+  end)
+
   it("survives a peer killed with SIGKILL mid-stream", function()
     local c = echo_child()
     local n = 0
