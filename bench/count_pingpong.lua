@@ -3,9 +3,11 @@
 -- instructions per message under callgrind (bench/instructions.sh): a
 -- count does not move with the machine's load as a time does.
 -- Env: PP_N (round trips, default 20000), PP_MODE ("send": send + echo;
--- "call": child:call answered by the child's handle()), PP_PAD (an empty
--- loop of that many steps in the child per message: bench/calibrate.sh
--- prices a number of instructions in round-trip time with it).
+-- "call": child:call answered by the child's handle()), PP_PAD (that
+-- many one-slot tables made and dropped in the child per message, work
+-- of the kind a message costs: allocation and the collector's share;
+-- bench/calibrate.sh prices a number of such instructions in round-trip
+-- time with it).
 local tether = require "tether"
 local N = tonumber(os.getenv("PP_N") or "20000")
 local MODE = os.getenv("PP_MODE") or "send"
@@ -13,8 +15,8 @@ local PAD = tonumber(os.getenv("PP_PAD") or "0")
 if arg[1] == "child" then
   local parent = tether.parent
   if PAD > 0 then
-    parent:on("message", function(m) for _ = 1, PAD do end parent:send(m) end)
-    parent:handle(function(m) for _ = 1, PAD do end return m end)
+    parent:on("message", function(m) for i = 1, PAD do local t = { i } end parent:send(m) end)
+    parent:handle(function(m) for i = 1, PAD do local t = { i } end return m end)
   else
     parent:on("message", function(m) parent:send(m) end)
     parent:handle(function(m) return m end)
