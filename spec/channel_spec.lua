@@ -354,20 +354,20 @@ describe("channel", function()
     local flood = H.tmpfile("many.bin")
     requests(flood, 1, 10050, "\64") -- the integer 0
     local c = assert(tether.spawn("sh", { "-c", "cat " .. flood .. " >&3; sleep 0.5" }))
-    local active = 0
+    -- each handler waits until every request came (no timing involved)
+    local active, peak, waiting = 0, 0, {}
     c:handle(function()
       active = active + 1
-      tether.sleep(1500)
+      peak = math.max(peak, active)
+      tether.await(function(done) waiting[#waiting + 1] = done end)
       active = active - 1
     end)
-    local peak = 0
     c:on("error", function(e) error("an error event: " .. tostring(e)) end)
-    H.run_until(function()
-      peak = math.max(peak, active)
-      return c:stats().messages_received >= 10050
-    end, 20)
+    H.run_until(function() return c:stats().messages_received >= 10050 end, 60 * H.scale)
     assert.equals(10000, peak)
-    H.run(20)
+    for _, done in ipairs(waiting) do done() end
+    H.run(60 * H.scale)
+    assert.equals(0, active)
     os.remove(flood)
   end)
 
