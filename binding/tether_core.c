@@ -846,7 +846,7 @@ static const luaL_Reg funcs[] = {
     {"parent_alive", l_parent_alive},
     {"set_max_depth", l_set_max_depth},
     {"flush_all", l_flush_all},
-      {"default_sigint", l_default_sigint},
+    {"default_sigint", l_default_sigint},
     {"set_exit", l_set_exit},
     {NULL, NULL}};
 

@@ -1008,6 +1008,23 @@ static void channel_end_lost(tt_channel_t *ch, int err, const char *why,
   if (ch->on_disconnect) ch->on_disconnect(ch);
 }
 
+/* No more sends, no more reading; what is queued is still written, and
+ * the flush (or an empty queue) ends the channel.  A peer that never
+ * reads must not hold us for ever: flush_timeout bounds it. */
+static void begin_disconnect(tt_channel_t *ch) {
+  ch->flags &= ~(CH_CONNECTED | CH_READING | CH_PAUSED);
+  if (!(ch->flags & CH_DISCONNECTING)) {
+    ch->flags |= CH_DISCONNECTING;
+    if (queued(ch) > 0 && ch->flush_timeout_ms > 0) {
+      tt__timer_start(&ch->drain_timer, on_drain_timeout,
+                      (uint64_t)ch->flush_timeout_ms, 0);
+      uv_unref((uv_handle_t *)&ch->drain_timer);
+    }
+  }
+  update_poll(ch);
+  schedule_flush(ch);
+}
+
 /* The peer sent what cannot be read.  Nothing more is read and the error
  * is told at once; what we queued before (answers to its good messages)
  * is still written, bounded by flush_timeout as a disconnect is, and then
@@ -1019,18 +1036,9 @@ static void protocol_end(tt_channel_t *ch, const char *why) {
     channel_end(ch, TT_ERR_IPC_PROTOCOL, why);
     return;
   }
-  ch->flags &= ~(CH_CONNECTED | CH_READING | CH_PAUSED | CH_NEED_DRAIN);
-  if (!(ch->flags & CH_DISCONNECTING)) {
-    ch->flags |= CH_DISCONNECTING;
-    if (ch->flush_timeout_ms > 0) {
-      tt__timer_start(&ch->drain_timer, on_drain_timeout,
-                      (uint64_t)ch->flush_timeout_ms, 0);
-      uv_unref((uv_handle_t *)&ch->drain_timer);
-    }
-  }
+  ch->flags &= ~CH_NEED_DRAIN;
   ch->end_err = TT_ERR_IPC_PROTOCOL;
-  update_poll(ch);
-  schedule_flush(ch);
+  begin_disconnect(ch);
   if (ch->on_error) ch->on_error(ch, TT_ERR_IPC_PROTOCOL, why);
 }
 
@@ -1050,17 +1058,8 @@ static void on_drain_timeout(uv_timer_t *t) {
 
 int tt_channel_disconnect(tt_channel_t *ch) {
   if (!(ch->flags & CH_CONNECTED)) return TT_ERR_IPC_DISCONNECTED;
-  ch->flags &= ~(CH_CONNECTED | CH_READING | CH_PAUSED);
-  ch->flags |= CH_DISCONNECTING;
-  update_poll(ch);
-  /* A peer that never reads must not hold us for ever. */
-  if (queued(ch) > 0 && ch->flush_timeout_ms > 0) {
-    tt__timer_start(&ch->drain_timer, on_drain_timeout,
-                   (uint64_t)ch->flush_timeout_ms, 0);
-    uv_unref((uv_handle_t *)&ch->drain_timer);
-  }
   /* Always asynchronous, like Node: the flush (or an empty queue) ends it. */
-  schedule_flush(ch);
+  begin_disconnect(ch);
   return 0;
 }
 

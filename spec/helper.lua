@@ -102,6 +102,14 @@ function H.fds()
   return out
 end
 
+--- the descriptor of ours that is open on `path`, or nil
+function H.fd_of(path)
+  for fd, target in pairs(H.fds()) do
+    if target == path then return fd end
+  end
+  return nil
+end
+
 --- our pid (from /proc/self, which we open ourselves)
 function H.pid()
   local t = lfs.symlinkattributes("/proc/self")

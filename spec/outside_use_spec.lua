@@ -954,8 +954,7 @@ describe("outside use (issue 11)", function()
   it("[23] files the parent opened are closed in the child; close_fds = false and pass_fds pass them", function()
     local path = H.tmpfile("open23.txt")
     local f = assert(io.open(path, "w"))
-    local fd
-    for n, target in pairs(H.fds()) do if target == path then fd = n end end
+    local fd = H.fd_of(path)
     assert.is_not_nil(fd)
     local function fds_of_child(opts)
       opts.channel = false

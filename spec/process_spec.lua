@@ -428,8 +428,7 @@ describe("as Node's child_process tests expect", function()
   it("takes a descriptor given as a float (LuaSocket's getfd())", function()
     local path = H.tmpfile("float-fd.txt")
     local f = assert(io.open(path, "w"))
-    local fd
-    for n, target in pairs(H.fds()) do if target == path then fd = n end end
+    local fd = H.fd_of(path)
     local h = assert(tether.handle(fd + 0.0))
     assert.equals("fd", h.kind)
     h:close()
