@@ -57,10 +57,20 @@ end
 --- M.check(spec): the spec's mistakes (an unknown option, a bad value),
 -- found before anything is stopped for it: true | nil, err.  Makes
 -- nothing (no zygote, no worker).
-function M.check(spec)
+-- the supervisor's (or cluster's) spec: ours without what the command
+-- adds; signals are the command's, for every app at once
+local function supervisor_spec(spec)
   local s = {}
   for k, v in pairs(spec) do if not OWN[k] then s[k] = v end end
   s.handle_signals = false
+  return s
+end
+
+-- a bad option's error without its position (a line of tether's)
+local function unplaced(err) return (tostring(err):gsub("^[^:]*:%d+: ", "")) end
+
+function M.check(spec)
+  local s = supervisor_spec(spec)
   local ok, err = pcall(function()
     local check = require "tether.check"
     local supervisor = require "tether.supervisor"
@@ -74,20 +84,18 @@ function M.check(spec)
     sup_spec.prefork = nil -- (its value is checked above; its zygote is made at the start)
     supervisor.options(sup_spec, fname, 1)
   end)
-  if not ok then return nil, (tostring(err):gsub("^[^:]*:%d+: ", "")) end
+  if not ok then return nil, unplaced(err) end
   return true
 end
 
 local function spawn(self, spec)
-  local s = {}
-  for k, v in pairs(spec) do if not OWN[k] then s[k] = v end end
-  s.handle_signals = false -- the command handles them, for every app at once
+  local s = supervisor_spec(spec)
   dies_with_us(s)
   local ok, sup, err = pcall(function()
     if s.listen ~= nil then return tether.cluster(s) end
     return tether.supervise(s)
   end)
-  if not ok then return nil, tostring(sup):gsub("^[^:]*:%d+: ", "") end -- a bad option
+  if not ok then return nil, unplaced(sup) end -- a bad option
   if not sup then return nil, tostring(err) end
   return sup
 end
